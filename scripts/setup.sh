@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs, with apt-get, every system package lowbit needs that is missing. Idempotent: a
+# machine that already has everything runs no apt command at all. Nothing is fetched from
+# anywhere but Debian's archive.
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build pkg-config ccache
+  libgtest-dev libgmock-dev
+  libyaml-cpp-dev
+  libdnnl-dev
+  libopenblas-dev
+  libjpeg62-turbo-dev
+  zlib1g-dev
+  libopenmpi-dev openmpi-bin
+  nlohmann-json3-dev
+  dataset-fashion-mnist
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "setup: all ${#packages[@]} system packages present"
+  exit 0
+fi
+
+echo "setup: installing ${missing[*]}"
+sudo_cmd=()
+if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
+export DEBIAN_FRONTEND=noninteractive
+"${sudo_cmd[@]}" apt-get update -qq
+"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+echo "setup: done"

@@ -1,0 +1,49 @@
+// Test helpers shared by every suite: tensor comparison with a useful failure message, the GPU
+// skip macro, and small constructors. GPU parity tests live in suites whose name ends in "Gpu"
+// (e.g. TEST(ElementwiseGpu, AddMatchesCpu)); CMake labels exactly those `gpu`.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "core/backend.h"
+#include "core/ops.h"
+#include "core/tensor.h"
+
+namespace lowbit::testing {
+
+inline bool gpu_available() { return core::cuda_device_count() > 0; }
+
+// Compares two tensors of the same shape (any dtypes/devices) elementwise in double:
+// |a - b| <= atol + rtol * |b|. On failure names the worst index, both values and the error.
+::testing::AssertionResult tensor_near(const char* a_expr, const char* b_expr, const char*,
+                                       const char*, const Tensor& a, const Tensor& b,
+                                       double rtol, double atol);
+
+// Host copy as doubles (contiguous, row-major).
+std::vector<double> to_doubles(const Tensor& t);
+// A tensor from doubles, cast to dtype.
+Tensor tensor_of(const std::vector<double>& values, const Shape& shape, DType dtype = DType::f32);
+// A non-contiguous tensor with the same values as `t`: stored transposed (last two dims
+// swapped), then viewed back. Used to feed ops strided inputs.
+Tensor non_contiguous_copy(const Tensor& t);
+// Multi-index <-> linear index over a shape.
+std::vector<int64_t> unravel(int64_t linear, const Shape& shape);
+int64_t ravel(const std::vector<int64_t>& idx, const Shape& shape);
+
+}  // namespace lowbit::testing
+
+#define EXPECT_TENSOR_NEAR(a, b, rtol, atol) \
+  EXPECT_PRED_FORMAT4(::lowbit::testing::tensor_near, a, b, rtol, atol)
+#define ASSERT_TENSOR_NEAR(a, b, rtol, atol) \
+  ASSERT_PRED_FORMAT4(::lowbit::testing::tensor_near, a, b, rtol, atol)
+
+#define LOWBIT_SKIP_WITHOUT_GPU()                                                     \
+  do {                                                                                \
+    if (!::lowbit::testing::gpu_available()) {                                        \
+      GTEST_SKIP() << "no CUDA device: lowbit built without CUDA or no GPU/driver here"; \
+    }                                                                                 \
+  } while (0)
