@@ -1,0 +1,231 @@
+#!/usr/bin/env bash
+# Builds lowbit with CUDA on the GPU machine and runs every test, then proves that the GPU
+# tests really ran. Run it from anywhere; it works in the repository root.
+#
+# The GPU machine has the CUDA toolkit, cmake, ninja and python3 with cuDNN/NCCL as pip
+# nvidia-* wheels, but no Debian -dev packages and no network. What it lacks comes from
+# .gpu_bundle/ (made on a development machine by scripts/gpu_bundle.sh):
+#   1. print the device (nvidia-smi);
+#   2. unpack every .gpu_bundle/debs/*.deb with `dpkg -x` into build-gpu/prefix, never onto /,
+#      and redo there what the packages' maintainer scripts would have done on /: OpenBLAS's
+#      update-alternatives links (libopenblas.so, cblas.h, OpenBLASConfig.cmake, *.pc), and
+#      absolute /usr paths in OpenBLASConfig.cmake and the pkg-config files rewritten to the
+#      prefix. (The CMake package files of GTest, yaml-cpp, dnnl and nlohmann_json are
+#      relocatable: they locate themselves, so they are left as they are.);
+#   3. configure build-gpu with LOWBIT_CUDA=ON against the prefix, build with all cores;
+#   4. run all tests (ctest), with LOWBIT_FASHION_MNIST_DIR pointing at the bundled data;
+#   5. fail unless at least one test labelled `gpu` ran without being skipped.
+# Exits non-zero on any failure.
+#
+#   scripts/gpu_check.sh                 everything above
+#   scripts/gpu_check.sh --unpack-only   step 2 only, then print the environment (no GPU needed)
+#
+# Environment: LOWBIT_GPU_BUILD_DIR (default build-gpu), CTEST_PARALLEL_LEVEL (default: cores).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+root="$PWD"
+build="$root/${LOWBIT_GPU_BUILD_DIR:-build-gpu}"
+prefix="$build/prefix"
+bundle="$root/.gpu_bundle"
+unpack_only=0
+case "${1:-}" in
+  --unpack-only) unpack_only=1 ;;
+  "") ;;
+  *) echo "usage: $0 [--unpack-only]" >&2; exit 2 ;;
+esac
+
+say() { echo "gpu_check: $*"; }
+die() { echo "gpu_check: FAILED: $*" >&2; exit 1; }
+
+# The bundled debs are Debian 12 amd64.
+[ "$(uname -m)" = "x86_64" ] || die "the bundled .debs are amd64, this machine is $(uname -m)"
+arch="x86_64-linux-gnu"
+libdir="$prefix/usr/lib/$arch"
+incdir="$prefix/usr/include/$arch"
+
+# --- 1. the device ---------------------------------------------------------------------------
+if [ "$unpack_only" -eq 0 ]; then
+  command -v nvidia-smi >/dev/null || die "nvidia-smi not found: is this the GPU machine?"
+  nvidia-smi || die "nvidia-smi failed: no usable GPU or driver"
+  nvidia-smi -L | grep -q '^GPU ' || die "nvidia-smi lists no GPU"
+fi
+
+# --- 2. unpack the bundle into the prefix ----------------------------------------------------
+compgen -G "$bundle/debs/*.deb" >/dev/null ||
+  die "no $bundle/debs/*.deb; run scripts/gpu_bundle.sh on a development machine first"
+
+# dpkg -x where dpkg exists; otherwise the same with ar + tar (a .deb is an ar archive).
+extract_deb() {
+  local deb="$1" dest="$2" member
+  if command -v dpkg-deb >/dev/null; then
+    dpkg-deb -x "$deb" "$dest"
+    return
+  fi
+  member=$(ar t "$deb" | grep '^data\.tar') || die "$deb has no data.tar member"
+  case "$member" in
+    *.xz) ar p "$deb" "$member" | tar -xJ -C "$dest" ;;
+    *.zst) ar p "$deb" "$member" | tar --zstd -x -C "$dest" ;;
+    *.gz) ar p "$deb" "$member" | tar -xz -C "$dest" ;;
+    *) ar p "$deb" "$member" | tar -x -C "$dest" ;;
+  esac
+}
+
+# A fresh prefix every run: cheap (seconds), and no leftovers from an older bundle. File
+# times come from the .debs, so an unchanged bundle triggers no rebuild.
+rm -rf "$prefix"
+mkdir -p "$prefix"
+debs=("$bundle"/debs/*.deb)
+for deb in "${debs[@]}"; do
+  extract_deb "$deb" "$prefix"
+done
+say "unpacked ${#debs[@]} debs into $prefix"
+
+# OpenBLAS is installed through update-alternatives (libopenblas-pthread-dev and
+# libopenblas0-pthread postinst); dpkg -x does not run that, so make the same links,
+# relative, inside the prefix. Static-archive links are skipped (gpu_bundle.sh drops .a).
+alt_link() {  # alt_link <link, relative to prefix> <target, relative to the link's dir>
+  local link="$prefix/$1" target="$2"
+  [ -e "$(dirname "$link")/$target" ] || die "OpenBLAS alternative $1 -> $target: target missing"
+  mkdir -p "$(dirname "$link")"
+  ln -sfn "$target" "$link"
+}
+l="usr/lib/$arch"
+i="usr/include/$arch"
+alt_link "$l/libopenblas.so.0" openblas-pthread/libopenblas.so.0
+alt_link "$l/libopenblas.so" openblas-pthread/libopenblas.so
+alt_link "$l/libblas.so.3" openblas-pthread/libblas.so.3
+alt_link "$l/libblas.so" openblas-pthread/libblas.so
+alt_link "$l/liblapack.so.3" openblas-pthread/liblapack.so.3
+alt_link "$l/liblapack.so" openblas-pthread/liblapack.so
+alt_link "$i/cblas.h" openblas-pthread/cblas.h
+alt_link "$i/cblas-openblas.h" openblas-pthread/cblas.h
+alt_link "$i/f77blas.h" openblas-pthread/f77blas.h
+alt_link "$i/openblas_config.h" openblas-pthread/openblas_config.h
+alt_link "$l/pkgconfig/openblas.pc" ../openblas-pthread/pkgconfig/openblas.pc
+alt_link "$l/pkgconfig/blas.pc" ../openblas-pthread/pkgconfig/blas-openblas.pc
+alt_link "$l/pkgconfig/lapack.pc" ../openblas-pthread/pkgconfig/lapack-openblas.pc
+alt_link "$l/cmake/openblas/OpenBLASConfig.cmake" \
+  ../../openblas-pthread/cmake/openblas/OpenBLASConfig.cmake
+alt_link "$l/cmake/openblas/OpenBLASConfigVersion.cmake" \
+  ../../openblas-pthread/cmake/openblas/OpenBLASConfigVersion.cmake
+
+# Absolute /usr paths: OpenBLASConfig.cmake (SET(OpenBLAS_LIBRARIES /usr/...)) and the
+# pkg-config files (prefix=/usr, libdir=/usr/..., -I/usr/include).
+case "$prefix" in *[\#\&\\]*) die "the prefix path '$prefix' has a character sed cannot take" ;; esac
+sed -i -E "s#([[:space:](\"])/usr/#\\1$prefix/usr/#g" \
+  "$libdir/openblas-pthread/cmake/openblas/OpenBLASConfig.cmake"
+find "$prefix/usr" -name '*.pc' -type f -print0 |
+  xargs -0 sed -i -E "s#(^[A-Za-z_]+=|-I|-L)/usr(/|\$|[[:space:]])#\\1$prefix/usr\\2#g"
+# Absolute symlinks point out of the prefix (zlib1g-dev: libz.so -> /lib/<arch>/libz.so.1...):
+# point them at the prefix's copy.
+while IFS= read -r -d '' link; do
+  target=$(readlink "$link")
+  case "$target" in /usr/*|/lib/*|/etc/*) ln -sfn "$prefix$target" "$link" ;; esac
+done < <(find "$prefix" -type l -lname '/*' -print0)
+# Warn about package files that still name /usr/lib or /usr/include, other than through the
+# "/usr move" checks of CMake's generated files (those only fire when loaded from /usr).
+leftover=$(grep -rIl -E '(^|[[:space:]"=(])/usr/(lib|include)' \
+             "$prefix/usr/lib/$arch/cmake" "$prefix/usr/share/cmake" \
+             "$libdir/openblas-pthread/cmake" 2>/dev/null |
+           xargs -r grep -L -E '_realOrig|PACKAGE_PREFIX_DIR "/usr"' || true)
+[ -z "$leftover" ] || say "warning: absolute /usr paths remain in: $leftover"
+
+# Where the pip nvidia-* wheels keep their libraries (cuDNN, NCCL, CUDA 13's nvidia/cu13).
+wheel_libs=""
+while IFS= read -r py; do
+  dirs=$("$py" - <<'EOF' 2>/dev/null || true
+import glob, os, site, sys
+sites = list(getattr(site, "getsitepackages", lambda: [])())
+sites.append(site.getusersitepackages())
+sites += [p for p in sys.path if p]
+seen = []
+for s in sites:
+    for d in sorted(glob.glob(os.path.join(s, "nvidia", "*", "lib"))):
+        if os.path.isdir(d) and d not in seen:
+            seen.append(d)
+print(":".join(seen))
+EOF
+  )
+  if [ -n "$dirs" ]; then wheel_libs="${wheel_libs:+$wheel_libs:}$dirs"; fi
+done < <(type -ap python3 | awk '!seen[$0]++')
+
+wheel_libs=$(tr ':' '\n' <<<"$wheel_libs" | awk 'NF && !seen[$0]++' | paste -sd: -)
+
+# The test binaries find the bundled libraries and the wheels' libraries here, also the
+# libraries those need (libdnnl -> libOpenCL, libopenblas -> libgfortran), which the
+# binaries' RUNPATH does not cover. Exported only from the build on (gtest_discover_tests
+# runs the test binaries right after linking), so cmake's own configure step never loads
+# a Debian library in place of the machine's.
+test_ld_path="$libdir:$libdir/openblas-pthread:$prefix/lib/$arch${wheel_libs:+:$wheel_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export PKG_CONFIG_PATH="$libdir/pkgconfig:$prefix/usr/share/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+export LOWBIT_FASHION_MNIST_DIR="$bundle/data/fashion-mnist"
+
+# The prefix stands in for /usr: CMAKE_PREFIX_PATH and the library/include paths make
+# find_package/find_library/find_path look there (also when CMake does not know the
+# multiarch name), the *_DIR hints name the package config folders outright, the
+# STANDARD_INCLUDE_DIRECTORIES stand in for the compiler's built-in /usr/include/<arch>
+# (jconfig.h, cblas.h), and -rpath-link lets ld resolve the bundled libraries' own NEEDED.
+cmake_args=(
+  -G Ninja
+  -DCMAKE_BUILD_TYPE=Release
+  -DLOWBIT_CUDA=ON
+  "-DCMAKE_PREFIX_PATH=$prefix/usr"
+  "-DCMAKE_LIBRARY_PATH=$libdir;$libdir/openblas-pthread;$prefix/lib/$arch"
+  "-DCMAKE_INCLUDE_PATH=$prefix/usr/include;$incdir;$incdir/openblas-pthread"
+  "-DGTest_DIR=$libdir/cmake/GTest"
+  "-Dyaml-cpp_DIR=$libdir/cmake/yaml-cpp"
+  "-Ddnnl_DIR=$libdir/cmake/dnnl"
+  "-DOpenBLAS_DIR=$libdir/cmake/openblas"
+  "-Dnlohmann_json_DIR=$prefix/usr/share/cmake/nlohmann_json"
+  "-DCMAKE_C_STANDARD_INCLUDE_DIRECTORIES=$incdir"
+  "-DCMAKE_CXX_STANDARD_INCLUDE_DIRECTORIES=$incdir"
+  "-DCMAKE_CUDA_STANDARD_INCLUDE_DIRECTORIES=$incdir"
+  "-DCMAKE_EXE_LINKER_FLAGS=-Wl,-rpath-link,$libdir:$libdir/openblas-pthread:$prefix/lib/$arch"
+  "-DCMAKE_SHARED_LINKER_FLAGS=-Wl,-rpath-link,$libdir:$libdir/openblas-pthread:$prefix/lib/$arch"
+)
+
+if [ "$unpack_only" -eq 1 ]; then
+  echo "export LD_LIBRARY_PATH='$test_ld_path'   # for the build and the tests"
+  echo "export PKG_CONFIG_PATH='$PKG_CONFIG_PATH'"
+  echo "export LOWBIT_FASHION_MNIST_DIR='$LOWBIT_FASHION_MNIST_DIR'"
+  printf 'cmake arguments:'; printf " '%s'" "${cmake_args[@]}"; echo
+  exit 0
+fi
+
+# --- 3. configure and build ------------------------------------------------------------------
+say "cmake $(cmake --version | head -n1 | awk '{print $3}'), python3 wheels' libs: ${wheel_libs:-none}"
+cmake -S "$root" -B "$build" --no-warn-unused-cli "${cmake_args[@]}" || die "configure"
+export LD_LIBRARY_PATH="$test_ld_path"
+cmake --build "$build" --parallel "$(nproc)" || die "build"
+
+# --- 4. all tests, once: the non-GPU ones, then the GPU ones verbosely (for step 5) ----------
+export CTEST_PARALLEL_LEVEL="${CTEST_PARALLEL_LEVEL:-$(nproc)}"
+status=0
+(cd "$build" && ctest --output-on-failure -LE '^gpu$') || status=1
+
+gpu_count=$(cd "$build" && ctest -N -L '^gpu$' | sed -n 's/^Total Tests: *//p')
+gpu_log="$build/ctest-gpu.log"
+ran=0
+skipped=0
+if [ "${gpu_count:-0}" -gt 0 ]; then
+  (cd "$build" && ctest --output-on-failure -V -L '^gpu$') >"$gpu_log" 2>&1 || status=1
+  tail -n 25 "$gpu_log"
+  # GoogleTest prints "[       OK ] Suite.Test" or "[  FAILED  ] Suite.Test" for a test that
+  # ran, "[  SKIPPED ] Suite.Test" for one that GTEST_SKIP()ed (ctest -V prefixes "N: ").
+  names() { grep -oE "\[ *$1 *\] [A-Za-z0-9_/]+\.[A-Za-z0-9_/]+" "$gpu_log" |
+            awk '{print $NF}' | sort -u; }
+  ran=$( { names OK; names FAILED; } | sort -u | grep -c . || true)
+  skipped=$(names SKIPPED | grep -c . || true)
+fi
+
+# --- 5. verdict ------------------------------------------------------------------------------
+say "gpu-labelled tests: ${gpu_count:-0} registered, $ran ran, $skipped skipped (log: $gpu_log)"
+if [ "${gpu_count:-0}" -eq 0 ]; then
+  die "no test carries the ctest label 'gpu'"
+fi
+if [ "$ran" -eq 0 ]; then
+  die "every gpu test was skipped: the binary did not see the GPU (built with CUDA? driver?)"
+fi
+[ "$status" -eq 0 ] || die "some tests failed (see above and $gpu_log)"
+say "OK: all tests passed, $ran GPU tests ran on $(nvidia-smi -L | head -n1)"
