@@ -1,0 +1,279 @@
+// BatchNorm2d: the CPU kernels, the autograd formulas and device dispatch (CUDA kernels in
+// batchnorm.cu). Backward in training (Ioffe & Szegedy 2015, sec. 3):
+//   dx = gamma*invstd * (dy - sum(dy)/M - xhat * sum(dy*xhat)/M),
+//   dgamma = sum(dy*xhat), dbeta = sum(dy).
+#include "layers/batchnorm.h"
+
+#include <omp.h>
+
+#include <cmath>
+#include <sstream>
+#include <vector>
+
+#include "core/autograd.h"
+#include "core/ops.h"
+#include "core/parallel.h"
+
+namespace lowbit::layers {
+
+namespace detail {
+
+namespace {
+template <typename T>
+const T* ptr_or_null(const Tensor& t) {
+  return t.defined() ? static_cast<const T*>(t.raw_data()) : nullptr;
+}
+}  // namespace
+
+namespace {
+// Kept out of the dispatch macro: an OpenMP pragma cannot sit inside a macro argument.
+template <typename scalar_t>
+void column_sums_typed(const Tensor& x, const Tensor& dy, const Tensor& y, const Tensor& mean,
+                       const Tensor& invstd, bool backward, bool relu, const Tensor& sums) {
+  using acc_t = bn_acc_t<scalar_t>;
+  const int64_t c = x.size(-1), m = x.numel() / c;
+  const scalar_t* px = ptr_or_null<scalar_t>(x);
+  const scalar_t* pdy = ptr_or_null<scalar_t>(dy);
+  const scalar_t* py = ptr_or_null<scalar_t>(y);
+  const acc_t* pm = ptr_or_null<acc_t>(mean);
+  const acc_t* pis = ptr_or_null<acc_t>(invstd);
+  const int nthreads = m * c >= core::kParallelGrain ? omp_get_max_threads() : 1;
+  std::vector<double> partial(size_t(nthreads) * 2 * size_t(c), 0.0);
+  // Each thread sums a fixed block of rows; blocks are combined in thread order below, so the
+  // result depends only on the thread count.
+#pragma omp parallel num_threads(nthreads)
+  {
+    const int t = omp_get_thread_num();
+    const int nt = omp_get_num_threads();
+    const int64_t chunk = (m + nt - 1) / nt;
+    const int64_t r0 = t * chunk, r1 = std::min<int64_t>(m, r0 + chunk);
+    double* acc = partial.data() + size_t(t) * 2 * size_t(c);
+    const BnStatsTerm stats;
+    const BnBackwardTerm bwd{relu};
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t ch = 0; ch < c; ++ch) {
+        const int64_t i = r * c + ch;
+        double out[2];
+        if (backward) {
+          bwd(acc_t(opmath_t<scalar_t>(px[i])), acc_t(opmath_t<scalar_t>(pdy[i])),
+              py ? acc_t(opmath_t<scalar_t>(py[i])) : acc_t(1), pm[ch], pis[ch], out);
+        } else {
+          stats(acc_t(opmath_t<scalar_t>(px[i])), acc_t(0), acc_t(0), acc_t(0), acc_t(0), out);
+        }
+        acc[ch] += out[0];
+        acc[c + ch] += out[1];
+      }
+    }
+  }
+  double* s = static_cast<double*>(sums.raw_data());
+  for (int64_t k = 0; k < 2 * c; ++k) {
+    double v = 0.0;
+    for (int t = 0; t < nthreads; ++t) v += partial[size_t(t) * 2 * size_t(c) + size_t(k)];
+    s[k] = v;
+  }
+}
+}  // namespace
+
+void bn_column_sums_cpu(const Tensor& x, const Tensor& dy, const Tensor& y, const Tensor& mean,
+                        const Tensor& invstd, bool backward, bool relu, const Tensor& sums) {
+  LOWBIT_DISPATCH_FLOATING(x.dtype(), "batch_norm", [&] {
+    column_sums_typed<scalar_t>(x, dy, y, mean, invstd, backward, relu, sums);
+  });
+}
+
+void bn_affine_cpu(const Tensor& x, const Tensor& a, const Tensor& b, bool relu, const Tensor& y) {
+  const int64_t c = x.size(-1);
+  LOWBIT_DISPATCH_FLOATING(x.dtype(), "batch_norm", [&] {
+    using acc_t = bn_acc_t<scalar_t>;
+    const scalar_t* px = static_cast<const scalar_t*>(x.raw_data());
+    scalar_t* py = static_cast<scalar_t*>(y.raw_data());
+    const acc_t* pa = static_cast<const acc_t*>(a.raw_data());
+    const acc_t* pb = static_cast<const acc_t*>(b.raw_data());
+    core::for_each_index(x.numel(), [&](int64_t i) {
+      const int64_t ch = i % c;
+      py[i] = scalar_t(bn_affine(acc_t(opmath_t<scalar_t>(px[i])), pa[ch], pb[ch], relu));
+    });
+  });
+}
+
+void bn_grad_input_cpu(const Tensor& x, const Tensor& dy, const Tensor& y, const Tensor& a,
+                       const Tensor& b, const Tensor& d, const Tensor& mean, bool relu,
+                       const Tensor& dx) {
+  const int64_t c = x.size(-1);
+  LOWBIT_DISPATCH_FLOATING(x.dtype(), "batch_norm backward", [&] {
+    using acc_t = bn_acc_t<scalar_t>;
+    const scalar_t* px = static_cast<const scalar_t*>(x.raw_data());
+    const scalar_t* pdy = static_cast<const scalar_t*>(dy.raw_data());
+    const scalar_t* py = ptr_or_null<scalar_t>(y);
+    scalar_t* pdx = static_cast<scalar_t*>(dx.raw_data());
+    const acc_t* pa = static_cast<const acc_t*>(a.raw_data());
+    const acc_t* pb = static_cast<const acc_t*>(b.raw_data());
+    const acc_t* pd = static_cast<const acc_t*>(d.raw_data());
+    const acc_t* pm = static_cast<const acc_t*>(mean.raw_data());
+    core::for_each_index(x.numel(), [&](int64_t i) {
+      const int64_t ch = i % c;
+      const acc_t yv = py ? acc_t(opmath_t<scalar_t>(py[i])) : acc_t(1);
+      pdx[i] = scalar_t(bn_grad_input(acc_t(opmath_t<scalar_t>(px[i])),
+                                      acc_t(opmath_t<scalar_t>(pdy[i])), yv, pa[ch], pb[ch], pd[ch],
+                                      pm[ch], relu));
+    });
+  });
+}
+
+#if !defined(LOWBIT_WITH_CUDA)
+void bn_column_sums_cuda(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                         bool, bool, const Tensor&) {
+  LOWBIT_FAIL("batch_norm: a CUDA tensor was given but lowbit was built without CUDA");
+}
+void bn_affine_cuda(const Tensor&, const Tensor&, const Tensor&, bool, const Tensor&) {
+  LOWBIT_FAIL("batch_norm: a CUDA tensor was given but lowbit was built without CUDA");
+}
+void bn_grad_input_cuda(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                        const Tensor&, const Tensor&, bool, const Tensor&) {
+  LOWBIT_FAIL("batch_norm: a CUDA tensor was given but lowbit was built without CUDA");
+}
+#endif
+
+}  // namespace detail
+
+namespace {
+
+using namespace detail;
+
+Tensor column_sums(const Tensor& x, const Tensor& dy, const Tensor& y, const Tensor& mean,
+                   const Tensor& invstd, bool backward, bool relu) {
+  Tensor sums = empty({2, x.size(-1)}, TensorOptions(DType::f64, x.device()));
+  if (x.is_cuda()) bn_column_sums_cuda(x, dy, y, mean, invstd, backward, relu, sums);
+  else bn_column_sums_cpu(x, dy, y, mean, invstd, backward, relu, sums);
+  return sums;
+}
+
+}  // namespace
+
+Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
+                  const Tensor& running_mean, const Tensor& running_var, bool training,
+                  double momentum, double eps, bool relu) {
+  LOWBIT_CHECK(x_in.defined() && x_in.dim() >= 2, "batch_norm wants NHWC (or (N, C)) input, got ",
+               x_in.defined() ? shape_str(x_in.shape()) : "undefined");
+  LOWBIT_CHECK(is_floating(x_in.dtype()), "batch_norm: dtype ", x_in.dtype(), " is not floating");
+  const int64_t c = x_in.size(-1);
+  const int64_t m = x_in.numel() / std::max<int64_t>(c, 1);
+  const Device dev = x_in.device();
+  // Per-channel math in f64 for f64 inputs, f32 otherwise (bn_acc_t).
+  const DType pdt = x_in.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  const TensorOptions f32(pdt, dev);
+  for (const Tensor* t : {&weight, &bias, &running_mean, &running_var}) {
+    if (t->defined()) {
+      LOWBIT_CHECK(t->numel() == c && t->device() == dev, "batch_norm: per-channel tensor ",
+                   t->shape(), " on ", t->device(), " does not match ", c, " channels on ", dev);
+    }
+  }
+  const bool use_batch = training || !running_mean.defined();
+  Tensor x = x_in.detach().contiguous();
+  Tensor mean, invstd, gamma, a, y;
+  {
+    autograd::NoGradGuard no_grad;
+    if (use_batch) {
+      LOWBIT_CHECK(m > 1 || !training, "batch_norm: expected more than 1 value per channel when "
+                   "training, got input of shape ", x_in.shape());
+      Tensor sums = column_sums(x, Tensor(), Tensor(), Tensor(), Tensor(), false, false);
+      Tensor mean64 = sums.select(0, 0) * (1.0 / double(m));
+      // E[x^2] - E[x]^2 in double: exact enough for f32 data, and one pass over x.
+      Tensor var64 = clamp(sums.select(0, 1) * (1.0 / double(m)) - mean64 * mean64, 0.0, INFINITY);
+      mean = mean64.to(pdt).contiguous();
+      invstd = rsqrt(var64 + eps).to(pdt).contiguous();
+      if (training && running_mean.defined()) {
+        Tensor rm = running_mean, rv = running_var;
+        Tensor unbiased = var64 * (double(m) / double(std::max<int64_t>(m - 1, 1)));
+        mul_(rm, 1.0 - momentum);
+        add_(rm, mean64.to(rm.dtype()), momentum);
+        mul_(rv, 1.0 - momentum);
+        add_(rv, unbiased.to(rv.dtype()), momentum);
+      }
+    } else {
+      mean = running_mean.detach().to(pdt).contiguous();
+      invstd = rsqrt(running_var.detach().to(pdt) + eps).contiguous();
+    }
+    gamma = weight.defined() ? weight.detach().to(pdt).contiguous() : ones({c}, f32);
+    Tensor beta = bias.defined() ? bias.detach().to(pdt) : zeros({c}, f32);
+    a = (gamma * invstd).contiguous();
+    Tensor b = (beta - mean * a).contiguous();
+    y = empty(x.shape(), TensorOptions(x.dtype(), dev));
+    if (dev.is_cuda()) bn_affine_cuda(x, a, b, relu, y);
+    else bn_affine_cpu(x, a, b, relu, y);
+  }
+
+  std::vector<Tensor> inputs{x_in, weight, bias};
+  if (autograd::any_requires_grad(inputs)) {
+    autograd::SavedTensor sx(x, "batch_norm"), sy(y, "batch_norm");
+    const bool has_w = weight.defined(), has_b = bias.defined();
+    const DType wt = has_w ? weight.dtype() : DType::f32, bt = has_b ? bias.dtype() : DType::f32;
+    autograd::record("batch_norm", inputs, y, [=](const Tensor& g_in) {
+      Tensor xs = sx.unpack(), ys = sy.unpack();
+      Tensor g = g_in.contiguous();
+      Tensor yr = relu ? ys : Tensor();
+      Tensor sums = column_sums(xs, g, yr, mean, invstd, true, relu);
+      Tensor sum_dy = sums.select(0, 0).to(pdt);
+      Tensor sum_dy_xhat = sums.select(0, 1).to(pdt);
+      Tensor b2, d2;
+      if (use_batch) {
+        // dx = a*dy - a*sum_dy/M - (x - mean) * a*invstd*sum_dy_xhat/M
+        b2 = (a * sum_dy * (-1.0 / double(m))).contiguous();
+        d2 = (a * invstd * sum_dy_xhat * (-1.0 / double(m))).contiguous();
+      } else {
+        b2 = zeros({c}, f32);
+        d2 = zeros({c}, f32);
+      }
+      Tensor dx = empty(xs.shape(), TensorOptions(xs.dtype(), xs.device()));
+      if (xs.is_cuda()) bn_grad_input_cuda(xs, g, yr, a, b2, d2, mean, relu, dx);
+      else bn_grad_input_cpu(xs, g, yr, a, b2, d2, mean, relu, dx);
+      return std::vector<Tensor>{dx, has_w ? sum_dy_xhat.to(wt) : Tensor(),
+                                 has_b ? sum_dy.to(bt) : Tensor()};
+    });
+  }
+  return y;
+}
+
+BatchNorm2d::BatchNorm2d(const BatchNormOptions& o) : opts_(o) {
+  LOWBIT_CHECK(o.num_features > 0, "BatchNorm2d: num_features must be positive, got ",
+               o.num_features);
+  LOWBIT_CHECK(o.eps > 0 && o.momentum >= 0 && o.momentum <= 1, "BatchNorm2d: eps ", o.eps,
+               " must be positive and momentum ", o.momentum, " in [0, 1]");
+  if (o.affine) {
+    weight_ = ones({o.num_features});
+    bias_ = zeros({o.num_features});
+    register_parameter("weight", &weight_);
+    register_parameter("bias", &bias_);
+  }
+  if (o.track_running_stats) {
+    running_mean_ = zeros({o.num_features});
+    running_var_ = ones({o.num_features});
+    num_batches_tracked_ = zeros({}, DType::i64);
+    register_buffer("running_mean", &running_mean_);
+    register_buffer("running_var", &running_var_);
+    register_buffer("num_batches_tracked", &num_batches_tracked_);
+  }
+}
+
+Tensor BatchNorm2d::forward(const Tensor& x) {
+  LOWBIT_CHECK(x.defined() && x.size(-1) == opts_.num_features, "BatchNorm2d(",
+               opts_.num_features, ") got input of shape ",
+               x.defined() ? shape_str(x.shape()) : "undefined", " (channels last)");
+  if (is_training() && opts_.track_running_stats) {
+    autograd::NoGradGuard guard;
+    add_(num_batches_tracked_, ones({}, TensorOptions(DType::i64, num_batches_tracked_.device())));
+  }
+  return batch_norm(x, weight_, bias_, running_mean_, running_var_, is_training(), opts_.momentum,
+                    opts_.eps, opts_.fuse_relu);
+}
+
+std::string BatchNorm2d::extra_repr() const {
+  std::ostringstream os;
+  os << opts_.num_features << ", eps=" << opts_.eps << ", momentum=" << opts_.momentum
+     << ", affine=" << (opts_.affine ? "True" : "False")
+     << ", track_running_stats=" << (opts_.track_running_stats ? "True" : "False");
+  if (opts_.fuse_relu) os << ", fused ReLU";
+  return os.str();
+}
+
+}  // namespace lowbit::layers

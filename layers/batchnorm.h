@@ -1,0 +1,108 @@
+// BatchNorm2d on NHWC activations, viewed as (M = N*H*W, C): batch statistics in training
+// (biased variance to normalise, unbiased into the running variance, as PyTorch), running
+// statistics in eval, momentum 0.1, eps 1e-5, optional affine, and an optional fused ReLU.
+// Three kernels do the work on both backends: per-channel column sums (double accumulation,
+// deterministic), a per-channel affine map y = x*a[c] + b[c] (with the ReLU), and the input
+// gradient dx = a[c]*dy + b[c] + (x - mean[c])*d[c]. The per-element math is written once here.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <type_traits>
+
+#include "core/hd.h"
+#include "core/tensor.h"
+#include "layers/module.h"
+
+namespace lowbit::layers {
+
+struct BatchNormOptions {
+  int64_t num_features = 0;
+  double eps = 1e-5;
+  double momentum = 0.1;
+  bool affine = true;
+  bool track_running_stats = true;
+  bool fuse_relu = false;  // y = relu(bn(x)) in one pass
+};
+
+// Functional form. x (N, H, W, C); weight/bias (C) or undefined; running stats (C) f32 or
+// undefined (then batch statistics are used in eval too). Updates running stats in training.
+Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                  const Tensor& running_mean, const Tensor& running_var, bool training,
+                  double momentum, double eps, bool relu = false);
+
+class BatchNorm2d : public Module {
+ public:
+  explicit BatchNorm2d(const BatchNormOptions& o);
+  explicit BatchNorm2d(int64_t num_features) : BatchNorm2d(BatchNormOptions{num_features}) {}
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "BatchNorm2d"; }
+  std::string extra_repr() const override;
+
+  const BatchNormOptions& options() const { return opts_; }
+  void set_fuse_relu(bool on) { opts_.fuse_relu = on; }
+  Tensor& weight() { return weight_; }
+  Tensor& bias() { return bias_; }
+  Tensor& running_mean() { return running_mean_; }
+  Tensor& running_var() { return running_var_; }
+  Tensor& num_batches_tracked() { return num_batches_tracked_; }
+
+ private:
+  BatchNormOptions opts_;
+  Tensor weight_, bias_, running_mean_, running_var_, num_batches_tracked_;
+};
+
+namespace detail {
+
+// The math type: double for f64 tensors, float otherwise (per-channel tensors have it too).
+template <typename T>
+using bn_acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// Terms summed per channel: (x, x^2) for the statistics.
+struct BnStatsTerm {
+  template <typename A>
+  LOWBIT_HD void operator()(A x, A, A, A, A, double* out) const {
+    out[0] = double(x);
+    out[1] = double(x) * double(x);
+  }
+};
+// (dy', dy' * xhat) for the backward, dy' = dy masked by the fused ReLU.
+struct BnBackwardTerm {
+  bool relu;
+  template <typename A>
+  LOWBIT_HD void operator()(A x, A dy, A y, A mean, A invstd, double* out) const {
+    const A g = (relu && !(y > A(0))) ? A(0) : dy;
+    out[0] = double(g);
+    out[1] = double(g) * double((x - mean) * invstd);
+  }
+};
+template <typename A>
+LOWBIT_HD A bn_affine(A x, A a, A b, bool relu) {
+  const A v = x * a + b;
+  return (relu && !(v > A(0))) ? A(0) : v;
+}
+template <typename A>
+LOWBIT_HD A bn_grad_input(A x, A dy, A y, A a, A b, A d, A mean, bool relu) {
+  const A g = (relu && !(y > A(0))) ? A(0) : dy;
+  return a * g + b + (x - mean) * d;
+}
+
+// Kernels (tensors contiguous, x/dy/y of one floating dtype, per-channel tensors (C) of
+// bn_acc_t's dtype: f64 for f64 inputs, f32 otherwise).
+// sums: f64 (2, C).
+void bn_column_sums_cpu(const Tensor& x, const Tensor& dy, const Tensor& y, const Tensor& mean,
+                        const Tensor& invstd, bool backward, bool relu, const Tensor& sums);
+void bn_affine_cpu(const Tensor& x, const Tensor& a, const Tensor& b, bool relu, const Tensor& y);
+void bn_grad_input_cpu(const Tensor& x, const Tensor& dy, const Tensor& y, const Tensor& a,
+                       const Tensor& b, const Tensor& d, const Tensor& mean, bool relu,
+                       const Tensor& dx);
+void bn_column_sums_cuda(const Tensor& x, const Tensor& dy, const Tensor& y, const Tensor& mean,
+                         const Tensor& invstd, bool backward, bool relu, const Tensor& sums);
+void bn_affine_cuda(const Tensor& x, const Tensor& a, const Tensor& b, bool relu, const Tensor& y);
+void bn_grad_input_cuda(const Tensor& x, const Tensor& dy, const Tensor& y, const Tensor& a,
+                        const Tensor& b, const Tensor& d, const Tensor& mean, bool relu,
+                        const Tensor& dx);
+
+}  // namespace detail
+
+}  // namespace lowbit::layers

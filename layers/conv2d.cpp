@@ -1,0 +1,302 @@
+// Conv2d: shape checks, the oneDNN CPU kernels (primitives cached per geometry), autograd and
+// device dispatch. The cuDNN kernels are in conv2d.cu.
+#include "layers/conv2d.h"
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <tuple>
+
+#include "core/autograd.h"
+#include "core/ops.h"
+
+namespace lowbit::layers {
+
+ConvShape conv2d_shape(const Tensor& x, const Tensor& w, const Conv2dOptions& o) {
+  LOWBIT_CHECK(x.defined() && x.dim() == 4, "conv2d wants NHWC input (4-D), got ",
+               x.defined() ? shape_str(x.shape()) : "undefined");
+  LOWBIT_CHECK(w.defined() && w.dim() == 4, "conv2d wants a KRSC weight (4-D), got ",
+               w.defined() ? shape_str(w.shape()) : "undefined");
+  ConvShape s{};
+  s.n = x.size(0);
+  s.h = x.size(1);
+  s.w = x.size(2);
+  s.c = x.size(3);
+  s.k = w.size(0);
+  s.r = w.size(1);
+  s.s = w.size(2);
+  s.groups = o.groups;
+  s.stride_h = o.stride[0];
+  s.stride_w = o.stride[1];
+  s.pad_h = o.padding[0];
+  s.pad_w = o.padding[1];
+  s.dil_h = o.dilation[0];
+  s.dil_w = o.dilation[1];
+  LOWBIT_CHECK(o.groups >= 1 && s.c % o.groups == 0 && s.k % o.groups == 0, "conv2d: groups ",
+               o.groups, " must divide input channels ", s.c, " and filters ", s.k);
+  LOWBIT_CHECK(w.size(3) * o.groups == s.c, "conv2d: input has ", s.c,
+               " channels but the weight ", w.shape(), " with groups ", o.groups, " expects ",
+               w.size(3) * o.groups);
+  LOWBIT_CHECK(s.stride_h > 0 && s.stride_w > 0 && s.dil_h > 0 && s.dil_w > 0 && s.pad_h >= 0 &&
+                   s.pad_w >= 0,
+               "conv2d: stride and dilation must be positive and padding non-negative");
+  s.p = (s.h + 2 * s.pad_h - s.dil_h * (s.r - 1) - 1) / s.stride_h + 1;
+  s.q = (s.w + 2 * s.pad_w - s.dil_w * (s.s - 1) - 1) / s.stride_w + 1;
+  LOWBIT_CHECK(s.p > 0 && s.q > 0, "conv2d: input ", x.shape(), " is too small for kernel ",
+               s.r, "x", s.s, " with padding ", s.pad_h, " and dilation ", s.dil_h);
+  return s;
+}
+
+// ---------------------------------------------------------------------------- oneDNN
+
+namespace {
+
+using dnnl::memory;
+
+dnnl::engine& cpu_engine() {
+  static dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+  return eng;
+}
+
+using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                       int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool>;
+
+Key key_of(const ConvShape& s, bool bias) {
+  return Key{s.n, s.h, s.w, s.c, s.k, s.r, s.s, s.stride_h, s.stride_w, s.pad_h, s.pad_w,
+             s.dil_h, s.dil_w, s.groups, bias};
+}
+
+struct Primitives {
+  memory::desc src, weights, bias, dst;
+  dnnl::convolution_forward::primitive_desc fwd_pd;
+  dnnl::convolution_forward fwd;
+  std::unique_ptr<dnnl::convolution_backward_data> bwd_data;
+  std::unique_ptr<dnnl::convolution_backward_weights> bwd_weights;
+  dnnl::convolution_backward_weights::primitive_desc bwd_weights_pd;
+};
+
+struct Descs {
+  memory::desc src, weights, bias, dst;
+  memory::dims strides, dilates, pad_l, pad_r;
+};
+
+Descs make_descs(const ConvShape& s, bool with_bias) {
+  using tag = memory::format_tag;
+  using dt = memory::data_type;
+  Descs d;
+  d.src = memory::desc({s.n, s.c, s.h, s.w}, dt::f32, tag::nhwc);
+  d.dst = memory::desc({s.n, s.k, s.p, s.q}, dt::f32, tag::nhwc);
+  if (s.groups == 1) {
+    d.weights = memory::desc({s.k, s.c, s.r, s.s}, dt::f32, tag::ohwi);
+  } else {
+    d.weights = memory::desc({s.groups, s.k / s.groups, s.c / s.groups, s.r, s.s}, dt::f32, tag::gohwi);
+  }
+  d.bias = with_bias ? memory::desc({s.k}, dt::f32, tag::x) : memory::desc();
+  d.strides = {s.stride_h, s.stride_w};
+  d.dilates = {s.dil_h - 1, s.dil_w - 1};  // oneDNN counts dilation from 0
+  d.pad_l = {s.pad_h, s.pad_w};
+  // Right padding so that the output size matches exactly (PyTorch drops the remainder).
+  d.pad_r = {(s.p - 1) * s.stride_h + s.dil_h * (s.r - 1) + 1 - s.h - s.pad_h,
+             (s.q - 1) * s.stride_w + s.dil_w * (s.s - 1) + 1 - s.w - s.pad_w};
+  return d;
+}
+
+std::mutex g_cache_mu;
+
+dnnl::convolution_forward::primitive_desc forward_pd(const Descs& d, bool with_bias) {
+  using namespace dnnl;
+  auto desc = with_bias
+      ? convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, d.src,
+                                  d.weights, d.bias, d.dst, d.strides, d.dilates, d.pad_l, d.pad_r)
+      : convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, d.src,
+                                  d.weights, d.dst, d.strides, d.dilates, d.pad_l, d.pad_r);
+  return convolution_forward::primitive_desc(desc, cpu_engine());
+}
+
+struct FwdEntry {
+  Descs d;
+  dnnl::convolution_forward::primitive_desc pd;
+  dnnl::convolution_forward prim;
+};
+struct BwdEntry {
+  Descs d;
+  dnnl::convolution_backward_data prim_data;
+  dnnl::convolution_backward_weights prim_weights;
+};
+
+FwdEntry& forward_entry(const ConvShape& s, bool with_bias) {
+  static std::map<Key, std::unique_ptr<FwdEntry>> cache;
+  std::lock_guard<std::mutex> lock(g_cache_mu);
+  auto& slot = cache[key_of(s, with_bias)];
+  if (!slot) {
+    Descs d = make_descs(s, with_bias);
+    auto pd = forward_pd(d, with_bias);
+    slot.reset(new FwdEntry{d, pd, dnnl::convolution_forward(pd)});
+  }
+  return *slot;
+}
+
+BwdEntry& backward_entry(const ConvShape& s, bool with_bias) {
+  using namespace dnnl;
+  static std::map<Key, std::unique_ptr<BwdEntry>> cache;
+  std::lock_guard<std::mutex> lock(g_cache_mu);
+  auto& slot = cache[key_of(s, with_bias)];
+  if (!slot) {
+    Descs d = make_descs(s, with_bias);
+    auto hint = forward_pd(d, with_bias);
+    convolution_backward_data::desc dd(algorithm::convolution_direct, d.src, d.weights, d.dst,
+                                       d.strides, d.dilates, d.pad_l, d.pad_r);
+    convolution_backward_data::primitive_desc dpd(dd, cpu_engine(), hint);
+    auto wd = with_bias
+        ? convolution_backward_weights::desc(algorithm::convolution_direct, d.src, d.weights,
+                                             d.bias, d.dst, d.strides, d.dilates, d.pad_l, d.pad_r)
+        : convolution_backward_weights::desc(algorithm::convolution_direct, d.src, d.weights,
+                                             d.dst, d.strides, d.dilates, d.pad_l, d.pad_r);
+    convolution_backward_weights::primitive_desc wpd(wd, cpu_engine(), hint);
+    slot.reset(new BwdEntry{d, convolution_backward_data(dpd), convolution_backward_weights(wpd)});
+  }
+  return *slot;
+}
+
+void check_cpu_f32(const Tensor& t, const char* what) {
+  LOWBIT_CHECK(t.dtype() == DType::f32, "conv2d (cpu): ", what, " has dtype ", t.dtype(),
+               "; the CPU convolution supports f32");
+  LOWBIT_CHECK(t.is_contiguous(), "conv2d (cpu): ", what, " must be contiguous");
+}
+
+}  // namespace
+
+void conv2d_forward_cpu(const ConvShape& s, const Tensor& x, const Tensor& w, const Tensor& b,
+                        const Tensor& y) {
+  check_cpu_f32(x, "input");
+  check_cpu_f32(w, "weight");
+  FwdEntry& e = forward_entry(s, b.defined());
+  dnnl::stream strm(cpu_engine());
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, memory(e.d.src, cpu_engine(), x.raw_data())},
+                                       {DNNL_ARG_WEIGHTS, memory(e.d.weights, cpu_engine(), w.raw_data())},
+                                       {DNNL_ARG_DST, memory(e.d.dst, cpu_engine(), y.raw_data())}};
+  if (b.defined()) args.emplace(DNNL_ARG_BIAS, memory(e.d.bias, cpu_engine(), b.raw_data()));
+  e.prim.execute(strm, args);
+  strm.wait();
+}
+
+void conv2d_backward_cpu(const ConvShape& s, const Tensor& x, const Tensor& w, const Tensor& dy,
+                         const Tensor& dx, const Tensor& dw, const Tensor& db) {
+  check_cpu_f32(dy, "output gradient");
+  BwdEntry& e = backward_entry(s, db.defined());
+  dnnl::stream strm(cpu_engine());
+  if (dx.defined()) {
+    e.prim_data.execute(strm, {{DNNL_ARG_DIFF_DST, memory(e.d.dst, cpu_engine(), dy.raw_data())},
+                               {DNNL_ARG_WEIGHTS, memory(e.d.weights, cpu_engine(), w.raw_data())},
+                               {DNNL_ARG_DIFF_SRC, memory(e.d.src, cpu_engine(), dx.raw_data())}});
+  }
+  if (dw.defined()) {
+    std::unordered_map<int, memory> args{
+        {DNNL_ARG_DIFF_DST, memory(e.d.dst, cpu_engine(), dy.raw_data())},
+        {DNNL_ARG_SRC, memory(e.d.src, cpu_engine(), x.raw_data())},
+        {DNNL_ARG_DIFF_WEIGHTS, memory(e.d.weights, cpu_engine(), dw.raw_data())}};
+    if (db.defined()) args.emplace(DNNL_ARG_DIFF_BIAS, memory(e.d.bias, cpu_engine(), db.raw_data()));
+    e.prim_weights.execute(strm, args);
+  }
+  strm.wait();
+}
+
+#if !defined(LOWBIT_WITH_CUDA)
+void conv2d_forward_cuda(const ConvShape&, const Tensor&, const Tensor&, const Tensor&, const Tensor&) {
+  LOWBIT_FAIL("conv2d: a CUDA tensor was given but lowbit was built without CUDA");
+}
+void conv2d_backward_cuda(const ConvShape&, const Tensor&, const Tensor&, const Tensor&,
+                          const Tensor&, const Tensor&, const Tensor&) {
+  LOWBIT_FAIL("conv2d: a CUDA tensor was given but lowbit was built without CUDA");
+}
+#endif
+
+// ---------------------------------------------------------------------------- autograd
+
+Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& b_in, const Conv2dOptions& o) {
+  const ConvShape s = conv2d_shape(x_in, w_in, o);
+  LOWBIT_CHECK(x_in.device() == w_in.device(), "conv2d: input on ", x_in.device(), ", weight on ",
+               w_in.device());
+  LOWBIT_CHECK(x_in.dtype() == w_in.dtype(), "conv2d: input dtype ", x_in.dtype(),
+               " differs from weight dtype ", w_in.dtype());
+  if (b_in.defined()) {
+    LOWBIT_CHECK(b_in.dim() == 1 && b_in.size(0) == s.k, "conv2d: bias ", b_in.shape(),
+                 " must have ", s.k, " elements");
+  }
+  const Device dev = x_in.device();
+  Tensor x = x_in.detach().contiguous();
+  Tensor w = w_in.detach().contiguous();
+  Tensor b = b_in.defined() ? b_in.detach().to(x.dtype()).contiguous() : Tensor();
+  Tensor y = empty({s.n, s.p, s.q, s.k}, TensorOptions(x.dtype(), dev));
+  if (dev.is_cuda()) conv2d_forward_cuda(s, x, w, b, y);
+  else conv2d_forward_cpu(s, x, w, b, y);
+
+  if (autograd::any_requires_grad({x_in, w_in, b_in})) {
+    autograd::SavedTensor sx(x, "conv2d"), sw(w, "conv2d");
+    const bool need_x = x_in.requires_grad(), need_w = w_in.requires_grad();
+    const bool need_b = b_in.defined() && b_in.requires_grad();
+    std::vector<Tensor> inputs{x_in, w_in};
+    if (b_in.defined()) inputs.push_back(b_in);
+    autograd::record("conv2d", inputs, y, [=](const Tensor& g_in) {
+      Tensor xs = sx.unpack(), ws = sw.unpack();
+      Tensor g = g_in.contiguous();
+      const TensorOptions opt(xs.dtype(), xs.device());
+      Tensor dx = need_x ? empty(xs.shape(), opt) : Tensor();
+      Tensor dw = (need_w || need_b) ? empty(ws.shape(), opt) : Tensor();
+      Tensor db = need_b ? empty({s.k}, opt) : Tensor();
+      if (g.is_cuda()) conv2d_backward_cuda(s, xs, ws, g, dx, dw, db);
+      else conv2d_backward_cpu(s, xs, ws, g, dx, dw, db);
+      std::vector<Tensor> out{dx, need_w ? dw : Tensor()};
+      if (b_in.defined()) out.push_back(db);
+      return out;
+    });
+  }
+  return y;
+}
+
+// ---------------------------------------------------------------------------- module
+
+Tensor krsc_to_oihw(const Tensor& w) { return w.permute({0, 3, 1, 2}); }
+Tensor oihw_to_krsc(const Tensor& w) { return w.permute({0, 2, 3, 1}); }
+
+Conv2d::Conv2d(const Conv2dOptions& o) : opts_(o) {
+  LOWBIT_CHECK(o.in_channels > 0 && o.out_channels > 0, "Conv2d: channels must be positive, got ",
+               o.in_channels, " -> ", o.out_channels);
+  LOWBIT_CHECK(o.groups >= 1 && o.in_channels % o.groups == 0 && o.out_channels % o.groups == 0,
+               "Conv2d: groups ", o.groups, " must divide in_channels ", o.in_channels,
+               " and out_channels ", o.out_channels);
+  const int64_t cg = o.in_channels / o.groups;
+  const int64_t fan_in = cg * o.kernel[0] * o.kernel[1];
+  weight_ = uniform_fan_in({o.out_channels, o.kernel[0], o.kernel[1], cg}, fan_in);
+  register_parameter("weight", &weight_);
+  if (o.bias) {
+    bias_ = uniform_fan_in({o.out_channels}, fan_in);
+    register_parameter("bias", &bias_);
+  }
+}
+
+Tensor Conv2d::forward(const Tensor& x) { return conv2d(x, weight_, bias_, opts_); }
+
+std::string Conv2d::extra_repr() const {
+  std::ostringstream os;
+  os << opts_.in_channels << ", " << opts_.out_channels << ", kernel_size=(" << opts_.kernel[0]
+     << ", " << opts_.kernel[1] << "), stride=(" << opts_.stride[0] << ", " << opts_.stride[1] << ")";
+  if (opts_.padding[0] || opts_.padding[1])
+    os << ", padding=(" << opts_.padding[0] << ", " << opts_.padding[1] << ")";
+  if (opts_.dilation[0] != 1 || opts_.dilation[1] != 1)
+    os << ", dilation=(" << opts_.dilation[0] << ", " << opts_.dilation[1] << ")";
+  if (opts_.groups != 1) os << ", groups=" << opts_.groups;
+  if (!opts_.bias) os << ", bias=False";
+  return os.str();
+}
+
+Tensor Conv2d::to_layout(const std::string& local_name, const Tensor& t, Layout from,
+                         Layout to) const {
+  if (local_name != "weight" || from == to) return t;
+  LOWBIT_CHECK(t.dim() == 4, "Conv2d weight must be 4-D, got ", t.shape());
+  return to == Layout::pytorch ? krsc_to_oihw(t) : oihw_to_krsc(t);
+}
+
+}  // namespace lowbit::layers

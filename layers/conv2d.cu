@@ -1,0 +1,190 @@
+// Conv2d on CUDA through cuDNN's convolution API: NHWC tensor and filter descriptors, one
+// algorithm per geometry and direction chosen by cuDNN's heuristics and cached, workspace from
+// the caching allocator (as a byte tensor, so it is stream-ordered). Tensor-core math is
+// allowed for 16-bit inputs and, for f32, only when TF32 is switched on (set_allow_tf32).
+#include "layers/conv2d.h"
+
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "core/ops.h"
+#include "cuda/check.h"
+#include "cuda/handles.h"
+#include "cuda/runtime.h"
+
+namespace lowbit::layers {
+
+namespace {
+
+cudnnDataType_t cudnn_dtype(DType t) {
+  switch (t) {
+    case DType::f32: return CUDNN_DATA_FLOAT;
+    case DType::f64: return CUDNN_DATA_DOUBLE;
+    case DType::f16: return CUDNN_DATA_HALF;
+    case DType::bf16: return CUDNN_DATA_BFLOAT16;
+    default: break;
+  }
+  LOWBIT_FAIL("conv2d (cuda): dtype ", t, " is not supported (f32, f64, f16, bf16)");
+}
+
+// Descriptors and chosen algorithms for one geometry, dtype and device.
+struct CudnnConv {
+  cudnnTensorDescriptor_t x = nullptr, y = nullptr, b = nullptr;
+  cudnnFilterDescriptor_t w = nullptr;
+  cudnnConvolutionDescriptor_t conv = nullptr;
+  cudnnConvolutionFwdAlgo_t fwd_algo{};
+  cudnnConvolutionBwdDataAlgo_t bwd_data_algo{};
+  cudnnConvolutionBwdFilterAlgo_t bwd_filter_algo{};
+  size_t fwd_ws = 0, bwd_data_ws = 0, bwd_filter_ws = 0;
+
+  CudnnConv() = default;
+  CudnnConv(const CudnnConv&) = delete;
+  CudnnConv& operator=(const CudnnConv&) = delete;
+  ~CudnnConv() {
+    if (x) CUDNN_CHECK_WARN(cudnnDestroyTensorDescriptor(x));
+    if (y) CUDNN_CHECK_WARN(cudnnDestroyTensorDescriptor(y));
+    if (b) CUDNN_CHECK_WARN(cudnnDestroyTensorDescriptor(b));
+    if (w) CUDNN_CHECK_WARN(cudnnDestroyFilterDescriptor(w));
+    if (conv) CUDNN_CHECK_WARN(cudnnDestroyConvolutionDescriptor(conv));
+  }
+};
+
+using Key = std::tuple<int, int, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                       int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t>;
+
+std::mutex g_mu;
+
+CudnnConv& get_conv(const ConvShape& s, DType t, int device) {
+  static std::map<Key, std::unique_ptr<CudnnConv>> cache;
+  const bool tf32 = allow_tf32();
+  Key key{device, int(t), tf32, s.n, s.h, s.w, s.c, s.k, s.r, s.s, s.stride_h, s.stride_w,
+          s.pad_h, s.pad_w, s.dil_h * 1000 + s.dil_w, s.groups};
+  std::lock_guard<std::mutex> lock(g_mu);
+  auto& slot = cache[key];
+  if (slot) return *slot;
+  auto c = std::make_unique<CudnnConv>();
+  const cudnnDataType_t dt = cudnn_dtype(t);
+  // 16-bit inputs accumulate in f32; f64 in f64.
+  const cudnnDataType_t compute = t == DType::f64 ? CUDNN_DATA_DOUBLE : CUDNN_DATA_FLOAT;
+  CUDNN_CHECK(cudnnCreateTensorDescriptor(&c->x));
+  CUDNN_CHECK(cudnnCreateTensorDescriptor(&c->y));
+  CUDNN_CHECK(cudnnCreateTensorDescriptor(&c->b));
+  CUDNN_CHECK(cudnnCreateFilterDescriptor(&c->w));
+  CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&c->conv));
+  CUDNN_CHECK(cudnnSetTensor4dDescriptor(c->x, CUDNN_TENSOR_NHWC, dt, int(s.n), int(s.c), int(s.h), int(s.w)));
+  CUDNN_CHECK(cudnnSetTensor4dDescriptor(c->y, CUDNN_TENSOR_NHWC, dt, int(s.n), int(s.k), int(s.p), int(s.q)));
+  CUDNN_CHECK(cudnnSetTensor4dDescriptor(c->b, CUDNN_TENSOR_NHWC, dt, 1, int(s.k), 1, 1));
+  CUDNN_CHECK(cudnnSetFilter4dDescriptor(c->w, dt, CUDNN_TENSOR_NHWC, int(s.k), int(s.c / s.groups),
+                                         int(s.r), int(s.s)));
+  CUDNN_CHECK(cudnnSetConvolution2dDescriptor(c->conv, int(s.pad_h), int(s.pad_w), int(s.stride_h),
+                                              int(s.stride_w), int(s.dil_h), int(s.dil_w),
+                                              CUDNN_CROSS_CORRELATION, compute));
+  CUDNN_CHECK(cudnnSetConvolutionGroupCount(c->conv, int(s.groups)));
+  const cudnnMathType_t math = (t == DType::f16 || t == DType::bf16 || (t == DType::f32 && tf32))
+                                   ? CUDNN_TENSOR_OP_MATH
+                                   : CUDNN_FMA_MATH;
+  CUDNN_CHECK(cudnnSetConvolutionMathType(c->conv, math));
+
+  cudnnHandle_t h = cuda::cudnn_handle(device);
+  int returned = 0;
+  cudnnConvolutionFwdAlgoPerf_t fwd[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+  CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, c->x, c->w, c->conv, c->y,
+                                                     CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, fwd));
+  bool found = false;
+  for (int i = 0; i < returned && !found; ++i) {
+    if (fwd[i].status != CUDNN_STATUS_SUCCESS) continue;
+    c->fwd_algo = fwd[i].algo;
+    found = true;
+  }
+  LOWBIT_CHECK(found, "conv2d (cuda): cuDNN has no forward algorithm for this geometry");
+  CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(h, c->x, c->w, c->conv, c->y, c->fwd_algo, &c->fwd_ws));
+
+  cudnnConvolutionBwdDataAlgoPerf_t bd[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+  CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
+      h, c->w, c->y, c->conv, c->x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &returned, bd));
+  found = false;
+  for (int i = 0; i < returned && !found; ++i) {
+    if (bd[i].status != CUDNN_STATUS_SUCCESS) continue;
+    c->bwd_data_algo = bd[i].algo;
+    found = true;
+  }
+  LOWBIT_CHECK(found, "conv2d (cuda): cuDNN has no backward-data algorithm for this geometry");
+  CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(h, c->w, c->y, c->conv, c->x,
+                                                           c->bwd_data_algo, &c->bwd_data_ws));
+
+  cudnnConvolutionBwdFilterAlgoPerf_t bf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+  CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+      h, c->x, c->y, c->conv, c->w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &returned, bf));
+  found = false;
+  for (int i = 0; i < returned && !found; ++i) {
+    if (bf[i].status != CUDNN_STATUS_SUCCESS) continue;
+    c->bwd_filter_algo = bf[i].algo;
+    found = true;
+  }
+  LOWBIT_CHECK(found, "conv2d (cuda): cuDNN has no backward-filter algorithm for this geometry");
+  CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(h, c->x, c->y, c->conv, c->w,
+                                                             c->bwd_filter_algo, &c->bwd_filter_ws));
+  slot = std::move(c);
+  return *slot;
+}
+
+// Scratch from the caching allocator, released (stream-ordered) when the tensor goes.
+Tensor workspace(size_t bytes, Device dev) {
+  return empty({int64_t(bytes > 0 ? bytes : 1)}, TensorOptions(DType::u8, dev));
+}
+
+// cuDNN's alpha/beta are float for every data type but double.
+struct Scale {
+  float f;
+  double d;
+};
+const void* scale_ptr(const Scale& s, DType t) { return t == DType::f64 ? static_cast<const void*>(&s.d) : &s.f; }
+
+}  // namespace
+
+void conv2d_forward_cuda(const ConvShape& s, const Tensor& x, const Tensor& w, const Tensor& b,
+                         const Tensor& y) {
+  const int dev = x.device().index;
+  cuda::DeviceGuard guard(dev);
+  CudnnConv& c = get_conv(s, x.dtype(), dev);
+  Tensor ws = workspace(c.fwd_ws, x.device());
+  const Scale one{1.0f, 1.0}, zero{0.0f, 0.0};
+  cudnnHandle_t h = cuda::cudnn_handle(dev);
+  CUDNN_CHECK(cudnnConvolutionForward(h, scale_ptr(one, x.dtype()), c.x, x.raw_data(), c.w,
+                                      w.raw_data(), c.conv, c.fwd_algo, ws.raw_data(), c.fwd_ws,
+                                      scale_ptr(zero, x.dtype()), c.y, y.raw_data()));
+  if (b.defined()) {
+    CUDNN_CHECK(cudnnAddTensor(h, scale_ptr(one, x.dtype()), c.b, b.raw_data(),
+                               scale_ptr(one, x.dtype()), c.y, y.raw_data()));
+  }
+}
+
+void conv2d_backward_cuda(const ConvShape& s, const Tensor& x, const Tensor& w, const Tensor& dy,
+                          const Tensor& dx, const Tensor& dw, const Tensor& db) {
+  const int dev = x.device().index;
+  cuda::DeviceGuard guard(dev);
+  CudnnConv& c = get_conv(s, x.dtype(), dev);
+  const Scale one{1.0f, 1.0}, zero{0.0f, 0.0};
+  const DType t = x.dtype();
+  cudnnHandle_t h = cuda::cudnn_handle(dev);
+  if (dx.defined()) {
+    Tensor ws = workspace(c.bwd_data_ws, x.device());
+    CUDNN_CHECK(cudnnConvolutionBackwardData(h, scale_ptr(one, t), c.w, w.raw_data(), c.y,
+                                             dy.raw_data(), c.conv, c.bwd_data_algo, ws.raw_data(),
+                                             c.bwd_data_ws, scale_ptr(zero, t), c.x, dx.raw_data()));
+  }
+  if (dw.defined()) {
+    Tensor ws = workspace(c.bwd_filter_ws, x.device());
+    CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, scale_ptr(one, t), c.x, x.raw_data(), c.y,
+                                               dy.raw_data(), c.conv, c.bwd_filter_algo,
+                                               ws.raw_data(), c.bwd_filter_ws, scale_ptr(zero, t),
+                                               c.w, dw.raw_data()));
+  }
+  if (db.defined()) {
+    CUDNN_CHECK(cudnnConvolutionBackwardBias(h, scale_ptr(one, t), c.y, dy.raw_data(),
+                                             scale_ptr(zero, t), c.b, db.raw_data()));
+  }
+}
+
+}  // namespace lowbit::layers

@@ -1,0 +1,136 @@
+// BatchNorm2d: outputs and running statistics against hand-computed values, train/eval
+// behaviour, the fused ReLU, gradients by finite differences.
+#include <gmock/gmock.h>
+
+#include "core/autograd.h"
+#include "core/ops.h"
+#include "core/random.h"
+#include "layers/batchnorm.h"
+#include "tests/common/gradcheck.h"
+#include "tests/common/test_util.h"
+
+namespace lowbit::layers {
+namespace {
+
+using testing::tensor_of;
+using testing::to_doubles;
+
+TEST(BatchNorm2d, TrainingNormalisesAndUpdatesRunningStats) {
+  BatchNorm2d bn(2);
+  // (N=1, H=2, W=2, C=2): channel 0 holds 1, 2, 3, 4; channel 1 holds 10, 10, 10, 14.
+  Tensor x = tensor_of({1, 10, 2, 10, 3, 10, 4, 14}, {1, 2, 2, 2});
+  Tensor y = bn.forward(x);
+  // Channel 0: mean 2.5, biased var 1.25.
+  const double is0 = 1.0 / std::sqrt(1.25 + 1e-5);
+  std::vector<double> v = to_doubles(y);
+  EXPECT_NEAR(v[0], (1 - 2.5) * is0, 1e-5);
+  EXPECT_NEAR(v[6], (4 - 2.5) * is0, 1e-5);
+  // Channel 1: mean 11, biased var 3.
+  EXPECT_NEAR(v[7], (14 - 11) / std::sqrt(3 + 1e-5), 1e-5);
+  // Running stats: momentum 0.1, unbiased variance (1.25 * 4/3, 3 * 4/3).
+  std::vector<double> rm = to_doubles(bn.running_mean()), rv = to_doubles(bn.running_var());
+  EXPECT_NEAR(rm[0], 0.25, 1e-6);
+  EXPECT_NEAR(rm[1], 1.1, 1e-6);
+  EXPECT_NEAR(rv[0], 0.9 + 0.1 * 1.25 * 4 / 3, 1e-6);
+  EXPECT_NEAR(rv[1], 0.9 + 0.1 * 4.0, 1e-6);
+  EXPECT_EQ(bn.num_batches_tracked().item(), 1.0);
+}
+
+TEST(BatchNorm2d, EvalUsesRunningStats) {
+  BatchNorm2d bn(1);
+  {
+    autograd::NoGradGuard guard;
+    bn.running_mean().fill_(2.0);
+    bn.running_var().fill_(4.0);
+    bn.weight().fill_(3.0);
+    bn.bias().fill_(0.5);
+  }
+  bn.eval();
+  Tensor y = bn.forward(tensor_of({2, 4, 6}, {1, 1, 3, 1}));
+  const double is = 1.0 / std::sqrt(4.0 + 1e-5);
+  EXPECT_TENSOR_NEAR(y, tensor_of({0.5, 3 * 2 * is + 0.5, 3 * 4 * is + 0.5}, {1, 1, 3, 1}), 1e-6, 1e-6);
+  EXPECT_EQ(bn.num_batches_tracked().item(), 0.0);
+  EXPECT_EQ(to_doubles(bn.running_mean())[0], 2.0);  // untouched in eval
+}
+
+TEST(BatchNorm2d, FusedReluEqualsReluAfter) {
+  manual_seed(20);
+  Tensor x = randn({4, 3, 3, 5});
+  Tensor plain = relu(batch_norm(x, Tensor(), Tensor(), Tensor(), Tensor(), true, 0.1, 1e-5, false));
+  Tensor fused = batch_norm(x, Tensor(), Tensor(), Tensor(), Tensor(), true, 0.1, 1e-5, true);
+  EXPECT_TENSOR_NEAR(fused, plain, 0, 0);
+}
+
+TEST(BatchNorm2d, TrainingGradientsMatchFiniteDifferences) {
+  manual_seed(21);
+  auto f = [](const std::vector<Tensor>& in) {
+    return batch_norm(in[0], in[1], in[2], Tensor(), Tensor(), true, 0.1, 1e-5, false);
+  };
+  EXPECT_TRUE(testing::gradcheck(f, {randn({3, 2, 2, 4}), randn({4}), randn({4})}));
+}
+
+TEST(BatchNorm2d, FusedReluGradients) {
+  manual_seed(22);
+  auto f = [](const std::vector<Tensor>& in) {
+    return batch_norm(in[0], in[1], in[2], Tensor(), Tensor(), true, 0.1, 1e-5, true);
+  };
+  testing::GradcheckOptions o;
+  o.eps = 1e-7;  // stay on one side of the ReLU kink for every element
+  o.rtol = 1e-4;
+  o.atol = 1e-6;
+  EXPECT_TRUE(testing::gradcheck(f, {randn({2, 3, 3, 3}), randn({3}), randn({3})}, o));
+}
+
+TEST(BatchNorm2d, EvalGradientsMatchFiniteDifferences) {
+  manual_seed(23);
+  Tensor rm = randn({3}, DType::f64), rv = rand({3}, DType::f64) + 0.5;
+  auto f = [&](const std::vector<Tensor>& in) {
+    return batch_norm(in[0], in[1], in[2], rm, rv, false, 0.1, 1e-5, false);
+  };
+  EXPECT_TRUE(testing::gradcheck(f, {randn({2, 2, 2, 3}), randn({3}), randn({3})}));
+}
+
+TEST(BatchNorm2d, StateDictNamesAsPyTorch) {
+  BatchNorm2d bn(3);
+  StateDict sd = bn.state_dict();
+  std::vector<std::string> keys;
+  for (auto& [k, v] : sd) keys.push_back(k);
+  EXPECT_EQ(keys, (std::vector<std::string>{"bias", "num_batches_tracked", "running_mean",
+                                            "running_var", "weight"}));
+  EXPECT_EQ(sd.at("num_batches_tracked").dtype(), DType::i64);
+  EXPECT_EQ(sd.at("num_batches_tracked").dim(), 0);
+}
+
+TEST(BatchNorm2d, SingleValuePerChannelRefusedInTraining) {
+  BatchNorm2d bn(2);
+  EXPECT_THROW(bn.forward(zeros({1, 1, 1, 2})), Error);
+}
+
+TEST(BatchNorm2dGpu, MatchesCpu) {
+  LOWBIT_SKIP_WITHOUT_GPU();
+  manual_seed(24);
+  for (bool relu_on : {false, true}) {
+    Tensor x = randn({8, 5, 5, 7}) * 3.0 + 1.0;
+    Tensor w = randn({7}).requires_grad_(), b = randn({7}).requires_grad_();
+    Tensor xc = x.detach().requires_grad_();
+    Tensor xg = x.to(Device::cuda()).requires_grad_();
+    Tensor wg = w.detach().to(Device::cuda()).requires_grad_();
+    Tensor bg = b.detach().to(Device::cuda()).requires_grad_();
+    Tensor rm = zeros({7}), rv = ones({7});
+    Tensor rmg = rm.to(Device::cuda()), rvg = rv.to(Device::cuda());
+    Tensor y = batch_norm(xc, w, b, rm, rv, true, 0.1, 1e-5, relu_on);
+    Tensor yg = batch_norm(xg, wg, bg, rmg, rvg, true, 0.1, 1e-5, relu_on);
+    EXPECT_TENSOR_NEAR(yg, y, 1e-5, 1e-5);
+    EXPECT_TENSOR_NEAR(rmg, rm, 1e-6, 1e-6);
+    EXPECT_TENSOR_NEAR(rvg, rv, 1e-6, 1e-6);
+    Tensor up = randn(y.shape());
+    sum(y * up).backward();
+    sum(yg * up.to(Device::cuda())).backward();
+    EXPECT_TENSOR_NEAR(xg.grad(), xc.grad(), 1e-4, 1e-5);
+    EXPECT_TENSOR_NEAR(wg.grad(), w.grad(), 1e-5, 1e-4);
+    EXPECT_TENSOR_NEAR(bg.grad(), b.grad(), 1e-5, 1e-4);
+  }
+}
+
+}  // namespace
+}  // namespace lowbit::layers

@@ -1,0 +1,197 @@
+// Conv2d (oneDNN on CPU) against the naive loop on many geometries, its gradients by finite
+// differences, the KRSC <-> OIHW state-dict layout and error messages.
+#include <gmock/gmock.h>
+
+#include "core/ops.h"
+#include "core/random.h"
+#include "layers/conv2d.h"
+#include "tests/common/gradcheck.h"
+#include "tests/common/test_util.h"
+#include "tests/reference/conv_ref.h"
+
+namespace lowbit::layers {
+namespace {
+
+using ::testing::HasSubstr;
+
+struct ConvCase {
+  int64_t n, h, w, c, k, r, s, stride, pad, dil, groups;
+  bool bias;
+};
+
+class Conv2dForward : public ::testing::TestWithParam<ConvCase> {};
+
+Conv2dOptions options_of(const ConvCase& p) {
+  Conv2dOptions o;
+  o.in_channels = p.c;
+  o.out_channels = p.k;
+  o.kernel = {p.r, p.s};
+  o.stride = {p.stride, p.stride};
+  o.padding = {p.pad, p.pad};
+  o.dilation = {p.dil, p.dil};
+  o.groups = p.groups;
+  o.bias = p.bias;
+  return o;
+}
+
+TEST_P(Conv2dForward, MatchesNaiveLoop) {
+  const ConvCase p = GetParam();
+  manual_seed(10);
+  Tensor x = randn({p.n, p.h, p.w, p.c});
+  Tensor w = randn({p.k, p.r, p.s, p.c / p.groups});
+  Tensor b = p.bias ? randn({p.k}) : Tensor();
+  Tensor y = conv2d(x, w, b, options_of(p));
+  reference::ConvGeometry g{p.n, p.h, p.w, p.c, p.k, p.r, p.s};
+  g.stride_h = g.stride_w = p.stride;
+  g.pad_h = g.pad_w = p.pad;
+  g.dil_h = g.dil_w = p.dil;
+  g.groups = p.groups;
+  std::vector<double> ref = reference::conv2d_nhwc(g, testing::to_doubles(x), testing::to_doubles(w),
+                                                   p.bias ? testing::to_doubles(b) : std::vector<double>{});
+  Tensor expected = testing::tensor_of(ref, {p.n, g.out_h(), g.out_w(), p.k}, DType::f64);
+  // f32 accumulation over at most c*r*s ~ 300 terms of N(0,1) products.
+  EXPECT_TENSOR_NEAR(y, expected, 1e-4, 1e-4);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, Conv2dForward,
+    ::testing::Values(ConvCase{1, 5, 5, 3, 4, 3, 3, 1, 1, 1, 1, true},     // same padding
+                      ConvCase{2, 7, 6, 5, 3, 3, 3, 2, 1, 1, 1, false},    // stride 2, odd sizes
+                      ConvCase{1, 9, 9, 2, 2, 3, 3, 1, 2, 2, 1, true},     // dilation 2
+                      ConvCase{2, 6, 6, 4, 6, 3, 3, 1, 1, 1, 2, true},     // groups 2
+                      ConvCase{1, 8, 8, 6, 6, 3, 3, 1, 1, 1, 6, false},    // depthwise
+                      ConvCase{2, 7, 7, 4, 8, 3, 3, 2, 1, 1, 4, true},     // depthwise x2, stride 2
+                      ConvCase{3, 4, 4, 7, 5, 1, 1, 1, 0, 1, 1, true},     // 1x1
+                      ConvCase{1, 1, 1, 3, 2, 1, 1, 1, 0, 1, 1, false},    // 1x1 spatial
+                      ConvCase{1, 10, 3, 2, 3, 5, 1, 3, 2, 1, 1, true},    // rectangular kernel
+                      ConvCase{4, 5, 5, 1, 16, 5, 5, 1, 0, 1, 1, true}));  // kernel = input
+
+TEST(Conv2d, GradientsMatchFiniteDifferences) {
+  // The CPU convolution computes in f32, so the check runs the op in f32 and compares with a
+  // tolerance suited to f32 (relative 1e-2 on O(1) gradients with eps 1e-3).
+  manual_seed(11);
+  Conv2dOptions o(4, 6, 3);
+  o.stride = {2, 2};
+  o.padding = {1, 1};
+  o.groups = 2;
+  auto f = [&](const std::vector<Tensor>& in) {
+    return conv2d(in[0].to(DType::f32), in[1].to(DType::f32), in[2].to(DType::f32), o).to(DType::f64);
+  };
+  testing::GradcheckOptions opts;
+  opts.eps = 1e-2;
+  opts.rtol = 1e-2;
+  opts.atol = 1e-3;
+  EXPECT_TRUE(testing::gradcheck(f, {randn({2, 5, 5, 4}), randn({6, 3, 3, 2}), randn({6})}, opts));
+}
+
+TEST(Conv2d, DepthwiseGradients) {
+  manual_seed(12);
+  Conv2dOptions o(3, 3, 3);
+  o.padding = {1, 1};
+  o.groups = 3;
+  o.bias = false;
+  auto f = [&](const std::vector<Tensor>& in) {
+    return conv2d(in[0].to(DType::f32), in[1].to(DType::f32), Tensor(), o).to(DType::f64);
+  };
+  testing::GradcheckOptions opts;
+  opts.eps = 1e-2;
+  opts.rtol = 1e-2;
+  opts.atol = 1e-3;
+  EXPECT_TRUE(testing::gradcheck(f, {randn({1, 4, 4, 3}), randn({3, 3, 3, 1})}, opts));
+}
+
+TEST(Conv2d, ModuleInitMatchesPyTorchBounds) {
+  manual_seed(13);
+  Conv2d conv(Conv2dOptions(8, 16, 3));
+  EXPECT_EQ(conv.weight().shape(), (Shape{16, 3, 3, 8}));
+  const double bound = 1.0 / std::sqrt(8.0 * 9.0);
+  EXPECT_LE(amax(abs(conv.weight())).item(), bound);
+  EXPECT_GT(amax(abs(conv.weight())).item(), 0.9 * bound);
+  EXPECT_LE(amax(abs(conv.bias())).item(), bound);
+  EXPECT_TRUE(conv.weight().requires_grad());
+  EXPECT_EQ(conv.num_parameters(), 16 * 3 * 3 * 8 + 16);
+}
+
+TEST(Conv2d, StateDictUsesPyTorchOIHWAtTheEdge) {
+  manual_seed(14);
+  Conv2d conv(Conv2dOptions(2, 3, 3));
+  StateDict pt = conv.state_dict(Layout::pytorch);
+  ASSERT_EQ(pt.at("weight").shape(), (Shape{3, 2, 3, 3}));
+  // element (k, c, r, s) of OIHW equals (k, r, s, c) of KRSC.
+  std::vector<double> krsc = testing::to_doubles(conv.weight());
+  std::vector<double> oihw = testing::to_doubles(pt.at("weight"));
+  EXPECT_EQ(oihw[size_t(((1 * 2 + 1) * 3 + 2) * 3 + 0)], krsc[size_t(((1 * 3 + 2) * 3 + 0) * 2 + 1)]);
+  Conv2d other(Conv2dOptions(2, 3, 3));
+  other.load_state_dict(pt, true, Layout::pytorch);
+  EXPECT_TENSOR_NEAR(other.weight(), conv.weight(), 0, 0);
+}
+
+TEST(Conv2d, ChannelMismatchNamesShapes) {
+  Conv2d conv(Conv2dOptions(3, 4, 3));
+  try {
+    conv.forward(zeros({1, 5, 5, 2}));
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("2 channels"));
+    EXPECT_THAT(e.what(), HasSubstr("[4, 3, 3, 3]"));
+  }
+}
+
+TEST(Conv2d, TooSmallInputIsAnError) {
+  Conv2d conv(Conv2dOptions(1, 1, 5));
+  EXPECT_THROW(conv.forward(zeros({1, 3, 3, 1})), Error);
+}
+
+TEST(Conv2d, UnsupportedCpuDtypeNamed) {
+  Conv2dOptions o(1, 1, 1);
+  try {
+    conv2d(zeros({1, 2, 2, 1}, DType::f64), zeros({1, 1, 1, 1}, DType::f64), Tensor(), o);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("f64"));
+  }
+}
+
+TEST(Conv2dGpu, ForwardBackwardMatchCpu) {
+  LOWBIT_SKIP_WITHOUT_GPU();
+  manual_seed(15);
+  for (const ConvCase& p : {ConvCase{2, 7, 6, 5, 8, 3, 3, 2, 1, 1, 1, true},
+                            ConvCase{1, 8, 8, 6, 6, 3, 3, 1, 1, 1, 6, false},
+                            ConvCase{3, 4, 4, 7, 5, 1, 1, 1, 0, 1, 1, true}}) {
+    Tensor x = randn({p.n, p.h, p.w, p.c}).requires_grad_();
+    Tensor w = randn({p.k, p.r, p.s, p.c / p.groups}).requires_grad_();
+    Tensor b = p.bias ? randn({p.k}).requires_grad_() : Tensor();
+    Tensor xg = x.detach().to(Device::cuda()).requires_grad_();
+    Tensor wg = w.detach().to(Device::cuda()).requires_grad_();
+    Tensor bg = p.bias ? b.detach().to(Device::cuda()).requires_grad_() : Tensor();
+    Tensor y = conv2d(x, w, b, options_of(p));
+    Tensor yg = conv2d(xg, wg, bg, options_of(p));
+    EXPECT_TENSOR_NEAR(yg, y, 1e-4, 1e-4);
+    Tensor up = randn(y.shape());
+    sum(y * up).backward();
+    sum(yg * up.to(Device::cuda())).backward();
+    EXPECT_TENSOR_NEAR(xg.grad(), x.grad(), 1e-4, 1e-3);
+    EXPECT_TENSOR_NEAR(wg.grad(), w.grad(), 1e-4, 1e-3);
+    if (p.bias) {
+      EXPECT_TENSOR_NEAR(bg.grad(), b.grad(), 1e-4, 1e-3);
+    }
+  }
+}
+
+TEST(Conv2dGpu, HalfPrecisionCloseToFloat) {
+  LOWBIT_SKIP_WITHOUT_GPU();
+  manual_seed(16);
+  Conv2dOptions o(16, 32, 3);
+  o.padding = {1, 1};
+  Tensor x = randn({2, 8, 8, 16}, Device::cuda());
+  Tensor w = randn({32, 3, 3, 16}, Device::cuda()) * 0.1;
+  Tensor y = conv2d(x, w, Tensor(), o);
+  for (DType t : {DType::bf16, DType::f16}) {
+    Tensor yh = conv2d(x.to(t), w.to(t), Tensor(), o);
+    // 144-term dot products of bf16-rounded inputs: relative error ~ 2^-8 * sqrt(144).
+    EXPECT_TENSOR_NEAR(yh.to(DType::f32), y, 0.05, 0.05) << dtype_name(t);
+  }
+}
+
+}  // namespace
+}  // namespace lowbit::layers
