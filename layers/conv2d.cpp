@@ -68,17 +68,8 @@ Key key_of(const ConvShape& s, bool bias) {
              s.dil_h, s.dil_w, s.groups, bias};
 }
 
-struct Primitives {
-  memory::desc src, weights, bias, dst;
-  dnnl::convolution_forward::primitive_desc fwd_pd;
-  dnnl::convolution_forward fwd;
-  std::unique_ptr<dnnl::convolution_backward_data> bwd_data;
-  std::unique_ptr<dnnl::convolution_backward_weights> bwd_weights;
-  dnnl::convolution_backward_weights::primitive_desc bwd_weights_pd;
-};
-
 struct Descs {
-  memory::desc src, weights, bias, dst;
+  memory::desc src, weights, bias, dst;  // the user layouts: nhwc, (g)ohwi, x
   memory::dims strides, dilates, pad_l, pad_r;
 };
 
@@ -103,27 +94,63 @@ Descs make_descs(const ConvShape& s, bool with_bias) {
   return d;
 }
 
+// The same shapes with format `any`, so oneDNN picks its fast (blocked) layouts; pinning NHWC
+// and OHWI in the primitive descriptor selects the slow reference kernel.
+memory::desc any_of(const memory::desc& md) {
+  return md ? memory::desc(md.dims(), md.data_type(), memory::format_tag::any) : md;
+}
+
 std::mutex g_cache_mu;
 
 dnnl::convolution_forward::primitive_desc forward_pd(const Descs& d, bool with_bias) {
   using namespace dnnl;
   auto desc = with_bias
-      ? convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, d.src,
-                                  d.weights, d.bias, d.dst, d.strides, d.dilates, d.pad_l, d.pad_r)
-      : convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, d.src,
-                                  d.weights, d.dst, d.strides, d.dilates, d.pad_l, d.pad_r);
+      ? convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct,
+                                  any_of(d.src), any_of(d.weights), d.bias, any_of(d.dst),
+                                  d.strides, d.dilates, d.pad_l, d.pad_r)
+      : convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct,
+                                  any_of(d.src), any_of(d.weights), any_of(d.dst), d.strides,
+                                  d.dilates, d.pad_l, d.pad_r);
   return convolution_forward::primitive_desc(desc, cpu_engine());
 }
 
+// Memory in the primitive's layout for a tensor in the user layout: the user buffer itself when
+// the layouts agree, else a buffer the entry owns plus a reorder.
+struct Staged {
+  memory::desc user, prim;
+  bool same = true;
+  mutable memory buffer;  // in `prim` layout, when !same
+  Staged() = default;
+  Staged(const memory::desc& u, const memory::desc& p) : user(u), prim(p), same(u == p) {
+    if (!same) buffer = memory(p, cpu_engine());
+  }
+  // Memory to hand the primitive for input data at `ptr`, reordered in when needed.
+  memory in(void* ptr, dnnl::stream& strm) const {
+    memory um(user, cpu_engine(), ptr);
+    if (same) return um;
+    dnnl::reorder(um, buffer).execute(strm, um, buffer);
+    return buffer;
+  }
+  // Memory for the primitive to write output into; call out_done after executing.
+  memory out(void* ptr) const { return same ? memory(user, cpu_engine(), ptr) : buffer; }
+  void out_done(void* ptr, dnnl::stream& strm) const {
+    if (same) return;
+    memory um(user, cpu_engine(), ptr);
+    dnnl::reorder(buffer, um).execute(strm, buffer, um);
+  }
+};
+
 struct FwdEntry {
-  Descs d;
-  dnnl::convolution_forward::primitive_desc pd;
   dnnl::convolution_forward prim;
+  Staged src, weights, dst;
+  memory::desc bias;
 };
 struct BwdEntry {
-  Descs d;
   dnnl::convolution_backward_data prim_data;
+  Staged data_dst, data_weights, data_src;
   dnnl::convolution_backward_weights prim_weights;
+  Staged w_src, w_dst, w_weights;
+  memory::desc bias;
 };
 
 FwdEntry& forward_entry(const ConvShape& s, bool with_bias) {
@@ -133,7 +160,9 @@ FwdEntry& forward_entry(const ConvShape& s, bool with_bias) {
   if (!slot) {
     Descs d = make_descs(s, with_bias);
     auto pd = forward_pd(d, with_bias);
-    slot.reset(new FwdEntry{d, pd, dnnl::convolution_forward(pd)});
+    slot.reset(new FwdEntry{dnnl::convolution_forward(pd), Staged(d.src, pd.src_desc()),
+                            Staged(d.weights, pd.weights_desc()), Staged(d.dst, pd.dst_desc()),
+                            d.bias});
   }
   return *slot;
 }
@@ -146,16 +175,23 @@ BwdEntry& backward_entry(const ConvShape& s, bool with_bias) {
   if (!slot) {
     Descs d = make_descs(s, with_bias);
     auto hint = forward_pd(d, with_bias);
-    convolution_backward_data::desc dd(algorithm::convolution_direct, d.src, d.weights, d.dst,
-                                       d.strides, d.dilates, d.pad_l, d.pad_r);
+    convolution_backward_data::desc dd(algorithm::convolution_direct, any_of(d.src),
+                                       any_of(d.weights), any_of(d.dst), d.strides, d.dilates,
+                                       d.pad_l, d.pad_r);
     convolution_backward_data::primitive_desc dpd(dd, cpu_engine(), hint);
     auto wd = with_bias
-        ? convolution_backward_weights::desc(algorithm::convolution_direct, d.src, d.weights,
-                                             d.bias, d.dst, d.strides, d.dilates, d.pad_l, d.pad_r)
-        : convolution_backward_weights::desc(algorithm::convolution_direct, d.src, d.weights,
-                                             d.dst, d.strides, d.dilates, d.pad_l, d.pad_r);
+        ? convolution_backward_weights::desc(algorithm::convolution_direct, any_of(d.src),
+                                             any_of(d.weights), d.bias, any_of(d.dst), d.strides,
+                                             d.dilates, d.pad_l, d.pad_r)
+        : convolution_backward_weights::desc(algorithm::convolution_direct, any_of(d.src),
+                                             any_of(d.weights), any_of(d.dst), d.strides,
+                                             d.dilates, d.pad_l, d.pad_r);
     convolution_backward_weights::primitive_desc wpd(wd, cpu_engine(), hint);
-    slot.reset(new BwdEntry{d, convolution_backward_data(dpd), convolution_backward_weights(wpd)});
+    slot.reset(new BwdEntry{convolution_backward_data(dpd), Staged(d.dst, dpd.diff_dst_desc()),
+                            Staged(d.weights, dpd.weights_desc()), Staged(d.src, dpd.diff_src_desc()),
+                            convolution_backward_weights(wpd), Staged(d.src, wpd.src_desc()),
+                            Staged(d.dst, wpd.diff_dst_desc()),
+                            Staged(d.weights, wpd.diff_weights_desc()), d.bias});
   }
   return *slot;
 }
@@ -166,6 +202,9 @@ void check_cpu_f32(const Tensor& t, const char* what) {
   LOWBIT_CHECK(t.is_contiguous(), "conv2d (cpu): ", what, " must be contiguous");
 }
 
+// One convolution at a time per process on the CPU: the cached staging buffers are shared.
+std::mutex g_exec_mu;
+
 }  // namespace
 
 void conv2d_forward_cpu(const ConvShape& s, const Tensor& x, const Tensor& w, const Tensor& b,
@@ -173,12 +212,14 @@ void conv2d_forward_cpu(const ConvShape& s, const Tensor& x, const Tensor& w, co
   check_cpu_f32(x, "input");
   check_cpu_f32(w, "weight");
   FwdEntry& e = forward_entry(s, b.defined());
+  std::lock_guard<std::mutex> lock(g_exec_mu);
   dnnl::stream strm(cpu_engine());
-  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, memory(e.d.src, cpu_engine(), x.raw_data())},
-                                       {DNNL_ARG_WEIGHTS, memory(e.d.weights, cpu_engine(), w.raw_data())},
-                                       {DNNL_ARG_DST, memory(e.d.dst, cpu_engine(), y.raw_data())}};
-  if (b.defined()) args.emplace(DNNL_ARG_BIAS, memory(e.d.bias, cpu_engine(), b.raw_data()));
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, e.src.in(x.raw_data(), strm)},
+                                       {DNNL_ARG_WEIGHTS, e.weights.in(w.raw_data(), strm)},
+                                       {DNNL_ARG_DST, e.dst.out(y.raw_data())}};
+  if (b.defined()) args.emplace(DNNL_ARG_BIAS, memory(e.bias, cpu_engine(), b.raw_data()));
   e.prim.execute(strm, args);
+  e.dst.out_done(y.raw_data(), strm);
   strm.wait();
 }
 
@@ -186,19 +227,22 @@ void conv2d_backward_cpu(const ConvShape& s, const Tensor& x, const Tensor& w, c
                          const Tensor& dx, const Tensor& dw, const Tensor& db) {
   check_cpu_f32(dy, "output gradient");
   BwdEntry& e = backward_entry(s, db.defined());
+  std::lock_guard<std::mutex> lock(g_exec_mu);
   dnnl::stream strm(cpu_engine());
   if (dx.defined()) {
-    e.prim_data.execute(strm, {{DNNL_ARG_DIFF_DST, memory(e.d.dst, cpu_engine(), dy.raw_data())},
-                               {DNNL_ARG_WEIGHTS, memory(e.d.weights, cpu_engine(), w.raw_data())},
-                               {DNNL_ARG_DIFF_SRC, memory(e.d.src, cpu_engine(), dx.raw_data())}});
+    e.prim_data.execute(strm, {{DNNL_ARG_DIFF_DST, e.data_dst.in(dy.raw_data(), strm)},
+                               {DNNL_ARG_WEIGHTS, e.data_weights.in(w.raw_data(), strm)},
+                               {DNNL_ARG_DIFF_SRC, e.data_src.out(dx.raw_data())}});
+    e.data_src.out_done(dx.raw_data(), strm);
   }
   if (dw.defined()) {
     std::unordered_map<int, memory> args{
-        {DNNL_ARG_DIFF_DST, memory(e.d.dst, cpu_engine(), dy.raw_data())},
-        {DNNL_ARG_SRC, memory(e.d.src, cpu_engine(), x.raw_data())},
-        {DNNL_ARG_DIFF_WEIGHTS, memory(e.d.weights, cpu_engine(), dw.raw_data())}};
-    if (db.defined()) args.emplace(DNNL_ARG_DIFF_BIAS, memory(e.d.bias, cpu_engine(), db.raw_data()));
+        {DNNL_ARG_DIFF_DST, e.w_dst.in(dy.raw_data(), strm)},
+        {DNNL_ARG_SRC, e.w_src.in(x.raw_data(), strm)},
+        {DNNL_ARG_DIFF_WEIGHTS, e.w_weights.out(dw.raw_data())}};
+    if (db.defined()) args.emplace(DNNL_ARG_DIFF_BIAS, memory(e.bias, cpu_engine(), db.raw_data()));
     e.prim_weights.execute(strm, args);
+    e.w_weights.out_done(dw.raw_data(), strm);
   }
   strm.wait();
 }
