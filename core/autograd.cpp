@@ -60,10 +60,14 @@ class AccumulateGrad : public Node {
     }
     LOWBIT_CHECK(g.shape() == leaf.shape(), "gradient of shape ", g.shape(),
                  " does not match its leaf of shape ", leaf.shape());
+    // .grad keeps the leaf's dtype, also when a later backward brings a gradient of another
+    // dtype (add would promote, e.g. a bf16 .grad plus an f64 gradient to f64).
+    const bool converted = g.dtype() != leaf.dtype();
+    if (converted) g = g.to(leaf.dtype());
     if (meta.grad && meta.grad->defined()) {
       *meta.grad = add(*meta.grad, g);
     } else {
-      meta.grad = std::make_shared<Tensor>(g.dtype() == leaf.dtype() ? g.clone() : g.to(leaf.dtype()));
+      meta.grad = std::make_shared<Tensor>(converted ? g : g.clone());
     }
     return {};
   }

@@ -189,7 +189,15 @@ void check_defined(const Tensor& t, const char* op) {
 Tensor unary_raw(UnaryOp op, const Tensor& x_in, UnaryParams p = {}) {
   check_defined(x_in, unary_name(op));
   Tensor x = x_in;
-  if (core::is_float_only(op) && !is_floating(x.dtype())) x = x.detach().to(DType::f32);
+  // An integer tensor with a non-integral scalar (x * 0.5, pow(x, 0.5), clamp(x, 0, 2.5))
+  // computes in f32, as PyTorch promotes an int tensor with a float scalar: the kernels convert
+  // the scalar to the tensor's type, which would silently turn x / 2 into x * 0.
+  const bool scalar_op = op == UnaryOp::add_scalar || op == UnaryOp::mul_scalar ||
+                         op == UnaryOp::pow_scalar || op == UnaryOp::clamp;
+  const bool integral_scalars = std::trunc(p.a) == p.a && std::trunc(p.b) == p.b;
+  if ((core::is_float_only(op) || (scalar_op && !integral_scalars)) && !is_floating(x.dtype())) {
+    x = x.detach().to(DType::f32);
+  }
   Tensor out = empty(x.shape(), TensorOptions(x.dtype(), x.device()));
   if (out.numel() > 0) core::unary_stub(x.device(), op, out, x, p);
   return out;
@@ -305,6 +313,8 @@ Tensor tanh(const Tensor& x) {
 }
 Tensor pow(const Tensor& x, double e) {
   return unary_op(UnaryOp::pow_scalar, x, {e, 0.0}, [e](const Tensor& g, const Tensor& xs, const Tensor&) {
+    // x^0 is constant: a zero gradient, not 0 * x^-1 (NaN at x = 0), as PyTorch.
+    if (e == 0.0) return zeros_like(g);
     return g * pow(xs, e - 1.0) * e;
   }, true, false);
 }
@@ -369,7 +379,12 @@ Tensor div(const Tensor& a, const Tensor& b) {
 }
 Tensor pow(const Tensor& a, const Tensor& b) {
   return binary_op(BinaryOp::pow, a, b, [](const Tensor& g, const Tensor& x, const Tensor& e, const Tensor& y) {
-    return std::vector<Tensor>{g * e * pow(x, e - 1.0), g * y * log(x)};
+    // As PyTorch: where e == 0 the base gradient is 0 (not 0 * x^-1, NaN at x = 0), and where
+    // x == 0 with e >= 0 the exponent gradient is 0 (not 0 * log(0), NaN).
+    const Tensor zero = zeros({}, TensorOptions(g.dtype(), g.device()));
+    Tensor gx = where(eq(e, zero), zero, g * e * pow(x, e - 1.0));
+    Tensor g_exp = where(mul(eq(x, zero), ge(e, zero)), zero, g * y * log(x));
+    return std::vector<Tensor>{gx, g_exp};
   }, true, true);
 }
 namespace {

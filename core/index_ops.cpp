@@ -31,12 +31,13 @@ void gather_cpu(const Tensor& out, const Tensor& in, const Tensor& index, const 
   LOWBIT_DISPATCH_ALL(in.dtype(), "gather", [&] {
     LOWBIT_DISPATCH_INDEX(index.dtype(), "gather", [&] {
       const index_t* idx = static_cast<const index_t*>(index.raw_data());
+      // Validated serially first: an exception must not escape the OpenMP region below.
+      for (int64_t p = 0; p < out.numel(); ++p) checked_index(idx, p, a.in_size, "gather");
       const scalar_t* x = static_cast<const scalar_t*>(in.raw_data());
       scalar_t* y = static_cast<scalar_t*>(out.raw_data());
       for_each_index(out.numel(), [&](int64_t p) {
         const int64_t i = p % a.inner, o = p / (a.inner * a.out_size);
-        const int64_t j = checked_index(idx, p, a.in_size, "gather");
-        y[p] = x[(o * a.in_size + j) * a.inner + i];
+        y[p] = x[(o * a.in_size + int64_t(idx[p])) * a.inner + i];
       });
     });
   });
@@ -46,6 +47,8 @@ void scatter_add_cpu(const Tensor& out, const Tensor& index, const Tensor& src, 
   LOWBIT_DISPATCH_ALL(out.dtype(), "scatter_add", [&] {
     LOWBIT_DISPATCH_INDEX(index.dtype(), "scatter_add", [&] {
       const index_t* idx = static_cast<const index_t*>(index.raw_data());
+      // Validated serially first: an exception must not escape the OpenMP region below.
+      for (int64_t p = 0; p < src.numel(); ++p) checked_index(idx, p, a.in_size, "scatter_add");
       const scalar_t* s = static_cast<const scalar_t*>(src.raw_data());
       scalar_t* y = static_cast<scalar_t*>(out.raw_data());
       // One task per (outer, inner) column: writes of different tasks never collide.
@@ -53,7 +56,7 @@ void scatter_add_cpu(const Tensor& out, const Tensor& index, const Tensor& src, 
         const int64_t o = col / a.inner, i = col % a.inner;
         for (int64_t j = 0; j < a.out_size; ++j) {
           const int64_t p = (o * a.out_size + j) * a.inner + i;
-          const int64_t t = checked_index(idx, p, a.in_size, "scatter_add");
+          const int64_t t = int64_t(idx[p]);
           scalar_t& dst = y[(o * a.in_size + t) * a.inner + i];
           dst = scalar_t(opmath_t<scalar_t>(dst) + opmath_t<scalar_t>(s[p]));
         }

@@ -26,9 +26,20 @@ LOWBIT_HD float fabs(float x) { return ::fabsf(x); }
 LOWBIT_HD double fabs(double x) { return ::fabs(x); }
 LOWBIT_HD float nearbyint(float x) { return ::rintf(x); }  // half to even (default rounding)
 LOWBIT_HD double nearbyint(double x) { return ::rint(x); }
+// x < 0 without a pointless-comparison warning for unsigned types.
+template <typename T>
+LOWBIT_HD bool is_negative(T x) {
+  if constexpr (std::is_unsigned_v<T>) {
+    (void)x;
+    return false;
+  } else {
+    return x < T(0);
+  }
+}
+
 template <typename T>
 LOWBIT_HD T pow(T x, T y) {  // integers: repeated squaring, negative exponents give 0 (or 1)
-  if (y < 0) return (x == 1) ? T(1) : (x == -1 ? ((y & 1) ? T(-1) : T(1)) : T(0));
+  if (is_negative(y)) return (x == T(1)) ? T(1) : (x == T(-1) ? ((y & 1) ? T(-1) : T(1)) : T(0));
   T r = 1;
   while (y) {
     if (y & 1) r *= x;
@@ -59,10 +70,10 @@ struct UnaryParams {
   };
 
 LOWBIT_UNARY_FUNCTOR(NegOp, T(-x))
-LOWBIT_UNARY_FUNCTOR(AbsOp, x < T(0) ? T(-x) : x)
-LOWBIT_UNARY_FUNCTOR(SignOp, T((T(0) < x) - (x < T(0))))
+LOWBIT_UNARY_FUNCTOR(AbsOp, math::is_negative(x) ? T(-x) : x)
+LOWBIT_UNARY_FUNCTOR(SignOp, T(int(T(0) < x) - int(math::is_negative(x))))
 LOWBIT_UNARY_FUNCTOR(SquareOp, T(x * x))
-LOWBIT_UNARY_FUNCTOR(ReluOp, x > T(0) ? x : T(0))
+LOWBIT_UNARY_FUNCTOR(ReluOp, math::is_negative(x) ? T(0) : x)  // NaN propagates, as PyTorch
 LOWBIT_UNARY_FUNCTOR(ClampOp, x < T(p.a) ? T(p.a) : (x > T(p.b) ? T(p.b) : x))
 LOWBIT_UNARY_FUNCTOR(AddScalarOp, T(x + T(p.a)))
 LOWBIT_UNARY_FUNCTOR(MulScalarOp, T(x * T(p.a)))

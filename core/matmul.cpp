@@ -199,7 +199,15 @@ Tensor addmm(const Tensor& c, const Tensor& a, const Tensor& b, double beta, dou
                "addmm: wants 2-D a and b and a defined c");
   const int64_t m = ta ? a.size(1) : a.size(0);
   const int64_t n = tb ? b.size(0) : b.size(1);
-  Tensor c_full = c.detach().expand({m, n});
+  const Shape out_shape{m, n};
+  bool bias_ok = c.dim() <= 2;
+  for (int64_t i = 1; bias_ok && i <= c.dim(); ++i) {
+    bias_ok = c.size(-i) == out_shape[size_t(2 - i)] || c.size(-i) == 1;
+  }
+  LOWBIT_CHECK(bias_ok, "addmm: bias of shape ", c.shape(), " does not broadcast to the product's ",
+               out_shape, " (", a.shape(), (ta ? "^T" : ""), " @ ", b.shape(), (tb ? "^T" : ""),
+               ")");
+  Tensor c_full = c.detach().expand(out_shape);
   Tensor y = gemm_raw(a, b, ta, tb, c_full, alpha, beta, "addmm");
   if (autograd::any_requires_grad({c, a, b})) {
     autograd::SavedTensor sa(a, "addmm"), sb(b, "addmm");

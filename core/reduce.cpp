@@ -158,7 +158,8 @@ Tensor mean(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
 }
 
 Tensor var(const Tensor& x, const std::vector<int64_t>& dims, bool unbiased, bool keepdim) {
-  LOWBIT_CHECK(x.defined() && is_floating(x.dtype()), "var: wants a floating tensor");
+  LOWBIT_CHECK(x.defined() && is_floating(x.dtype()), "var: wants a floating tensor, got ",
+               x.defined() ? dtype_name(x.dtype()) : "undefined");
   ReducePlan p = plan_reduce(x, dims, keepdim, "var");
   const double denom = double(p.cols) - (unbiased ? 1.0 : 0.0);
   LOWBIT_CHECK(denom > 0, "var: ", p.cols, " element(s) per reduction are too few",

@@ -98,7 +98,8 @@ Tensor undo_perm(const Tensor& y, const std::vector<int64_t>& perm) {
 
 Tensor softmax_impl(const Tensor& x, int64_t dim, bool log) {
   const char* name = log ? "log_softmax" : "softmax";
-  LOWBIT_CHECK(x.defined() && is_floating(x.dtype()), name, ": wants a floating tensor");
+  LOWBIT_CHECK(x.defined() && is_floating(x.dtype()), name, ": wants a floating tensor, got ",
+               x.defined() ? dtype_name(x.dtype()) : "undefined");
   if (x.dim() == 0) return softmax_impl(x.reshape({1}), 0, log).reshape({});
   const int64_t n = x.dim();
   LOWBIT_CHECK(dim >= -n && dim < n, name, ": dim ", dim, " out of range for shape ", x.shape());

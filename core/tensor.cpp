@@ -102,6 +102,7 @@ void* Tensor::raw_data() const {
 
 bool Tensor::is_contiguous() const {
   const TensorImpl& t = checked(impl_);
+  if (numel_of(t.shape) == 0) return true;
   int64_t expected = 1;
   for (size_t i = t.shape.size(); i-- > 0;) {
     if (t.shape[i] == 1) continue;

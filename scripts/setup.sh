@@ -15,6 +15,7 @@ packages=(
   libopenmpi-dev openmpi-bin
   nlohmann-json3-dev
   dataset-fashion-mnist
+  python3-torch python3-numpy python3-venv
 )
 
 missing=()

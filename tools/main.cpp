@@ -1,11 +1,14 @@
 // The lowbit CLI: dispatches subcommands and turns exceptions into exit codes (2 for bad
-// input, 1 for runtime failures) with one clear line on stderr.
+// input: config, data files, arguments; 1 for runtime failures) with one clear line on stderr.
 #include <cstring>
 #include <iostream>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
 #include "tools/info.h"
+#include "train/config.h"
+#include "train/trainer.h"
 
 namespace {
 
@@ -13,18 +16,109 @@ const char* kUsage =
     "usage: lowbit <command> [options]\n"
     "\n"
     "commands:\n"
+    "  train     run the stages of an experiment config (YAML)\n"
+    "  eval      evaluate a checkpoint on the config's test set\n"
     "  info      print the build, backends and visible devices\n"
     "\n"
-    "Run 'lowbit <command> --help' for a command's options.\n";
+    "Run 'lowbit <command> --help' for a command's options.\n"
+    "Exit codes: 0 success, 1 runtime failure, 2 bad input (config, data, arguments).\n";
+
+const char* kTrainHelp =
+    "usage: lowbit train CONFIG [--out DIR] [--device auto|cpu|cuda|cuda:N] [--resume]\n"
+    "                    [--set key.path=value]... [--no-progress]\n"
+    "\n"
+    "Runs the stages of CONFIG (see docs/config.md). Writes to DIR (default runs/<name>):\n"
+    "  log.jsonl               one JSON record per log interval and per epoch\n"
+    "  checkpoint.safetensors  weights (PyTorch names and layouts), optimizer and RNG state,\n"
+    "                          written atomically after every epoch\n"
+    "  model.safetensors       the final weights\n"
+    "  summary.json            test_top1, test_top5, params, model_bytes, wall_s, images_per_s, ...\n"
+    "\n"
+    "  --resume     continue from DIR/checkpoint.safetensors (same weights as an uninterrupted run)\n"
+    "  --set K=V    override a config key, e.g. --set stages.0.epochs=2 --set data.batch_size=64\n";
+
+const char* kEvalHelp =
+    "usage: lowbit eval CONFIG --checkpoint FILE [--device ...] [--set key.path=value]...\n"
+    "\n"
+    "Evaluates the model of CONFIG with the weights in FILE (a checkpoint.safetensors or a\n"
+    "weights-only file with PyTorch names) on the config's test set; prints loss, top-1, top-5.\n";
+
+bool is_help(const char* a) { return !std::strcmp(a, "--help") || !std::strcmp(a, "-h"); }
+
+struct Args {
+  std::string config;
+  std::string out, device, checkpoint;
+  bool resume = false, progress = true;
+  std::vector<std::string> sets;
+};
+
+Args parse(int argc, char** argv, const char* cmd, bool allow_train_flags) {
+  Args a;
+  auto need = [&](int& i, const char* flag) -> std::string {
+    if (i + 1 >= argc) throw lowbit::InputError(lowbit::str_cat(cmd, ": ", flag, " needs a value"));
+    return argv[++i];
+  };
+  for (int i = 2; i < argc; ++i) {
+    const std::string s = argv[i];
+    if (s == "--device") a.device = need(i, "--device");
+    else if (s == "--set") a.sets.push_back(need(i, "--set"));
+    else if (s.rfind("--set=", 0) == 0) a.sets.push_back(s.substr(6));
+    else if (allow_train_flags && s == "--out") a.out = need(i, "--out");
+    else if (allow_train_flags && s == "--resume") a.resume = true;
+    else if (allow_train_flags && s == "--no-progress") a.progress = false;
+    else if (!allow_train_flags && s == "--checkpoint") a.checkpoint = need(i, "--checkpoint");
+    else if (!s.empty() && s[0] == '-') throw lowbit::InputError(lowbit::str_cat(cmd, ": unknown option '", s, "'; see lowbit ", cmd, " --help"));
+    else if (a.config.empty()) a.config = s;
+    else throw lowbit::InputError(lowbit::str_cat(cmd, ": unexpected argument '", s, "'"));
+  }
+  if (a.config.empty()) throw lowbit::InputError(lowbit::str_cat(cmd, ": a CONFIG file is required; see lowbit ", cmd, " --help"));
+  return a;
+}
+
+int run_train(int argc, char** argv) {
+  if (argc > 2 && is_help(argv[2])) {
+    std::cout << kTrainHelp;
+    return 0;
+  }
+  Args a = parse(argc, argv, "train", true);
+  lowbit::train::ExperimentConfig cfg = lowbit::train::load_config(a.config, a.sets);
+  lowbit::train::TrainerOptions o;
+  o.out_dir = a.out.empty() ? "runs/" + cfg.name : a.out;
+  o.device = a.device;
+  o.resume = a.resume;
+  o.progress = a.progress;
+  auto s = lowbit::train::run_training(cfg, o);
+  std::cout << "lowbit: " << cfg.name << " finished on " << s.device << " in " << s.wall_s
+            << " s: test top-1 " << 100 * s.test.top1 << "%, top-5 " << 100 * s.test.top5
+            << "%, " << s.params << " parameters\n"
+            << "lowbit: results in " << o.out_dir << " (summary.json, log.jsonl, model.safetensors)\n";
+  return 0;
+}
+
+int run_eval(int argc, char** argv) {
+  if (argc > 2 && is_help(argv[2])) {
+    std::cout << kEvalHelp;
+    return 0;
+  }
+  Args a = parse(argc, argv, "eval", false);
+  if (a.checkpoint.empty()) throw lowbit::InputError("eval: --checkpoint FILE is required");
+  lowbit::train::ExperimentConfig cfg = lowbit::train::load_config(a.config, a.sets);
+  auto r = lowbit::train::run_evaluation(cfg, a.checkpoint, a.device);
+  std::cout << "test loss " << r.loss << " top1 " << 100 * r.top1 << "% top5 " << 100 * r.top5
+            << "% (" << r.samples << " images)\n";
+  return 0;
+}
 
 int run(int argc, char** argv) {
-  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+  if (argc < 2 || is_help(argv[1])) {
     std::cout << kUsage;
     return argc < 2 ? 2 : 0;
   }
   const std::string cmd = argv[1];
+  if (cmd == "train") return run_train(argc, argv);
+  if (cmd == "eval") return run_eval(argc, argv);
   if (cmd == "info") {
-    if (argc > 2 && (!std::strcmp(argv[2], "--help") || !std::strcmp(argv[2], "-h"))) {
+    if (argc > 2 && is_help(argv[2])) {
       std::cout << "usage: lowbit info\n\nPrints the lowbit version, whether the CUDA backend "
                    "was compiled in, the CPU threads and every visible CUDA device.\n";
       return 0;

@@ -88,7 +88,7 @@ INSTANTIATE_TEST_SUITE_P(Zoo, ModelsForward,
                          ::testing::Values(SmallRun{"resnet20", 1, 28}, SmallRun{"resnet32", 3, 32},
                                            SmallRun{"mobilenet_v1", 3, 32}, SmallRun{"mobilenet_v2", 1, 28},
                                            SmallRun{"vgg16_bn", 1, 28}, SmallRun{"dsnet", 1, 28}),
-                         [](const auto& info) { return std::string(info.param.name); });
+                         [](const auto& param_info) { return std::string(param_info.param.name); });
 
 TEST(Models, ResNet20OptionBUsesProjections) {
   ModelOptions o;

@@ -1,0 +1,109 @@
+// The lowbit CLI as a user meets it: --help on every command, and exit code 2 with one clear
+// line for a bad config, a missing data file and a corrupt checkpoint.
+#include <gmock/gmock.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+struct Result {
+  int code;
+  std::string output;  // stdout and stderr
+};
+
+Result run(const std::string& args) {
+  const std::string cmd = std::string(LOWBIT_CLI) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+fs::path temp_dir() {
+  fs::path d = fs::temp_directory_path() / ("lowbit_cli_test_" + std::to_string(::getpid()));
+  fs::create_directories(d);
+  return d;
+}
+
+const char* kTiny = R"(name: tiny
+device: cpu
+data: {dataset: synthetic, synthetic_size: 32, synthetic_hw: 8, synthetic_channels: 1, synthetic_classes: 2, batch_size: 16}
+model: {name: dsnet}
+stages: [{epochs: 1, optimizer: {lr: 0.01}}]
+)";
+
+TEST(Cli, HelpOnEveryCommand) {
+  for (const char* c : {"--help", "train --help", "eval --help", "info --help"}) {
+    Result r = run(c);
+    EXPECT_EQ(r.code, 0) << c;
+    EXPECT_THAT(r.output, HasSubstr("usage: lowbit")) << c;
+  }
+  EXPECT_EQ(run("").code, 2);
+  Result r = run("frobnicate");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.output, HasSubstr("unknown command 'frobnicate'"));
+}
+
+TEST(Cli, InfoRuns) {
+  Result r = run("info");
+  EXPECT_EQ(r.code, 0);
+  EXPECT_THAT(r.output, HasSubstr("cuda devices:"));
+}
+
+TEST(Cli, BadConfigExitsTwoNamingTheKey) {
+  fs::path d = temp_dir();
+  std::ofstream(d / "bad.yaml") << kTiny << "data2: 1\n";
+  Result r = run("train " + (d / "bad.yaml").string());
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.output, HasSubstr("bad.yaml: data2: unknown key"));
+  r = run("train " + (d / "missing.yaml").string());
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.output, HasSubstr("cannot open the config file"));
+  r = run("train " + (d / "bad.yaml").string() + " --bogus");
+  EXPECT_EQ(r.code, 2);
+  fs::remove_all(d);
+}
+
+TEST(Cli, MissingDataFileExitsTwo) {
+  fs::path d = temp_dir();
+  std::ofstream(d / "c.yaml") << kTiny;
+  Result r = run("train " + (d / "c.yaml").string() + " --out " + (d / "out").string() +
+                 " --set data.dataset=fashion_mnist --set data.root=" + (d / "nodata").string());
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.output, HasSubstr("nodata"));
+  fs::remove_all(d);
+}
+
+TEST(Cli, TrainThenEvalAndCorruptCheckpoint) {
+  fs::path d = temp_dir();
+  std::ofstream(d / "c.yaml") << kTiny;
+  Result r = run("train " + (d / "c.yaml").string() + " --out " + (d / "out").string() + " --no-progress");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("results in"));
+  r = run("eval " + (d / "c.yaml").string() + " --checkpoint " + (d / "out" / "model.safetensors").string());
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("top1"));
+  {
+    // Truncate a copy of the checkpoint.
+    std::ifstream in(d / "out" / "model.safetensors", std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), {});
+    std::ofstream(d / "cut.safetensors", std::ios::binary) << bytes.substr(0, bytes.size() / 2);
+  }
+  r = run("eval " + (d / "c.yaml").string() + " --checkpoint " + (d / "cut.safetensors").string());
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.output, HasSubstr("cut.safetensors"));
+  fs::remove_all(d);
+}
+
+}  // namespace

@@ -1,0 +1,111 @@
+// Experiment config parsing: defaults, overrides, and error messages that name the file, the
+// key path, the value and what is allowed.
+#include <gmock/gmock.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "train/config.h"
+#include "tests/common/test_util.h"
+
+namespace lowbit::train {
+namespace {
+
+using ::testing::HasSubstr;
+
+const char* kMinimal = R"(
+name: t
+data: {dataset: synthetic}
+model: {name: resnet20}
+stages:
+  - epochs: 2
+    optimizer: {name: sgd, lr: 0.05}
+)";
+
+std::string error_of(const std::string& yaml, const std::vector<std::string>& sets = {}) {
+  try {
+    parse_config(yaml, "cfg.yaml", sets);
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "<no error>";
+}
+
+TEST(Config, DefaultsAndValues) {
+  ExperimentConfig c = parse_config(kMinimal, "cfg.yaml");
+  EXPECT_EQ(c.name, "t");
+  EXPECT_EQ(c.data.dataset, "synthetic");
+  EXPECT_EQ(c.data.batch_size, 128);
+  ASSERT_EQ(c.stages.size(), 1u);
+  EXPECT_EQ(c.stages[0].epochs, 2);
+  EXPECT_DOUBLE_EQ(c.stages[0].optimizer.lr, 0.05);
+  EXPECT_EQ(c.stages[0].schedule.name, "cosine");
+  EXPECT_EQ(c.stages[0].name, "stage0");
+}
+
+TEST(Config, SetOverridesAnyKey) {
+  ExperimentConfig c = parse_config(kMinimal, "cfg.yaml",
+                                    {"stages.0.epochs=5", "data.batch_size=64", "data.mean=[0.5]",
+                                     "data.std=[0.25]", "model.width_mult=0.5"});
+  EXPECT_EQ(c.stages[0].epochs, 5);
+  EXPECT_EQ(c.data.batch_size, 64);
+  EXPECT_EQ(c.data.mean, std::vector<double>{0.5});
+  EXPECT_DOUBLE_EQ(c.model.width_mult, 0.5);
+  EXPECT_THAT(c.raw_yaml, HasSubstr("epochs: 5"));
+}
+
+TEST(Config, UnknownKeyNamesPathAndAllowed) {
+  const std::string e = error_of(std::string(kMinimal) + "data2: {}\n");
+  EXPECT_THAT(e, HasSubstr("cfg.yaml: data2: unknown key"));
+  EXPECT_THAT(e, HasSubstr("allowed here:"));
+  EXPECT_THAT(error_of(kMinimal, {"stages.0.optimizer.lrr=1"}), HasSubstr("stages.0.optimizer.lrr: unknown key"));
+}
+
+TEST(Config, WrongTypeNamesValue) {
+  EXPECT_THAT(error_of(kMinimal, {"data.batch_size=lots"}),
+              HasSubstr("data.batch_size: wants an integer, got 'lots'"));
+  EXPECT_THAT(error_of(kMinimal, {"data.batch_size=1.5"}), HasSubstr("wants an integer"));
+  EXPECT_THAT(error_of(kMinimal, {"data.hflip=maybe"}), HasSubstr("data.hflip: wants a boolean"));
+}
+
+TEST(Config, OutOfRangeAndChoices) {
+  EXPECT_THAT(error_of(kMinimal, {"data.batch_size=0"}), HasSubstr("data.batch_size: 0 is out of range [1, "));
+  EXPECT_THAT(error_of(kMinimal, {"stages.0.optimizer.name=sgdd"}),
+              HasSubstr("stages.0.optimizer.name: 'sgdd' is not allowed; allowed: sgd, adamw"));
+  EXPECT_THAT(error_of(kMinimal, {"device=tpu"}), HasSubstr("device: 'tpu' is not allowed"));
+  EXPECT_THAT(error_of(kMinimal, {"data.mean=[0.5, 0.5]", "data.std=[1]"}), HasSubstr("data.std: has 1 values but mean has 2"));
+  EXPECT_THAT(error_of(kMinimal, {"stages.0.optimizer.momentum=0", "stages.0.optimizer.nesterov=true"}),
+              HasSubstr("nesterov: needs momentum > 0"));
+}
+
+TEST(Config, StagesRequired) {
+  EXPECT_THAT(error_of("name: x\n"), HasSubstr("stages: wants a non-empty list"));
+  EXPECT_THAT(error_of(kMinimal, {"stages.3.epochs=1"}), HasSubstr("index 3 is past the end"));
+}
+
+TEST(Config, BadYamlAndMissingFile) {
+  EXPECT_THAT(error_of("a: [1, 2\n"), HasSubstr("cfg.yaml: not valid YAML"));
+  try {
+    load_config("/nonexistent/x.yaml");
+    FAIL();
+  } catch (const InputError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("/nonexistent/x.yaml: cannot open"));
+  }
+}
+
+TEST(Config, ShippedConfigsParse) {
+  // Every ready experiment in configs/ parses and validates, including those whose data is
+  // not on this machine.
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::path(LOWBIT_SOURCE_DIR) / "configs";
+  int n = 0;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    if (entry.path().extension() != ".yaml") continue;
+    EXPECT_NO_THROW(load_config(entry.path().string())) << entry.path();
+    ++n;
+  }
+  EXPECT_GE(n, 1);
+}
+
+}  // namespace
+}  // namespace lowbit::train

@@ -1,0 +1,102 @@
+// Experiment configs: one YAML file describes a run (data, model, optional quant and prune
+// sections, and a list of stages). Parsing validates every key: unknown keys, wrong types and
+// out-of-range values throw lowbit::InputError naming the file, the key path, the value and
+// what is allowed. docs/config.md documents every key; keep the two in step.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace YAML {
+class Node;
+}
+
+namespace lowbit::train {
+
+struct DataConfig {
+  std::string dataset = "fashion_mnist";  // fashion_mnist | mnist | cifar10 | cifar100 | imagenet | synthetic
+  std::string root;                       // dataset folder ("" = the dataset's default)
+  int64_t batch_size = 128;
+  int64_t eval_batch_size = 256;
+  int64_t num_workers = 2;
+  int64_t max_train_samples = 0;  // 0 = all; a prefix of the training set (smoke tests)
+  int64_t max_test_samples = 0;
+  // Augmentation (training only).
+  int64_t random_crop_padding = 0;  // 0 = off
+  bool hflip = false;
+  bool random_resized_crop = false;  // ImageNet recipe
+  int64_t image_size = 0;            // output size of (random resized / centre) crops; 0 = native
+  int64_t resize = 0;                // eval: resize shorter side to this before the centre crop
+  std::vector<double> mean;          // per channel, on [0, 1] pixels; empty = dataset default
+  std::vector<double> std;
+  // synthetic dataset
+  int64_t synthetic_size = 1024;
+  int64_t synthetic_hw = 32;
+  int64_t synthetic_channels = 3;
+  int64_t synthetic_classes = 10;
+};
+
+struct ModelConfig {
+  std::string name = "resnet20";
+  int64_t num_classes = 0;  // 0 = the dataset's
+  int64_t in_channels = 0;  // 0 = the dataset's
+  int64_t input_size = 0;   // 0 = the dataset's (after crops)
+  double width_mult = 1.0;
+  std::string shortcut = "A";
+  double dropout = 0.2;
+};
+
+struct OptimizerConfig {
+  std::string name = "sgd";  // sgd | adamw
+  double lr = 0.1;
+  double momentum = 0.9;
+  bool nesterov = false;
+  double weight_decay = 5e-4;
+  bool no_decay_bn_bias = true;  // 1-D parameters (BN, biases) get no weight decay
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+};
+
+struct ScheduleConfig {
+  std::string name = "cosine";  // constant | step | multistep | cosine | onecycle
+  double warmup_epochs = 0.0;   // linear warm-up over this many epochs (fractions allowed)
+  double warmup_start_factor = 0.1;
+  double step_epochs = 30;              // step
+  std::vector<double> milestones;       // multistep, in epochs
+  double gamma = 0.1;                   // step, multistep
+  double eta_min = 0.0;                 // cosine
+  double pct_start = 0.3;               // onecycle
+  double div_factor = 25.0, final_div_factor = 1e4;
+};
+
+struct StageConfig {
+  std::string name;
+  std::string kind = "train";  // train (later issues add: qat, prune, ...)
+  int64_t epochs = 1;
+  OptimizerConfig optimizer;
+  ScheduleConfig schedule;
+  double label_smoothing = 0.0;
+  double clip_grad_norm = 0.0;  // 0 = off
+};
+
+struct ExperimentConfig {
+  std::string file;  // where it came from, for messages
+  std::string name = "experiment";
+  uint64_t seed = 0;
+  std::string device = "auto";  // auto | cpu | cuda | cuda:N
+  int64_t log_interval = 50;    // steps between log records
+  int64_t threads = 0;          // CPU threads (0 = OpenMP's default)
+  DataConfig data;
+  ModelConfig model;
+  std::vector<StageConfig> stages;
+  std::string raw_yaml;  // the config after --set overrides, for summary.json
+};
+
+// Parses and validates `path`, applying `overrides` ("key.path=value", YAML value syntax;
+// sequence items by index: "stages.0.epochs=2") first. Throws InputError naming the problem.
+ExperimentConfig load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+ExperimentConfig parse_config(const std::string& yaml_text, const std::string& file_label,
+                              const std::vector<std::string>& overrides = {});
+
+}  // namespace lowbit::train

@@ -1,0 +1,116 @@
+#include "train/data_setup.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+
+namespace lowbit::train {
+
+namespace {
+
+// The first n samples of a dataset (smoke tests, quick runs).
+class Prefix : public data::Dataset {
+ public:
+  Prefix(data::DatasetPtr inner, int64_t n) : inner_(std::move(inner)), n_(std::min(n, inner_->size())) {}
+  int64_t size() const override { return n_; }
+  data::Sample get(int64_t i) const override {
+    check_index(i);
+    return inner_->get(i);
+  }
+  int64_t label(int64_t i) const override { return inner_->label(i); }
+  int64_t num_classes() const override { return inner_->num_classes(); }
+  Shape image_shape() const override { return inner_->image_shape(); }
+  std::string description() const override {
+    return str_cat(inner_->description(), ", first ", n_);
+  }
+
+ private:
+  data::DatasetPtr inner_;
+  int64_t n_;
+};
+
+data::DatasetPtr limit(data::DatasetPtr d, int64_t n) {
+  return n > 0 && n < d->size() ? std::make_shared<Prefix>(d, n) : d;
+}
+
+std::vector<float> as_floats(const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); }
+
+}  // namespace
+
+DataSource make_data(const ExperimentConfig& cfg, Device device) {
+  const DataConfig& d = cfg.data;
+  data::DatasetPtr train, test;
+  std::vector<float> mean, stddev;
+  if (d.dataset == "fashion_mnist" || d.dataset == "mnist") {
+    if (d.dataset == "mnist" && d.root.empty()) {
+      throw InputError(str_cat(cfg.file, ": data.root: mnist needs the folder of its IDX files"));
+    }
+    train = data::open_fashion_mnist(d.root, true);
+    test = data::open_fashion_mnist(d.root, false);
+    mean = d.dataset == "mnist" ? std::vector<float>{0.1307f} : data::kFashionMnistMean;
+    stddev = d.dataset == "mnist" ? std::vector<float>{0.3081f} : data::kFashionMnistStd;
+  } else if (d.dataset == "cifar10" || d.dataset == "cifar100") {
+    const auto kind = d.dataset == "cifar10" ? data::CifarKind::cifar10 : data::CifarKind::cifar100;
+    train = data::open_cifar(d.root, kind, true);
+    test = data::open_cifar(d.root, kind, false);
+    mean = d.dataset == "cifar10" ? data::kCifar10Mean : std::vector<float>{0.5071f, 0.4865f, 0.4409f};
+    stddev = d.dataset == "cifar10" ? data::kCifar10Std : std::vector<float>{0.2673f, 0.2564f, 0.2762f};
+  } else if (d.dataset == "imagenet") {
+    train = data::open_image_folder(d.root + "/train");
+    test = data::open_image_folder(d.root + "/val");
+    mean = data::kImageNetMean;
+    stddev = data::kImageNetStd;
+  } else {
+    train = data::synthetic(d.synthetic_size, d.synthetic_hw, d.synthetic_hw, d.synthetic_channels,
+                            d.synthetic_classes, cfg.seed);
+    test = data::synthetic(std::max<int64_t>(d.synthetic_size / 4, 1), d.synthetic_hw, d.synthetic_hw,
+                           d.synthetic_channels, d.synthetic_classes, cfg.seed + 1);
+    mean.assign(size_t(d.synthetic_channels), 0.5f);
+    stddev.assign(size_t(d.synthetic_channels), 0.25f);
+  }
+  train = limit(train, d.max_train_samples);
+  test = limit(test, d.max_test_samples);
+  if (!d.mean.empty()) {
+    mean = as_floats(d.mean);
+    stddev = as_floats(d.std);
+  }
+  const Shape shape = train->image_shape();
+  const int64_t channels = shape[2];
+  if (!d.mean.empty() && int64_t(d.mean.size()) != channels) {
+    throw InputError(str_cat(cfg.file, ": data.mean has ", d.mean.size(), " values but the images have ",
+                             channels, " channels"));
+  }
+
+  std::vector<data::TransformPtr> train_steps, test_steps;
+  int64_t size = shape[0];
+  if (d.dataset == "imagenet") {
+    const int64_t s = d.image_size > 0 ? d.image_size : 224;
+    train_steps.push_back(d.random_resized_crop ? data::random_resized_crop(s, s) : data::center_crop(s, s));
+    if (d.resize > 0) test_steps.push_back(data::resize_shorter(d.resize));
+    test_steps.push_back(data::center_crop(s, s));
+    size = s;
+  } else if (d.random_crop_padding > 0) {
+    train_steps.push_back(data::random_crop(shape[0], shape[1], d.random_crop_padding));
+  }
+  if (d.hflip) train_steps.push_back(data::random_horizontal_flip());
+
+  DataSource out;
+  data::LoaderOptions lo;
+  lo.batch_size = d.batch_size;
+  lo.shuffle = true;
+  lo.drop_last = false;
+  lo.num_workers = d.num_workers;
+  lo.seed = cfg.seed;
+  lo.device = device;
+  out.train = std::make_unique<DataLoader>(train, lo, data::Pipeline(train_steps, data::to_tensor_normalize(mean, stddev)));
+  data::LoaderOptions eo = lo;
+  eo.batch_size = d.eval_batch_size;
+  eo.shuffle = false;
+  out.test = std::make_unique<DataLoader>(test, eo, data::Pipeline(test_steps, data::to_tensor_normalize(mean, stddev)));
+  out.num_classes = std::max(train->num_classes(), test->num_classes());
+  out.channels = channels;
+  out.image_size = size;
+  return out;
+}
+
+}  // namespace lowbit::train

@@ -1,0 +1,385 @@
+// The staged trainer. The loop has no host sync except at logging points (every
+// log_interval steps and at epoch ends), where loss and accuracy sums are read back.
+#include "train/trainer.h"
+
+#include <omp.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "core/autograd.h"
+#include "core/backend.h"
+#include "core/ops.h"
+#include "core/random.h"
+#include "models/registry.h"
+#include "train/data_setup.h"
+#include "train/loss.h"
+#include "train/optimizer.h"
+#include "train/progress.h"
+#include "train/safetensors.h"
+#include "train/schedule.h"
+
+#ifndef LOWBIT_GIT_COMMIT
+#define LOWBIT_GIT_COMMIT "unknown"
+#endif
+
+namespace lowbit::train {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+Device resolve_device(const std::string& spec) {
+  const int n = core::cuda_device_count();
+  if (spec.empty() || spec == "auto") return n > 0 ? Device::cuda(0) : Device::cpu();
+  Device d = Device::parse(spec);
+  if (d.is_cuda()) {
+    LOWBIT_CHECK_INPUT(d.index < n, "device '", spec, "' was asked for but ", n,
+                       " CUDA device(s) are visible", n == 0 ? " (no GPU, no driver, or a CPU-only build); use --device cpu or auto" : "");
+  }
+  return d;
+}
+
+namespace {
+
+std::shared_ptr<LrSchedule> make_schedule(const ScheduleConfig& c, double base_lr,
+                                          int64_t steps_per_epoch, int64_t epochs) {
+  const int64_t total = std::max<int64_t>(1, steps_per_epoch * epochs);
+  const auto steps = [&](double ep) { return std::max<int64_t>(1, int64_t(ep * double(steps_per_epoch) + 0.5)); };
+  std::shared_ptr<LrSchedule> s;
+  if (c.name == "constant") {
+    s = std::make_shared<ConstantLr>(base_lr);
+  } else if (c.name == "step") {
+    s = std::make_shared<StepLr>(base_lr, steps(c.step_epochs), c.gamma);
+  } else if (c.name == "multistep") {
+    std::vector<int64_t> m;
+    for (double e : c.milestones) m.push_back(steps(e));
+    s = std::make_shared<MultiStepLr>(base_lr, m, c.gamma);
+  } else if (c.name == "cosine") {
+    s = std::make_shared<CosineLr>(base_lr, total, c.eta_min);
+  } else {
+    s = std::make_shared<OneCycleLr>(base_lr, total, c.pct_start, c.div_factor, c.final_div_factor);
+  }
+  if (c.warmup_epochs > 0) {
+    s = std::make_shared<LinearWarmup>(s, steps(c.warmup_epochs), c.warmup_start_factor);
+  }
+  return s;
+}
+
+std::unique_ptr<Optimizer> make_optimizer(const OptimizerConfig& c, layers::Module& model) {
+  ParamGroup decay{{}, c.lr, c.weight_decay, "decay"};
+  ParamGroup no_decay{{}, c.lr, 0.0, "no_decay"};
+  for (auto& [name, p] : model.named_parameters()) {
+    (c.no_decay_bn_bias && p.dim() <= 1 ? no_decay : decay).params.push_back(p);
+  }
+  std::vector<ParamGroup> groups{decay, no_decay};
+  if (c.name == "adamw") return std::make_unique<AdamW>(groups, AdamWOptions{c.beta1, c.beta2, c.eps});
+  return std::make_unique<SGD>(groups, SgdOptions{c.momentum, 0.0, c.nesterov});
+}
+
+int64_t model_bytes(layers::Module& m) {
+  int64_t b = 0;
+  for (auto& [n, p] : m.named_parameters()) b += p.nbytes();
+  return b;
+}
+
+struct Position {
+  int64_t stage = 0;
+  int64_t epoch = 0;        // epochs completed in `stage`
+  int64_t global_epoch = 0; // epochs completed in the run (the loader's epoch counter)
+};
+
+const char* kCheckpoint = "checkpoint.safetensors";
+
+void save_checkpoint(const fs::path& out, layers::Module& model, const Optimizer* opt,
+                     const Position& pos, const ExperimentConfig& cfg, Device dev) {
+  std::map<std::string, Tensor> t;
+  for (auto& [k, v] : model.state_dict(layers::Layout::pytorch)) t["model." + k] = v;
+  if (opt) {
+    for (auto& [k, v] : opt->state_dict()) t["optim." + k] = v;
+  }
+  std::map<std::string, std::string> meta;
+  meta["format"] = "lowbit-checkpoint-1";
+  meta["stage"] = std::to_string(pos.stage);
+  meta["epoch"] = std::to_string(pos.epoch);
+  meta["global_epoch"] = std::to_string(pos.global_epoch);
+  Generator& cpu = default_generator(Device::cpu());
+  meta["rng_cpu"] = std::to_string(cpu.seed()) + "," + std::to_string(cpu.offset());
+  if (dev.is_cuda()) {
+    Generator& g = default_generator(dev);
+    meta["rng_device"] = std::to_string(g.seed()) + "," + std::to_string(g.offset());
+  }
+  meta["config"] = cfg.raw_yaml;
+  save_safetensors((out / kCheckpoint).string(), t, meta);
+}
+
+void restore_generator(const std::string& s, Generator& g) {
+  const size_t comma = s.find(',');
+  LOWBIT_CHECK_INPUT(comma != std::string::npos, "checkpoint: bad RNG state '", s, "'");
+  g.set_state(std::stoull(s.substr(0, comma)), std::stoull(s.substr(comma + 1)));
+}
+
+std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& all,
+                                          const std::string& prefix) {
+  std::map<std::string, Tensor> out;
+  for (auto& [k, v] : all) {
+    if (k.rfind(prefix, 0) == 0) out[k.substr(prefix.size())] = v;
+  }
+  return out;
+}
+
+// Loads model weights from a full checkpoint ("model." keys) or a weights-only file.
+void load_weights(layers::Module& model, const SafetensorsFile& f, const std::string& path) {
+  auto w = with_prefix(f.tensors, "model.");
+  if (w.empty()) w = f.tensors;
+  try {
+    model.load_state_dict(w, true, layers::Layout::pytorch);
+  } catch (const InputError& e) {
+    throw InputError(str_cat(path, ": ", e.what()));
+  }
+}
+
+std::string fmt(double v, int prec) {
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(prec) << v;
+  return os.str();
+}
+
+EvalResult evaluate(layers::Module& model, DataSource& data, Device dev) {
+  autograd::NoGradGuard guard;
+  model.eval();
+  EvalResult r;
+  Tensor loss_sum = zeros({}, TensorOptions(DType::f64, dev));
+  Tensor top1 = zeros({}, TensorOptions(DType::f64, dev)), top5 = zeros({}, TensorOptions(DType::f64, dev));
+  data.test->reset();
+  Batch b;
+  while (data.test->next(b)) {
+    Tensor logits = model.forward(b.images);
+    const int64_t n = b.labels.size(0);
+    loss_sum = loss_sum + cross_entropy(logits, b.labels).to(DType::f64) * double(n);
+    top1 = top1 + topk_correct(logits, b.labels, 1).to(DType::f64);
+    top5 = top5 + topk_correct(logits, b.labels, std::min<int64_t>(5, logits.size(1))).to(DType::f64);
+    r.samples += n;
+  }
+  model.train();
+  if (r.samples > 0) {
+    r.loss = loss_sum.item() / double(r.samples);
+    r.top1 = top1.item() / double(r.samples);
+    r.top5 = top5.item() / double(r.samples);
+  }
+  return r;
+}
+
+layers::ModulePtr build_model(const ExperimentConfig& cfg, const DataSource& data) {
+  models::ModelOptions mo;
+  mo.num_classes = cfg.model.num_classes > 0 ? cfg.model.num_classes : data.num_classes;
+  mo.in_channels = cfg.model.in_channels > 0 ? cfg.model.in_channels : data.channels;
+  mo.input_size = cfg.model.input_size > 0 ? cfg.model.input_size : data.image_size;
+  mo.width_mult = cfg.model.width_mult;
+  mo.shortcut = cfg.model.shortcut;
+  mo.dropout = cfg.model.dropout;
+  LOWBIT_CHECK_INPUT(mo.in_channels == data.channels, cfg.file, ": model.in_channels ", mo.in_channels,
+                     " does not match the dataset's ", data.channels, " channels");
+  return models::create_model(cfg.model.name, mo);
+}
+
+std::string now_iso() {
+  std::time_t t = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return buf;
+}
+
+}  // namespace
+
+RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const Device dev = resolve_device(opts.device.empty() ? cfg.device : opts.device);
+  if (cfg.threads > 0) omp_set_num_threads(int(cfg.threads));
+  fs::path out(opts.out_dir);
+  std::error_code ec;
+  fs::create_directories(out, ec);
+  LOWBIT_CHECK_INPUT(!ec && fs::is_directory(out), opts.out_dir, ": cannot create the output folder: ", ec.message());
+
+  manual_seed(cfg.seed);
+  DataSource data = make_data(cfg, dev);
+  layers::ModulePtr model = build_model(cfg, data);
+  model->to(dev);
+  model->train();
+
+  Position pos;
+  SafetensorsFile resume_file;
+  const fs::path ckpt = out / kCheckpoint;
+  const bool resuming = opts.resume && fs::exists(ckpt);
+  if (opts.resume && !resuming) {
+    std::fprintf(stderr, "lowbit: --resume: no %s yet, starting from scratch\n", ckpt.c_str());
+  }
+  if (resuming) {
+    resume_file = load_safetensors(ckpt.string());
+    auto& m = resume_file.metadata;
+    LOWBIT_CHECK_INPUT(m.count("stage") && m.count("epoch") && m.count("global_epoch"),
+                       ckpt.string(), ": not a lowbit training checkpoint (no position metadata)");
+    pos.stage = std::stoll(m["stage"]);
+    pos.epoch = std::stoll(m["epoch"]);
+    pos.global_epoch = std::stoll(m["global_epoch"]);
+    load_weights(*model, resume_file, ckpt.string());
+    restore_generator(m["rng_cpu"], default_generator(Device::cpu()));
+    if (dev.is_cuda() && m.count("rng_device")) restore_generator(m["rng_device"], default_generator(dev));
+  }
+  if (!resuming) {
+    // A fresh run starts a fresh log.
+    fs::remove(out / "log.jsonl", ec);
+  }
+  JsonlLog log((out / "log.jsonl").string());
+  {
+    std::ofstream cfg_out(out / "config.yaml");
+    cfg_out << cfg.raw_yaml << "\n";
+  }
+
+  RunSummary summary;
+  summary.device = dev.str();
+  summary.params = model->num_parameters();
+  summary.model_bytes = model_bytes(*model);
+  int64_t images_seen = 0;
+  double train_seconds = 0.0;
+  const int64_t steps_per_epoch = data.train->size();
+  int64_t total_epochs = 0;
+  for (auto& st : cfg.stages) total_epochs += st.epochs;
+
+  bool stopped = false;
+  for (int64_t s = pos.stage; s < int64_t(cfg.stages.size()) && !stopped; ++s) {
+    const StageConfig& st = cfg.stages[size_t(s)];
+    auto opt = make_optimizer(st.optimizer, *model);
+    auto sched = make_schedule(st.schedule, st.optimizer.lr, steps_per_epoch, st.epochs);
+    int64_t first_epoch = 0;
+    if (resuming && s == pos.stage) {
+      first_epoch = pos.epoch;
+      auto ostate = with_prefix(resume_file.tensors, "optim.");
+      if (!ostate.empty() && first_epoch > 0) opt->load_state_dict(ostate);
+    }
+    for (int64_t e = first_epoch; e < st.epochs; ++e) {
+      data.train->set_epoch(pos.global_epoch);
+      data.train->reset();
+      ProgressBar bar(str_cat(st.name, " epoch ", e + 1, "/", st.epochs), steps_per_epoch);
+      Tensor loss_sum = zeros({}, TensorOptions(DType::f64, dev));
+      Tensor correct = zeros({}, TensorOptions(DType::f64, dev));
+      int64_t seen = 0, step_in_epoch = 0;
+      const auto e0 = std::chrono::steady_clock::now();
+      Batch b;
+      std::string metrics;
+      while (data.train->next(b)) {
+        const int64_t step = e * steps_per_epoch + step_in_epoch;
+        opt->set_lr(sched->lr_at(step));
+        Tensor logits = model->forward(b.images);
+        Tensor loss = cross_entropy(logits, b.labels, st.label_smoothing);
+        opt->zero_grad();
+        loss.backward();
+        if (st.clip_grad_norm > 0) clip_grad_norm(model->parameters(), st.clip_grad_norm);
+        opt->step();
+        {
+          autograd::NoGradGuard g;
+          const int64_t n = b.labels.size(0);
+          loss_sum = loss_sum + loss.detach().to(DType::f64) * double(n);
+          correct = correct + topk_correct(logits.detach(), b.labels, 1).to(DType::f64);
+          seen += n;
+        }
+        ++step_in_epoch;
+        const bool log_now = step_in_epoch % cfg.log_interval == 0 || step_in_epoch == steps_per_epoch;
+        if (log_now || opts.progress) {
+          // Reading the sums is the host sync; do it only when something is printed or logged.
+          const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - e0).count();
+          if (log_now) {
+            const double l = loss_sum.item() / double(seen), a = correct.item() / double(seen);
+            metrics = str_cat("loss ", fmt(l, 4), " acc ", fmt(100 * a, 2), "% ", fmt(double(seen) / el, 0), " img/s");
+            log.write(json{{"kind", "step"}, {"stage", st.name}, {"epoch", pos.global_epoch + 1},
+                           {"step", step}, {"lr", sched->lr_at(step)}, {"train_loss", l},
+                           {"train_top1", a}, {"images_per_s", double(seen) / el}, {"elapsed_s", el}}
+                          .dump());
+          }
+          if (opts.progress) bar.update(step_in_epoch, metrics);
+        }
+      }
+      const double epoch_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - e0).count();
+      train_seconds += epoch_s;
+      images_seen += seen;
+      const double train_loss = seen ? loss_sum.item() / double(seen) : 0.0;
+      const double train_acc = seen ? correct.item() / double(seen) : 0.0;
+      EvalResult ev = evaluate(*model, data, dev);
+      const std::string epoch_metrics = str_cat("train loss ", fmt(train_loss, 4), " acc ", fmt(100 * train_acc, 2),
+                                                "% | test loss ", fmt(ev.loss, 4), " top1 ", fmt(100 * ev.top1, 2),
+                                                "% top5 ", fmt(100 * ev.top5, 2), "% | ",
+                                                fmt(double(seen) / epoch_s, 0), " img/s");
+      if (opts.progress) bar.finish(epoch_metrics);
+      log.write(json{{"kind", "epoch"}, {"stage", st.name}, {"epoch", pos.global_epoch + 1},
+                     {"train_loss", train_loss}, {"train_top1", train_acc}, {"test_loss", ev.loss},
+                     {"test_top1", ev.top1}, {"test_top5", ev.top5}, {"epoch_s", epoch_s},
+                     {"images_per_s", double(seen) / epoch_s}, {"time", now_iso()}}
+                    .dump());
+      pos.stage = s;
+      pos.epoch = e + 1;
+      pos.global_epoch += 1;
+      summary.test = ev;
+      save_checkpoint(out, *model, opt.get(), pos, cfg, dev);
+      if (opts.stop_after_epochs >= 0 && pos.global_epoch >= opts.stop_after_epochs) {
+        stopped = true;
+        break;
+      }
+    }
+    if (!stopped) {
+      // The next stage starts at its epoch 0 with a fresh optimizer.
+      pos.stage = s + 1;
+      pos.epoch = 0;
+    }
+  }
+  summary.epochs_done = pos.global_epoch;
+  summary.finished = !stopped;
+  summary.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  summary.images_per_s = train_seconds > 0 ? double(images_seen) / train_seconds : 0.0;
+  if (summary.finished) {
+    if (summary.test.samples == 0) summary.test = evaluate(*model, data, dev);
+    save_safetensors((out / "model.safetensors").string(), model->state_dict(layers::Layout::pytorch),
+                     {{"format", "pt"}, {"model", cfg.model.name}});
+    json sj{{"name", cfg.name},
+            {"test_top1", summary.test.top1},
+            {"test_top5", summary.test.top5},
+            {"test_loss", summary.test.loss},
+            {"params", summary.params},
+            {"model_bytes", summary.model_bytes},
+            {"wall_s", summary.wall_s},
+            {"images_per_s", summary.images_per_s},
+            {"device", summary.device},
+            {"epochs", summary.epochs_done},
+            {"config", cfg.raw_yaml},
+            {"config_file", cfg.file},
+            {"git_commit", LOWBIT_GIT_COMMIT},
+            {"finished_at", now_iso()}};
+    const fs::path tmp = out / "summary.json.tmp";
+    {
+      std::ofstream f(tmp);
+      f << sj.dump(2) << "\n";
+      LOWBIT_CHECK(f.good(), tmp.string(), ": write failed");
+    }
+    fs::rename(tmp, out / "summary.json");
+  }
+  return summary;
+}
+
+EvalResult run_evaluation(const ExperimentConfig& cfg, const std::string& checkpoint,
+                          const std::string& device_override) {
+  const Device dev = resolve_device(device_override.empty() ? cfg.device : device_override);
+  manual_seed(cfg.seed);
+  DataSource data = make_data(cfg, dev);
+  layers::ModulePtr model = build_model(cfg, data);
+  SafetensorsFile f = load_safetensors(checkpoint);
+  load_weights(*model, f, checkpoint);
+  model->to(dev);
+  return evaluate(*model, data, dev);
+}
+
+}  // namespace lowbit::train

@@ -1,0 +1,56 @@
+// The staged Trainer: builds the data loaders and the model from an ExperimentConfig, runs its
+// stages (optimizer, LR schedule, epochs), evaluates, logs (progress bar, OUT/log.jsonl),
+// writes checkpoints atomically each epoch (OUT/checkpoint.safetensors: weights in PyTorch
+// layout and names, optimizer state, RNG state and position) and OUT/summary.json at the end.
+// --resume continues from the checkpoint and ends with the same weights as an uninterrupted
+// run on the same device.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "core/device.h"
+#include "layers/module.h"
+#include "train/config.h"
+
+namespace lowbit::train {
+
+struct TrainerOptions {
+  std::string out_dir = "runs/experiment";
+  std::string device;       // overrides the config's device when non-empty
+  bool resume = false;
+  bool progress = true;     // the console progress bar / lines
+  int64_t stop_after_epochs = -1;  // tests: stop (as if killed) after this many epochs in total
+};
+
+struct EvalResult {
+  double loss = 0.0;
+  double top1 = 0.0;  // fraction in [0, 1]
+  double top5 = 0.0;
+  int64_t samples = 0;
+};
+
+struct RunSummary {
+  EvalResult test;
+  int64_t params = 0;
+  int64_t model_bytes = 0;
+  double wall_s = 0.0;
+  double images_per_s = 0.0;
+  std::string device;
+  int64_t epochs_done = 0;
+  bool finished = false;
+};
+
+// "auto" picks cuda:0 when a GPU is visible, else the CPU; "cuda" without a GPU is an
+// InputError naming what was asked and what exists.
+Device resolve_device(const std::string& spec);
+
+RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts);
+
+// Evaluates the config's model with weights from a checkpoint (a full checkpoint or a
+// weights-only file, PyTorch layout) on the config's test set.
+EvalResult run_evaluation(const ExperimentConfig& cfg, const std::string& checkpoint,
+                          const std::string& device_override = "");
+
+}  // namespace lowbit::train
