@@ -27,13 +27,25 @@ done
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "setup: all ${#packages[@]} system packages present"
-  exit 0
+else
+  echo "setup: installing ${missing[*]}"
+  sudo_cmd=()
+  if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo_cmd[@]}" apt-get update -qq
+  "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-echo "setup: installing ${missing[*]}"
-sudo_cmd=()
-if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
-export DEBIAN_FRONTEND=noninteractive
-"${sudo_cmd[@]}" apt-get update -qq
-"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# The PyTorch reference tests (ctest label `torch`) run Debian's python3-torch through a
+# project venv that sees the system packages and adds PyPI's `safetensors` (not in Debian 12).
+# The venv lives in .venv (ignored); tests find it through CMake (LOWBIT_PYTHON).
+root=$(cd "$(dirname "$0")/.." && pwd)
+venv="$root/.venv"
+if ! "$venv/bin/python" -c 'import torch, safetensors, numpy' >/dev/null 2>&1; then
+  echo "setup: creating $venv (system site packages + safetensors from PyPI)"
+  rm -rf "$venv"
+  /usr/bin/python3 -m venv --system-site-packages "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check 'safetensors==0.4.5' ||
+    echo "setup: warning: pip could not install safetensors; the torch interop tests will skip"
+fi
 echo "setup: done"

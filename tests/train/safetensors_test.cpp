@@ -504,7 +504,7 @@ std::pair<int, std::string> run_command(const std::string& cmd) {
 }
 
 TEST(SafetensorsTorch, InteropWithPython) {
-  const auto [probe, why] = run_command("python3 -c 'import safetensors, torch'");
+  const auto [probe, why] = run_command(std::string(LOWBIT_PYTHON) + " -c 'import safetensors, torch'");
   if (probe != 0) {
     GTEST_SKIP() << "python3 cannot import safetensors and torch: " << why;
   }
@@ -525,7 +525,7 @@ TEST(SafetensorsTorch, InteropWithPython) {
                     {"empty", zeros({0, 4})}},
                    {{"producer", "lowbit"}});
   const auto [rc, out] =
-      run_command("python3 '" + script + "' '" + from_lowbit + "' '" + from_torch + "'");
+      run_command(std::string(LOWBIT_PYTHON) + " '" + script + "' '" + from_lowbit + "' '" + from_torch + "'");
   ASSERT_EQ(rc, 0) << out;
 
   const SafetensorsFile f = load_safetensors(from_torch);
