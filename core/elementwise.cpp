@@ -21,6 +21,27 @@ LOWBIT_DEFINE_STUB(fill_stub);
 
 namespace {
 
+// Runs f(offsets) over n elements; the contiguous case is a plain indexed loop the compiler can
+// vectorise, the strided case walks the OffsetCalc.
+template <int N, typename F>
+void strided_loop(const OffsetCalc<N>& calc, int64_t n, const F& f) {
+  if (calc.contiguous) {
+    for_each_chunk(n, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        int64_t off[N];
+        for (int a = 0; a < N; ++a) off[a] = calc.base[a] + i;
+        f(off);
+      }
+    });
+    return;
+  }
+  for_each_index(n, [&](int64_t i) {
+    int64_t off[N];
+    calc.get(i, off);
+    f(off);
+  });
+}
+
 template <typename Op, typename scalar_t>
 void unary_loop(const Tensor& out, const Tensor& in, const UnaryParams& p) {
   using acc_t = opmath_t<scalar_t>;
@@ -29,9 +50,7 @@ void unary_loop(const Tensor& out, const Tensor& in, const UnaryParams& p) {
   scalar_t* o = static_cast<scalar_t*>(out.raw_data());
   const scalar_t* x = static_cast<const scalar_t*>(in.raw_data());
   const Op op;
-  for_each_index(out.numel(), [&](int64_t i) {
-    int64_t off[2];
-    calc.get(i, off);
+  strided_loop(calc, out.numel(), [&](const int64_t* off) {
     o[off[0]] = scalar_t(op(acc_t(x[off[1]]), p));
   });
 }
@@ -66,9 +85,7 @@ void binary_loop(const Tensor& out, const Tensor& a, const Tensor& b) {
   const in_t* x = static_cast<const in_t*>(a.raw_data());
   const in_t* y = static_cast<const in_t*>(b.raw_data());
   const Op op;
-  for_each_index(out.numel(), [&](int64_t i) {
-    int64_t off[3];
-    calc.get(i, off);
+  strided_loop(calc, out.numel(), [&](const int64_t* off) {
     o[off[0]] = out_t(op(acc_t(x[off[1]]), acc_t(y[off[2]])));
   });
 }
@@ -104,9 +121,7 @@ void where_cpu(const Tensor& out, const Tensor& cond, const Tensor& a, const Ten
     const uint8_t* c = static_cast<const uint8_t*>(cond.raw_data());
     const scalar_t* x = static_cast<const scalar_t*>(a.raw_data());
     const scalar_t* y = static_cast<const scalar_t*>(b.raw_data());
-    for_each_index(out.numel(), [&](int64_t i) {
-      int64_t off[4];
-      calc.get(i, off);
+    strided_loop(calc, out.numel(), [&](const int64_t* off) {
       o[off[0]] = c[off[1]] ? x[off[2]] : y[off[3]];
     });
   });
@@ -119,9 +134,7 @@ void copy_to(const Tensor& dst, const Tensor& src) {
     const auto calc = offset_calc_for<2>(ts);
     dst_t* o = static_cast<dst_t*>(dst.raw_data());
     const scalar_t* x = static_cast<const scalar_t*>(src.raw_data());
-    for_each_index(dst.numel(), [&](int64_t i) {
-      int64_t off[2];
-      calc.get(i, off);
+    strided_loop(calc, dst.numel(), [&](const int64_t* off) {
       o[off[0]] = convert<dst_t>(x[off[1]]);
     });
   });
@@ -137,9 +150,7 @@ void fill_cpu(const Tensor& dst, double value) {
     const Tensor* ts[1] = {&dst};
     const auto calc = offset_calc_for<1>(ts);
     scalar_t* o = static_cast<scalar_t*>(dst.raw_data());
-    for_each_index(dst.numel(), [&](int64_t i) {
-      int64_t off[1];
-      calc.get(i, off);
+    strided_loop(calc, dst.numel(), [&](const int64_t* off) {
       o[off[0]] = v;
     });
   });
@@ -301,9 +312,10 @@ Tensor reciprocal(const Tensor& x) {
   return unary_op(UnaryOp::reciprocal, x, {}, [](const Tensor& g, const Tensor&, const Tensor& y) { return -(g * y * y); }, false, true);
 }
 Tensor relu(const Tensor& x) {
-  return unary_op(UnaryOp::relu, x, {}, [](const Tensor& g, const Tensor& xs, const Tensor&) {
-    return where(gt(xs, zeros({}, TensorOptions(xs.dtype(), xs.device()))), g, zeros_like(g));
-  }, true, false);
+  // One fused pass: the gradient where the output is positive.
+  return unary_op(UnaryOp::relu, x, {}, [](const Tensor& g, const Tensor&, const Tensor& y) {
+    return binary_raw(BinaryOp::relu_grad, g, y);
+  }, false, true);
 }
 Tensor sigmoid(const Tensor& x) {
   return unary_op(UnaryOp::sigmoid, x, {}, [](const Tensor& g, const Tensor&, const Tensor& y) { return g * y * (1.0 - y); }, false, true);

@@ -124,6 +124,8 @@ LOWBIT_BINARY_FUNCTOR(DivOp, T(a / b))
 LOWBIT_BINARY_FUNCTOR(PowOp, math::pow(a, b))
 // NaN propagates as in PyTorch's maximum/minimum.
 LOWBIT_BINARY_FUNCTOR(MaximumOp, (a != a) ? a : ((b != b) ? b : (a > b ? a : b)))
+// The ReLU backward in one pass: the gradient a where the ReLU output b is positive.
+LOWBIT_BINARY_FUNCTOR(ReluGradOp, b > T(0) ? a : T(0))
 LOWBIT_BINARY_FUNCTOR(MinimumOp, (a != a) ? a : ((b != b) ? b : (a < b ? a : b)))
 #undef LOWBIT_BINARY_FUNCTOR
 
@@ -150,7 +152,8 @@ LOWBIT_COMPARE_FUNCTOR(GeOp, a >= b)
   X(div, DivOp)              \
   X(pow, PowOp)              \
   X(maximum, MaximumOp)      \
-  X(minimum, MinimumOp)
+  X(minimum, MinimumOp)      \
+  X(relu_grad, ReluGradOp)
 #define LOWBIT_COMPARE_OPS(X) \
   X(eq, EqOp)                 \
   X(ne, NeOp)                 \

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs, with apt-get, every system package lowbit needs that is missing. Idempotent: a
-# machine that already has everything runs no apt command at all. Nothing is fetched from
-# anywhere but Debian's archive.
+# Installs, with apt-get, every system package lowbit needs that is missing, and the venv of the
+# PyTorch reference tests (PyPI's safetensors). Idempotent: a machine that already has
+# everything runs no apt or pip command at all. Nothing is fetched from anywhere but Debian's
+# archive and PyPI. `--no-torch` (what quickstart uses) skips the test-only Python parts.
 set -euo pipefail
 
 packages=(
@@ -15,8 +16,12 @@ packages=(
   libopenmpi-dev openmpi-bin
   nlohmann-json3-dev
   dataset-fashion-mnist
-  python3-torch python3-numpy python3-venv
 )
+# Only the test suites need these (the PyTorch reference tests); quickstart skips them.
+torch_packages=(python3-torch python3-numpy python3-venv)
+with_torch=1
+if [ "${1:-}" = "--no-torch" ]; then with_torch=0; fi
+if [ $with_torch -eq 1 ]; then packages+=("${torch_packages[@]}"); fi
 
 missing=()
 for p in "${packages[@]}"; do
@@ -41,7 +46,7 @@ fi
 # The venv lives in .venv (ignored); tests find it through CMake (LOWBIT_PYTHON).
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv="$root/.venv"
-if ! "$venv/bin/python" -c 'import torch, safetensors, numpy' >/dev/null 2>&1; then
+if [ $with_torch -eq 1 ] && ! "$venv/bin/python" -c 'import torch, safetensors, numpy' >/dev/null 2>&1; then
   echo "setup: creating $venv (system site packages + safetensors from PyPI)"
   rm -rf "$venv"
   /usr/bin/python3 -m venv --system-site-packages "$venv"

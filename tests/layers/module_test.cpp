@@ -196,5 +196,53 @@ TEST(SmallCnn, OverfitsOneBatchOnCpu) {
   EXPECT_EQ(acc, 1.0);
 }
 
+TEST(LayersGpu, SmallLayersMatchCpu) {
+  LOWBIT_SKIP_WITHOUT_GPU();
+  manual_seed(44);
+  Tensor x = randn({4, 5, 5, 6}) * 4.0;
+  Linear fc(6, 3);
+  Tensor xc = x.detach().requires_grad_(), xg = x.to(Device::cuda()).requires_grad_();
+  auto f = [&](const Tensor& t) { return fc.forward(hardswish(relu6(t) - 2.0)); };
+  Tensor y = f(xc);
+  fc.to(Device::cuda());
+  Tensor yg = f(xg);
+  EXPECT_TENSOR_NEAR(yg, y, 1e-5, 1e-5);
+  Tensor up = randn(y.shape());
+  sum(y * up).backward();
+  sum(yg * up.to(Device::cuda())).backward();
+  EXPECT_TENSOR_NEAR(xg.grad(), xc.grad(), 1e-5, 1e-5);
+  // Dropout draws the same Philox mask on both devices for the same generator state.
+  default_generator(Device::cpu()).set_state(9, 3);
+  default_generator(Device::cuda()).set_state(9, 3);
+  EXPECT_TENSOR_NEAR(dropout(ones({1000}, Device::cuda()), 0.3, true), dropout(ones({1000}), 0.3, true), 0, 0);
+}
+
+TEST(SmallCnnGpu, OverfitsOneBatchOnGpu) {
+  LOWBIT_SKIP_WITHOUT_GPU();
+  manual_seed(45);
+  auto net = std::make_shared<Sequential>();
+  net->add(std::make_shared<Conv2d>(Conv2dOptions(1, 32, 3).with_padding(1).with_bias(false)));
+  net->add(std::make_shared<BatchNorm2d>(32));
+  net->add(std::make_shared<ReLU>());
+  net->add(std::make_shared<GlobalAvgPool2d>());
+  net->add(std::make_shared<Linear>(32, 4));
+  net->to(Device::cuda());
+  Tensor x = randn({16, 8, 8, 1}, Device::cuda());
+  Tensor labels = randint(0, 4, {16}, TensorOptions(DType::i64, Device::cuda()));
+  Tensor target = one_hot(labels, 4);
+  std::vector<Tensor> params = net->parameters();
+  double acc = 0.0;
+  for (int step = 0; step < 300 && acc < 1.0; ++step) {
+    Tensor logits = net->forward(x);
+    Tensor loss = -mean(sum(log_softmax(logits, 1) * target, {1}));
+    net->zero_grad();
+    loss.backward();
+    autograd::NoGradGuard guard;
+    for (auto& p : params) add_(p, p.grad(), -0.1);
+    acc = mean(eq(argmax(logits, 1), labels).to(DType::f64)).item();
+  }
+  EXPECT_EQ(acc, 1.0);
+}
+
 }  // namespace
 }  // namespace lowbit::layers
