@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "tools/bench.h"
 #include "tools/info.h"
 #include "train/config.h"
 #include "train/trainer.h"
@@ -18,6 +19,7 @@ const char* kUsage =
     "commands:\n"
     "  train     run the stages of an experiment config (YAML)\n"
     "  eval      evaluate a checkpoint on the config's test set\n"
+    "  bench     time kernels and training steps (lowbit bench --help)\n"
     "  info      print the build, backends and visible devices\n"
     "\n"
     "Run 'lowbit <command> --help' for a command's options.\n"
@@ -117,6 +119,7 @@ int run(int argc, char** argv) {
   const std::string cmd = argv[1];
   if (cmd == "train") return run_train(argc, argv);
   if (cmd == "eval") return run_eval(argc, argv);
+  if (cmd == "bench") return lowbit::tools::run_bench(argc, argv, std::cout);
   if (cmd == "info") {
     if (argc > 2 && is_help(argv[2])) {
       std::cout << "usage: lowbit info\n\nPrints the lowbit version, whether the CUDA backend "

@@ -106,4 +106,36 @@ TEST(Cli, TrainThenEvalAndCorruptCheckpoint) {
   fs::remove_all(d);
 }
 
+TEST(Cli, BenchHelpAndBadArgumentsExitTwo) {
+  for (const char* c : {"bench --help", "bench kernel --help", "bench train --help"}) {
+    Result r = run(c);
+    EXPECT_EQ(r.code, 0) << c;
+    EXPECT_THAT(r.output, HasSubstr("usage: lowbit bench")) << c;
+  }
+  EXPECT_EQ(run("bench").code, 2);
+  struct Case {
+    const char* args;
+    const char* message;
+  };
+  const Case cases[] = {
+      {"bench frobnicate", "unknown subcommand 'frobnicate'"},
+      {"bench kernel nosuch --device cpu", "unknown kernel 'nosuch'"},
+      {"bench kernel fake_quant --device cpu", "not available yet"},
+      {"bench kernel conv --device cpu --dtype bf16", "f32-only"},
+      {"bench kernel conv --device cpu --size 1,2,3", "--size wants"},
+      {"bench kernel all --device cpu --size 4", "different meaning"},
+      {"bench train --device cpu --mode qat", "not available yet"},
+      {"bench train --device cpu --mode bf16", "needs --device cuda"},
+      {"bench train --device cpu --mode fp16", "fp32 or bf16"},
+      {"bench train --device cpu --model nosuch", "nosuch"},
+      {"bench train --device cpu --batch x", "wants an integer"},
+      {"bench train --device cpu --bogus", "unknown option '--bogus'"},
+  };
+  for (const Case& c : cases) {
+    Result r = run(c.args);
+    EXPECT_EQ(r.code, 2) << c.args << "\n" << r.output;
+    EXPECT_THAT(r.output, HasSubstr(c.message)) << c.args;
+  }
+}
+
 }  // namespace

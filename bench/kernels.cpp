@@ -1,0 +1,360 @@
+// The kernel benchmarks, one table entry each. Every entry builds its inputs once on the
+// device, then times the call the training loop makes:
+//  - conv: the oneDNN / cuDNN kernels themselves (conv2d_forward_*, conv2d_backward_*) into
+//    preallocated outputs, so autograd and allocation are not in the number;
+//  - bn, cross_entropy: the functional op (forward) and its recorded backward node applied to a
+//    fixed upstream gradient (Node::apply: the backward without the engine's accumulation);
+//  - add, relu: the functional ops, which allocate their output as in a training step;
+//  - sgd, adamw: Optimizer::step over a set of parameters with gradients.
+// Bytes are compulsory traffic (each input read once, each output written once): a kernel
+// that makes two passes over its input can reach at most half of the copy bandwidth.
+#include <algorithm>
+#include <functional>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "bench/bench.h"
+#include "core/autograd.h"
+#include "core/ops.h"
+#include "layers/batchnorm.h"
+#include "layers/conv2d.h"
+#include "train/loss.h"
+#include "train/optimizer.h"
+
+namespace lowbit::bench {
+
+double KernelResult::gb_per_s() const {
+  return bytes > 0 && timing.median_ms > 0 ? bytes / (timing.median_ms * 1e-3) / 1e9 : 0.0;
+}
+double KernelResult::gflop_per_s() const {
+  return flops > 0 && timing.median_ms > 0 ? flops / (timing.median_ms * 1e-3) / 1e9 : 0.0;
+}
+
+namespace {
+
+// The --size values, or the default; checks the count and that every value is positive.
+std::vector<int64_t> sizes_or(const KernelOptions& o, const char* bench,
+                              std::vector<int64_t> defaults, size_t min_n, size_t max_n,
+                              const char* help) {
+  if (o.size.empty()) return defaults;
+  LOWBIT_CHECK_INPUT(o.size.size() >= min_n && o.size.size() <= max_n, "bench kernel ", bench,
+                     ": --size wants ", help, ", got ", o.size.size(), " value(s) ", o.size);
+  for (int64_t v : o.size) {
+    LOWBIT_CHECK_INPUT(v > 0, "bench kernel ", bench, ": --size values must be positive, got ",
+                       o.size);
+  }
+  return o.size;
+}
+
+Tensor random_input(const Shape& shape, const KernelOptions& o, double scale = 1.0) {
+  Tensor t = randn(shape, TensorOptions(DType::f32, o.device));
+  if (scale != 1.0) t = t * scale;
+  return o.dtype == DType::f32 ? t : t.to(o.dtype);
+}
+
+KernelResult make_result(const char* kernel, const KernelOptions& o, std::vector<int64_t> size,
+                         std::string shape) {
+  KernelResult r;
+  r.kernel = kernel;
+  r.device = o.device.str();
+  r.dtype = dtype_name(o.dtype);
+  r.size = std::move(size);
+  r.shape = std::move(shape);
+  return r;
+}
+
+void check_floating(const KernelOptions& o, const char* bench) {
+  LOWBIT_CHECK_INPUT(is_floating(o.dtype), "bench kernel ", bench,
+                     ": --dtype must be floating, got ", dtype_name(o.dtype));
+}
+
+// --- copy --------------------------------------------------------------------------------------
+
+constexpr const char* kCopySize = "ELEMENTS (default 33554432 = 128 MiB of f32)";
+
+// --- conv --------------------------------------------------------------------------------------
+
+constexpr const char* kConvSize =
+    "N,H,W,C,K,R[,STRIDE[,GROUPS]]: NHWC input, K filters of RxR, padding R/2 "
+    "(default 128,32,32,16,16,3: a ResNet-20 stage-1 conv on CIFAR)";
+
+std::vector<int64_t> conv_sizes(const KernelOptions& o) {
+  check_floating(o, "conv");
+  LOWBIT_CHECK_INPUT(o.device.is_cuda() || o.dtype == DType::f32,
+                     "bench kernel conv: the CPU convolution is f32-only; use --dtype f32, or "
+                     "--device cuda for ",
+                     dtype_name(o.dtype));
+  auto v = sizes_or(o, "conv", {128, 32, 32, 16, 16, 3}, 6, 8, "N,H,W,C,K,R[,STRIDE[,GROUPS]]");
+  const int64_t groups = v.size() > 7 ? v[7] : 1;
+  LOWBIT_CHECK_INPUT(v[3] % groups == 0 && v[4] % groups == 0, "bench kernel conv: GROUPS ", groups,
+                     " must divide C ", v[3], " and K ", v[4]);
+  return v;
+}
+
+std::vector<KernelResult> bench_conv(const KernelOptions& o) {
+  const auto v = conv_sizes(o);
+  const int64_t n = v[0], h = v[1], w = v[2], c = v[3], k = v[4], r = v[5];
+  const int64_t stride = v.size() > 6 ? v[6] : 1, groups = v.size() > 7 ? v[7] : 1;
+  layers::Conv2dOptions co(c, k, r);
+  co.with_stride(stride).with_padding(r / 2).with_groups(groups).with_bias(false);
+  autograd::NoGradGuard no_grad;
+  Tensor x = random_input({n, h, w, c}, o);
+  Tensor wt = random_input({k, r, r, c / groups}, o, 0.1);
+  const layers::ConvShape s = layers::conv2d_shape(x, wt, co);
+  const TensorOptions opt(o.dtype, o.device);
+  Tensor y = empty({s.n, s.p, s.q, s.k}, opt);
+  Tensor dy = random_input({s.n, s.p, s.q, s.k}, o);
+  Tensor dx = empty(x.shape(), opt), dw = empty(wt.shape(), opt);
+  const bool cuda = o.device.is_cuda();
+
+  std::ostringstream shape;
+  shape << "N=" << n << " H=" << h << " W=" << w << " C=" << c << " K=" << k << " R=S=" << r
+        << " stride=" << stride << " groups=" << groups << " -> P=" << s.p << " Q=" << s.q;
+  const double fwd_flops =
+      2.0 * double(s.n * s.p * s.q * s.k) * double(s.r * s.s * (s.c / s.groups));
+
+  KernelResult f = make_result("conv_forward", o, v, shape.str());
+  f.flops = fwd_flops;
+  f.timing = time_calls(o.device, o.warmup, o.iters, [&] {
+    if (cuda)
+      layers::conv2d_forward_cuda(s, x, wt, Tensor(), y);
+    else
+      layers::conv2d_forward_cpu(s, x, wt, Tensor(), y);
+  });
+  // Backward: the data gradient and the weight gradient (no bias), each as many FLOPs as the
+  // forward.
+  KernelResult b = make_result("conv_backward", o, v, shape.str());
+  b.flops = 2.0 * fwd_flops;
+  b.timing = time_calls(o.device, o.warmup, o.iters, [&] {
+    if (cuda)
+      layers::conv2d_backward_cuda(s, x, wt, dy, dx, dw, Tensor());
+    else
+      layers::conv2d_backward_cpu(s, x, wt, dy, dx, dw, Tensor());
+  });
+  return {f, b};
+}
+
+// --- batch norm --------------------------------------------------------------------------------
+
+constexpr const char* kBnSize = "N,H,W,C (default 128,32,32,16)";
+
+std::vector<int64_t> bn_sizes(const KernelOptions& o) {
+  check_floating(o, "bn");
+  return sizes_or(o, "bn", {128, 32, 32, 16}, 4, 4, "N,H,W,C");
+}
+
+std::vector<KernelResult> bench_bn(const KernelOptions& o) {
+  const auto v = bn_sizes(o);
+  const int64_t c = v[3];
+  const Tensor x0 = random_input({v[0], v[1], v[2], c}, o);
+  const TensorOptions f32(DType::f32, o.device);
+  Tensor weight = ones({c}, f32).requires_grad_(), bias = zeros({c}, f32).requires_grad_();
+  Tensor rm = zeros({c}, f32), rv = ones({c}, f32);
+  const double n = double(x0.numel()), es = double(x0.element_size());
+  std::ostringstream shape;
+  shape << "N=" << v[0] << " H=" << v[1] << " W=" << v[2] << " C=" << c
+        << " (training: batch statistics, running-stat update)";
+
+  KernelResult f = make_result("bn_forward", o, v, shape.str());
+  f.bytes = 2 * n * es;  // read x, write y
+  {
+    autograd::NoGradGuard no_grad;
+    f.timing = time_calls(o.device, o.warmup, o.iters,
+                          [&] { layers::batch_norm(x0, weight, bias, rm, rv, true, 0.1, 1e-5); });
+  }
+  Tensor x = x0.detach().requires_grad_();
+  Tensor y = layers::batch_norm(x, weight, bias, rm, rv, true, 0.1, 1e-5);
+  Tensor dy = random_input(y.shape(), o);
+  std::shared_ptr<autograd::Node> node = y.grad_fn();
+  KernelResult b = make_result("bn_backward", o, v, shape.str());
+  b.bytes = 3 * n * es;  // read x and dy, write dx
+  b.timing = time_calls(o.device, o.warmup, o.iters, [&] { node->apply({dy}); });
+  return {f, b};
+}
+
+// --- elementwise -------------------------------------------------------------------------------
+
+constexpr const char* kElementwiseSize =
+    "ELEMENTS (default: CPU 6291456 = 24 MiB of f32, CUDA 67108864 = 256 MiB)";
+
+// Large enough to leave the last-level cache, and on the CPU below glibc's largest mmap
+// threshold (32 MiB): a bigger output is a fresh mmap per call, and the page faults would be
+// measured instead of the kernel (docs/benchmarks.md).
+int64_t default_elements(const KernelOptions& o) {
+  return o.device.is_cuda() ? int64_t(64) << 20 : int64_t(6) << 20;
+}
+
+std::vector<int64_t> elementwise_sizes(const KernelOptions& o, const char* name) {
+  check_floating(o, name);
+  return sizes_or(o, name, {default_elements(o)}, 1, 1, "ELEMENTS");
+}
+
+std::vector<KernelResult> bench_add(const KernelOptions& o) {
+  const auto v = elementwise_sizes(o, "add");
+  autograd::NoGradGuard no_grad;
+  Tensor a = random_input({v[0]}, o), b = random_input({v[0]}, o);
+  KernelResult r = make_result("add", o, v, str_cat(v[0], " elements, out = a + b (allocated)"));
+  r.bytes = 3.0 * double(a.nbytes());  // read a and b, write the output
+  r.timing = time_calls(o.device, o.warmup, o.iters, [&] { add(a, b); });
+  return {r};
+}
+
+std::vector<KernelResult> bench_relu(const KernelOptions& o) {
+  const auto v = elementwise_sizes(o, "relu");
+  autograd::NoGradGuard no_grad;
+  Tensor a = random_input({v[0]}, o);
+  KernelResult r = make_result("relu", o, v, str_cat(v[0], " elements, out = relu(x) (allocated)"));
+  r.bytes = 2.0 * double(a.nbytes());  // read x, write the output
+  r.timing = time_calls(o.device, o.warmup, o.iters, [&] { relu(a); });
+  return {r};
+}
+
+// --- optimizer steps ---------------------------------------------------------------------------
+
+constexpr const char* kOptimizerSize =
+    "TOTAL[,TENSORS]: parameter elements split into TENSORS equal tensors "
+    "(default 11000000,62: about ResNet-18)";
+
+std::vector<int64_t> optimizer_sizes(const KernelOptions& o, const char* name) {
+  check_floating(o, name);
+  auto v = sizes_or(o, name, {11000000, 62}, 1, 2, "TOTAL[,TENSORS]");
+  LOWBIT_CHECK_INPUT(v.size() < 2 || v[1] <= v[0], "bench kernel ", name, ": TENSORS ", v[1],
+                     " exceeds TOTAL ", v[0]);
+  return v;
+}
+
+std::vector<Tensor> make_params(const KernelOptions& o, const std::vector<int64_t>& v) {
+  const int64_t total = v[0], count = v.size() > 1 ? v[1] : 1;
+  std::vector<Tensor> params;
+  autograd::NoGradGuard no_grad;
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t n = total / count + (i == count - 1 ? total % count : 0);
+    Tensor p = random_input({n}, o, 0.01).requires_grad_();
+    p.set_grad(random_input({n}, o, 0.001));
+    params.push_back(p);
+  }
+  return params;
+}
+
+KernelResult bench_optimizer(
+    const KernelOptions& o, const char* name, const char* kernel, double tensors_moved,
+    const std::function<std::unique_ptr<train::Optimizer>(std::vector<train::ParamGroup>)>& make) {
+  const auto v = optimizer_sizes(o, name);
+  std::vector<Tensor> params = make_params(o, v);
+  auto opt = make({train::ParamGroup(params, 0.01, 5e-4)});
+  KernelResult r =
+      make_result(kernel, o, v, str_cat(v[0], " parameters in ", params.size(), " tensors"));
+  r.bytes = tensors_moved * double(v[0]) * double(dtype_size(o.dtype));
+  // The warm-up steps create the optimizer state, so timed steps are steady-state steps.
+  r.timing = time_calls(o.device, std::max<int64_t>(o.warmup, 1), o.iters, [&] { opt->step(); });
+  return r;
+}
+
+std::vector<KernelResult> bench_sgd(const KernelOptions& o) {
+  // p, g, momentum buffer read; p, buffer written.
+  return {bench_optimizer(o, "sgd", "sgd_step", 5.0, [](std::vector<train::ParamGroup> g) {
+    return std::make_unique<train::SGD>(std::move(g), train::SgdOptions{0.9, 0.0, false});
+  })};
+}
+
+std::vector<KernelResult> bench_adamw(const KernelOptions& o) {
+  // p, g, m, v read; p, m, v written.
+  return {bench_optimizer(o, "adamw", "adamw_step", 7.0, [](std::vector<train::ParamGroup> g) {
+    return std::make_unique<train::AdamW>(std::move(g));
+  })};
+}
+
+// --- cross-entropy -----------------------------------------------------------------------------
+
+constexpr const char* kCrossEntropySize = "N,CLASSES (default 256,1000)";
+
+std::vector<int64_t> cross_entropy_sizes(const KernelOptions& o) {
+  check_floating(o, "cross_entropy");
+  auto v = sizes_or(o, "cross_entropy", {256, 1000}, 2, 2, "N,CLASSES");
+  LOWBIT_CHECK_INPUT(v[1] >= 2, "bench kernel cross_entropy: CLASSES must be at least 2, got ",
+                     v[1]);
+  return v;
+}
+
+std::vector<KernelResult> bench_cross_entropy(const KernelOptions& o) {
+  const auto v = cross_entropy_sizes(o);
+  const Tensor logits0 = random_input({v[0], v[1]}, o);
+  const Tensor target = randint(0, v[1], {v[0]}, TensorOptions(DType::i64, o.device));
+  const double logit_bytes = double(logits0.nbytes()), target_bytes = double(target.nbytes());
+  const std::string shape = str_cat("N=", v[0], " classes=", v[1], " (mean, no smoothing)");
+  KernelResult f = make_result("cross_entropy_forward", o, v, shape);
+  f.bytes = logit_bytes + target_bytes;
+  {
+    autograd::NoGradGuard no_grad;
+    f.timing =
+        time_calls(o.device, o.warmup, o.iters, [&] { train::cross_entropy(logits0, target); });
+  }
+  Tensor logits = logits0.detach().requires_grad_();
+  Tensor loss = train::cross_entropy(logits, target);
+  Tensor g = ones({}, TensorOptions(loss.dtype(), o.device));
+  std::shared_ptr<autograd::Node> node = loss.grad_fn();
+  KernelResult b = make_result("cross_entropy_backward", o, v, shape);
+  b.bytes = 2 * logit_bytes + target_bytes;  // read logits and targets, write dlogits
+  b.timing = time_calls(o.device, o.warmup, o.iters, [&] { node->apply({g}); });
+  return {f, b};
+}
+
+std::vector<int64_t> copy_sizes(const KernelOptions& o) {
+  check_floating(o, "copy");
+  return sizes_or(o, "copy", {int64_t(32) << 20}, 1, 1, "ELEMENTS");
+}
+
+}  // namespace
+
+KernelResult measure_copy(const KernelOptions& o) {
+  const auto v = copy_sizes(o);
+  autograd::NoGradGuard no_grad;
+  Tensor src = random_input({v[0]}, o);
+  Tensor dst = empty(src.shape(), TensorOptions(o.dtype, o.device));
+  KernelResult r = make_result(
+      "copy", o, v, str_cat(v[0], " elements (", src.nbytes() >> 20, " MiB), dst.copy_(src)"));
+  r.bytes = 2.0 * double(src.nbytes());  // read src, write dst
+  r.timing = time_calls(o.device, o.warmup, o.iters, [&] { dst.copy_(src); });
+  return r;
+}
+
+const std::vector<KernelBench>& kernel_benches() {
+  using Opts = const KernelOptions&;
+  static const std::vector<KernelBench> table = {
+      {"copy", kCopySize, "device copy bandwidth (every run measures it first)",
+       [](Opts o) { return std::vector<KernelResult>{measure_copy(o)}; },
+       [](Opts o) { copy_sizes(o); }},
+      {"conv", kConvSize, "convolution forward and backward (data + weight gradients)", bench_conv,
+       [](Opts o) { conv_sizes(o); }},
+      {"bn", kBnSize, "BatchNorm2d training forward and backward", bench_bn,
+       [](Opts o) { bn_sizes(o); }},
+      {"add", kElementwiseSize, "elementwise a + b", bench_add,
+       [](Opts o) { elementwise_sizes(o, "add"); }},
+      {"relu", kElementwiseSize, "elementwise relu(x)", bench_relu,
+       [](Opts o) { elementwise_sizes(o, "relu"); }},
+      {"sgd", kOptimizerSize, "SGD step (momentum 0.9, weight decay 5e-4)", bench_sgd,
+       [](Opts o) { optimizer_sizes(o, "sgd"); }},
+      {"adamw", kOptimizerSize, "AdamW step (weight decay 5e-4)", bench_adamw,
+       [](Opts o) { optimizer_sizes(o, "adamw"); }},
+      {"cross_entropy", kCrossEntropySize, "cross-entropy forward and backward",
+       bench_cross_entropy, [](Opts o) { cross_entropy_sizes(o); }},
+  };
+  return table;
+}
+
+const KernelBench& find_kernel_bench(const std::string& name) {
+  // TODO(#8): fake_quant forward/backward benchmarks once quant/ lands.
+  LOWBIT_CHECK_INPUT(name != "fake_quant",
+                     "bench kernel fake_quant: not available yet: the fake-quant kernels arrive "
+                     "with quant/ (issue 8)");
+  std::string names;
+  for (const KernelBench& b : kernel_benches()) {
+    if (b.name == name) return b;
+    names += (names.empty() ? "" : ", ") + b.name;
+  }
+  throw InputError(str_cat("bench kernel: unknown kernel '", name, "'; known: ", names, ", all"));
+}
+
+}  // namespace lowbit::bench
