@@ -1,0 +1,50 @@
+// LSQ, Learned Step Size Quantization (Esser et al. 2020; METHODS 3.1), registered as "lsq":
+// x_hat = clamp(round(x / s), -Qn, Qp) * s with a learned step s, and the gradient
+// dL/ds = g * sum(dL/dx_hat * dx_hat/ds), g = 1 / sqrt(N * Qp), from the fused kernel of
+// quant/fake_quant.h.
+//
+// Options (besides the shared ones; weights default to signed, activations to unsigned):
+//   grad_scale  auto | elements | none   auto (default): N = elements per scale for weights,
+//               features per sample (H*W*C) for activations (METHODS 3.1's lowbit default);
+//               elements: N = all elements sharing the scale in the batch; none: g = 1.
+// Parameters: scale (C) f32. Buffers: initialized () i64.
+// Initialisation (METHODS 3.1): s0 = 2 * mean(|x|) / sqrt(Qp) from the first tensor it sees
+// (the initial weights; the first training batch of activations), or from every calibration
+// batch when calibrated; s is kept >= 1e-8 by clamp_parameters() (call after optimizer steps).
+#pragma once
+
+#include <string>
+
+#include "quant/quantizer.h"
+
+namespace lowbit::quant {
+
+constexpr double kMinLearnedScale = 1e-8;  // METHODS 3.1: clamp s >= 1e-8 after each step
+
+class LsqQuantizer : public Quantizer {
+ public:
+  explicit LsqQuantizer(OptionReader& r);
+  std::string type_name() const override { return "LsqQuantizer"; }
+  Tensor& scale() { return scale_; }
+  bool initialized();
+  // g of METHODS 3.1 for input x.
+  double grad_scale(const Tensor& x) const;
+  void clamp_parameters() override;
+
+ protected:
+  Tensor quantize(const Tensor& x) override;
+  void calibrate(const Tensor& x) override;
+  void end_calibration() override;
+  std::string options_repr() const override { return "grad_scale=" + grad_scale_mode_; }
+
+ private:
+  void accumulate(const Tensor& x);  // adds sum |x| per channel to the calibration sums
+
+  Tensor scale_, initialized_;
+  std::string grad_scale_mode_;
+  bool init_host_ = false;  // host mirror of initialized_, avoids syncs
+  Tensor abs_sum_;          // f64 (C): sum of |x| over the calibration batches
+  int64_t count_ = 0;       // elements per channel in abs_sum_
+};
+
+}  // namespace lowbit::quant

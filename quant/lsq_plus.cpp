@@ -1,0 +1,105 @@
+// LsqPlusQuantizer: learned scale and offset around the fused lsq_plus_quantize op. Registered
+// as "lsq_plus".
+#include "quant/lsq_plus.h"
+
+#include <cmath>
+
+#include "core/autograd.h"
+#include "core/ops.h"
+#include "quant/lsq.h"
+#include "quant/observer.h"
+
+namespace lowbit::quant {
+
+namespace {
+QuantizerTraits lsq_plus_traits() {
+  QuantizerTraits t;
+  t.default_bits = 4;
+  return t;
+}
+}  // namespace
+
+LsqPlusQuantizer::LsqPlusQuantizer(OptionReader& r) : Quantizer(r, lsq_plus_traits()) {
+  grad_scale_mode_ = r.get_choice("grad_scale", "auto", {"auto", "elements", "none"});
+  learn_offset_ = r.get_bool("learn_offset", role() == QuantRole::activation);
+  scale_ = ones(param_shape());
+  offset_ = zeros(param_shape());
+  initialized_ = zeros({}, DType::i64);
+  register_parameter("scale", &scale_);
+  if (learn_offset_)
+    register_parameter("offset", &offset_);
+  else
+    register_buffer("offset", &offset_);
+  register_buffer("initialized", &initialized_);
+}
+
+std::string LsqPlusQuantizer::options_repr() const {
+  return str_cat("grad_scale=", grad_scale_mode_,
+                 ", learn_offset=", learn_offset_ ? "true" : "false");
+}
+
+bool LsqPlusQuantizer::initialized() {
+  if (!init_host_) init_host_ = initialized_.item() != 0.0;
+  return init_host_;
+}
+
+double LsqPlusQuantizer::grad_scale(const Tensor& x) const {
+  if (grad_scale_mode_ == "none") return 1.0;
+  const ChannelLayout l = layout_of(x);
+  const int64_t n =
+      grad_scale_mode_ == "elements" ? std::max<int64_t>(x.numel() / l.channels, 1) : lsq_count(x);
+  return lsq_grad_scale(n, spec().range.qmax);
+}
+
+void LsqPlusQuantizer::initialize_from(const Tensor& x) {
+  autograd::NoGradGuard guard;
+  const ChannelLayout l = layout_of(x);
+  const QuantRange r = spec().range;
+  Tensor s, beta;
+  if (role() == QuantRole::activation) {
+    auto [mn, mx] = batch_min_max(x, l);
+    run_min_ = run_min_.defined() ? minimum(run_min_, mn) : mn;
+    run_max_ = run_max_.defined() ? maximum(run_max_, mx) : mx;
+    s = clamp((run_max_ - run_min_) * (1.0 / double(r.qmax - r.qmin)), kMinLearnedScale, INFINITY);
+    beta = run_min_ - s * double(r.qmin);
+  } else {
+    Tensor v = x.detach().contiguous().reshape(layout_shape(l)).to(DType::f64);
+    Tensor mu = mean(v, {0, 2});
+    Tensor sd = sqrt(var(v, {0, 2}, /*unbiased=*/l.outer * l.inner > 1));
+    Tensor a = maximum(abs(mu - sd * 3.0), abs(mu + sd * 3.0));
+    s = clamp(a * (1.0 / std::ldexp(1.0, int(spec().bits - 1))), kMinLearnedScale, INFINITY);
+    beta = zeros_like(s);
+  }
+  scale_.copy_(s.reshape(param_shape()));
+  offset_.copy_(beta.reshape(param_shape()));
+  initialized_.fill_(1.0);
+  init_host_ = true;
+}
+
+void LsqPlusQuantizer::calibrate(const Tensor& x) {
+  if (x.numel() > 0) initialize_from(x);
+}
+
+void LsqPlusQuantizer::end_calibration() {
+  run_min_ = Tensor();
+  run_max_ = Tensor();
+}
+
+void LsqPlusQuantizer::clamp_parameters() {
+  autograd::NoGradGuard guard;
+  scale_.copy_(clamp(scale_, kMinLearnedScale, INFINITY));
+}
+
+Tensor LsqPlusQuantizer::quantize(const Tensor& x) {
+  if (!initialized()) {
+    initialize_from(x);
+    end_calibration();
+  }
+  const Tensor s = frozen() ? scale_.detach() : scale_;
+  const Tensor b = frozen() || !learn_offset_ ? offset_.detach() : offset_;
+  return lsq_plus_quantize(x, s, b, spec().range, grad_scale(x), spec().axis);
+}
+
+LOWBIT_REGISTER_QUANTIZER("lsq_plus", LsqPlusQuantizer);
+
+}  // namespace lowbit::quant

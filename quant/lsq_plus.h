@@ -1,0 +1,48 @@
+// LSQ+, LSQ with a learned offset (Bhalgat et al. 2020; METHODS 3.2), registered as "lsq_plus":
+// x_hat = clamp(round((x - beta) / s), qmin, qmax) * s + beta; the fused kernel returns dx, ds
+// and dbeta in one pass, both parameter gradients scaled by LSQ's g.
+//
+// Options (besides the shared ones):
+//   grad_scale    auto | elements | none (as for "lsq")
+//   learn_offset  true | false   (default: activations true, weights false; when false the
+//                 offset is a buffer: 0 for weights, the initial value for activations)
+// Parameters: scale (C), offset (C) (a buffer when not learned). Buffers: initialized ().
+// Initialisation (METHODS 3.2): activations s = (x_max - x_min) / (qmax - qmin),
+// beta = x_min - s * qmin from the min-max of the first batch (of every calibration batch when
+// calibrated); weights beta = 0, s = max(|mu - 3 sigma|, |mu + 3 sigma|) / 2^(b-1) from the
+// mean and (unbiased) standard deviation of the weights, per channel when per-channel.
+#pragma once
+
+#include <string>
+
+#include "quant/quantizer.h"
+
+namespace lowbit::quant {
+
+class LsqPlusQuantizer : public Quantizer {
+ public:
+  explicit LsqPlusQuantizer(OptionReader& r);
+  std::string type_name() const override { return "LsqPlusQuantizer"; }
+  Tensor& scale() { return scale_; }
+  Tensor& offset() { return offset_; }
+  bool initialized();
+  double grad_scale(const Tensor& x) const;
+  void clamp_parameters() override;
+
+ protected:
+  Tensor quantize(const Tensor& x) override;
+  void calibrate(const Tensor& x) override;
+  void end_calibration() override;
+  std::string options_repr() const override;
+
+ private:
+  void initialize_from(const Tensor& x);
+
+  Tensor scale_, offset_, initialized_;
+  std::string grad_scale_mode_;
+  bool learn_offset_ = false;
+  bool init_host_ = false;
+  Tensor run_min_, run_max_;  // activations: the range over the calibration batches
+};
+
+}  // namespace lowbit::quant

@@ -1,0 +1,81 @@
+// PACT: the fused op (CPU kernels; CUDA in pact.cu), its autograd, and the quantizer
+// registered as "pact".
+#include "quant/pact.h"
+
+#include <cmath>
+#include <vector>
+
+#include "core/autograd.h"
+#include "core/ops.h"
+#include "quant/fused_cpu.h"
+
+namespace lowbit::quant {
+
+LOWBIT_REGISTER_FUSED_OP(PactOp, cpu, CpuLaunch);
+
+Tensor pact_quantize(const Tensor& x_in, const Tensor& alpha, int64_t bits, bool calibrated,
+                     double alpha_decay) {
+  const char* op = "pact_quantize";
+  LOWBIT_CHECK(x_in.defined() && is_floating(x_in.dtype()), op, ": x must be a floating tensor");
+  LOWBIT_CHECK(bits >= 1 && bits <= 16, op, ": bits = ", bits, " is out of range 1 to 16");
+  LOWBIT_CHECK(alpha.defined() && alpha.numel() == 1, op, ": alpha must have one element");
+  if (alpha.device().is_cpu()) {
+    const double a = alpha.item();
+    LOWBIT_CHECK(a != 0.0 && std::isfinite(a), op,
+                 ": the clip |alpha| must be positive and "
+                 "finite, got alpha = ",
+                 a);
+  }
+  const ChannelLayout l = channel_layout(x_in.shape(), 0, 1, op);
+  PactParams p{detail::prepare_param(alpha, x_in, l, acc_dtype(x_in.dtype()), op, "alpha"), bits,
+               calibrated, alpha_decay};
+  Tensor x = x_in.detach().contiguous();
+  Tensor y = fused_forward<PactOp>(x, l, p);
+  if (autograd::any_requires_grad({x_in, alpha})) {
+    const bool need_x = x_in.requires_grad(), need_a = alpha.requires_grad();
+    autograd::SavedTensor sx(x, op), sa(p.alpha, op);
+    const Shape a_shape = alpha.shape();
+    const DType a_dtype = alpha.dtype();
+    autograd::record(op, {x_in, alpha}, y, [=](const Tensor& g) {
+      Tensor xs = sx.unpack();
+      PactParams bp = p;
+      bp.alpha = sa.unpack();
+      auto [dx, grads] =
+          fused_backward<PactOp>(xs, g.to(xs.dtype()).contiguous(), l, bp, need_x, need_a);
+      return std::vector<Tensor>{dx, need_a ? grads.reshape(a_shape).to(a_dtype) : Tensor()};
+    });
+  }
+  return y;
+}
+
+namespace {
+QuantizerTraits pact_traits() {
+  QuantizerTraits t;
+  t.allows_weight = false;
+  t.default_bits = 4;
+  t.reads_signed = false;
+  t.allows_per_channel = false;
+  return t;
+}
+}  // namespace
+
+PactQuantizer::PactQuantizer(OptionReader& r) : Quantizer(r, pact_traits()) {
+  const double alpha0 = r.get_double("alpha", 10.0, 0.0, 1e30, /*lo_open=*/true);
+  alpha_decay_ = r.get_double("alpha_decay", 0.0, 0.0, 1e30);
+  calibrated_ = r.get_choice("gradient", "pact", {"pact", "calibrated"}) == "calibrated";
+  alpha_ = full({1}, alpha0);
+  register_parameter("alpha", &alpha_);
+}
+
+std::string PactQuantizer::options_repr() const {
+  return str_cat("alpha_decay=", alpha_decay_, ", gradient=", calibrated_ ? "calibrated" : "pact");
+}
+
+Tensor PactQuantizer::quantize(const Tensor& x) {
+  const Tensor a = frozen() ? alpha_.detach() : alpha_;
+  return pact_quantize(x, a, bits(), calibrated_, alpha_decay_);
+}
+
+LOWBIT_REGISTER_QUANTIZER("pact", PactQuantizer);
+
+}  // namespace lowbit::quant

@@ -1,0 +1,95 @@
+// PACT, parameterized clipping activation (Choi et al. 2018; METHODS 3.3), and its calibrated
+// gradient CG-PACT (Jin et al., SAT; METHODS 8.2), registered as "pact". Activations only,
+// per-tensor, unsigned: with a = |alpha| and n = 2^b - 1,
+//   y = clamp(x, 0, a),  y_q = round(y * n / a) * a / n,  dy_q/dx = 1[0 <= x < a],
+//   dy_q/dalpha = 1[x >= a]                                 (gradient = pact)
+//               = 0 (x < 0), (y_q - x) / a (inside), 1 (x >= a)   (gradient = calibrated)
+// times sign(alpha) (the forward uses |alpha|), plus 2 * alpha_decay * alpha from the L2
+// regulariser alpha_decay * alpha^2 (METHODS 3.3), added by the backward itself so the trainer
+// needs no extra loss term: set alpha_decay to the run's weight decay and keep alpha out of the
+// optimizer's weight decay. One fused pass gives dx and dalpha (quant/fused.h).
+//
+// Options: bits (default 4), alpha (initial clip, default 10), alpha_decay (default 0),
+// gradient (pact | calibrated, default pact). Parameters: alpha (1).
+#pragma once
+
+#include <string>
+
+#include "core/hd.h"
+#include "core/math.h"
+#include "quant/fake_quant.h"
+#include "quant/fused.h"
+#include "quant/quantizer.h"
+
+namespace lowbit::quant {
+
+struct PactParams {
+  Tensor alpha;  // (1) acc dtype
+  int64_t bits = 4;
+  bool calibrated = false;
+  double alpha_decay = 0.0;
+};
+
+template <typename A>
+struct PactOp {
+  using Params = PactParams;
+  static constexpr const char* kName = "pact_quantize";
+  static constexpr int kTerms = 1;
+  const A* alpha;
+  A n;
+  bool calibrated;
+  double decay;
+  explicit PactOp(const Params& p)
+      : alpha(p.alpha.data<A>()),
+        n(A((int64_t(1) << p.bits) - 1)),
+        calibrated(p.calibrated),
+        decay(p.alpha_decay) {}
+  struct Channel {
+    A a, n;  // a = |alpha|, NaN unless positive
+    bool calibrated;
+    LOWBIT_HD A forward(A x) const {
+      const A y = qmath::clamp(x, A(0), a);
+      return qmath::round_half_even(y * n / a) * a / n;
+    }
+    LOWBIT_HD A backward(A x, A dy, A* terms) const {
+      const bool inside = A(0) <= x && x < a;
+      if (x >= a)
+        terms[0] = dy;
+      else if (calibrated && inside)
+        terms[0] = dy * (forward(x) - x) / a;
+      else
+        terms[0] = A(0);
+      return inside ? dy : A(0);
+    }
+  };
+  LOWBIT_HD Channel channel(int64_t) const {
+    return {checked_scale(math::fabs(alpha[0])), n, calibrated};
+  }
+  LOWBIT_HD A finish(int, int64_t, double s) const {
+    const double al = double(alpha[0]);
+    return A(s * (al >= 0.0 ? 1.0 : -1.0) + 2.0 * decay * al);
+  }
+};
+
+// PACT fake quantization of x (any shape, floating) with clip alpha ((1), floating),
+// differentiable in x and alpha.
+Tensor pact_quantize(const Tensor& x, const Tensor& alpha, int64_t bits, bool calibrated = false,
+                     double alpha_decay = 0.0);
+
+class PactQuantizer : public Quantizer {
+ public:
+  explicit PactQuantizer(OptionReader& r);
+  std::string type_name() const override { return "PactQuantizer"; }
+  Tensor& alpha() { return alpha_; }
+
+ protected:
+  Tensor quantize(const Tensor& x) override;
+  std::string options_repr() const override;
+
+ private:
+  Tensor alpha_;
+  bool calibrated_ = false;
+  double alpha_decay_ = 0.0;
+};
+
+}  // namespace lowbit::quant

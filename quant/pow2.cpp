@@ -1,0 +1,27 @@
+// Pow2Quantizer: uniform qparams, then the scale rounded to a power of two. Registered as
+// "pow2"; CUDA kernel of Pow2ScaleOp in pow2.cu. The worked example of docs/quantizers.md.
+#include "quant/pow2.h"
+
+#include "core/autograd.h"
+#include "quant/fused_cpu.h"
+
+namespace lowbit::quant {
+
+LOWBIT_REGISTER_CHANNEL_OP(Pow2ScaleOp, cpu, CpuLaunch);
+
+std::pair<Tensor, Tensor> Pow2Quantizer::compute_qparams(const Tensor& min_val,
+                                                         const Tensor& max_val) {
+  auto [scale, zero_point] = UniformQuantizer::compute_qparams(min_val, max_val);
+  Pow2ScaleArgs a{min_val.reshape({min_val.numel()}).contiguous(),
+                  max_val.reshape({max_val.numel()}).contiguous(),
+                  scale,
+                  zero_point,
+                  spec().range,
+                  symmetric()};
+  channel_map<Pow2ScaleOp>(scale.device(), scale.numel(), a);
+  return {scale, zero_point};
+}
+
+LOWBIT_REGISTER_QUANTIZER("pow2", Pow2Quantizer);
+
+}  // namespace lowbit::quant
