@@ -94,8 +94,9 @@ Descs make_descs(const ConvShape& s, bool with_bias) {
   return d;
 }
 
-// The same shapes with format `any`, so oneDNN picks its fast (blocked) layouts; pinning NHWC
-// and OHWI in the primitive descriptor selects the slow reference kernel.
+// The same shapes with format `any`: used for the weights, so oneDNN picks its blocked weight
+// layout (pinning OHWI too selects the slow reference kernel). Activations stay NHWC, which
+// oneDNN's brgemm/jit kernels read directly (docs/design.md).
 memory::desc any_of(const memory::desc& md) {
   return md ? memory::desc(md.dims(), md.data_type(), memory::format_tag::any) : md;
 }
@@ -106,10 +107,10 @@ dnnl::convolution_forward::primitive_desc forward_pd(const Descs& d, bool with_b
   using namespace dnnl;
   auto desc = with_bias
       ? convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct,
-                                  any_of(d.src), any_of(d.weights), d.bias, any_of(d.dst),
+                                  d.src, any_of(d.weights), d.bias, d.dst,
                                   d.strides, d.dilates, d.pad_l, d.pad_r)
       : convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct,
-                                  any_of(d.src), any_of(d.weights), any_of(d.dst), d.strides,
+                                  d.src, any_of(d.weights), d.dst, d.strides,
                                   d.dilates, d.pad_l, d.pad_r);
   return convolution_forward::primitive_desc(desc, cpu_engine());
 }
@@ -175,16 +176,16 @@ BwdEntry& backward_entry(const ConvShape& s, bool with_bias) {
   if (!slot) {
     Descs d = make_descs(s, with_bias);
     auto hint = forward_pd(d, with_bias);
-    convolution_backward_data::desc dd(algorithm::convolution_direct, any_of(d.src),
-                                       any_of(d.weights), any_of(d.dst), d.strides, d.dilates,
+    convolution_backward_data::desc dd(algorithm::convolution_direct, d.src,
+                                       any_of(d.weights), d.dst, d.strides, d.dilates,
                                        d.pad_l, d.pad_r);
     convolution_backward_data::primitive_desc dpd(dd, cpu_engine(), hint);
     auto wd = with_bias
-        ? convolution_backward_weights::desc(algorithm::convolution_direct, any_of(d.src),
-                                             any_of(d.weights), d.bias, any_of(d.dst), d.strides,
+        ? convolution_backward_weights::desc(algorithm::convolution_direct, d.src,
+                                             any_of(d.weights), d.bias, d.dst, d.strides,
                                              d.dilates, d.pad_l, d.pad_r)
-        : convolution_backward_weights::desc(algorithm::convolution_direct, any_of(d.src),
-                                             any_of(d.weights), any_of(d.dst), d.strides,
+        : convolution_backward_weights::desc(algorithm::convolution_direct, d.src,
+                                             any_of(d.weights), d.dst, d.strides,
                                              d.dilates, d.pad_l, d.pad_r);
     convolution_backward_weights::primitive_desc wpd(wd, cpu_engine(), hint);
     slot.reset(new BwdEntry{convolution_backward_data(dpd), Staged(d.dst, dpd.diff_dst_desc()),
