@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,16 @@ Tensor non_contiguous_copy(const Tensor& t);
 // Multi-index <-> linear index over a shape.
 std::vector<int64_t> unravel(int64_t linear, const Shape& shape);
 int64_t ravel(const std::vector<int64_t>& idx, const Shape& shape);
+
+// The message of the lowbit::Error that f throws, or "<no error>" (for EXPECT_THAT + HasSubstr).
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "<no error>";
+}
 
 }  // namespace lowbit::testing
 

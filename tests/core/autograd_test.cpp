@@ -15,14 +15,7 @@ using ::testing::HasSubstr;
 using testing::tensor_of;
 using testing::to_doubles;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+using testing::error_of;
 
 TEST(Autograd, SimpleChainRule) {
   Tensor x = tensor_of({1, 2, 3}, {3}).requires_grad_();

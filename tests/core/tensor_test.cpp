@@ -12,14 +12,7 @@ using ::testing::HasSubstr;
 using testing::tensor_of;
 using testing::to_doubles;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+using testing::error_of;
 
 TEST(Tensor, EmptyHasShapeStridesAndDtype) {
   Tensor t = empty({2, 3, 4}, DType::f64);
