@@ -6,6 +6,7 @@
 #include "core/kernels.h"
 #include "core/ops.h"
 #include "core/random.h"
+#include "layers/conv2d.h"  // keep_along
 
 namespace lowbit::layers {
 
@@ -55,6 +56,12 @@ Tensor dropout(const Tensor& x, double p, bool training) {
 
 Tensor ReLU::forward(const Tensor& x) { return relu(x); }
 
+Tensor Linear::forward(const Tensor& x) {
+  Tensor y = linear(x, weight_, bias_);
+  notify_forward(*this, x, y);
+  return y;
+}
+
 Linear::Linear(int64_t in_features, int64_t out_features, bool bias)
     : in_(in_features), out_(out_features) {
   LOWBIT_CHECK(in_features > 0 && out_features > 0, "Linear: features must be positive, got ",
@@ -65,6 +72,18 @@ Linear::Linear(int64_t in_features, int64_t out_features, bool bias)
     bias_ = uniform_fan_in({out_features}, in_features);
     register_parameter("bias", &bias_);
   }
+}
+
+void Linear::keep_inputs(const std::vector<int64_t>& keep) {
+  LOWBIT_CHECK(!keep.empty(), "Linear(", extra_repr(), ").keep_inputs: cannot remove every input");
+  weight_ = keep_along(weight_, 1, keep);
+  in_ = int64_t(keep.size());
+}
+
+void Linear::ensure_bias() {
+  if (bias_.defined()) return;
+  bias_ = zeros({out_}, TensorOptions(weight_.dtype(), weight_.device()));
+  register_parameter("bias", &bias_);
 }
 
 std::string Linear::extra_repr() const {
@@ -96,11 +115,10 @@ Tensor Sequential::forward(const Tensor& x) {
   return h;
 }
 
-Residual::Residual(ModulePtr body, ModulePtr shortcut, ModulePtr activation)
-    : body_(std::move(body)), shortcut_(std::move(shortcut)), act_(std::move(activation)) {
-  add_child("body", body_);
-  if (shortcut_) add_child("shortcut", shortcut_);
-  if (act_) add_child("act", act_);
+Residual::Residual(ModulePtr body, ModulePtr shortcut, ModulePtr activation) {
+  body_ = register_child("body", std::move(body));
+  if (shortcut) shortcut_ = register_child("shortcut", std::move(shortcut));
+  if (activation) act_ = register_child("act", std::move(activation));
 }
 
 Tensor Residual::forward(const Tensor& x) {

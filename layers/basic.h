@@ -55,15 +55,20 @@ class Flatten : public Module {
 class Linear : public Module {
  public:
   Linear(int64_t in_features, int64_t out_features, bool bias = true);
-  Tensor forward(const Tensor& x) override { return linear(x, weight_, bias_); }
+  Tensor forward(const Tensor& x) override;
   std::string type_name() const override { return "Linear"; }
   std::string extra_repr() const override;
   Tensor& weight() { return weight_; }
   Tensor& bias() { return bias_; }
   int64_t in_features() const { return in_; }
   int64_t out_features() const { return out_; }
+  // Keeps the input features `keep` (columns of the weight; sorted, unique), in place (channel
+  // surgery in prune/); device, dtype and requires_grad are kept.
+  void keep_inputs(const std::vector<int64_t>& keep);
+  // Creates a zero bias (parameter "bias", requires_grad) when the layer has none.
+  void ensure_bias();
 
- private:
+ protected:
   int64_t in_, out_;
   Tensor weight_, bias_;
 };
@@ -100,7 +105,7 @@ class Residual : public Module {
   std::string type_name() const override { return "Residual"; }
 
  private:
-  ModulePtr body_, shortcut_, act_;
+  Child<Module> body_, shortcut_, act_;
 };
 
 }  // namespace lowbit::layers

@@ -13,6 +13,7 @@
 #include "core/autograd.h"
 #include "core/ops.h"
 #include "core/parallel.h"
+#include "layers/conv2d.h"  // keep_along
 
 namespace lowbit::layers {
 
@@ -279,12 +280,26 @@ Tensor BatchNorm2d::forward(const Tensor& x) {
   LOWBIT_CHECK(x.defined() && x.size(-1) == opts_.num_features, "BatchNorm2d(",
                opts_.num_features, ") got input of shape ",
                x.defined() ? shape_str(x.shape()) : "undefined", " (channels last)");
-  if (is_training() && opts_.track_running_stats) {
+  // Frozen statistics (METHODS 4, QAT after freeze_bn_epoch): running statistics, no updates,
+  // while gamma and beta keep training.
+  const bool batch_stats = is_training() && !frozen_stats_;
+  if (batch_stats && opts_.track_running_stats) {
     autograd::NoGradGuard guard;
     add_(num_batches_tracked_, ones({}, TensorOptions(DType::i64, num_batches_tracked_.device())));
   }
-  return batch_norm(x, weight_, bias_, running_mean_, running_var_, is_training(), opts_.momentum,
-                    opts_.eps, opts_.fuse_relu);
+  Tensor y = batch_norm(x, weight_, bias_, running_mean_, running_var_, batch_stats, opts_.momentum,
+                        opts_.eps, opts_.fuse_relu);
+  notify_forward(*this, x, y);
+  return y;
+}
+
+void BatchNorm2d::keep_channels(const std::vector<int64_t>& keep) {
+  LOWBIT_CHECK(!keep.empty(), "BatchNorm2d(", opts_.num_features,
+               ").keep_channels: cannot remove every channel");
+  for (Tensor* t : {&weight_, &bias_, &running_mean_, &running_var_}) {
+    if (t->defined()) *t = keep_along(*t, 0, keep);
+  }
+  opts_.num_features = int64_t(keep.size());
 }
 
 std::string BatchNorm2d::extra_repr() const {

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "core/hd.h"
 #include "core/tensor.h"
@@ -41,14 +42,22 @@ class BatchNorm2d : public Module {
 
   const BatchNormOptions& options() const { return opts_; }
   void set_fuse_relu(bool on) { opts_.fuse_relu = on; }
+  // Frozen statistics: normalise with the running statistics and stop updating them even in
+  // training mode (METHODS 4: BN freeze during QAT). gamma and beta still get gradients.
+  void set_frozen_stats(bool on) { frozen_stats_ = on; }
+  bool frozen_stats() const { return frozen_stats_; }
   Tensor& weight() { return weight_; }
   Tensor& bias() { return bias_; }
   Tensor& running_mean() { return running_mean_; }
   Tensor& running_var() { return running_var_; }
   Tensor& num_batches_tracked() { return num_batches_tracked_; }
+  // Keeps the channels `keep` (sorted, unique) of gamma, beta and the running statistics, in
+  // place (device, dtype, requires_grad kept); channel surgery in prune/ uses it.
+  void keep_channels(const std::vector<int64_t>& keep);
 
  private:
   BatchNormOptions opts_;
+  bool frozen_stats_ = false;
   Tensor weight_, bias_, running_mean_, running_var_, num_batches_tracked_;
 };
 

@@ -322,7 +322,95 @@ Conv2d::Conv2d(const Conv2dOptions& o) : opts_(o) {
   }
 }
 
-Tensor Conv2d::forward(const Tensor& x) { return conv2d(x, weight_, bias_, opts_); }
+Tensor Conv2d::forward(const Tensor& x) {
+  Tensor y = add_bias_map(conv2d(x, effective_weight(), bias_, opts_));
+  notify_forward(*this, x, y);
+  return y;
+}
+
+Tensor Conv2d::effective_weight() const {
+  if (!weight_mask_.defined()) return weight_;
+  return weight_ * weight_mask_.view({weight_mask_.numel(), 1, 1, 1});
+}
+
+Tensor Conv2d::add_bias_map(const Tensor& y) const {
+  if (!bias_map_.defined()) return y;
+  LOWBIT_CHECK_INPUT(y.dim() == 4 && y.size(1) == bias_map_.size(0) &&
+                         y.size(2) == bias_map_.size(1) && y.size(3) == bias_map_.size(2),
+                     "Conv2d(", extra_repr(), ") carries a PfQ bias map (border = exact) for ",
+                     bias_map_.size(0), "x", bias_map_.size(1), " outputs with ",
+                     bias_map_.size(2), " channels, got an output of shape ", y.shape(),
+                     "; run it at the input size it was pruned for, or prune with border = full");
+  return y + bias_map_;
+}
+
+void Conv2d::set_weight_mask(const Tensor& mask) {
+  LOWBIT_CHECK(mask.defined() && mask.dim() == 1 && mask.size(0) == weight_.size(0),
+               "Conv2d weight mask must be (", weight_.size(0), "), got ",
+               mask.defined() ? shape_str(mask.shape()) : "undefined");
+  const bool first = !weight_mask_.defined();
+  weight_mask_ = mask.detach().to(weight_.device(), weight_.dtype()).contiguous();
+  if (first) register_buffer("weight_mask", &weight_mask_);
+}
+
+void Conv2d::set_bias_map(const Tensor& map) {
+  LOWBIT_CHECK(map.defined() && map.dim() == 3 && map.size(2) == weight_.size(0),
+               "Conv2d bias map must be (P, Q, ", weight_.size(0), "), got ",
+               map.defined() ? shape_str(map.shape()) : "undefined");
+  const bool first = !bias_map_.defined();
+  bias_map_ = map.detach().to(weight_.device(), weight_.dtype()).contiguous();
+  if (first) register_buffer("bias_map", &bias_map_);
+}
+
+void Conv2d::ensure_bias() {
+  if (bias_.defined()) return;
+  bias_ = zeros({weight_.size(0)}, TensorOptions(weight_.dtype(), weight_.device()));
+  register_parameter("bias", &bias_);  // sets requires_grad
+  opts_.bias = true;
+}
+
+Tensor keep_along(const Tensor& t, int64_t dim, const std::vector<int64_t>& keep) {
+  LOWBIT_CHECK(t.defined(), "keep_along: undefined tensor");
+  const int64_t d = dim < 0 ? dim + t.dim() : dim;
+  LOWBIT_CHECK(d >= 0 && d < t.dim(), "keep_along: dim ", dim, " out of range for shape ", t.shape());
+  for (size_t i = 0; i < keep.size(); ++i) {
+    LOWBIT_CHECK(keep[i] >= 0 && keep[i] < t.size(d) && (i == 0 || keep[i] > keep[i - 1]),
+                 "keep_along: indices must be sorted, unique and in [0, ", t.size(d),
+                 "), got ", keep[i], " at position ", i);
+  }
+  autograd::NoGradGuard guard;
+  Tensor idx = from_vector(keep, {int64_t(keep.size())}, TensorOptions(DType::i64, t.device()));
+  Tensor out = index_select(t.detach(), d, idx).contiguous();
+  if (t.requires_grad()) out.requires_grad_(true);
+  return out;
+}
+
+void Conv2d::keep_channels(const std::vector<int64_t>& out_keep,
+                           const std::vector<int64_t>& in_keep) {
+  const bool depthwise = opts_.groups > 1 && opts_.groups == opts_.in_channels &&
+                         opts_.groups == opts_.out_channels;
+  LOWBIT_CHECK(!out_keep.empty() && !in_keep.empty(), "Conv2d(", extra_repr(),
+               ").keep_channels: cannot remove every channel (", out_keep.size(), " outputs, ",
+               in_keep.size(), " inputs kept)");
+  if (depthwise) {
+    LOWBIT_CHECK(out_keep == in_keep, "depthwise Conv2d(", extra_repr(),
+                 ").keep_channels: input and output channels must be kept together");
+  } else {
+    LOWBIT_CHECK(opts_.groups == 1 || int64_t(in_keep.size()) == opts_.in_channels,
+                 "grouped Conv2d(", extra_repr(), ").keep_channels: input channels of a ",
+                 "grouped convolution cannot be removed");
+  }
+  weight_ = keep_along(weight_, 0, out_keep);
+  if (!depthwise && int64_t(in_keep.size()) != opts_.in_channels) {
+    weight_ = keep_along(weight_, 3, in_keep);
+  }
+  if (bias_.defined()) bias_ = keep_along(bias_, 0, out_keep);
+  if (weight_mask_.defined()) weight_mask_ = keep_along(weight_mask_, 0, out_keep);
+  if (bias_map_.defined()) bias_map_ = keep_along(bias_map_, 2, out_keep);
+  opts_.out_channels = int64_t(out_keep.size());
+  opts_.in_channels = int64_t(in_keep.size());
+  if (depthwise) opts_.groups = opts_.out_channels;
+}
 
 std::string Conv2d::extra_repr() const {
   std::ostringstream os;

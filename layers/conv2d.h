@@ -69,11 +69,40 @@ class Conv2d : public Module {
   Tensor& weight() { return weight_; }
   Tensor& bias() { return bias_; }
 
+  // Pruning support (prune/, METHODS 5.4). Subclasses that override forward (QConv2d) call
+  // effective_weight() and add_bias_map() so masks and bias maps apply to them too.
+  // The weight the convolution uses: weight * weight_mask (per output channel) when a mask is
+  // set, else the weight itself. Masked filters are exactly zero and get zero gradient.
+  Tensor effective_weight() const;
+  // y (N, P, Q, K) + bias_map (P, Q, K) when a bias map is set (PfQ border = exact), else y.
+  Tensor add_bias_map(const Tensor& y) const;
+  // Sets the per-output-channel mask (K), 0 or 1, on the weight's device (registered as the
+  // buffer "weight_mask" on first use, so unpruned state dicts keep their keys).
+  void set_weight_mask(const Tensor& mask);
+  const Tensor& weight_mask() const { return weight_mask_; }
+  // Sets the (P, Q, K) bias map (buffer "bias_map"; the conv then wants P x Q outputs).
+  void set_bias_map(const Tensor& map);
+  const Tensor& bias_map() const { return bias_map_; }
+  // Creates a zero bias (parameter "bias", requires_grad) when the conv has none.
+  void ensure_bias();
+  // Keeps the output channels out_keep (rows of weight, bias, mask, bias map) and the input
+  // channels in_keep (weight's last axis), both sorted and unique, in place; tensors keep their
+  // device, dtype and requires_grad. A depthwise conv (groups == in == out) keeps the same
+  // channels on both sides: pass in_keep == out_keep and groups follows. Optimizers holding the
+  // old tensors must be rebuilt.
+  void keep_channels(const std::vector<int64_t>& out_keep, const std::vector<int64_t>& in_keep);
+
  protected:
   Conv2dOptions opts_;
   Tensor weight_;  // (K, R, S, C/groups)
   Tensor bias_;    // (K) or undefined
+  Tensor weight_mask_;  // (K) or undefined
+  Tensor bias_map_;     // (P, Q, K) or undefined
 };
+
+// t with only the entries `keep` (sorted, unique, in range) along dim, as a new contiguous
+// tensor on t's device without grad history (requires_grad as t). Channel surgery uses it.
+Tensor keep_along(const Tensor& t, int64_t dim, const std::vector<int64_t>& keep);
 
 // KRSC <-> OIHW (PyTorch) weight layouts.
 Tensor krsc_to_oihw(const Tensor& w);

@@ -86,6 +86,42 @@ std::shared_ptr<Module> Module::child(const std::string& name) const {
   LOWBIT_FAIL(type_name(), " has no child module '", name, "'");
 }
 
+void Module::replace_child(const std::string& name, std::shared_ptr<Module> m) {
+  LOWBIT_CHECK(m != nullptr, "replace_child: module for '", name, "' is null");
+  for (auto& c : children_) {
+    if (c.first == name) {
+      c.second = std::move(m);
+      return;
+    }
+  }
+  LOWBIT_FAIL(type_name(), " has no child module '", name, "' to replace");
+}
+
+void child_type_error(const Module& owner, size_t index) {
+  const auto& c = owner.named_children().at(index);
+  LOWBIT_FAIL("child '", c.first, "' of ", owner.type_name(), " was replaced by a ", c.second->type_name(),
+              " of an incompatible type");
+}
+
+void replace_module(Module& root, const std::string& path, ModulePtr m) {
+  LOWBIT_CHECK(!path.empty(), "replace_module: empty path (the root cannot be replaced)");
+  Module* parent = &root;
+  std::string rest = path;
+  for (size_t dot; (dot = rest.find('.')) != std::string::npos;) {
+    parent = parent->child(rest.substr(0, dot)).get();
+    rest = rest.substr(dot + 1);
+  }
+  parent->replace_child(rest, std::move(m));
+}
+
+namespace {
+thread_local ForwardRecorder* g_recorder = nullptr;
+}
+
+ForwardRecorder* current_forward_recorder() { return g_recorder; }
+RecordForward::RecordForward(ForwardRecorder* r) : prev_(g_recorder) { g_recorder = r; }
+RecordForward::~RecordForward() { g_recorder = prev_; }
+
 int64_t Module::num_parameters() const {
   int64_t n = 0;
   for (auto& p : named_parameters()) n += p.second.numel();

@@ -11,6 +11,8 @@ namespace lowbit::models {
 
 namespace {
 
+using layers::Child;
+
 using layers::Module;
 using layers::ModulePtr;
 using layers::Sequential;
@@ -95,7 +97,7 @@ class MobileNetV1 : public Module {
       in = out;
     }
     register_module("features", features_);
-    fc_ = register_module("fc", std::make_shared<layers::Linear>(in, o.num_classes));
+    fc_ = register_child("fc", std::make_shared<layers::Linear>(in, o.num_classes));
   }
   Tensor forward(const Tensor& x) override {
     return fc_->forward(layers::global_avg_pool2d(features_->forward(x)));
@@ -104,7 +106,7 @@ class MobileNetV1 : public Module {
 
  private:
   std::shared_ptr<Sequential> features_;
-  std::shared_ptr<layers::Linear> fc_;
+  Child<layers::Linear> fc_;
 };
 
 }  // namespace

@@ -15,6 +15,8 @@ namespace lowbit::models {
 
 namespace {
 
+using layers::Child;
+
 using layers::Conv2d;
 using layers::Conv2dOptions;
 using layers::BatchNorm2d;
@@ -65,11 +67,11 @@ std::shared_ptr<Conv2d> conv(int64_t in, int64_t out, int64_t k, int64_t stride)
 class BasicBlock : public Module {
  public:
   BasicBlock(int64_t in, int64_t planes, int64_t stride, ModulePtr shortcut, const char* shortcut_name) {
-    conv1_ = register_module("conv1", conv(in, planes, 3, stride));
+    conv1_ = register_child("conv1", conv(in, planes, 3, stride));
     bn1_ = register_module("bn1", std::make_shared<BatchNorm2d>(layers::BatchNormOptions{planes, 1e-5, 0.1, true, true, true}));
-    conv2_ = register_module("conv2", conv(planes, planes, 3, 1));
+    conv2_ = register_child("conv2", conv(planes, planes, 3, 1));
     bn2_ = register_module("bn2", std::make_shared<BatchNorm2d>(planes));
-    if (shortcut) shortcut_ = register_module(shortcut_name, shortcut);
+    if (shortcut) shortcut_ = register_child(shortcut_name, shortcut);
   }
   Tensor forward(const Tensor& x) override {
     Tensor h = bn1_->forward(conv1_->forward(x));  // BN with fused ReLU
@@ -79,22 +81,22 @@ class BasicBlock : public Module {
   std::string type_name() const override { return "BasicBlock"; }
 
  private:
-  std::shared_ptr<Conv2d> conv1_, conv2_;
+  Child<Conv2d> conv1_, conv2_;
   std::shared_ptr<BatchNorm2d> bn1_, bn2_;
-  ModulePtr shortcut_;
+  Child<Module> shortcut_;
 };
 
 // torchvision Bottleneck (expansion 4), stride on the 3x3 conv.
 class Bottleneck : public Module {
  public:
   Bottleneck(int64_t in, int64_t planes, int64_t stride, ModulePtr downsample) {
-    conv1_ = register_module("conv1", conv(in, planes, 1, 1));
+    conv1_ = register_child("conv1", conv(in, planes, 1, 1));
     bn1_ = register_module("bn1", std::make_shared<BatchNorm2d>(layers::BatchNormOptions{planes, 1e-5, 0.1, true, true, true}));
-    conv2_ = register_module("conv2", conv(planes, planes, 3, stride));
+    conv2_ = register_child("conv2", conv(planes, planes, 3, stride));
     bn2_ = register_module("bn2", std::make_shared<BatchNorm2d>(layers::BatchNormOptions{planes, 1e-5, 0.1, true, true, true}));
-    conv3_ = register_module("conv3", conv(planes, planes * 4, 1, 1));
+    conv3_ = register_child("conv3", conv(planes, planes * 4, 1, 1));
     bn3_ = register_module("bn3", std::make_shared<BatchNorm2d>(planes * 4));
-    if (downsample) downsample_ = register_module("downsample", downsample);
+    if (downsample) downsample_ = register_child("downsample", downsample);
   }
   Tensor forward(const Tensor& x) override {
     Tensor h = bn1_->forward(conv1_->forward(x));
@@ -105,9 +107,9 @@ class Bottleneck : public Module {
   std::string type_name() const override { return "Bottleneck"; }
 
  private:
-  std::shared_ptr<Conv2d> conv1_, conv2_, conv3_;
+  Child<Conv2d> conv1_, conv2_, conv3_;
   std::shared_ptr<BatchNorm2d> bn1_, bn2_, bn3_;
-  ModulePtr downsample_;
+  Child<Module> downsample_;
 };
 
 ModulePtr projection(int64_t in, int64_t out, int64_t stride) {
@@ -124,7 +126,7 @@ class CifarResNet : public Module {
     LOWBIT_CHECK_INPUT(o.shortcut == "A" || o.shortcut == "B", "resnet shortcut must be A or B, got '",
                        o.shortcut, "'");
     const int64_t n = (depth - 2) / 6;
-    conv1_ = register_module("conv1", conv(o.in_channels, 16, 3, 1));
+    conv1_ = register_child("conv1", conv(o.in_channels, 16, 3, 1));
     bn1_ = register_module("bn1", std::make_shared<BatchNorm2d>(layers::BatchNormOptions{16, 1e-5, 0.1, true, true, true}));
     int64_t in = 16;
     const int64_t widths[3] = {16, 32, 64};
@@ -143,7 +145,7 @@ class CifarResNet : public Module {
       }
       stages_.push_back(register_module("layer" + std::to_string(s + 1), stage));
     }
-    linear_ = register_module("linear", std::make_shared<layers::Linear>(64, o.num_classes));
+    linear_ = register_child("linear", std::make_shared<layers::Linear>(64, o.num_classes));
   }
   Tensor forward(const Tensor& x) override {
     Tensor h = bn1_->forward(conv1_->forward(x));
@@ -153,16 +155,16 @@ class CifarResNet : public Module {
   std::string type_name() const override { return "ResNet"; }
 
  private:
-  std::shared_ptr<Conv2d> conv1_;
+  Child<Conv2d> conv1_;
   std::shared_ptr<BatchNorm2d> bn1_;
   std::vector<std::shared_ptr<layers::Sequential>> stages_;
-  std::shared_ptr<layers::Linear> linear_;
+  Child<layers::Linear> linear_;
 };
 
 class ImageNetResNet : public Module {
  public:
   ImageNetResNet(bool bottleneck, std::vector<int> blocks, const ModelOptions& o) {
-    conv1_ = register_module("conv1", conv(o.in_channels, 64, 7, 2));
+    conv1_ = register_child("conv1", conv(o.in_channels, 64, 7, 2));
     bn1_ = register_module("bn1", std::make_shared<BatchNorm2d>(layers::BatchNormOptions{64, 1e-5, 0.1, true, true, true}));
     maxpool_ = register_module("maxpool", std::make_shared<layers::MaxPool2d>(layers::Pool2dOptions::square(3, 2, 1)));
     const int64_t expansion = bottleneck ? 4 : 1;
@@ -180,7 +182,7 @@ class ImageNetResNet : public Module {
       }
       stages_.push_back(register_module("layer" + std::to_string(s + 1), stage));
     }
-    fc_ = register_module("fc", std::make_shared<layers::Linear>(in, o.num_classes));
+    fc_ = register_child("fc", std::make_shared<layers::Linear>(in, o.num_classes));
   }
   Tensor forward(const Tensor& x) override {
     Tensor h = maxpool_->forward(bn1_->forward(conv1_->forward(x)));
@@ -190,11 +192,11 @@ class ImageNetResNet : public Module {
   std::string type_name() const override { return "ResNet"; }
 
  private:
-  std::shared_ptr<Conv2d> conv1_;
+  Child<Conv2d> conv1_;
   std::shared_ptr<BatchNorm2d> bn1_;
   std::shared_ptr<layers::MaxPool2d> maxpool_;
   std::vector<std::shared_ptr<layers::Sequential>> stages_;
-  std::shared_ptr<layers::Linear> fc_;
+  Child<layers::Linear> fc_;
 };
 
 }  // namespace

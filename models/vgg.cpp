@@ -14,6 +14,8 @@ namespace lowbit::models {
 
 namespace {
 
+using layers::Child;
+
 using layers::Module;
 using layers::Sequential;
 
@@ -77,7 +79,7 @@ class DsNet : public Module {
     features_->add(conv_bn_act(32, 32, 3, 1, 32, Act::relu));
     features_->add(conv_bn_act(32, 64, 1, 1, 1, Act::relu));
     register_module("features", features_);
-    fc_ = register_module("fc", std::make_shared<layers::Linear>(64, o.num_classes));
+    fc_ = register_child("fc", std::make_shared<layers::Linear>(64, o.num_classes));
   }
   Tensor forward(const Tensor& x) override {
     return fc_->forward(layers::global_avg_pool2d(features_->forward(x)));
@@ -86,7 +88,7 @@ class DsNet : public Module {
 
  private:
   std::shared_ptr<Sequential> features_;
-  std::shared_ptr<layers::Linear> fc_;
+  Child<layers::Linear> fc_;
 };
 
 }  // namespace

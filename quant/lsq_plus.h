@@ -27,6 +27,7 @@ class LsqPlusQuantizer : public Quantizer {
   Tensor& offset() { return offset_; }
   bool initialized();
   double grad_scale(const Tensor& x) const;
+  int64_t inference_scalars() const override { return 2 * Quantizer::inference_scalars(); }  // s, beta
   void clamp_parameters() override;
 
  protected:

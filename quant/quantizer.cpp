@@ -264,6 +264,15 @@ QuantizerPtr create_quantizer(const std::string& name, const QuantizerOptions& o
   return q;
 }
 
+bool quantizer_reads_option(const std::string& name, const QuantizerOptions& options,
+                            const std::string& key) {
+  auto it = registry().find(name);
+  if (it == registry().end()) create_quantizer(name, options);  // throws naming the known ones
+  OptionReader reader(name, options);
+  it->second(reader);
+  return reader.was_asked(key);
+}
+
 // --- tree helpers -------------------------------------------------------------------------
 
 namespace {

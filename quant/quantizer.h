@@ -70,6 +70,7 @@ class OptionReader {
   double get_double(const std::string& key, double def, double lo, double hi, bool lo_open = false);
   // Throws naming the first unread key and listing the keys this quantizer reads.
   void finish() const;
+  bool was_asked(const std::string& key) const { return asked_.count(key) > 0; }
   // An InputError "quantizer '<name>': option <key> = '<value>' <what>".
   [[noreturn]] void fail(const std::string& key, const std::string& what) const;
 
@@ -140,6 +141,9 @@ class Quantizer : public layers::Module {
   // Keeps learned parameters valid; call after every optimizer step (LSQ: s >= 1e-8, DSQ:
   // alpha in [1e-4, 0.5]). No-op for quantizers without learned parameters.
   virtual void clamp_parameters() {}
+  // How many fp32 values inference needs besides the integer weights (METHODS 10: scales,
+  // zero-points of asymmetric quantizers, learned clip values). Default: one scale per channel.
+  virtual int64_t inference_scalars() const { return spec_.channels > 0 ? spec_.channels : 1; }
 
  protected:
   // Parses the shared options (role, bits, signed, narrow_range, per_channel, axis, channels)
@@ -181,6 +185,10 @@ using QuantizerFactory = std::function<QuantizerPtr(OptionReader& options)>;
 // allowed).
 QuantizerPtr create_quantizer(const std::string& name, const QuantizerOptions& options = {});
 std::vector<std::string> quantizer_names();
+// Whether quantizer `name`, built with `options`, reads option `key` (e.g. PACT does not read
+// "signed"); model conversion uses it to add derived options only where they are understood.
+bool quantizer_reads_option(const std::string& name, const QuantizerOptions& options,
+                            const std::string& key);
 bool has_quantizer(const std::string& name);
 
 struct QuantizerRegistrar {

@@ -37,6 +37,10 @@ class UniformQuantizer : public Quantizer {
   const Tensor& max_val() const { return max_val_; }
   bool symmetric() const { return symmetric_; }
   const Observer& observer() const { return *observer_; }
+  // Scales, plus zero-points when asymmetric (METHODS 10).
+  int64_t inference_scalars() const override {
+    return Quantizer::inference_scalars() * (symmetric_ ? 1 : 2);
+  }
 
  protected:
   // For quantizers built on this one (pow2): their own traits.

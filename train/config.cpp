@@ -157,14 +157,87 @@ ScheduleConfig parse_schedule(Section s) {
 StageConfig parse_stage(Section s, size_t index) {
   StageConfig st;
   st.name = s.str("name", "stage" + std::to_string(index));
-  st.kind = s.str("kind", st.kind, {"train"});
+  st.kind = s.str("kind", st.kind, {"train", "qat"});
   st.epochs = s.integer("epochs", st.epochs, 0, 100000);
+  st.quantize = s.str("quantize", st.quantize, {"weights", "all"});
+  if (st.kind != "qat" && s.has("quantize")) s.fail("quantize", "applies to kind: qat stages only");
+  st.init = s.str("init", st.init);
   st.optimizer = parse_optimizer(s.sub("optimizer"));
   st.schedule = parse_schedule(s.sub("schedule"));
   st.label_smoothing = s.num("label_smoothing", st.label_smoothing, 0.0, 1.0);
   st.clip_grad_norm = s.num("clip_grad_norm", st.clip_grad_norm, 0.0, 1e9);
   s.finish();
   return st;
+}
+
+// A quantizer choice: {quantizer: NAME, <option>: <value>, ...}. The options are validated by
+// building the quantizer for `role` (InputError naming the key path otherwise).
+quant::QuantizerChoice parse_quantizer_choice(const YAML::Node& n, const std::string& path,
+                                              const std::string& file, const quant::QuantizerChoice& base,
+                                              const char* role, bool validate) {
+  quant::QuantizerChoice c = base;
+  if (!n || n.IsNull()) return c;
+  if (!n.IsMap()) throw InputError(str_cat(file, ": ", path, ": must be a mapping like {quantizer: lsq, bits: 4}"));
+  for (auto it = n.begin(); it != n.end(); ++it) {
+    const std::string k = it->first.as<std::string>();
+    if (!it->second.IsScalar()) throw InputError(str_cat(file, ": ", path, ".", k, ": wants a scalar value"));
+    const std::string v = it->second.Scalar();
+    if (k == "quantizer") {
+      c.name = v;
+    } else {
+      if (k == "role" || k == "channels") {
+        throw InputError(str_cat(file, ": ", path, ".", k, ": is set by the model conversion, not in the config"));
+      }
+      c.options.set(k, v);
+    }
+  }
+  if (validate) {
+    quant::QuantizerOptions o = c.options;
+    o.set("role", role).set("channels", 1);  // channels: the conversion sets the real count
+    try {
+      quant::create_quantizer(c.name, o);
+    } catch (const InputError& e) {
+      throw InputError(str_cat(file, ": ", path, ": ", e.what()));
+    }
+  }
+  return c;
+}
+
+quant::QuantConfig parse_quant(Section q, const std::string& file) {
+  quant::QuantConfig c;
+  c.weight = parse_quantizer_choice(q.raw("weight"), q.key_path("weight"), file, c.weight, "weight", true);
+  c.activation =
+      parse_quantizer_choice(q.raw("activation"), q.key_path("activation"), file, c.activation, "activation", true);
+  c.first_last_bits = q.integer("first_last_bits", c.first_last_bits, 0, 16);
+  c.fold_bn = q.boolean("fold_bn", c.fold_bn);
+  c.freeze_bn_epoch = q.integer("freeze_bn_epoch", c.freeze_bn_epoch, -1, kBig);
+  c.freeze_quantizers_epoch = q.integer("freeze_quantizers_epoch", c.freeze_quantizers_epoch, -1, kBig);
+  c.calibration_batches = q.integer("calibration_batches", c.calibration_batches, 0, kBig);
+  YAML::Node rules = q.raw("rules");
+  if (rules && !rules.IsNull()) {
+    if (!rules.IsSequence()) q.fail("rules", "wants a list of rules");
+    for (size_t i = 0; i < rules.size(); ++i) {
+      Section r(rules[i], q.key_path(str_cat("rules.", i)), file);
+      quant::QuantRule rule;
+      rule.match = r.str("match", "");
+      rule.type = r.str("type", "", {"", "Conv2d", "Linear"});
+      rule.skip = r.boolean("skip", false);
+      rule.quantize_input = r.boolean("quantize_input", true);
+      // Rules hold option overrides; the quantizer is validated with the merged options later,
+      // when the layer they apply to is converted (errors name the layer).
+      quant::QuantizerChoice none;
+      auto w = parse_quantizer_choice(r.raw("weight"), r.key_path("weight"), file, none, "weight", false);
+      auto a = parse_quantizer_choice(r.raw("activation"), r.key_path("activation"), file, none, "activation", false);
+      rule.weight_quantizer = w.name;
+      rule.weight = w.options;
+      rule.activation_quantizer = a.name;
+      rule.activation = a.options;
+      r.finish();
+      c.rules.push_back(rule);
+    }
+  }
+  q.finish();
+  return c;
 }
 
 void apply_override(YAML::Node root, const std::string& file, const std::string& spec) {
@@ -282,11 +355,20 @@ ExperimentConfig parse_config(const std::string& yaml_text, const std::string& f
   for (size_t i = 0; i < stages.size(); ++i) {
     c.stages.push_back(parse_stage(Section(stages[i], str_cat("stages.", i), c.file), i));
   }
-  // Sections of later issues: accepted only once implemented.
-  for (const char* later : {"quant", "prune"}) {
-    if (top.has(later)) {
-      top.fail(later, "is not supported by this build yet (quantization and pruning land with their issues)");
+  if (top.has("quant")) {
+    c.has_quant = true;
+    c.quant = parse_quant(top.sub("quant"), c.file);
+  } else {
+    top.raw("quant");
+  }
+  for (size_t i = 0; i < c.stages.size(); ++i) {
+    if (c.stages[i].kind == "qat" && !c.has_quant) {
+      throw InputError(str_cat(c.file, ": stages.", i, ".kind: qat needs a top-level quant: section"));
     }
+  }
+  // Sections of later issues: accepted only once implemented.
+  if (top.has("prune")) {
+    top.fail("prune", "is not supported by this build yet (pruning lands with its issue)");
   }
   top.finish();
   YAML::Emitter out;

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "quant/convert.h"
+
 namespace YAML {
 class Node;
 }
@@ -72,8 +74,13 @@ struct ScheduleConfig {
 
 struct StageConfig {
   std::string name;
-  std::string kind = "train";  // train (later issues add: qat, prune, ...)
+  std::string kind = "train";  // train | qat (later: prune)
   int64_t epochs = 1;
+  // qat: what is quantized in this stage: weights (activations float) | all (weights and inputs).
+  std::string quantize = "all";
+  // Weights loaded at the start of the stage (a checkpoint or weights file, PyTorch layout), e.g.
+  // a float pretrained model for QAT; "" = continue from the previous stage.
+  std::string init;
   OptimizerConfig optimizer;
   ScheduleConfig schedule;
   double label_smoothing = 0.0;
@@ -90,6 +97,8 @@ struct ExperimentConfig {
   DataConfig data;
   ModelConfig model;
   std::vector<StageConfig> stages;
+  bool has_quant = false;   // a quant: section was given (needed by qat stages)
+  quant::QuantConfig quant;
   std::string raw_yaml;  // the config after --set overrides, for summary.json
 };
 

@@ -19,6 +19,8 @@
 #include "core/ops.h"
 #include "core/random.h"
 #include "models/registry.h"
+#include "quant/accounting.h"
+#include "quant/convert.h"
 #include "train/data_setup.h"
 #include "train/loss.h"
 #include "train/optimizer.h"
@@ -83,12 +85,6 @@ std::unique_ptr<Optimizer> make_optimizer(const OptimizerConfig& c, layers::Modu
   return std::make_unique<SGD>(groups, SgdOptions{c.momentum, 0.0, c.nesterov});
 }
 
-int64_t model_bytes(layers::Module& m) {
-  int64_t b = 0;
-  for (auto& [n, p] : m.named_parameters()) b += p.nbytes();
-  return b;
-}
-
 struct Position {
   int64_t stage = 0;
   int64_t epoch = 0;        // epochs completed in `stage`
@@ -97,8 +93,32 @@ struct Position {
 
 const char* kCheckpoint = "checkpoint.safetensors";
 
+// Structure the weights need besides the model config: the quantization plan (metadata
+// "quant_plan") when the model was converted.
+struct ModelState {
+  bool quantized = false;
+  quant::QuantPlan plan;
+};
+
+void add_structure_meta(const ModelState& ms, std::map<std::string, std::string>* meta) {
+  if (ms.quantized) (*meta)["quant_plan"] = ms.plan.str();
+}
+
+// Rebuilds the structure recorded in a file's metadata on a freshly built float model.
+void apply_structure_meta(layers::Module& model, ModelState* ms, const SafetensorsFile& f, const std::string& path) {
+  auto it = f.metadata.find("quant_plan");
+  if (it == f.metadata.end() || ms->quantized) return;
+  try {
+    ms->plan = quant::QuantPlan::parse(it->second);
+    quant::apply_quant_plan(model, ms->plan);
+  } catch (const InputError& e) {
+    throw InputError(str_cat(path, ": ", e.what()));
+  }
+  ms->quantized = true;
+}
+
 void save_checkpoint(const fs::path& out, layers::Module& model, const Optimizer* opt,
-                     const Position& pos, const ExperimentConfig& cfg, Device dev) {
+                     const Position& pos, const ExperimentConfig& cfg, Device dev, const ModelState& ms) {
   std::map<std::string, Tensor> t;
   for (auto& [k, v] : model.state_dict(layers::Layout::pytorch)) t["model." + k] = v;
   if (opt) {
@@ -116,6 +136,7 @@ void save_checkpoint(const fs::path& out, layers::Module& model, const Optimizer
     meta["rng_device"] = std::to_string(g.seed()) + "," + std::to_string(g.offset());
   }
   meta["config"] = cfg.raw_yaml;
+  add_structure_meta(ms, &meta);
   save_safetensors((out / kCheckpoint).string(), t, meta);
 }
 
@@ -196,6 +217,49 @@ std::string now_iso() {
   return buf;
 }
 
+// The start of stage s (not when resuming in its middle): load its init weights, convert the
+// model for a first QAT stage, and calibrate the quantizers this stage turns on for the first
+// time (weights when the model was just converted; activations when the previous stage did not
+// quantize them). Decisions depend on the config only, so a resumed run makes the same ones.
+void prepare_stage(const ExperimentConfig& cfg, int64_t s, layers::Module& model, ModelState* ms,
+                   DataSource& data, Device dev, int64_t global_epoch) {
+  const StageConfig& st = cfg.stages[size_t(s)];
+  if (!st.init.empty()) {
+    SafetensorsFile f = load_safetensors(st.init);
+    apply_structure_meta(model, ms, f, st.init);
+    model.to(dev);
+    load_weights(model, f, st.init);
+  }
+  if (st.kind != "qat") return;
+  const auto batches = [&](int64_t n) {
+    data.train->set_epoch(global_epoch);
+    data.train->reset();
+    return [&data, n, i = int64_t(0)](Tensor& x) mutable {
+      Batch b;
+      if (i++ >= n || !data.train->next(b)) return false;
+      x = b.images;
+      return true;
+    };
+  };
+  bool calibrate_weights = false;
+  if (!ms->quantized) {
+    Tensor probe;
+    auto next = batches(1);
+    LOWBIT_CHECK_INPUT(next(probe), cfg.file, ": the training set is empty");
+    ms->plan = quant::quantize_model(model, cfg.quant, probe);
+    ms->quantized = true;
+    model.to(dev);
+    calibrate_weights = true;
+  }
+  const StageConfig* prev = s > 0 ? &cfg.stages[size_t(s - 1)] : nullptr;
+  const bool acts_were_on = prev && prev->kind == "qat" && prev->quantize == "all";
+  const bool calibrate_acts = st.quantize == "all" && !acts_were_on;
+  if ((calibrate_weights || calibrate_acts) && cfg.quant.calibration_batches > 0) {
+    quant::calibrate_model(model, batches(cfg.quant.calibration_batches), cfg.quant.calibration_batches,
+                           calibrate_weights, calibrate_acts);
+  }
+}
+
 }  // namespace
 
 RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts) {
@@ -214,6 +278,7 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
   model->train();
 
   Position pos;
+  ModelState ms;
   SafetensorsFile resume_file;
   const fs::path ckpt = out / kCheckpoint;
   const bool resuming = opts.resume && fs::exists(ckpt);
@@ -228,6 +293,8 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
     pos.stage = std::stoll(m["stage"]);
     pos.epoch = std::stoll(m["epoch"]);
     pos.global_epoch = std::stoll(m["global_epoch"]);
+    apply_structure_meta(*model, &ms, resume_file, ckpt.string());
+    model->to(dev);
     load_weights(*model, resume_file, ckpt.string());
     restore_generator(m["rng_cpu"], default_generator(Device::cpu()));
     if (dev.is_cuda() && m.count("rng_device")) restore_generator(m["rng_device"], default_generator(dev));
@@ -244,8 +311,7 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
 
   RunSummary summary;
   summary.device = dev.str();
-  summary.params = model->num_parameters();
-  summary.model_bytes = model_bytes(*model);
+  const Shape sample{data.image_size, data.image_size, data.channels};
   int64_t images_seen = 0;
   double train_seconds = 0.0;
   const int64_t steps_per_epoch = data.train->size();
@@ -255,6 +321,11 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
   bool stopped = false;
   for (int64_t s = pos.stage; s < int64_t(cfg.stages.size()) && !stopped; ++s) {
     const StageConfig& st = cfg.stages[size_t(s)];
+    const bool stage_start = !(resuming && s == pos.stage && pos.epoch > 0);
+    if (stage_start) {
+      prepare_stage(cfg, s, *model, &ms, data, dev, pos.global_epoch);
+    }
+    if (st.kind == "qat") quant::set_activation_quantization(*model, st.quantize == "all");
     auto opt = make_optimizer(st.optimizer, *model);
     auto sched = make_schedule(st.schedule, st.optimizer.lr, steps_per_epoch, st.epochs);
     int64_t first_epoch = 0;
@@ -264,6 +335,13 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
       if (!ostate.empty() && first_epoch > 0) opt->load_state_dict(ostate);
     }
     for (int64_t e = first_epoch; e < st.epochs; ++e) {
+      // METHODS 4: BN statistics and quantizer ranges freeze after configurable epochs of QAT.
+      const bool qat = st.kind == "qat";
+      const auto& qc = cfg.quant;
+      quant::freeze_bn_statistics(*model, qat && qc.freeze_bn_epoch >= 0 && e >= qc.freeze_bn_epoch);
+      if (ms.quantized) {
+        quant::set_quantizers_frozen(*model, qat && qc.freeze_quantizers_epoch >= 0 && e >= qc.freeze_quantizers_epoch);
+      }
       data.train->set_epoch(pos.global_epoch);
       data.train->reset();
       ProgressBar bar(str_cat(st.name, " epoch ", e + 1, "/", st.epochs), steps_per_epoch);
@@ -282,6 +360,7 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
         loss.backward();
         if (st.clip_grad_norm > 0) clip_grad_norm(model->parameters(), st.clip_grad_norm);
         opt->step();
+        if (ms.quantized) quant::clamp_quantizer_parameters(*model);
         {
           autograd::NoGradGuard g;
           const int64_t n = b.labels.size(0);
@@ -325,7 +404,7 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
       pos.epoch = e + 1;
       pos.global_epoch += 1;
       summary.test = ev;
-      save_checkpoint(out, *model, opt.get(), pos, cfg, dev);
+      save_checkpoint(out, *model, opt.get(), pos, cfg, dev, ms);
       if (opts.stop_after_epochs >= 0 && pos.global_epoch >= opts.stop_after_epochs) {
         stopped = true;
         break;
@@ -337,20 +416,29 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
       pos.epoch = 0;
     }
   }
+  summary.params = quant::account_model(*model, sample).params;
   summary.epochs_done = pos.global_epoch;
   summary.finished = !stopped;
   summary.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   summary.images_per_s = train_seconds > 0 ? double(images_seen) / train_seconds : 0.0;
   if (summary.finished) {
     if (summary.test.samples == 0) summary.test = evaluate(*model, data, dev);
-    save_safetensors((out / "model.safetensors").string(), model->state_dict(layers::Layout::pytorch),
-                     {{"format", "pt"}, {"model", cfg.model.name}});
+    std::map<std::string, std::string> meta{{"format", "pt"}, {"model", cfg.model.name}};
+    add_structure_meta(ms, &meta);
+    save_safetensors((out / "model.safetensors").string(), model->state_dict(layers::Layout::pytorch), meta);
+    const quant::ModelAccount account = quant::account_model(*model, sample);
+    summary.model_bytes = account.model_bytes;
     json sj{{"name", cfg.name},
             {"test_top1", summary.test.top1},
             {"test_top5", summary.test.top5},
             {"test_loss", summary.test.loss},
             {"params", summary.params},
             {"model_bytes", summary.model_bytes},
+            {"float_bytes", account.float_bytes},
+            {"compression_ratio", account.compression_ratio},
+            {"bops", account.bops},
+            {"macs", account.macs},
+            {"account", account.to_json()},
             {"wall_s", summary.wall_s},
             {"images_per_s", summary.images_per_s},
             {"device", summary.device},
@@ -377,6 +465,8 @@ EvalResult run_evaluation(const ExperimentConfig& cfg, const std::string& checkp
   DataSource data = make_data(cfg, dev);
   layers::ModulePtr model = build_model(cfg, data);
   SafetensorsFile f = load_safetensors(checkpoint);
+  ModelState ms;
+  apply_structure_meta(*model, &ms, f, checkpoint);
   load_weights(*model, f, checkpoint);
   model->to(dev);
   return evaluate(*model, data, dev);

@@ -1,0 +1,278 @@
+#include "quant/convert.h"
+
+#include <fnmatch.h>
+
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "core/autograd.h"
+#include "core/ops.h"
+#include "layers/basic.h"
+#include "layers/batchnorm.h"
+#include "layers/conv2d.h"
+#include "quant/qlayers.h"
+
+namespace lowbit::quant {
+
+using json = nlohmann::json;
+
+namespace {
+
+// One recorded layer call of the probe pass.
+struct Call {
+  layers::Module* module;
+  const void* in;
+  const void* out;
+  bool input_negative;
+};
+
+class ProbeRecorder : public layers::ForwardRecorder {
+ public:
+  void on_forward(layers::Module& m, const Tensor& input, const Tensor& output) override {
+    const bool layer = dynamic_cast<layers::Conv2d*>(&m) || dynamic_cast<layers::Linear*>(&m);
+    const bool bn = dynamic_cast<layers::BatchNorm2d*>(&m) != nullptr;
+    if (!layer && !bn) return;
+    const bool neg = layer && amin(input).item() < 0.0;
+    calls.push_back({&m, input.raw_data(), output.raw_data(), neg});
+  }
+  std::vector<Call> calls;
+};
+
+QuantizerOptions merged(const QuantizerOptions& base, const QuantizerOptions& over) {
+  QuantizerOptions out = base;
+  for (const auto& [k, v] : over.values()) out.set(k, v);
+  return out;
+}
+
+json options_json(const QuantizerChoice& c) {
+  json o = json::object();
+  for (const auto& [k, v] : c.options.values()) o[k] = v;
+  return json{{"quantizer", c.name}, {"options", o}};
+}
+
+QuantizerChoice choice_from_json(const json& j) {
+  QuantizerChoice c;
+  c.name = j.at("quantizer").get<std::string>();
+  for (auto& [k, v] : j.at("options").items()) c.options.set(k, v.get<std::string>());
+  return c;
+}
+
+QuantizerPtr build(const QuantizerChoice& c, const std::string& layer, const char* what) {
+  try {
+    return create_quantizer(c.name, c.options);
+  } catch (const InputError& e) {
+    throw InputError(str_cat("quantizing ", layer, " (", what, "): ", e.what()));
+  }
+}
+
+}  // namespace
+
+json QuantPlan::to_json() const {
+  json arr = json::array();
+  for (const auto& l : layers) {
+    json e{{"name", l.name}, {"type", l.type}, {"weight", options_json(l.weight)}, {"fold_bn", l.fold_bn}};
+    e["input"] = l.input.name.empty() ? json(nullptr) : options_json(l.input);
+    arr.push_back(e);
+  }
+  return json{{"format", "lowbit-quant-plan-1"}, {"layers", arr}};
+}
+
+QuantPlan QuantPlan::from_json(const json& j) {
+  LOWBIT_CHECK_INPUT(j.is_object() && j.value("format", "") == "lowbit-quant-plan-1",
+                     "not a lowbit quantization plan (format lowbit-quant-plan-1)");
+  QuantPlan p;
+  for (const auto& e : j.at("layers")) {
+    LayerPlan l;
+    l.name = e.at("name").get<std::string>();
+    l.type = e.at("type").get<std::string>();
+    l.weight = choice_from_json(e.at("weight"));
+    if (!e.at("input").is_null()) l.input = choice_from_json(e.at("input"));
+    l.fold_bn = e.value("fold_bn", "");
+    p.layers.push_back(l);
+  }
+  return p;
+}
+
+std::string QuantPlan::str() const { return to_json().dump(); }
+
+QuantPlan QuantPlan::parse(const std::string& text) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const std::exception& e) {
+    throw InputError(str_cat("quantization plan: not valid JSON: ", e.what()));
+  }
+  return from_json(j);
+}
+
+bool is_quantized(layers::Module& model) {
+  for (auto& [name, m] : model.named_modules()) {
+    if (dynamic_cast<QConv2d*>(m.get()) || dynamic_cast<QLinear*>(m.get())) return true;
+  }
+  return false;
+}
+
+QuantPlan plan_quantization(layers::Module& model, const QuantConfig& cfg, const Tensor& probe) {
+  LOWBIT_CHECK_INPUT(!is_quantized(model), "quantize_model: the model is already quantized");
+  std::map<const layers::Module*, std::string> names;
+  for (auto& [name, m] : model.named_modules()) names[m.get()] = name;
+
+  ProbeRecorder rec;
+  const bool was_training = model.is_training();
+  {
+    autograd::NoGradGuard ng;
+    model.eval();
+    layers::RecordForward guard(&rec);
+    model.forward(probe);
+  }
+  model.train(was_training);
+
+  // Layers in call order (first call of each), and conv -> BN pairs by tensor identity.
+  std::vector<const Call*> order;
+  std::map<const layers::Module*, const Call*> first_call;
+  std::map<const layers::Module*, std::string> bn_of;
+  for (const Call& c : rec.calls) {
+    if (auto* bn = dynamic_cast<layers::BatchNorm2d*>(c.module)) {
+      for (const Call* p : order) {
+        auto* conv = dynamic_cast<layers::Conv2d*>(p->module);
+        if (conv && p->out == c.in && conv->options().out_channels == bn->options().num_features &&
+            bn->options().affine && bn->options().track_running_stats) {
+          bn_of[p->module] = names.at(c.module);
+        }
+      }
+      continue;
+    }
+    if (first_call.count(c.module)) {
+      // Called twice: any negative input makes it signed.
+      const_cast<Call*>(first_call[c.module])->input_negative |= c.input_negative;
+      continue;
+    }
+    first_call[c.module] = &c;
+    order.push_back(&c);
+  }
+
+  QuantPlan plan;
+  for (size_t i = 0; i < order.size(); ++i) {
+    const Call& c = *order[i];
+    const std::string& name = names.at(c.module);
+    auto* conv = dynamic_cast<layers::Conv2d*>(c.module);
+    auto* lin = dynamic_cast<layers::Linear*>(c.module);
+    const std::string type = conv ? "Conv2d" : "Linear";
+    LayerPlan l;
+    l.name = name;
+    l.type = type;
+    l.weight = cfg.weight;
+    QuantizerChoice input = cfg.activation;
+    bool quantize_input = true, skip = false;
+    if (cfg.first_last_bits > 0 && (i == 0 || i + 1 == order.size())) {
+      l.weight.options.set("bits", cfg.first_last_bits);
+      input.options.set("bits", cfg.first_last_bits);
+    }
+    for (const QuantRule& r : cfg.rules) {
+      if (!r.type.empty() && r.type != type) continue;
+      if (!r.match.empty() && fnmatch(r.match.c_str(), name.c_str(), 0) != 0) continue;
+      skip = r.skip;
+      if (!r.weight_quantizer.empty()) l.weight.name = r.weight_quantizer;
+      if (!r.activation_quantizer.empty()) input.name = r.activation_quantizer;
+      l.weight.options = merged(l.weight.options, r.weight);
+      input.options = merged(input.options, r.activation);
+      quantize_input = r.quantize_input;
+    }
+    if (skip) continue;
+    const int64_t out = conv ? conv->options().out_channels : lin->out_features();
+    l.weight.options.set("role", "weight").set("channels", out);
+    input.options.set("role", "activation");
+    if (!input.options.has("signed") && quantizer_reads_option(input.name, input.options, "signed")) {
+      input.options.set("signed", c.input_negative);
+    }
+    if (quantize_input) l.input = input;
+    if (cfg.fold_bn && conv && bn_of.count(c.module)) l.fold_bn = bn_of[c.module];
+    // Validate now, naming the layer, rather than at apply time.
+    build(l.weight, name, "weights");
+    if (!l.input.name.empty()) build(l.input, name, "input");
+    plan.layers.push_back(l);
+  }
+  return plan;
+}
+
+void apply_quant_plan(layers::Module& model, const QuantPlan& plan) {
+  std::map<std::string, layers::ModulePtr> mods;
+  for (auto& [name, m] : model.named_modules()) mods[name] = m;
+  const Device dev = model.device();
+  for (const LayerPlan& l : plan.layers) {
+    auto it = mods.find(l.name);
+    LOWBIT_CHECK_INPUT(it != mods.end(), "quantization plan: the model has no layer '", l.name, "'");
+    QuantizerPtr wq = build(l.weight, l.name, "weights");
+    QuantizerPtr iq = l.input.name.empty() ? nullptr : build(l.input, l.name, "input");
+    layers::ModulePtr q;
+    if (l.type == "Conv2d") {
+      auto* conv = dynamic_cast<layers::Conv2d*>(it->second.get());
+      LOWBIT_CHECK_INPUT(conv && !dynamic_cast<QConv2d*>(conv), "quantization plan: '", l.name,
+                         "' is not a float Conv2d but ", it->second->type_name());
+      auto qc = std::make_shared<QConv2d>(*conv, wq, iq);
+      if (!l.fold_bn.empty()) {
+        auto bit = mods.find(l.fold_bn);
+        auto bn = bit == mods.end() ? nullptr : std::dynamic_pointer_cast<layers::BatchNorm2d>(bit->second);
+        LOWBIT_CHECK_INPUT(bn != nullptr, "quantization plan: '", l.fold_bn, "' (folded into ", l.name,
+                           ") is not a BatchNorm2d of the model");
+        qc->fold_bn(bn);
+      }
+      q = qc;
+    } else {
+      auto* lin = dynamic_cast<layers::Linear*>(it->second.get());
+      LOWBIT_CHECK_INPUT(l.type == "Linear" && lin && !dynamic_cast<QLinear*>(lin), "quantization plan: '",
+                         l.name, "' is not a float Linear but ", it->second->type_name());
+      q = std::make_shared<QLinear>(*lin, wq, iq);
+    }
+    q->to(dev);
+    layers::replace_module(model, l.name, q);
+  }
+}
+
+QuantPlan quantize_model(layers::Module& model, const QuantConfig& cfg, const Tensor& probe) {
+  QuantPlan plan = plan_quantization(model, cfg, probe);
+  apply_quant_plan(model, plan);
+  return plan;
+}
+
+void calibrate_model(layers::Module& model, const std::function<bool(Tensor&)>& next_batch,
+                     int64_t batches, bool weights, bool activations) {
+  auto qs = find_quantizers(model);
+  std::vector<std::pair<QuantizerPtr, bool>> saved;
+  for (auto& [name, q] : qs) {
+    saved.emplace_back(q, q->enabled());
+    const bool pick = q->role() == QuantRole::weight ? weights : activations;
+    if (pick) {
+      q->set_enabled(true);
+      q->set_calibrating(true);
+    } else {
+      q->set_enabled(false);
+    }
+  }
+  const bool was_training = model.is_training();
+  {
+    autograd::NoGradGuard ng;
+    model.eval();
+    Tensor x;
+    for (int64_t b = 0; b < batches && next_batch(x); ++b) model.forward(x);
+  }
+  model.train(was_training);
+  for (auto& [q, enabled] : saved) {
+    if (q->calibrating()) q->set_calibrating(false);
+    q->set_enabled(enabled);
+  }
+}
+
+void set_activation_quantization(layers::Module& model, bool on) {
+  for (auto& [name, q] : find_quantizers(model)) {
+    if (q->role() == QuantRole::activation) q->set_enabled(on);
+  }
+}
+
+void freeze_bn_statistics(layers::Module& model, bool on) {
+  for (auto& [name, m] : model.named_modules()) {
+    if (auto* bn = dynamic_cast<layers::BatchNorm2d*>(m.get())) bn->set_frozen_stats(on);
+  }
+}
+
+}  // namespace lowbit::quant
