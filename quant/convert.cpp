@@ -24,6 +24,7 @@ struct Call {
   const void* in;
   const void* out;
   bool input_negative;
+  Tensor keep;  // holds the output alive, so no later tensor reuses its address
 };
 
 class ProbeRecorder : public layers::ForwardRecorder {
@@ -33,7 +34,7 @@ class ProbeRecorder : public layers::ForwardRecorder {
     const bool bn = dynamic_cast<layers::BatchNorm2d*>(&m) != nullptr;
     if (!layer && !bn) return;
     const bool neg = layer && amin(input).item() < 0.0;
-    calls.push_back({&m, input.raw_data(), output.raw_data(), neg});
+    calls.push_back({&m, input.raw_data(), output.raw_data(), neg, output});
   }
   std::vector<Call> calls;
 };
@@ -133,12 +134,15 @@ QuantPlan plan_quantization(layers::Module& model, const QuantConfig& cfg, const
   std::map<const layers::Module*, std::string> bn_of;
   for (const Call& c : rec.calls) {
     if (auto* bn = dynamic_cast<layers::BatchNorm2d*>(c.module)) {
-      for (const Call* p : order) {
-        auto* conv = dynamic_cast<layers::Conv2d*>(p->module);
-        if (conv && p->out == c.in && conv->options().out_channels == bn->options().num_features &&
-            bn->options().affine && bn->options().track_running_stats) {
-          bn_of[p->module] = names.at(c.module);
+      // Its producer: the latest layer call whose output is this BN's input.
+      for (auto it = order.rbegin(); it != order.rend(); ++it) {
+        if ((*it)->out != c.in) continue;
+        auto* conv = dynamic_cast<layers::Conv2d*>((*it)->module);
+        if (conv && conv->options().out_channels == bn->options().num_features && bn->options().affine &&
+            bn->options().track_running_stats && !bn_of.count(conv)) {
+          bn_of[conv] = names.at(c.module);
         }
+        break;
       }
       continue;
     }

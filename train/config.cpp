@@ -355,7 +355,7 @@ ExperimentConfig parse_config(const std::string& yaml_text, const std::string& f
   for (size_t i = 0; i < stages.size(); ++i) {
     c.stages.push_back(parse_stage(Section(stages[i], str_cat("stages.", i), c.file), i));
   }
-  if (top.has("quant")) {
+  if (top.has("quant") && !top.get("quant").IsNull()) {
     c.has_quant = true;
     c.quant = parse_quant(top.sub("quant"), c.file);
   } else {

@@ -11,6 +11,7 @@
 namespace lowbit::train {
 namespace {
 
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 const char* kMinimal = R"(
@@ -91,6 +92,42 @@ TEST(Config, BadYamlAndMissingFile) {
   } catch (const InputError& e) {
     EXPECT_THAT(e.what(), HasSubstr("/nonexistent/x.yaml: cannot open"));
   }
+}
+
+TEST(Config, QuantSectionAndQatStages) {
+  const std::string base = R"(
+model: {name: dsnet}
+quant:
+  weight: {quantizer: uniform, bits: 4, per_channel: true, observer: minmax}
+  activation: {quantizer: pact, bits: 4}
+  first_last_bits: 8
+  rules:
+    - {match: "features.*", type: Conv2d, weight: {bits: 2}, quantize_input: false}
+stages:
+  - {name: q, kind: qat, quantize: weights, epochs: 2}
+)";
+  ExperimentConfig c = parse_config(base, "q.yaml");
+  ASSERT_TRUE(c.has_quant);
+  EXPECT_EQ(c.quant.weight.name, "uniform");
+  EXPECT_EQ(c.quant.weight.options.values().at("observer"), "minmax");
+  EXPECT_EQ(c.quant.activation.name, "pact");
+  ASSERT_EQ(c.quant.rules.size(), 1u);
+  EXPECT_EQ(c.quant.rules[0].weight.values().at("bits"), "2");
+  EXPECT_FALSE(c.quant.rules[0].quantize_input);
+  EXPECT_EQ(c.stages[0].quantize, "weights");
+  // Errors name the file, the key path and the quantizer's complaint.
+  EXPECT_THAT(testing::error_of([&] { parse_config(base, "q.yaml", {"quant.activation.signed=true"}); }),
+              AllOf(HasSubstr("q.yaml: quant.activation"), HasSubstr("signed")));
+  EXPECT_THAT(testing::error_of([&] { parse_config(base, "q.yaml", {"quant.weight.quantizer=nope"}); }),
+              AllOf(HasSubstr("quant.weight"), HasSubstr("nope"), HasSubstr("lsq")));
+  EXPECT_THAT(testing::error_of([&] { parse_config(base, "q.yaml", {"quant.weight.bits=0"}); }),
+              HasSubstr("bits"));
+  EXPECT_THAT(testing::error_of([&] { parse_config(base, "q.yaml", {"quant.rules.0.typo=1"}); }),
+              HasSubstr("quant.rules.0.typo"));
+  EXPECT_THAT(testing::error_of([&] { parse_config(base, "q.yaml", {"quant=null"}); }),
+              HasSubstr("qat needs a top-level quant"));
+  EXPECT_THAT(testing::error_of([&] { parse_config(base, "q.yaml", {"stages.0.kind=train"}); }),
+              HasSubstr("quantize"));
 }
 
 TEST(Config, ShippedConfigsParse) {

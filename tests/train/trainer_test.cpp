@@ -107,6 +107,83 @@ TEST(Trainer, ResumeEndsWithTheSameWeights) {
   fs::remove_all(parts);
 }
 
+// Float, then QAT with quantized weights, then weights and activations (the PfQ workflow's last
+// two stages), with BN and quantizer freezing inside the last stage.
+const char* kQat = R"(
+name: tinyqat
+seed: 5
+device: cpu
+log_interval: 2
+data: {dataset: synthetic, synthetic_size: 96, synthetic_hw: 8, synthetic_channels: 1,
+       synthetic_classes: 4, batch_size: 16, eval_batch_size: 32, num_workers: 2}
+model: {name: dsnet}
+quant:
+  weight: {quantizer: lsq, bits: 4, per_channel: true}
+  activation: {quantizer: lsq, bits: 4}
+  freeze_bn_epoch: 1
+  freeze_quantizers_epoch: 1
+  calibration_batches: 2
+stages:
+  - {name: float, epochs: 1, optimizer: {lr: 0.05}}
+  - {name: qat_w, kind: qat, quantize: weights, epochs: 1, optimizer: {lr: 0.01}}
+  - {name: qat_wa, kind: qat, epochs: 2, optimizer: {lr: 0.01}}
+)";
+
+TEST(Trainer, QatStagesQuantizeResumeAndEvaluate) {
+  ExperimentConfig cfg = parse_config(kQat, "tinyqat.yaml");
+  fs::path full = fresh_dir("qat_full"), parts = fresh_dir("qat_parts");
+  RunSummary s = run_training(cfg, quiet(full));
+  ASSERT_TRUE(s.finished);
+  std::ifstream sj(full / "summary.json");
+  nlohmann::json j = nlohmann::json::parse(sj);
+  EXPECT_GT(j["compression_ratio"].get<double>(), 4.0);  // 4-bit weights, 8-bit first/last
+  EXPECT_LT(j["model_bytes"].get<int64_t>(), j["float_bytes"].get<int64_t>() / 3);
+  bool any_qconv = false;
+  for (auto& l : j["account"]["layers"]) any_qconv |= l["type"] == "QConv2d" && l["act_bits"] == 4;
+  EXPECT_TRUE(any_qconv);
+  auto final_weights = load_safetensors((full / "model.safetensors").string());
+  EXPECT_TRUE(final_weights.metadata.count("quant_plan"));
+  bool has_scale = false;
+  for (auto& [k, v] : final_weights.tensors) has_scale |= k.find("input_quantizer.scale") != std::string::npos;
+  EXPECT_TRUE(has_scale);
+  // The quantized model evaluates from its weights file alone (the plan is in its metadata).
+  EXPECT_NEAR(run_evaluation(cfg, (full / "model.safetensors").string()).top1, s.test.top1, 1e-12);
+
+  // Interrupted inside the float stage, at the float -> qat boundary, and inside the last stage.
+  TrainerOptions o = quiet(parts);
+  for (int64_t stop : {1, 2, 3}) {
+    o.stop_after_epochs = stop;
+    EXPECT_FALSE(run_training(cfg, o).finished);
+    o.resume = true;
+  }
+  o.stop_after_epochs = -1;
+  EXPECT_TRUE(run_training(cfg, o).finished);
+  auto a = final_weights.tensors;
+  auto b = load_safetensors((parts / "model.safetensors").string()).tensors;
+  ASSERT_EQ(a.size(), b.size());
+  for (auto& [k, v] : a) {
+    ASSERT_TRUE(b.count(k)) << k;
+    EXPECT_TENSOR_NEAR(b.at(k), v, 0, 0) << k;
+  }
+  fs::remove_all(full);
+  fs::remove_all(parts);
+}
+
+TEST(Trainer, QatStageFromAFloatInitFile) {
+  ExperimentConfig pre = parse_config(kSynthetic, "tiny.yaml", {"stages=[{name: a, epochs: 1}]"});
+  fs::path p = fresh_dir("pre"), q = fresh_dir("qat_init");
+  run_training(pre, quiet(p));
+  const std::string init = (p / "model.safetensors").string();
+  ExperimentConfig cfg =
+      parse_config(kQat, "tinyqat.yaml", {"stages=[{name: q, kind: qat, epochs: 1, init: " + init + "}]"});
+  RunSummary s = run_training(cfg, quiet(q));
+  EXPECT_TRUE(s.finished);
+  ExperimentConfig bad = parse_config(kQat, "tinyqat.yaml", {"stages=[{name: q, kind: qat, init: /nonexistent.safetensors}]"});
+  EXPECT_THAT(testing::error_of([&] { run_training(bad, quiet(q)); }), HasSubstr("/nonexistent.safetensors"));
+  fs::remove_all(p);
+  fs::remove_all(q);
+}
+
 TEST(Trainer, MissingDataFileIsAnInputError) {
   ExperimentConfig cfg = parse_config(kSynthetic, "tiny.yaml", {"data.dataset=cifar10", "data.root=/nonexistent/cifar"});
   fs::path out = fresh_dir("missing");
