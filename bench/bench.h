@@ -103,6 +103,10 @@ struct TrainOptions {
   // docs/benchmarks.md: f32 master weights and optimizer, convolutions and linear layers in
   // bf16, BN parameters in f32, loss in f32.
   std::string mode = "fp32";
+  // "qat": the model converted by quantize_model (quant/convert.h) with `quantizer` for weights
+  // (per-channel) and activations at `bits` bits, first and last layers at 8 bits, BN folded.
+  std::string quantizer = "lsq";
+  int64_t bits = 4;
   uint64_t seed = 0;
 };
 

@@ -20,6 +20,7 @@
 #include "layers/basic.h"
 #include "layers/conv2d.h"
 #include "models/registry.h"
+#include "quant/convert.h"
 #include "train/loss.h"
 #include "train/optimizer.h"
 
@@ -83,12 +84,8 @@ TrainResult run_train_bench(const TrainOptions& o) {
                      o.batch, ", hw ", o.hw, ", cin ", o.cin, ", classes ", o.classes);
   LOWBIT_CHECK_INPUT(o.steps >= 1 && o.warmup >= 0, "bench train: --steps ", o.steps,
                      " must be >= 1 and --warmup ", o.warmup, " >= 0");
-  // TODO(#8): --mode qat (fake-quantized weights and activations) once quant/ lands.
-  LOWBIT_CHECK_INPUT(o.mode != "qat",
-                     "bench train: --mode qat is not available yet: it needs the fake-quant "
-                     "kernels of quant/ (issue 8)");
-  LOWBIT_CHECK_INPUT(o.mode == "fp32" || o.mode == "bf16",
-                     "bench train: --mode must be fp32 or bf16, got '", o.mode, "'");
+  LOWBIT_CHECK_INPUT(o.mode == "fp32" || o.mode == "bf16" || o.mode == "qat",
+                     "bench train: --mode must be fp32, bf16 or qat, got '", o.mode, "'");
   const bool bf16 = o.mode == "bf16";
   LOWBIT_CHECK_INPUT(!bf16 || o.device.is_cuda(),
                      "bench train: --mode bf16 needs --device cuda: the CPU convolution is "
@@ -104,6 +101,13 @@ TrainResult run_train_bench(const TrainOptions& o) {
   layers::ModulePtr model = models::create_model(o.model, mo);
   model->to(dev);
   model->train();
+  const bool qat = o.mode == "qat";
+  if (qat) {
+    quant::QuantConfig qc;
+    qc.weight = {o.quantizer, quant::QuantizerOptions{{"bits", std::to_string(o.bits)}, {"per_channel", "true"}}};
+    qc.activation = {o.quantizer, quant::QuantizerOptions{{"bits", std::to_string(o.bits)}}};
+    quant::quantize_model(*model, qc, randn({2, o.hw, o.hw, o.cin}, TensorOptions(DType::f32, dev)));
+  }
 
   MasterWeights masters;
   std::vector<Tensor> params = bf16 ? masters.convert(*model) : model->parameters();
@@ -122,6 +126,7 @@ TrainResult run_train_bench(const TrainOptions& o) {
     loss.backward();
     if (bf16) masters.grads_to_masters();
     opt.step();
+    if (qat) quant::clamp_quantizer_parameters(*model);
     if (bf16) masters.masters_to_weights();
   };
 

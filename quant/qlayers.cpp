@@ -1,6 +1,10 @@
 #include "quant/qlayers.h"
 
+#include <vector>
+
+#include "core/autograd.h"
 #include "core/ops.h"
+#include "core/parallel.h"
 
 namespace lowbit::quant {
 
@@ -11,6 +15,70 @@ void check_role(const QuantizerPtr& q, QuantRole role, const char* layer, const 
   LOWBIT_CHECK_INPUT(q->role() == role, layer, ": the ", slot, " quantizer '", q->name(), "' has role ",
                      role_name(q->role()), ", expected ", role_name(role));
 }
+
+// y * s along the last (channel) axis of an NHWC tensor, the 1 / sf of the folded conv. The
+// CPU f32 path is one pass each way (the generic broadcasting divide and its reduction cost more
+// than the convolution here); its scale gradient is reduced in fixed row blocks in double, so the
+// result does not depend on the thread count. Other dtypes and CUDA use the core ops.
+struct ScaleChannels : autograd::Function<ScaleChannels> {
+  static constexpr const char* kName = "scale_channels";
+  static bool fast(const Tensor& y, const Tensor& s) {
+    return !y.is_cuda() && y.dtype() == DType::f32 && s.dtype() == DType::f32 && y.is_contiguous() &&
+           s.is_contiguous();
+  }
+  static Tensor scale(const Tensor& y, const Tensor& s) {
+    if (!fast(y, s)) return y * s;
+    Tensor out = empty(y.shape(), TensorOptions(y.dtype(), y.device()));
+    const int64_t c = s.numel(), rows = y.numel() / c;
+    const float* yp = y.data<float>();
+    const float* sp = s.data<float>();
+    float* op = out.data<float>();
+    core::for_each_chunk(rows, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        for (int64_t k = 0; k < c; ++k) op[r * c + k] = yp[r * c + k] * sp[k];
+      }
+    }, 64);
+    return out;
+  }
+  static Tensor forward(autograd::FunctionCtx& ctx, const Tensor& y, const Tensor& s) {
+    ctx.save_for_backward({y, s});
+    return scale(y.contiguous(), s.contiguous());
+  }
+  static std::vector<Tensor> backward(autograd::FunctionCtx& ctx, const std::vector<Tensor>& g) {
+    auto saved = ctx.saved_tensors();
+    const Tensor y = saved[0].contiguous(), s = saved[1].contiguous(), go = g[0].contiguous();
+    Tensor dy = ctx.needs_input_grad()[0] ? scale(go, s) : Tensor();
+    Tensor ds;
+    if (ctx.needs_input_grad()[1]) {
+      if (!fast(y, s) || go.dtype() != DType::f32) {
+        std::vector<int64_t> dims;
+        for (int64_t d = 0; d + 1 < y.dim(); ++d) dims.push_back(d);
+        ds = sum(go * y, dims);
+      } else {
+        const int64_t c = s.numel(), rows = y.numel() / c;
+        const int64_t blocks = std::min<int64_t>(64, std::max<int64_t>(rows, 1));
+        std::vector<double> part(size_t(blocks * c), 0.0);
+        const float* yp = y.data<float>();
+        const float* gp = go.data<float>();
+        core::for_each_index(blocks, [&](int64_t b) {
+          const int64_t r0 = rows * b / blocks, r1 = rows * (b + 1) / blocks;
+          double* acc = part.data() + b * c;
+          for (int64_t r = r0; r < r1; ++r) {
+            for (int64_t k = 0; k < c; ++k) acc[k] += double(gp[r * c + k]) * double(yp[r * c + k]);
+          }
+        }, 1);
+        std::vector<double> tot(size_t(c), 0.0);
+        for (int64_t b = 0; b < blocks; ++b) {
+          for (int64_t k = 0; k < c; ++k) tot[size_t(k)] += part[size_t(b * c + k)];
+        }
+        ds = empty({c}, TensorOptions(DType::f32, s.device()));
+        float* dp = ds.data<float>();
+        for (int64_t k = 0; k < c; ++k) dp[k] = float(tot[size_t(k)]);
+      }
+    }
+    return {dy, ds};
+  }
+};
 
 std::string quant_repr(const Quantizer* w, const Quantizer* a) {
   std::string s = str_cat(", w_bits=", w ? std::to_string(w->bits()) : std::string("32"));
@@ -74,7 +142,7 @@ Tensor QConv2d::forward(const Tensor& x) {
     const Tensor wq = weight_q_->forward(weight_ * sf.reshape({opts_.out_channels, 1, 1, 1}));
     layers::Conv2dOptions o = opts_;
     o.bias = false;
-    y = layers::conv2d(xq, wq, Tensor(), o) / sf;  // NHWC: sf broadcasts over the channels
+    y = ScaleChannels::apply(layers::conv2d(xq, wq, Tensor(), o), reciprocal(sf));  // NHWC: per channel
     if (bias_.defined()) y = y + bias_;
   }
   layers::notify_forward(*this, x, y);

@@ -35,7 +35,8 @@ const char* kBenchHelp =
 const char* kTrainHelp =
     "usage: lowbit bench train [--model NAME] [--batch B] [--hw H] [--cin C] [--classes K]\n"
     "                          [--steps N] [--warmup W] [--device auto|cpu|cuda|cuda:N]\n"
-    "                          [--mode fp32|bf16] [--threads T] [--seed S] [--json]\n"
+    "                          [--mode fp32|bf16|qat] [--quantizer Q] [--bits B]\n"
+    "                          [--threads T] [--seed S] [--json]\n"
     "\n"
     "Times N training steps (after W untimed ones) of model NAME on one synthetic batch of B\n"
     "images of HxHxC (randn) with labels in [0, K) (randint): forward, cross-entropy, backward,\n"
@@ -50,8 +51,11 @@ const char* kTrainHelp =
     "  --warmup W     untimed steps first (default 3)\n"
     "  --device D     auto (default: cuda:0 when a GPU is visible), cpu, cuda, cuda:N\n"
     "  --mode M       fp32 (default) or bf16: mixed precision (bf16 convolutions and linear\n"
-    "                 layers, f32 master weights, BN and loss), CUDA only for now; qat comes\n"
-    "                 with quant/\n"
+    "                 layers, f32 master weights, BN and loss), CUDA only for now; or qat:\n"
+    "                 quantization-aware training (quantize_model: per-channel weights and\n"
+    "                 activations at --bits with --quantizer, first/last layer 8 bit, BN folded)\n"
+    "  --quantizer Q  qat: a registered quantizer (default lsq; uniform, dsq, ...)\n"
+    "  --bits B       qat: weight and activation bits (default 4)\n"
     "  --threads T    CPU threads (OpenMP and OpenBLAS; default: OMP_NUM_THREADS or all cores)\n"
     "  --seed S       seed of the weights and the synthetic batch (default 0)\n"
     "  --json         print one JSON object: model, batch, hw, cin, classes, mode, device,\n"
@@ -283,7 +287,7 @@ int run_train(int argc, char** argv, std::ostream& out) {
   int threads = 0;
   ArgWalker{argc, argv, 3, "bench train"}.walk(
       {"--model", "--batch", "--hw", "--cin", "--classes", "--steps", "--warmup", "--device",
-       "--mode", "--threads", "--seed"},
+       "--mode", "--threads", "--seed", "--quantizer", "--bits"},
       {"--json", "--help", "-h"},
       [&](const std::string& f, const std::string& v) {
         if (f == "--model")
@@ -308,6 +312,10 @@ int run_train(int argc, char** argv, std::ostream& out) {
           threads = int(parse_int(f, v));
         else if (f == "--seed")
           o.seed = uint64_t(parse_int(f, v));
+        else if (f == "--quantizer")
+          o.quantizer = v;
+        else if (f == "--bits")
+          o.bits = parse_int(f, v);
         else if (f == "--json")
           as_json = true;
         else

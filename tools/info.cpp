@@ -2,7 +2,12 @@
 
 #include <omp.h>
 
+#include "core/random.h"
 #include "cuda/runtime.h"
+#include "quant/accounting.h"
+#include "quant/convert.h"
+#include "train/config.h"
+#include "train/trainer.h"
 
 namespace lowbit::tools {
 
@@ -22,6 +27,22 @@ int run_info(std::ostream& out) {
     const cuda::DeviceInfo& d = cuda::device_info(i);
     out << "  cuda:" << i << "  " << d.name << "  sm_" << d.major << d.minor << "  "
         << d.total_memory / (1024 * 1024) << " MiB  " << d.sm_count << " SMs\n";
+  }
+  return 0;
+}
+
+int run_info_model(const std::string& config, const std::vector<std::string>& sets, std::ostream& out) {
+  const train::ExperimentConfig cfg = train::load_config(config, sets);
+  manual_seed(cfg.seed);
+  Shape sample;
+  layers::ModulePtr model = train::build_model_offline(cfg, &sample);
+  out << cfg.model.name << " for input " << sample[0] << "x" << sample[1] << "x" << sample[2] << " (" << config
+      << ")\n\nfloat:\n"
+      << quant::account_model(*model, sample).table();
+  if (cfg.has_quant) {
+    Tensor probe = randn({2, sample[0], sample[1], sample[2]});
+    quant::quantize_model(*model, cfg.quant, probe);
+    out << "\nquantized (quant: section of the config):\n" << quant::account_model(*model, sample).table();
   }
   return 0;
 }

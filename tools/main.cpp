@@ -20,7 +20,7 @@ const char* kUsage =
     "  train     run the stages of an experiment config (YAML)\n"
     "  eval      evaluate a checkpoint on the config's test set\n"
     "  bench     time kernels and training steps (lowbit bench --help)\n"
-    "  info      print the build, backends and visible devices\n"
+    "  info      print the build, backends and devices; --model CONFIG: per-layer size/BOPs\n"
     "\n"
     "Run 'lowbit <command> --help' for a command's options.\n"
     "Exit codes: 0 success, 1 runtime failure, 2 bad input (config, data, arguments).\n";
@@ -122,9 +122,27 @@ int run(int argc, char** argv) {
   if (cmd == "bench") return lowbit::tools::run_bench(argc, argv, std::cout);
   if (cmd == "info") {
     if (argc > 2 && is_help(argv[2])) {
-      std::cout << "usage: lowbit info\n\nPrints the lowbit version, whether the CUDA backend "
-                   "was compiled in, the CPU threads and every visible CUDA device.\n";
+      std::cout << "usage: lowbit info\n"
+                   "       lowbit info --model CONFIG [--set key.path=value]...\n\n"
+                   "Without options: the lowbit version, whether the CUDA backend was compiled in, the\n"
+                   "CPU threads and every visible CUDA device.\n"
+                   "--model CONFIG: the config's model as a per-layer table (parameters, weight and\n"
+                   "input bits, MACs, BOPs, bytes; METHODS.md section 10), float and, when the config\n"
+                   "has a quant: section, quantized. No data is read.\n";
       return 0;
+    }
+    if (argc > 2) {
+      std::string config;
+      std::vector<std::string> sets;
+      for (int i = 2; i < argc; ++i) {
+        const std::string s = argv[i];
+        if (s == "--model" && i + 1 < argc) config = argv[++i];
+        else if (s == "--set" && i + 1 < argc) sets.push_back(argv[++i]);
+        else if (s.rfind("--set=", 0) == 0) sets.push_back(s.substr(6));
+        else throw lowbit::InputError("info: unexpected argument '" + s + "'; see lowbit info --help");
+      }
+      if (config.empty()) throw lowbit::InputError("info: --model needs a CONFIG file");
+      return lowbit::tools::run_info_model(config, sets, std::cout);
     }
     return lowbit::tools::run_info(std::cout);
   }

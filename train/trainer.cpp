@@ -458,6 +458,33 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
   return summary;
 }
 
+layers::ModulePtr build_model_offline(const ExperimentConfig& cfg, Shape* sample_hwc) {
+  const DataConfig& d = cfg.data;
+  int64_t hw = 28, c = 1, classes = 10;
+  if (d.dataset == "cifar10" || d.dataset == "cifar100") {
+    hw = 32;
+    c = 3;
+    classes = d.dataset == "cifar10" ? 10 : 100;
+  } else if (d.dataset == "imagenet") {
+    hw = d.image_size > 0 ? d.image_size : 224;
+    c = 3;
+    classes = 1000;
+  } else if (d.dataset == "synthetic") {
+    hw = d.synthetic_hw;
+    c = d.synthetic_channels;
+    classes = d.synthetic_classes;
+  }
+  models::ModelOptions mo;
+  mo.num_classes = cfg.model.num_classes > 0 ? cfg.model.num_classes : classes;
+  mo.in_channels = cfg.model.in_channels > 0 ? cfg.model.in_channels : c;
+  mo.input_size = cfg.model.input_size > 0 ? cfg.model.input_size : hw;
+  mo.width_mult = cfg.model.width_mult;
+  mo.shortcut = cfg.model.shortcut;
+  mo.dropout = cfg.model.dropout;
+  *sample_hwc = Shape{mo.input_size, mo.input_size, mo.in_channels};
+  return models::create_model(cfg.model.name, mo);
+}
+
 EvalResult run_evaluation(const ExperimentConfig& cfg, const std::string& checkpoint,
                           const std::string& device_override) {
   const Device dev = resolve_device(device_override.empty() ? cfg.device : device_override);

@@ -48,6 +48,12 @@ Device resolve_device(const std::string& spec);
 
 RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts);
 
+// The config's model without opening its data: the dataset's known geometry (Fashion-MNIST
+// 28x28x1/10, CIFAR 32x32x3/10|100, ImageNet image_size (224)x3/1000, synthetic as configured)
+// gives classes, channels and size unless the model section sets them. *sample_hwc receives the
+// input sample shape {H, W, C}.
+layers::ModulePtr build_model_offline(const ExperimentConfig& cfg, Shape* sample_hwc);
+
 // Evaluates the config's model with weights from a checkpoint (a full checkpoint or a
 // weights-only file, PyTorch layout) on the config's test set.
 EvalResult run_evaluation(const ExperimentConfig& cfg, const std::string& checkpoint,
