@@ -127,24 +127,26 @@ Tensor QConv2d::fold_factor() const {
 }
 
 Tensor QConv2d::quantized_weight() {
-  if (bn_.expired()) return weight_q_->forward(weight_);
+  const Tensor w = effective_weight();  // PfQ's mask mode zeroes (and freezes) pruned filters
+  if (bn_.expired()) return weight_q_->forward(w);
   Tensor sf = fold_factor();
-  return weight_q_->forward(weight_ * sf.reshape({opts_.out_channels, 1, 1, 1}));
+  return weight_q_->forward(w * sf.reshape({opts_.out_channels, 1, 1, 1}));
 }
 
 Tensor QConv2d::forward(const Tensor& x) {
   const Tensor xq = input_q_ ? input_q_->forward(x) : x;
   Tensor y;
   if (bn_.expired()) {
-    y = layers::conv2d(xq, weight_q_->forward(weight_), bias_, opts_);
+    y = layers::conv2d(xq, quantized_weight(), bias_, opts_);
   } else {
     const Tensor sf = fold_factor();
-    const Tensor wq = weight_q_->forward(weight_ * sf.reshape({opts_.out_channels, 1, 1, 1}));
+    const Tensor wq = weight_q_->forward(effective_weight() * sf.reshape({opts_.out_channels, 1, 1, 1}));
     layers::Conv2dOptions o = opts_;
     o.bias = false;
     y = ScaleChannels::apply(layers::conv2d(xq, wq, Tensor(), o), reciprocal(sf));  // NHWC: per channel
     if (bias_.defined()) y = y + bias_;
   }
+  y = add_bias_map(y);  // PfQ border = exact (METHODS 5.4)
   layers::notify_forward(*this, x, y);
   return y;
 }

@@ -19,6 +19,7 @@ const char* kUsage =
     "commands:\n"
     "  train     run the stages of an experiment config (YAML)\n"
     "  eval      evaluate a checkpoint on the config's test set\n"
+    "  prune     prune a trained model with the config's prune: section (PfQ, L1, BN-gamma)\n"
     "  bench     time kernels and training steps (lowbit bench --help)\n"
     "  info      print the build, backends and devices; --model CONFIG: per-layer size/BOPs\n"
     "\n"
@@ -45,6 +46,18 @@ const char* kEvalHelp =
     "Evaluates the model of CONFIG with the weights in FILE (a checkpoint.safetensors or a\n"
     "weights-only file with PyTorch names) on the config's test set; prints loss, top-1, top-5.\n";
 
+const char* kPruneHelp =
+    "usage: lowbit prune CONFIG --checkpoint FILE [--out DIR] [--device ...] [--set key.path=value]...\n"
+    "\n"
+    "Loads the model of CONFIG with the weights in FILE, evaluates it, prunes it with the config's\n"
+    "prune: section (docs/pruning.md; PfQ by default: filters whose BN running variance is below\n"
+    "eps are removed and their constant output folded into the next layer), evaluates again and\n"
+    "writes to DIR (default runs/<name>_pruned):\n"
+    "  model.safetensors   the pruned model (load it with init: in a later config, or lowbit eval)\n"
+    "  prune_report.txt    per layer: channels, parameters before/after; totals of parameters,\n"
+    "                      model bytes and BOPs; every pruned channel with its BN statistics\n"
+    "  prune_report.json   the same, plus test top-1 before and after\n";
+
 bool is_help(const char* a) { return !std::strcmp(a, "--help") || !std::strcmp(a, "-h"); }
 
 struct Args {
@@ -69,6 +82,7 @@ Args parse(int argc, char** argv, const char* cmd, bool allow_train_flags) {
     else if (allow_train_flags && s == "--resume") a.resume = true;
     else if (allow_train_flags && s == "--no-progress") a.progress = false;
     else if (!allow_train_flags && s == "--checkpoint") a.checkpoint = need(i, "--checkpoint");
+    else if (!allow_train_flags && s == "--out" && std::string(cmd) == "prune") a.out = need(i, "--out");
     else if (!s.empty() && s[0] == '-') throw lowbit::InputError(lowbit::str_cat(cmd, ": unknown option '", s, "'; see lowbit ", cmd, " --help"));
     else if (a.config.empty()) a.config = s;
     else throw lowbit::InputError(lowbit::str_cat(cmd, ": unexpected argument '", s, "'"));
@@ -111,6 +125,21 @@ int run_eval(int argc, char** argv) {
   return 0;
 }
 
+int run_prune_cmd(int argc, char** argv) {
+  if (argc > 2 && is_help(argv[2])) {
+    std::cout << kPruneHelp;
+    return 0;
+  }
+  Args a = parse(argc, argv, "prune", false);
+  if (a.checkpoint.empty()) throw lowbit::InputError("prune: --checkpoint FILE is required; see lowbit prune --help");
+  lowbit::train::ExperimentConfig cfg = lowbit::train::load_config(a.config, a.sets);
+  const std::string out = a.out.empty() ? "runs/" + cfg.name + "_pruned" : a.out;
+  auto r = lowbit::train::run_prune(cfg, a.checkpoint, out, a.device);
+  std::cout << "lowbit prune: test top-1 " << 100 * r.before.top1 << "% -> " << 100 * r.after.top1 << "%, "
+            << r.params_before << " -> " << r.params_after << " parameters; results in " << out << "\n";
+  return 0;
+}
+
 int run(int argc, char** argv) {
   if (argc < 2 || is_help(argv[1])) {
     std::cout << kUsage;
@@ -119,6 +148,7 @@ int run(int argc, char** argv) {
   const std::string cmd = argv[1];
   if (cmd == "train") return run_train(argc, argv);
   if (cmd == "eval") return run_eval(argc, argv);
+  if (cmd == "prune") return run_prune_cmd(argc, argv);
   if (cmd == "bench") return lowbit::tools::run_bench(argc, argv, std::cout);
   if (cmd == "info") {
     if (argc > 2 && is_help(argv[2])) {

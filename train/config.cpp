@@ -157,7 +157,7 @@ ScheduleConfig parse_schedule(Section s) {
 StageConfig parse_stage(Section s, size_t index) {
   StageConfig st;
   st.name = s.str("name", "stage" + std::to_string(index));
-  st.kind = s.str("kind", st.kind, {"train", "qat"});
+  st.kind = s.str("kind", st.kind, {"train", "qat", "prune"});
   st.epochs = s.integer("epochs", st.epochs, 0, 100000);
   st.quantize = s.str("quantize", st.quantize, {"weights", "all"});
   if (st.kind != "qat" && s.has("quantize")) s.fail("quantize", "applies to kind: qat stages only");
@@ -366,9 +366,33 @@ ExperimentConfig parse_config(const std::string& yaml_text, const std::string& f
       throw InputError(str_cat(c.file, ": stages.", i, ".kind: qat needs a top-level quant: section"));
     }
   }
-  // Sections of later issues: accepted only once implemented.
-  if (top.has("prune")) {
-    top.fail("prune", "is not supported by this build yet (pruning lands with its issue)");
+  if (top.has("prune") && !top.get("prune").IsNull()) {
+    c.has_prune = true;
+    Section p = top.sub("prune");
+    prune::PruneOptions& o = c.prune;
+    o.method = p.str("method", o.method);
+    o.ratio = p.num("ratio", o.ratio, 0.0, 1.0);
+    o.scope = p.str("scope", o.scope, {"layer", "global"});
+    o.var_threshold = p.num("var_threshold", o.var_threshold, -1.0, 1e9);
+    o.out_std_threshold = p.num("out_std_threshold", o.out_std_threshold, 0.0, 1e9);
+    o.border = p.str("border", o.border, {"full", "exact"});
+    o.constant = p.str("constant", o.constant, {"beta", "data_mean"});
+    o.mode = p.str("mode", o.mode, {"structural", "mask"});
+    o.residual = p.str("residual", o.residual, {"mask", "skip"});
+    c.prune_calibration_batches = p.integer("calibration_batches", c.prune_calibration_batches, 1, kBig);
+    try {
+      o.validate();
+    } catch (const InputError& e) {
+      throw InputError(str_cat(c.file, ": prune: ", e.what()));
+    }
+    p.finish();
+  } else {
+    top.raw("prune");
+  }
+  for (size_t i = 0; i < c.stages.size(); ++i) {
+    if (c.stages[i].kind == "prune" && !c.has_prune) {
+      throw InputError(str_cat(c.file, ": stages.", i, ".kind: prune needs a top-level prune: section"));
+    }
   }
   top.finish();
   YAML::Emitter out;

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "prune/criteria.h"
 #include "quant/convert.h"
 
 namespace YAML {
@@ -74,7 +75,7 @@ struct ScheduleConfig {
 
 struct StageConfig {
   std::string name;
-  std::string kind = "train";  // train | qat (later: prune)
+  std::string kind = "train";  // train | qat | prune (prunes at the start, then trains `epochs`)
   int64_t epochs = 1;
   // qat: what is quantized in this stage: weights (activations float) | all (weights and inputs).
   std::string quantize = "all";
@@ -99,6 +100,9 @@ struct ExperimentConfig {
   std::vector<StageConfig> stages;
   bool has_quant = false;   // a quant: section was given (needed by qat stages)
   quant::QuantConfig quant;
+  bool has_prune = false;   // a prune: section was given (needed by prune stages)
+  prune::PruneOptions prune;
+  int64_t prune_calibration_batches = 8;  // prune.calibration_batches (constant: data_mean)
   std::string raw_yaml;  // the config after --set overrides, for summary.json
 };
 

@@ -19,6 +19,8 @@
 #include "core/ops.h"
 #include "core/random.h"
 #include "models/registry.h"
+#include "prune/prune.h"
+#include "prune/surgery.h"
 #include "quant/accounting.h"
 #include "quant/convert.h"
 #include "train/data_setup.h"
@@ -96,19 +98,31 @@ const char* kCheckpoint = "checkpoint.safetensors";
 // Structure the weights need besides the model config: the quantization plan (metadata
 // "quant_plan") when the model was converted.
 struct ModelState {
+  bool pruned = false;  // channel shapes differ from the config's model ("pruned" metadata)
   bool quantized = false;
   quant::QuantPlan plan;
 };
 
 void add_structure_meta(const ModelState& ms, std::map<std::string, std::string>* meta) {
+  if (ms.pruned) (*meta)["pruned"] = "1";
   if (ms.quantized) (*meta)["quant_plan"] = ms.plan.str();
 }
 
-// Rebuilds the structure recorded in a file's metadata on a freshly built float model.
+std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& all, const std::string& prefix);
+
+// Rebuilds the structure recorded in a file's metadata on a freshly built float model: pruned
+// channel shapes first (pruning runs on the float model), then the quantization plan.
 void apply_structure_meta(layers::Module& model, ModelState* ms, const SafetensorsFile& f, const std::string& path) {
-  auto it = f.metadata.find("quant_plan");
-  if (it == f.metadata.end() || ms->quantized) return;
   try {
+    auto pr = f.metadata.find("pruned");
+    if (pr != f.metadata.end() && pr->second == "1" && !ms->pruned && !ms->quantized) {
+      auto w = with_prefix(f.tensors, "model.");
+      if (w.empty()) w = f.tensors;
+      prune::apply_channel_shapes(model, w, layers::Layout::pytorch);
+      ms->pruned = true;
+    }
+    auto it = f.metadata.find("quant_plan");
+    if (it == f.metadata.end() || ms->quantized) return;
     ms->plan = quant::QuantPlan::parse(it->second);
     quant::apply_quant_plan(model, ms->plan);
   } catch (const InputError& e) {
@@ -221,8 +235,15 @@ std::string now_iso() {
 // model for a first QAT stage, and calibrate the quantizers this stage turns on for the first
 // time (weights when the model was just converted; activations when the previous stage did not
 // quantize them). Decisions depend on the config only, so a resumed run makes the same ones.
+void write_prune_report(const prune::PruneReport& rep, const fs::path& out, const std::string& stage, bool print) {
+  const std::string table = rep.table();
+  if (print) std::printf("%s", table.c_str());
+  std::ofstream(out / ("prune_report_" + stage + ".txt")) << table;
+  std::ofstream(out / ("prune_report_" + stage + ".json")) << rep.to_json().dump(2) << "\n";
+}
+
 void prepare_stage(const ExperimentConfig& cfg, int64_t s, layers::Module& model, ModelState* ms,
-                   DataSource& data, Device dev, int64_t global_epoch) {
+                   DataSource& data, Device dev, int64_t global_epoch, const fs::path& out_dir, bool progress) {
   const StageConfig& st = cfg.stages[size_t(s)];
   if (!st.init.empty()) {
     SafetensorsFile f = load_safetensors(st.init);
@@ -230,7 +251,6 @@ void prepare_stage(const ExperimentConfig& cfg, int64_t s, layers::Module& model
     model.to(dev);
     load_weights(model, f, st.init);
   }
-  if (st.kind != "qat") return;
   const auto batches = [&](int64_t n) {
     data.train->set_epoch(global_epoch);
     data.train->reset();
@@ -241,6 +261,17 @@ void prepare_stage(const ExperimentConfig& cfg, int64_t s, layers::Module& model
       return true;
     };
   };
+  if (st.kind == "prune") {
+    LOWBIT_CHECK_INPUT(!ms->quantized, cfg.file, ": stage ", st.name,
+                       ": pruning runs on the float model; put prune stages before qat stages");
+    const Shape sample{data.image_size, data.image_size, data.channels};
+    prune::PruneReport rep = prune::prune_model(model, cfg.prune, sample, batches(cfg.prune_calibration_batches));
+    model.to(dev);
+    ms->pruned = true;
+    write_prune_report(rep, out_dir, st.name, progress);
+    return;
+  }
+  if (st.kind != "qat") return;
   bool calibrate_weights = false;
   if (!ms->quantized) {
     Tensor probe;
@@ -323,7 +354,7 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
     const StageConfig& st = cfg.stages[size_t(s)];
     const bool stage_start = !(resuming && s == pos.stage && pos.epoch > 0);
     if (stage_start) {
-      prepare_stage(cfg, s, *model, &ms, data, dev, pos.global_epoch);
+      prepare_stage(cfg, s, *model, &ms, data, dev, pos.global_epoch, out, opts.progress);
     }
     if (st.kind == "qat") quant::set_activation_quantization(*model, st.quantize == "all");
     auto opt = make_optimizer(st.optimizer, *model);
@@ -456,6 +487,53 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
     fs::rename(tmp, out / "summary.json");
   }
   return summary;
+}
+
+PruneRunResult run_prune(const ExperimentConfig& cfg, const std::string& checkpoint, const std::string& out_dir,
+                         const std::string& device_override, bool print) {
+  LOWBIT_CHECK_INPUT(cfg.has_prune, cfg.file, ": lowbit prune needs a prune: section in the config");
+  const Device dev = resolve_device(device_override.empty() ? cfg.device : device_override);
+  fs::path out(out_dir);
+  std::error_code ec;
+  fs::create_directories(out, ec);
+  LOWBIT_CHECK_INPUT(!ec && fs::is_directory(out), out_dir, ": cannot create the output folder: ", ec.message());
+  manual_seed(cfg.seed);
+  DataSource data = make_data(cfg, dev);
+  layers::ModulePtr model = build_model(cfg, data);
+  SafetensorsFile f = load_safetensors(checkpoint);
+  ModelState ms;
+  apply_structure_meta(*model, &ms, f, checkpoint);
+  LOWBIT_CHECK_INPUT(!ms.quantized, checkpoint, ": holds a quantized model; prune the float model (METHODS 5.5)");
+  load_weights(*model, f, checkpoint);
+  model->to(dev);
+  PruneRunResult r;
+  const Shape sample{data.image_size, data.image_size, data.channels};
+  r.before = evaluate(*model, data, dev);
+  r.params_before = quant::account_model(*model, sample).params;
+  data.train->set_epoch(0);
+  data.train->reset();
+  int64_t left = cfg.prune_calibration_batches;
+  prune::PruneReport rep = prune::prune_model(*model, cfg.prune, sample, [&](Tensor& x) {
+    Batch b;
+    if (left-- <= 0 || !data.train->next(b)) return false;
+    x = b.images;
+    return true;
+  });
+  model->to(dev);
+  ms.pruned = true;
+  r.after = evaluate(*model, data, dev);
+  r.params_after = quant::account_model(*model, sample).params;
+  std::ofstream(out / "prune_report.txt") << rep.table();
+  nlohmann::json j = rep.to_json();
+  j["test_top1_before"] = r.before.top1;
+  j["test_top1_after"] = r.after.top1;
+  j["checkpoint"] = checkpoint;
+  std::ofstream(out / "prune_report.json") << j.dump(2) << "\n";
+  std::map<std::string, std::string> meta{{"format", "pt"}, {"model", cfg.model.name}};
+  add_structure_meta(ms, &meta);
+  save_safetensors((out / "model.safetensors").string(), model->state_dict(layers::Layout::pytorch), meta);
+  if (print) std::printf("%s", rep.table().c_str());
+  return r;
 }
 
 layers::ModulePtr build_model_offline(const ExperimentConfig& cfg, Shape* sample_hwc) {

@@ -48,6 +48,17 @@ Device resolve_device(const std::string& spec);
 
 RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts);
 
+// `lowbit prune`: loads the config's model with the weights in `checkpoint`, evaluates it, prunes
+// it with the config's prune: section (PfQ on the float model, METHODS 5.5 step 2), evaluates
+// again and writes out_dir/model.safetensors (a pruned model; the "pruned" metadata lets eval,
+// init: and resume rebuild its shapes) and out_dir/prune_report.{txt,json}.
+struct PruneRunResult {
+  EvalResult before, after;
+  int64_t params_before = 0, params_after = 0;
+};
+PruneRunResult run_prune(const ExperimentConfig& cfg, const std::string& checkpoint, const std::string& out_dir,
+                         const std::string& device_override = "", bool print = true);
+
 // The config's model without opening its data: the dataset's known geometry (Fashion-MNIST
 // 28x28x1/10, CIFAR 32x32x3/10|100, ImageNet image_size (224)x3/1000, synthetic as configured)
 // gives classes, channels and size unless the model section sets them. *sample_hwc receives the
