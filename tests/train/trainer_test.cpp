@@ -184,6 +184,43 @@ TEST(Trainer, QatStageFromAFloatInitFile) {
   fs::remove_all(q);
 }
 
+// Pretrain, prune (L1 at 25%: shapes change), then QAT: reports are written and the run resumes
+// bit for bit across the shape change (the checkpoint's "pruned" metadata rebuilds the shapes).
+TEST(Trainer, PruneStageThenQatResumes) {
+  const std::string yaml = std::string(kQat) + "prune: {method: l1, ratio: 0.25}\n";
+  ExperimentConfig cfg = parse_config(yaml, "tinyprune.yaml",
+                                      {"stages=[{name: float, epochs: 1}, {name: prune, kind: prune, epochs: 1},"
+                                       " {name: q, kind: qat, epochs: 1}]"});
+  fs::path full = fresh_dir("prune_full"), parts = fresh_dir("prune_parts");
+  RunSummary s = run_training(cfg, quiet(full));
+  ASSERT_TRUE(s.finished);
+  EXPECT_TRUE(fs::exists(full / "prune_report_prune.txt"));
+  std::ifstream rj(full / "prune_report_prune.json");
+  nlohmann::json r = nlohmann::json::parse(rj);
+  EXPECT_LT(r["params_after"].get<int64_t>(), r["params_before"].get<int64_t>());
+  auto fw = load_safetensors((full / "model.safetensors").string());
+  EXPECT_EQ(fw.metadata.at("pruned"), "1");
+  EXPECT_NEAR(run_evaluation(cfg, (full / "model.safetensors").string()).top1, s.test.top1, 1e-12);
+  TrainerOptions o = quiet(parts);
+  for (int64_t stop : {1, 2}) {
+    o.stop_after_epochs = stop;
+    EXPECT_FALSE(run_training(cfg, o).finished);
+    o.resume = true;
+  }
+  o.stop_after_epochs = -1;
+  EXPECT_TRUE(run_training(cfg, o).finished);
+  auto b = load_safetensors((parts / "model.safetensors").string()).tensors;
+  ASSERT_EQ(fw.tensors.size(), b.size());
+  for (auto& [k, v] : fw.tensors) {
+    ASSERT_TRUE(b.count(k)) << k;
+    EXPECT_TENSOR_NEAR(b.at(k), v, 0, 0) << k;
+  }
+  EXPECT_THAT(testing::error_of([] { parse_config(kQat, "tinyqat.yaml", {"stages=[{name: p, kind: prune}]"}); }),
+              HasSubstr("prune needs a top-level prune: section"));
+  fs::remove_all(full);
+  fs::remove_all(parts);
+}
+
 TEST(Trainer, MissingDataFileIsAnInputError) {
   ExperimentConfig cfg = parse_config(kSynthetic, "tiny.yaml", {"data.dataset=cifar10", "data.root=/nonexistent/cifar"});
   fs::path out = fresh_dir("missing");
