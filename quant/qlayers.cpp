@@ -80,6 +80,12 @@ struct ScaleChannels : autograd::Function<ScaleChannels> {
   }
 };
 
+void check_quantizers(const QuantizerPtr& weight_q, const QuantizerPtr& input_q, const char* layer) {
+  LOWBIT_CHECK(weight_q != nullptr, layer, ": a weight quantizer is required");
+  check_role(weight_q, QuantRole::weight, layer, "weight");
+  check_role(input_q, QuantRole::activation, layer, "input");
+}
+
 std::string quant_repr(const Quantizer* w, const Quantizer* a) {
   std::string s = str_cat(", w_bits=", w ? std::to_string(w->bits()) : std::string("32"));
   s += str_cat(", a_bits=", a && a->enabled() ? std::to_string(a->bits()) : std::string("32"));
@@ -96,9 +102,7 @@ QConv2d::QConv2d(layers::Conv2d& src, QuantizerPtr weight_q, QuantizerPtr input_
       }()),
       weight_q_(std::move(weight_q)),
       input_q_(std::move(input_q)) {
-  LOWBIT_CHECK(weight_q_ != nullptr, "QConv2d: a weight quantizer is required");
-  check_role(weight_q_, QuantRole::weight, "QConv2d", "weight");
-  check_role(input_q_, QuantRole::activation, "QConv2d", "input");
+  check_quantizers(weight_q_, input_q_, "QConv2d");
   opts_ = src.options();
   weight_ = src.weight();
   if (src.bias().defined()) {
@@ -160,9 +164,7 @@ QLinear::QLinear(layers::Linear& src, QuantizerPtr weight_q, QuantizerPtr input_
     : layers::Linear(src.in_features(), src.out_features(), false),
       weight_q_(std::move(weight_q)),
       input_q_(std::move(input_q)) {
-  LOWBIT_CHECK(weight_q_ != nullptr, "QLinear: a weight quantizer is required");
-  check_role(weight_q_, QuantRole::weight, "QLinear", "weight");
-  check_role(input_q_, QuantRole::activation, "QLinear", "input");
+  check_quantizers(weight_q_, input_q_, "QLinear");
   weight_ = src.weight();
   if (src.bias().defined()) {
     bias_ = src.bias();

@@ -489,6 +489,24 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
   return summary;
 }
 
+namespace {
+
+// The config's data and model with the weights (and the pruned / quantized structure) of
+// `checkpoint`, on `dev`.
+layers::ModulePtr load_trained(const ExperimentConfig& cfg, const std::string& checkpoint, Device dev,
+                               DataSource* data, ModelState* ms) {
+  manual_seed(cfg.seed);
+  *data = make_data(cfg, dev);
+  layers::ModulePtr model = build_model(cfg, *data);
+  SafetensorsFile f = load_safetensors(checkpoint);
+  apply_structure_meta(*model, ms, f, checkpoint);
+  load_weights(*model, f, checkpoint);
+  model->to(dev);
+  return model;
+}
+
+}  // namespace
+
 PruneRunResult run_prune(const ExperimentConfig& cfg, const std::string& checkpoint, const std::string& out_dir,
                          const std::string& device_override, bool print) {
   LOWBIT_CHECK_INPUT(cfg.has_prune, cfg.file, ": lowbit prune needs a prune: section in the config");
@@ -497,15 +515,10 @@ PruneRunResult run_prune(const ExperimentConfig& cfg, const std::string& checkpo
   std::error_code ec;
   fs::create_directories(out, ec);
   LOWBIT_CHECK_INPUT(!ec && fs::is_directory(out), out_dir, ": cannot create the output folder: ", ec.message());
-  manual_seed(cfg.seed);
-  DataSource data = make_data(cfg, dev);
-  layers::ModulePtr model = build_model(cfg, data);
-  SafetensorsFile f = load_safetensors(checkpoint);
+  DataSource data;
   ModelState ms;
-  apply_structure_meta(*model, &ms, f, checkpoint);
+  layers::ModulePtr model = load_trained(cfg, checkpoint, dev, &data, &ms);
   LOWBIT_CHECK_INPUT(!ms.quantized, checkpoint, ": holds a quantized model; prune the float model (METHODS 5.5)");
-  load_weights(*model, f, checkpoint);
-  model->to(dev);
   PruneRunResult r;
   const Shape sample{data.image_size, data.image_size, data.channels};
   r.before = evaluate(*model, data, dev);
@@ -566,14 +579,9 @@ layers::ModulePtr build_model_offline(const ExperimentConfig& cfg, Shape* sample
 EvalResult run_evaluation(const ExperimentConfig& cfg, const std::string& checkpoint,
                           const std::string& device_override) {
   const Device dev = resolve_device(device_override.empty() ? cfg.device : device_override);
-  manual_seed(cfg.seed);
-  DataSource data = make_data(cfg, dev);
-  layers::ModulePtr model = build_model(cfg, data);
-  SafetensorsFile f = load_safetensors(checkpoint);
+  DataSource data;
   ModelState ms;
-  apply_structure_meta(*model, &ms, f, checkpoint);
-  load_weights(*model, f, checkpoint);
-  model->to(dev);
+  layers::ModulePtr model = load_trained(cfg, checkpoint, dev, &data, &ms);
   return evaluate(*model, data, dev);
 }
 
