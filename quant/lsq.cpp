@@ -18,6 +18,14 @@ QuantizerTraits lsq_traits() {
 
 LsqQuantizer::LsqQuantizer(OptionReader& r) : Quantizer(r, lsq_traits()) {
   grad_scale_mode_ = r.get_choice("grad_scale", "auto", {"auto", "elements", "none"});
+  std::vector<std::string> inits = observer_names();
+  inits.insert(inits.begin(), "lsq");
+  init_ = r.get_choice("init", "lsq", inits);
+  if (init_ != "lsq") {
+    // z = 0 always: symmetric for signed ranges; for unsigned ones the asymmetric qparams of a
+    // range starting at 0 have z = 0 too. mse scores its candidates with these qparams.
+    observer_ = create_observer(init_, r, ObserverContext{spec().range, signed_range()});
+  }
   scale_ = ones(param_shape());
   initialized_ = zeros({}, DType::i64);
   register_parameter("scale", &scale_);
@@ -37,19 +45,36 @@ double LsqQuantizer::grad_scale(const Tensor& x) const {
   return lsq_grad_scale(n, spec().range.qmax);
 }
 
+bool LsqQuantizer::signed_range() const { return spec().range.qmin < 0; }
+
+std::string LsqQuantizer::options_repr() const {
+  return "grad_scale=" + grad_scale_mode_ + (observer_ ? ", init=" + observer_->repr() : std::string());
+}
+
+void LsqQuantizer::set_scale(const Tensor& s0) {
+  scale_.copy_(clamp(s0, kMinLearnedScale, INFINITY).reshape(param_shape()));
+  initialized_.fill_(1.0);
+  init_host_ = true;
+}
+
 void LsqQuantizer::accumulate(const Tensor& x) {
   autograd::NoGradGuard guard;
   const ChannelLayout l = layout_of(x);
+  if (observer_) {  // the scale is set when calibration ends (percentile and mse need it all)
+    if (!min_val_.defined()) {  // on x's device, f32 (C)
+      min_val_ = full({l.channels}, INFINITY, TensorOptions(DType::f32, x.device()));
+      max_val_ = full({l.channels}, -INFINITY, TensorOptions(DType::f32, x.device()));
+    }
+    observer_->observe(x.detach().contiguous(), l, min_val_, max_val_);
+    observed_ = true;
+    return;
+  }
   Tensor s = sum(abs(x.detach().contiguous().reshape(layout_shape(l)).to(DType::f64)), {0, 2});
   abs_sum_ = abs_sum_.defined() ? abs_sum_ + s : s;
   count_ += l.outer * l.inner;
   // s0 = 2 * mean|x| / sqrt(Qp), at least 1e-8 (METHODS 3.1).
   const double k = 2.0 / std::sqrt(double(std::max<int64_t>(spec().range.qmax, 1)));
-  Tensor s0 =
-      clamp(abs_sum_ * (k / double(std::max<int64_t>(count_, 1))), kMinLearnedScale, INFINITY);
-  scale_.copy_(s0.reshape(param_shape()));
-  initialized_.fill_(1.0);
-  init_host_ = true;
+  set_scale(abs_sum_ * (k / double(std::max<int64_t>(count_, 1))));
 }
 
 void LsqQuantizer::calibrate(const Tensor& x) {
@@ -57,6 +82,16 @@ void LsqQuantizer::calibrate(const Tensor& x) {
 }
 
 void LsqQuantizer::end_calibration() {
+  if (observer_ && observed_) {
+    // s0 = the scale of PyTorch's qparams for the observed range (METHODS 2.3): max|x| / 127.5
+    // for signed 8 bits, x_max / 255 for unsigned (the zero-point, 0 or ignored, is dropped).
+    autograd::NoGradGuard guard;
+    observer_->finalize(min_val_, max_val_);
+    if (!signed_range()) min_val_ = zeros_like(min_val_);  // LSQ clips negatives to 0 anyway
+    set_scale(calc_qparams(min_val_, max_val_, spec().range, signed_range()).first);
+    min_val_ = max_val_ = Tensor();
+    observed_ = false;
+  }
   abs_sum_ = Tensor();
   count_ = 0;
 }

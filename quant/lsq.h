@@ -7,14 +7,22 @@
 //   grad_scale  auto | elements | none   auto (default): N = elements per scale for weights,
 //               features per sample (H*W*C) for activations (METHODS 3.1's lowbit default);
 //               elements: N = all elements sharing the scale in the batch; none: g = 1.
+//   init        lsq | minmax | ema | percentile | mse   lsq (default): the paper's
+//               s0 = 2 * mean(|x|) / sqrt(Qp) (METHODS 3.1); an observer name: s0 = max(|x_min|,
+//               |x_max|) / ((Qp + Qn) / 2) (signed) or x_max / Qp (unsigned), PyTorch's qparams of
+//               the range that observer gives (its own options apply, e.g. mse_steps). The paper's s0 suits 2-4 bits; at 8 bits it clips at ~22x mean|x|
+//               and leaves most levels unused, which a short fine-tune does not recover
+//               (docs/quantization.md, "LSQ initialisation").
 // Parameters: scale (C) f32. Buffers: initialized () i64.
 // Initialisation (METHODS 3.1): s0 = 2 * mean(|x|) / sqrt(Qp) from the first tensor it sees
 // (the initial weights; the first training batch of activations), or from every calibration
 // batch when calibrated; s is kept >= 1e-8 by clamp_parameters() (call after optimizer steps).
 #pragma once
 
+#include <memory>
 #include <string>
 
+#include "quant/observer.h"
 #include "quant/quantizer.h"
 
 namespace lowbit::quant {
@@ -35,16 +43,22 @@ class LsqQuantizer : public Quantizer {
   Tensor quantize(const Tensor& x) override;
   void calibrate(const Tensor& x) override;
   void end_calibration() override;
-  std::string options_repr() const override { return "grad_scale=" + grad_scale_mode_; }
+  std::string options_repr() const override;
 
  private:
-  void accumulate(const Tensor& x);  // adds sum |x| per channel to the calibration sums
+  void accumulate(const Tensor& x);  // adds x to the calibration statistics
+  void set_scale(const Tensor& s0);
+  bool signed_range() const;  // s0 (C) -> scale, marks it initialised
 
   Tensor scale_, initialized_;
   std::string grad_scale_mode_;
   bool init_host_ = false;  // host mirror of initialized_, avoids syncs
   Tensor abs_sum_;          // f64 (C): sum of |x| over the calibration batches
   int64_t count_ = 0;       // elements per channel in abs_sum_
+  std::string init_;                   // "lsq" or an observer name
+  std::unique_ptr<Observer> observer_;  // init != lsq: the range statistics
+  Tensor min_val_, max_val_;            // init != lsq: the observer's range, f32 (C)
+  bool observed_ = false;
 };
 
 }  // namespace lowbit::quant

@@ -33,7 +33,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, double label_sm
 // Number of rows whose target is among the k largest logits, as a 0-d i64 tensor on the logits'
 // device (no host sync). Ties rank by index, as a stable descending sort: the target's rank is
 // #{j : x_j > x_t} + #{j < t : x_j == x_t}, and the row counts when that rank is below k. So
-// top-1 agrees with argmax (first of ties). 1 <= k <= C.
+// top-1 agrees with argmax (first of ties). NaN logits rank above every number, as in torch.topk,
+// and a row whose target logit is NaN never counts. 1 <= k <= C.
 Tensor topk_correct(const Tensor& logits, const Tensor& target, int64_t k);
 // topk_correct / N as a double (synchronises a CUDA device: call it where you log).
 double accuracy_topk(const Tensor& logits, const Tensor& target, int64_t k);
@@ -130,10 +131,14 @@ struct TopkHit {
     }
     const T* r = x + row * c;
     const A xt = A(r[t]);
+    if (!(xt == xt)) {  // a NaN logit for the target is never a hit
+      hit[row] = 0;
+      return;
+    }
     int64_t rank = 0;
     for (int64_t j = 0; j < c; ++j) {
       const A v = A(r[j]);
-      rank += (v > xt || (v == xt && j < t)) ? 1 : 0;
+      rank += (v > xt || !(v == v) || (v == xt && j < t)) ? 1 : 0;  // NaNs rank first
     }
     hit[row] = rank < k ? 1 : 0;
   }

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -382,6 +383,15 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
       const auto e0 = std::chrono::steady_clock::now();
       Batch b;
       std::string metrics;
+      // A diverged run stops at the first loss it reads (log points, epoch end) that is not
+      // finite; the last epoch's checkpoint stays as it was, for a resume with other settings.
+      auto check_finite = [&](double l, int64_t step) {
+        if (!std::isfinite(l)) {
+          throw Error(str_cat("stage '", st.name, "' epoch ", e + 1, " step ", step + 1, ": the training loss is ",
+                              l, " (diverged); lower optimizer.lr, set clip_grad_norm, or check the data; the"
+                              " last checkpoint in ", out.string(), " is from before this epoch"));
+        }
+      };
       while (data.train->next(b)) {
         const int64_t step = e * steps_per_epoch + step_in_epoch;
         opt->set_lr(sched->lr_at(step));
@@ -406,6 +416,7 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
           const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - e0).count();
           if (log_now) {
             const double l = loss_sum.item() / double(seen), a = correct.item() / double(seen);
+            check_finite(l, step);
             metrics = str_cat("loss ", fmt(l, 4), " acc ", fmt(100 * a, 2), "% ", fmt(double(seen) / el, 0), " img/s");
             log.write(json{{"kind", "step"}, {"stage", st.name}, {"epoch", pos.global_epoch + 1},
                            {"step", step}, {"lr", sched->lr_at(step)}, {"train_loss", l},
@@ -420,6 +431,7 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
       images_seen += seen;
       const double train_loss = seen ? loss_sum.item() / double(seen) : 0.0;
       const double train_acc = seen ? correct.item() / double(seen) : 0.0;
+      check_finite(train_loss, e * steps_per_epoch + step_in_epoch - 1);
       EvalResult ev = evaluate(*model, data, dev);
       const std::string epoch_metrics = str_cat("train loss ", fmt(train_loss, 4), " acc ", fmt(100 * train_acc, 2),
                                                 "% | test loss ", fmt(ev.loss, 4), " top1 ", fmt(100 * ev.top1, 2),

@@ -90,6 +90,20 @@ TEST(BatchNorm2d, EvalGradientsMatchFiniteDifferences) {
   EXPECT_TRUE(testing::gradcheck(f, {randn({2, 2, 2, 3}), randn({3}), randn({3})}));
 }
 
+TEST(BatchNorm2d, EvalFusedReluGradientsMatchFiniteDifferences) {
+  // Frozen statistics in QAT train with running statistics and, after a conv, the fused ReLU.
+  manual_seed(24);
+  Tensor rm = randn({3}, DType::f64), rv = rand({3}, DType::f64) + 0.5;
+  auto f = [&](const std::vector<Tensor>& in) {
+    return batch_norm(in[0], in[1], in[2], rm, rv, false, 0.1, 1e-5, true);
+  };
+  testing::GradcheckOptions o;
+  o.eps = 1e-7;
+  o.rtol = 1e-4;
+  o.atol = 1e-6;
+  EXPECT_TRUE(testing::gradcheck(f, {randn({2, 3, 3, 3}), randn({3}), randn({3})}, o));
+}
+
 TEST(BatchNorm2d, StateDictNamesAsPyTorch) {
   BatchNorm2d bn(3);
   StateDict sd = bn.state_dict();

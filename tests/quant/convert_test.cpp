@@ -137,13 +137,60 @@ TEST(FreezeBn, RunningStatisticsStopInTraining) {
   EXPECT_TENSOR_NEAR(y, bn->forward(x), 0, 0);  // frozen training == eval
 }
 
-layers::ModulePtr resnet20(int64_t in_channels = 1) {
+layers::ModulePtr small_model(const std::string& name, int64_t in_channels, int64_t classes, int64_t size,
+                              double width_mult = 1.0) {
   models::ModelOptions o;
   o.in_channels = in_channels;
-  o.num_classes = 10;
-  o.input_size = 16;
-  return models::create_model("resnet20", o);
+  o.num_classes = classes;
+  o.input_size = size;
+  o.width_mult = width_mult;
+  return models::create_model(name, o);
 }
+
+// QAT after freeze_bn_epoch trains a whole model through BNs with running statistics: the
+// gradient of every parameter matches central differences (dsnet with fused BN+ReLU; f32, as
+// the CPU convolution is, so the tolerance is loose but catches any wrong term).
+TEST(FreezeBn, WholeModelGradientsMatchFiniteDifferences) {
+  manual_seed(31);
+  auto model = small_model("dsnet", 1, 4, 8);
+  for (auto& [name, m] : model->named_modules()) {
+    if (auto* bn = dynamic_cast<layers::BatchNorm2d*>(m.get())) {
+      autograd::NoGradGuard g;
+      const int64_t c = bn->options().num_features;
+      bn->running_mean().copy_(randn({c}) * 0.3);
+      bn->running_var().copy_(rand({c}) + 0.2);
+      bn->set_frozen_stats(true);
+    }
+  }
+  model->train();
+  const Tensor x = randn({2, 6, 6, 1}), r = randn({2, 4});
+  auto loss = [&] { return sum(model->forward(x) * r); };
+  loss().backward();
+  for (auto& [name, p] : model->named_parameters()) {
+    const Tensor g = p.grad();
+    ASSERT_TRUE(g.defined()) << name;
+    std::vector<double> gv = testing::to_doubles(g);
+    double gmax = 0.0;
+    for (double v : gv) gmax = std::max(gmax, std::fabs(v));
+    ASSERT_GT(gmax, 1e-4) << name;
+    for (int64_t i : {int64_t(0), p.numel() / 2, p.numel() - 1}) {
+      const double h = 1e-3;
+      Tensor flat = p.detach().reshape({p.numel()});
+      auto at = [&](double d) {
+        autograd::NoGradGuard ng;
+        const double v0 = testing::to_doubles(flat.slice(0, i, i + 1))[0];
+        flat.slice(0, i, i + 1).fill_(v0 + d);
+        const double l = loss().item();
+        flat.slice(0, i, i + 1).fill_(v0);
+        return l;
+      };
+      const double fd = (at(h) - at(-h)) / (2 * h);
+      EXPECT_NEAR(gv[size_t(i)], fd, 0.05 * std::fabs(fd) + 0.02 * gmax) << name << "[" << i << "]";
+    }
+  }
+}
+
+layers::ModulePtr resnet20(int64_t in_channels = 1) { return small_model("resnet20", in_channels, 10, 16); }
 
 template <typename T>
 int count_of(layers::Module& m) {
@@ -191,12 +238,7 @@ TEST(QuantizeModel, ResNet20DefaultsFirstLastEightBitsAndFolding) {
 
 TEST(QuantizeModel, MobileNetV2LinearBottleneckInputsAreSigned) {
   manual_seed(15);
-  models::ModelOptions o;
-  o.in_channels = 3;
-  o.num_classes = 10;
-  o.input_size = 32;
-  o.width_mult = 0.25;
-  auto model = models::create_model("mobilenet_v2", o);
+  auto model = small_model("mobilenet_v2", 3, 10, 32, 0.25);
   QuantConfig cfg;
   quantize_model(*model, cfg, randn({2, 32, 32, 3}));
   int signed_inputs = 0, unsigned_inputs = 0;

@@ -175,6 +175,54 @@ TEST(LsqQuantizer, CalibrationAveragesOverBatchesAndPerChannel) {
       1e-6, 0);
 }
 
+TEST(LsqQuantizer, ObserverInitialisation) {
+  // init: minmax, per-channel signed 4 bits (-8..7): s0 = max|w| / 7.5 per channel, PyTorch's
+  // symmetric qparams; set when calibration ends, from every batch.
+  auto w = make<LsqQuantizer>("lsq", {{"role", "weight"}, {"per_channel", "true"}, {"channels", "2"},
+                                      {"init", "minmax"}});
+  w->set_calibrating(true);
+  w->forward(tensor_of({1.0, -1.0, 3.0, -3.0, 6.0, 0.0}, {2, 3}));
+  w->forward(tensor_of({0.0, 0.0, -4.0, 0.0, 0.0, 0.0}, {2, 3}));
+  EXPECT_FALSE(w->initialized());
+  w->set_calibrating(false);
+  EXPECT_TRUE(w->initialized());
+  EXPECT_TENSOR_NEAR(w->scale(), tensor_of({4.0 / 7.5, 6.0 / 7.5}, {2}), 1e-6, 0);
+  // Unsigned 8-bit activations: x_max / 255, negatives ignored; without calibration, from the
+  // first tensor.
+  auto a = make<LsqQuantizer>("lsq", {{"bits", "8"}, {"init", "minmax"}});
+  a->forward(tensor_of({-9.0, 0.5, 5.1, 2.0}, {1, 4}));
+  EXPECT_NEAR(a->scale().item(), 5.1 / 255.0, 1e-7);
+  // mse: the step whose fake-quant error is least among t * max|x| / 7.5, t = j / T (4 bits);
+  // on Gaussian values the best step clips the tails (t < 1), unlike minmax.
+  manual_seed(11);
+  const Tensor x = randn({1, 2000});
+  const std::vector<double> v = to_doubles(x);
+  double amax = 0.0;
+  for (double xi : v) amax = std::max(amax, std::fabs(xi));
+  auto m = make<LsqQuantizer>("lsq", {{"role", "weight"}, {"init", "mse"}, {"mse_steps", "50"}});
+  m->forward(x);
+  double best_err = INFINITY, best_s = 0.0;
+  for (int j = 1; j <= 50; ++j) {
+    const double s = (j / 50.0) * amax / 7.5;
+    double e = 0.0;
+    for (double xi : v) {
+      const double q = std::clamp(std::nearbyint(xi / s), -8.0, 7.0) * s;
+      e += (xi - q) * (xi - q);
+    }
+    if (e <= best_err) best_err = e, best_s = s;
+  }
+  EXPECT_LT(best_s, 0.9 * amax / 7.5);
+  EXPECT_NEAR(m->scale().item(), best_s, 1e-5);
+  // Its repr names the init; bad names are rejected with the allowed ones.
+  EXPECT_THAT(m->extra_repr(), HasSubstr("init=mse, mse_steps=50"));
+  try {
+    create_quantizer("lsq", {{"init", "kl"}});
+    FAIL() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("init = 'kl' is not allowed; allowed: lsq, "));
+  }
+}
+
 TEST(LsqQuantizer, GradientScaleFollowsMethods31) {
   manual_seed(50);
   // Weights, per-channel KRSC (4, 3, 3, 2): N = R*S*C = 18 per scale; 4-bit signed Qp = 7.

@@ -232,6 +232,17 @@ TEST(Accuracy, TopKHandValues) {
   EXPECT_DOUBLE_EQ(accuracy_topk(x, am, 1), 1.0);
 }
 
+TEST(Accuracy, NanLogitsNeverHit) {
+  // Row 0: the target's logit is NaN. Row 1: another logit is NaN, ranking above the target
+  // (torch.topk order), so top-1 misses and top-2 hits. Row 2: finite, target largest.
+  const double nan = std::nan("");
+  const Tensor x = tensor_of({nan, 0.1, 0.2, 0.9, nan, 0.5, 0.1, 0.2, 0.9}, {3, 3});
+  const Tensor t = labels({0, 0, 2});
+  EXPECT_EQ(topk_correct(x, t, 1).item(), 1.0);
+  EXPECT_EQ(topk_correct(x, t, 2).item(), 2.0);
+  EXPECT_EQ(topk_correct(x, t, 3).item(), 2.0);
+}
+
 TEST(Accuracy, RejectsBadK) {
   const Tensor x = zeros({2, 3});
   const Tensor t = zeros({2}, DType::i64);

@@ -221,6 +221,21 @@ TEST(Trainer, PruneStageThenQatResumes) {
   fs::remove_all(parts);
 }
 
+TEST(Trainer, DivergedLossStopsTheRunWithAClearError) {
+  // SGD at lr 100 blows the logits up to inf within 5 epochs of 6 steps.
+  ExperimentConfig cfg =
+      parse_config(kSynthetic, "tiny.yaml", {"stages.0.optimizer.lr=100", "stages.0.epochs=10"});
+  fs::path out = fresh_dir("diverged");
+  try {
+    run_training(cfg, quiet(out));
+    FAIL() << "no error";
+  } catch (const std::exception& e) {
+    EXPECT_THAT(e.what(), HasSubstr("stage 'a' epoch "));
+    EXPECT_THAT(e.what(), HasSubstr("(diverged); lower optimizer.lr"));
+  }
+  fs::remove_all(out);
+}
+
 TEST(Trainer, MissingDataFileIsAnInputError) {
   ExperimentConfig cfg = parse_config(kSynthetic, "tiny.yaml", {"data.dataset=cifar10", "data.root=/nonexistent/cifar"});
   fs::path out = fresh_dir("missing");
