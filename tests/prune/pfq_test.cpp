@@ -433,6 +433,8 @@ TEST(PruneBaselines, L1AndBnGammaRemoveTheLowestScores) {
   EXPECT_EQ(rg.channels[0].layer, "layer2.1.conv1");
   EXPECT_EQ(rg.channels[2].layer, "layer3.2.conv1");
   EXPECT_EQ(module_as<layers::BatchNorm2d>(*s, "layer2.1.bn1")->options().num_features, 30);
+  EXPECT_THAT(rg.table(), ::testing::HasSubstr("removed: "));
+  EXPECT_THAT(rg.table(), ::testing::HasSubstr(" -> not folded"));  // baselines fold nothing
 }
 
 TEST(PfqGpu, MatchesCpu) {
