@@ -316,9 +316,68 @@ def use_channels_last(args, dev):
 # --- train ---------------------------------------------------------------------------------------
 
 
+def conv_bn_pairs(model):
+    """[conv, bn] name pairs where a BatchNorm2d directly follows a Conv2d among a module's
+    children (lowbit folds the BN of exactly these convs in QAT)."""
+    pairs = []
+    for pname, parent in model.named_modules():
+        kids = list(parent.named_children())
+        for (a, ma), (b, mb) in zip(kids, kids[1:]):
+            if isinstance(ma, nn.Conv2d) and isinstance(mb, nn.BatchNorm2d):
+                pre = pname + "." if pname else ""
+                pairs.append([pre + a, pre + b])
+    return pairs
+
+
+def qat_qconfig(quantizer, bits):
+    """torch.ao.quantization QAT config like `lowbit bench train --mode qat`: per-channel
+    symmetric weights and per-tensor unsigned activations at `bits`; uniform: FakeQuantize with
+    moving-average min-max observers (PyTorch's default QAT); lsq: _LearnableFakeQuantize
+    (learned scale, LSQ's gradient)."""
+    import torch.ao.quantization as tq
+    wq = dict(quant_min=-(1 << (bits - 1)), quant_max=(1 << (bits - 1)) - 1, dtype=torch.qint8,
+              qscheme=torch.per_channel_symmetric, ch_axis=0)
+    aq = dict(quant_min=0, quant_max=(1 << bits) - 1, dtype=torch.quint8,
+              qscheme=torch.per_tensor_affine)
+    if quantizer == "uniform":
+        w = tq.FakeQuantize.with_args(observer=tq.MovingAveragePerChannelMinMaxObserver, **wq)
+        a = tq.FakeQuantize.with_args(observer=tq.MovingAverageMinMaxObserver, **aq)
+    elif quantizer == "lsq":
+        from torch.ao.quantization._learnable_fake_quantize import _LearnableFakeQuantize as L
+        w = L.with_args(observer=tq.MovingAveragePerChannelMinMaxObserver, channel_len=1,
+                        use_grad_scaling=True, **wq)
+        a = L.with_args(observer=tq.MovingAverageMinMaxObserver, use_grad_scaling=True, **aq)
+    else:
+        raise InputError(f"bench train: --quantizer must be uniform or lsq for PyTorch, got "
+                         f"'{quantizer}'")
+    return tq.QConfig(activation=a, weight=w)
+
+
+def prepare_qat_model(model, args):
+    """Conv+BN fused for QAT (BN folded, as lowbit does), fake-quant on weights and module
+    outputs; the first conv and the last linear at 8 bits, as lowbit's first_last_bits."""
+    import torch.ao.quantization as tq
+    if not 2 <= args.bits <= 8:
+        raise InputError(f"bench train: --bits must be 2..8 for PyTorch's QAT, got {args.bits}")
+    model.train()
+    tq.fuse_modules_qat(model, conv_bn_pairs(model), inplace=True)  # ConvBn2d: BN folded in QAT
+    model.qconfig = qat_qconfig(args.quantizer, args.bits)
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for m in (layers[0], layers[-1]):
+        m.qconfig = qat_qconfig(args.quantizer, 8)
+    model = tq.prepare_qat(model, inplace=True)
+    if args.quantizer == "lsq":  # _LearnableFakeQuantize sizes per-channel scales at construction
+        for m in model.modules():
+            fq = getattr(m, "weight_fake_quant", None)
+            if fq is not None and fq.ch_axis >= 0:
+                n = m.weight.shape[fq.ch_axis]
+                fq.scale = nn.Parameter(torch.ones(n))
+                fq.zero_point = nn.Parameter(torch.zeros(n))
+                fq.channel_len = n
+    return model
+
+
 def run_train(args):
-    if args.mode == "qat":
-        raise InputError("bench train: --mode qat is not available yet (lowbit's quant/, issue 8)")
     if args.model not in MODELS:
         raise InputError(f"bench train: unknown model '{args.model}'; known: {', '.join(MODELS)}")
     dev = resolve_device(args.device)
@@ -333,6 +392,8 @@ def run_train(args):
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     model = MODELS[args.model](args.cin, args.classes, args.hw).to(dev).train()
+    if args.mode == "qat":
+        model = prepare_qat_model(model, args).to(dev)
     cl = use_channels_last(args, dev)
     images = torch.randn(args.batch, args.cin, args.hw, args.hw, device=dev)
     labels = torch.randint(0, args.classes, (args.batch,), device=dev)
@@ -372,6 +433,8 @@ def run_train(args):
          "ms_per_step": 1e3 * seconds / args.steps, "peak_mem_bytes": int(peak),
          "peak_mem_kind": kind, "final_loss": float(loss.item()),
          "channels_last": cl, "torch_version": torch.__version__}
+    if args.mode == "qat":
+        r["quantizer"], r["bits"] = args.quantizer, args.bits
     if args.json:
         print(json.dumps(r, sort_keys=True))
     else:
@@ -620,6 +683,8 @@ def main(argv):
     t.add_argument("--warmup", type=int, default=3)
     t.add_argument("--mode", default="fp32", choices=("fp32", "bf16", "qat"))
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--quantizer", default="lsq", help="qat: uniform or lsq (default lsq)")
+    t.add_argument("--bits", type=int, default=4, help="qat: weight and activation bits")
     k = sub.add_parser("kernel", parents=[common], help="one kernel (or all)")
     k.add_argument("name", help=", ".join(KERNELS) + ", all")
     k.add_argument("--size", default=None, help="the kernel's geometry, as lowbit bench kernel")

@@ -60,7 +60,7 @@ const char* kTrainHelp =
     "  --seed S       seed of the weights and the synthetic batch (default 0)\n"
     "  --json         print one JSON object: model, batch, hw, cin, classes, mode, device,\n"
     "                 threads, steps, warmup, params, images_per_s, ms_per_step,\n"
-    "                 peak_mem_bytes, peak_mem_kind, final_loss\n"
+    "                 peak_mem_bytes, peak_mem_kind, final_loss; qat adds quantizer, bits\n"
     "\n"
     "Peak memory: on CUDA the caching allocator's peak of bytes in use during the benchmark;\n"
     "on the CPU the process's peak resident set size (getrusage).\n";
@@ -334,26 +334,29 @@ int run_train(int argc, char** argv, std::ostream& out) {
   o.device = parse_device(device);
   const bench::TrainResult r = bench::run_train_bench(o);
   if (as_json) {
-    out << json{{"bench", "train"},
-                {"framework", "lowbit"},
-                {"model", o.model},
-                {"batch", o.batch},
-                {"hw", o.hw},
-                {"cin", o.cin},
-                {"classes", o.classes},
-                {"mode", o.mode},
-                {"device", o.device.str()},
-                {"threads", r.threads},
-                {"steps", o.steps},
-                {"warmup", o.warmup},
-                {"params", r.params},
-                {"images_per_s", r.images_per_s},
-                {"ms_per_step", r.ms_per_step},
-                {"peak_mem_bytes", r.peak_mem_bytes},
-                {"peak_mem_kind", r.peak_mem_kind},
-                {"final_loss", r.final_loss}}
-               .dump()
-        << "\n";
+    json j{{"bench", "train"},
+           {"framework", "lowbit"},
+           {"model", o.model},
+           {"batch", o.batch},
+           {"hw", o.hw},
+           {"cin", o.cin},
+           {"classes", o.classes},
+           {"mode", o.mode},
+           {"device", o.device.str()},
+           {"threads", r.threads},
+           {"steps", o.steps},
+           {"warmup", o.warmup},
+           {"params", r.params},
+           {"images_per_s", r.images_per_s},
+           {"ms_per_step", r.ms_per_step},
+           {"peak_mem_bytes", r.peak_mem_bytes},
+           {"peak_mem_kind", r.peak_mem_kind},
+           {"final_loss", r.final_loss}};
+    if (o.mode == "qat") {
+      j["quantizer"] = o.quantizer;
+      j["bits"] = o.bits;
+    }
+    out << j.dump() << "\n";
   } else {
     out << "lowbit bench train: " << o.model << " batch " << o.batch << " " << o.hw << "x" << o.hw
         << "x" << o.cin << ", " << o.classes << " classes, " << o.mode << " on " << o.device.str()

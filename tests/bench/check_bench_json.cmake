@@ -57,6 +57,15 @@ check_run(kinds "model;batch;hw;cin;mode;device;threads;images_per_s;ms_per_step
 if(NOT kinds STREQUAL "train")
   message(FATAL_ERROR "bench train --json printed '${kinds}', expected one train object")
 endif()
+# QAT steps (LSQ and uniform, 4 bits): the same fields plus the quantizer and bits.
+foreach(q lsq uniform)
+  check_run(kinds "model;mode;images_per_s;ms_per_step;quantizer;bits"
+            train --model resnet20 --batch 8 --hw 28 --cin 1 --steps 2 --warmup 1 --device cpu
+            --mode qat --quantizer ${q} --bits 4 --json)
+  if(NOT kinds STREQUAL "train")
+    message(FATAL_ERROR "bench train --mode qat --json printed '${kinds}', expected one train object")
+  endif()
+endforeach()
 
 check_run(kinds "kernel;device;dtype;threads;size;iters;ms;ms_min;copy_gb_per_s"
           kernel conv --iters 2 --device cpu --json)
@@ -64,4 +73,4 @@ if(NOT kinds STREQUAL "copy;conv_forward;conv_backward")
   message(FATAL_ERROR "bench kernel conv --json printed '${kinds}', expected copy, conv_forward, "
                       "conv_backward")
 endif()
-message(STATUS "${NAME}: bench train and bench kernel conv print the documented JSON")
+message(STATUS "${NAME}: bench train (fp32, qat) and bench kernel conv print the documented JSON")
