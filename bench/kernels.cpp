@@ -5,7 +5,9 @@
 //  - bn, cross_entropy: the functional op (forward) and its recorded backward node applied to a
 //    fixed upstream gradient (Node::apply: the backward without the engine's accumulation);
 //  - add, relu: the functional ops, which allocate their output as in a training step;
-//  - sgd, adamw: Optimizer::step over a set of parameters with gradients.
+//  - sgd, adamw: Optimizer::step over a set of parameters with gradients;
+//  - fake_quant: the fused fake-quant ops (uniform fake_quantize, LSQ) per tensor and per
+//    channel, forward and their recorded backward (which also reduces LSQ's scale gradient).
 // Bytes are compulsory traffic (each input read once, each output written once): a kernel
 // that makes two passes over its input can reach at most half of the copy bandwidth.
 #include <algorithm>
@@ -20,6 +22,7 @@
 #include "core/ops.h"
 #include "layers/batchnorm.h"
 #include "layers/conv2d.h"
+#include "quant/fake_quant.h"
 #include "train/loss.h"
 #include "train/optimizer.h"
 
@@ -301,6 +304,71 @@ std::vector<KernelResult> bench_cross_entropy(const KernelOptions& o) {
   return {f, b};
 }
 
+// --- fake quantization -------------------------------------------------------------------------
+
+constexpr const char* kFakeQuantSize =
+    "ELEMENTS[,C] (default: the elementwise default, C = 64): an (ELEMENTS/C, C) tensor, "
+    "per-channel along C (channels-last activations)";
+
+std::vector<int64_t> fake_quant_sizes(const KernelOptions& o) {
+  check_floating(o, "fake_quant");
+  auto v = sizes_or(o, "fake_quant", {default_elements(o), 64}, 1, 2, "ELEMENTS[,C]");
+  if (v.size() == 1) v.push_back(64);
+  LOWBIT_CHECK_INPUT(v[0] % v[1] == 0, "bench kernel fake_quant: ELEMENTS = ", v[0],
+                     " must be a multiple of C = ", v[1]);
+  return v;
+}
+
+// 4-bit fake quantization of an (n / c, c) tensor: uniform (scale, zero-point; STE) and LSQ
+// (learned scale; the backward also reduces dL/ds), per tensor and per channel (axis 1).
+// Forward bytes: read x, write x_hat; backward: read x and dy, write dx (the per-scale
+// reductions are negligible).
+std::vector<KernelResult> bench_fake_quant(const KernelOptions& o) {
+  const auto v = fake_quant_sizes(o);
+  const int64_t c = v[1];
+  const Tensor x0 = random_input({v[0] / c, c}, o);
+  const Tensor dy = random_input(x0.shape(), o);
+  const TensorOptions f32(DType::f32, o.device);
+  const quant::QuantRange u4 = quant::quant_range(4, false), s4 = quant::quant_range(4, true);
+  const double n = double(x0.numel()), es = double(x0.element_size());
+  std::vector<KernelResult> out;
+  for (const bool per_channel : {false, true}) {
+    const int64_t k = per_channel ? c : 1;
+    const std::string gran = per_channel ? "per_channel" : "per_tensor";
+    const std::string shape = str_cat(v[0] / c, "x", c, " 4-bit ", gran, per_channel ? " (axis 1)" : "");
+    // uniform: x in N(0, 1), unsigned 4-bit over about [-2, 2]
+    const Tensor scale = full({k}, 0.25, f32), zp = full({k}, 8, TensorOptions(DType::i32, o.device));
+    // lsq: signed 4-bit, learned scale
+    const Tensor s_lsq = full({k}, 0.3, f32).requires_grad_();
+    const double g = quant::lsq_grad_scale(v[0] / k, s4.qmax);
+    struct Op {
+      std::string name;
+      std::function<Tensor(const Tensor&)> fn;
+    };
+    const std::vector<Op> ops{
+        {"fake_quant", [&](const Tensor& x) { return quant::fake_quantize(x, scale, zp, u4, 1); }},
+        {"lsq", [&](const Tensor& x) { return quant::lsq_quantize(x, s_lsq, s4, g, 1); }},
+    };
+    for (const Op& op : ops) {
+      KernelResult f = make_result((op.name + "_" + gran + "_forward").c_str(), o, v, shape);
+      f.bytes = 2 * n * es;
+      {
+        autograd::NoGradGuard no_grad;
+        f.timing = time_calls(o.device, o.warmup, o.iters, [&] { op.fn(x0); });
+      }
+      Tensor x = x0.detach().requires_grad_();
+      Tensor y = op.fn(x);
+      std::shared_ptr<autograd::Node> node = y.grad_fn();
+      KernelResult b = make_result((op.name + "_" + gran + "_backward").c_str(), o, v, shape);
+      b.bytes = 3 * n * es;
+      b.timing = time_calls(o.device, o.warmup, o.iters, [&] { node->apply({dy}); });
+      out.push_back(f);
+      out.push_back(b);
+    }
+  }
+  return out;
+}
+
 std::vector<int64_t> copy_sizes(const KernelOptions& o) {
   check_floating(o, "copy");
   return sizes_or(o, "copy", {int64_t(32) << 20}, 1, 1, "ELEMENTS");
@@ -340,15 +408,14 @@ const std::vector<KernelBench>& kernel_benches() {
        [](Opts o) { optimizer_sizes(o, "adamw"); }},
       {"cross_entropy", kCrossEntropySize, "cross-entropy forward and backward",
        bench_cross_entropy, [](Opts o) { cross_entropy_sizes(o); }},
+      {"fake_quant", kFakeQuantSize,
+       "4-bit fake quantization forward and backward: uniform and LSQ, per tensor and per channel",
+       bench_fake_quant, [](Opts o) { fake_quant_sizes(o); }},
   };
   return table;
 }
 
 const KernelBench& find_kernel_bench(const std::string& name) {
-  // TODO(#8): fake_quant forward/backward benchmarks once quant/ lands.
-  LOWBIT_CHECK_INPUT(name != "fake_quant",
-                     "bench kernel fake_quant: not available yet: the fake-quant kernels arrive "
-                     "with quant/ (issue 8)");
   std::string names;
   for (const KernelBench& b : kernel_benches()) {
     if (b.name == name) return b;

@@ -601,13 +601,57 @@ def k_cross_entropy(args, ctx):
             ("cross_entropy_backward", [n, c], shape, tbw, 2.0 * lb + tb_, 0.0)]
 
 
+def k_fake_quant(args, ctx):
+    """lowbit's fake_quant kernels: 4-bit uniform (torch.fake_quantize_per_{tensor,channel}_affine)
+    and LSQ (torch._fake_quantize_learnable_per_{tensor,channel}_affine, which also returns a
+    zero-point gradient: PyTorch's LSQ op is LSQ+-shaped) on an (ELEMENTS/C, C) tensor,
+    per-channel along C."""
+    dev = ctx["dev"]
+    v = sizes_or(args, "fake_quant", [default_elements(ctx), 64], 1, 2)
+    if len(v) == 1:
+        v.append(64)
+    n, c = v
+    if n % c:
+        raise InputError(f"bench kernel fake_quant: ELEMENTS = {n} must be a multiple of C = {c}")
+    x = rnd([n // c, c], ctx)
+    dy = torch.randn_like(x)
+    nbytes = x.numel() * x.element_size()
+    out = []
+    for per_channel in (False, True):
+        k = c if per_channel else 1
+        gran = "per_channel" if per_channel else "per_tensor"
+        shape = f"{n // c}x{c} 4-bit {gran}" + (" (axis 1)" if per_channel else "")
+        scale = torch.full((k,), 0.25, device=dev)
+        zp = torch.full((k,), 8, device=dev, dtype=torch.int32)
+        s_lsq = torch.full((k,), 0.3, device=dev, requires_grad=True)
+        z_lsq = torch.zeros(k, device=dev, requires_grad=True)
+        g = 1.0 / ((n // k) * 7) ** 0.5
+        if per_channel:
+            uni = lambda t: torch.fake_quantize_per_channel_affine(t, scale, zp, 1, 0, 15)
+            lsq = lambda t: torch._fake_quantize_learnable_per_channel_affine(
+                t, s_lsq, z_lsq, 1, -8, 7, g)
+        else:
+            uni = lambda t: torch.fake_quantize_per_tensor_affine(t, 0.25, 8, 0, 15)
+            lsq = lambda t: torch._fake_quantize_learnable_per_tensor_affine(
+                t, s_lsq, z_lsq, -8, 7, g)
+        for name, fn, params in (("fake_quant", uni, []), ("lsq", lsq, [s_lsq, z_lsq])):
+            with torch.no_grad():
+                tf = time_calls(dev, args.warmup, args.iters, lambda: fn(x))
+            xg = x.detach().requires_grad_()
+            y = fn(xg)
+            tb = time_calls(dev, args.warmup, args.iters,
+                            lambda: torch.autograd.grad(y, [xg] + params, dy, retain_graph=True))
+            out += [(f"{name}_{gran}_forward", v, shape, tf, 2.0 * nbytes, 0.0),
+                    (f"{name}_{gran}_backward", v, shape, tb, 3.0 * nbytes, 0.0)]
+    return out
+
+
 KERNELS = {"copy": k_copy, "conv": k_conv, "bn": k_bn, "add": k_add, "relu": k_relu,
-           "sgd": k_sgd, "adamw": k_adamw, "cross_entropy": k_cross_entropy}
+           "sgd": k_sgd, "adamw": k_adamw, "cross_entropy": k_cross_entropy,
+           "fake_quant": k_fake_quant}
 
 
 def run_kernel(args):
-    if args.name == "fake_quant":
-        raise InputError("bench kernel fake_quant: not available yet (lowbit's quant/, issue 8)")
     if args.name != "all" and args.name not in KERNELS:
         raise InputError(f"bench kernel: unknown kernel '{args.name}'; known: "
                          f"{', '.join(KERNELS)}, all")

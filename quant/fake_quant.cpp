@@ -65,7 +65,9 @@ void check_positive(const Tensor& p, const char* op, const char* what) {
     LOWBIT_CHECK(v[c] > 0.0 && std::isfinite(v[c]), op, ": ", what,
                  " must be positive and finite, got ", v[c],
                  v.size() > 1 ? str_cat(" at channel ", c) : std::string(),
-                 " (learned scales: call Quantizer::clamp_parameters() after optimizer steps)");
+                 std::isfinite(v[c]) ? " (learned scales: call Quantizer::clamp_parameters() after optimizer steps)"
+                                     : " (a learned scale went NaN/inf: the training diverged; lower the learning "
+                                       "rate or set clip_grad_norm)");
   }
 }
 

@@ -85,8 +85,6 @@ std::string kernel_help() {
   }
   os << "  " << std::setw(14) << "all"
      << "every kernel above with its default size\n"
-     << "  " << std::setw(14) << "fake_quant"
-     << "not available yet (comes with quant/)\n"
      << "\n"
         "  --dtype T   f32 (default) or bf16 (the CPU convolution is f32-only)\n"
         "  --json      one JSON object per benchmark and line: kernel, device, dtype, threads,\n"

@@ -120,7 +120,7 @@ TEST(Cli, BenchHelpAndBadArgumentsExitTwo) {
   const Case cases[] = {
       {"bench frobnicate", "unknown subcommand 'frobnicate'"},
       {"bench kernel nosuch --device cpu", "unknown kernel 'nosuch'"},
-      {"bench kernel fake_quant --device cpu", "not available yet"},
+      {"bench kernel fake_quant --device cpu --size 100,64", "must be a multiple of C = 64"},
       {"bench kernel conv --device cpu --dtype bf16", "f32-only"},
       {"bench kernel conv --device cpu --size 1,2,3", "--size wants"},
       {"bench kernel all --device cpu --size 4", "different meaning"},
