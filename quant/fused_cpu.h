@@ -2,7 +2,8 @@
 // nvcc's host pass is not given): CpuLaunch runs an op of quant/fused.h over a contiguous tensor.
 // Every channel is bound once (op.channel(c)); the elements are then walked as runs of one
 // channel (a whole chunk for per-tensor, `inner` elements for per-channel), so the inner loop
-// works on a struct in registers and vectorises. Elementwise passes run over parallel chunks of
+// works on a struct in registers and vectorises; per-channel along the last axis (inner = 1,
+// channels-last activations) goes row by row, channel by channel. Elementwise passes run over parallel chunks of
 // the linear index. The backward with parameter gradients splits the elements into fixed blocks
 // (cpu_reduce_blocks: the count depends on the sizes only), sums each block's terms in double per
 // channel, and adds the block partials in block order, so the result does not depend on the
@@ -38,8 +39,20 @@ struct CpuLaunch {
     const auto chans = bind(op, l.channels);
     const T* px = static_cast<const T*>(x.raw_data());
     T* py = static_cast<T*>(y.raw_data());
+    if (l.inner == 1 && l.channels > 1) {  // per-channel along the last axis: rows x channels
+      const int64_t C = l.channels;
+      core::for_each_chunk(l.outer, [&](int64_t r0, int64_t r1) {
+        const typename Op::Channel* __restrict k = chans.data();
+        for (int64_t r = r0; r < r1; ++r) {
+          const T* __restrict xs = px + r * C;
+          T* __restrict ys = py + r * C;
+          for (int64_t c = 0; c < C; ++c) ys[c] = T(k[c].forward(A(opmath_t<T>(xs[c]))));
+        }
+      }, std::max<int64_t>(1, core::kParallelGrain / C));
+      return;
+    }
     core::for_each_chunk(l.numel(), [&](int64_t b, int64_t e) {
-      if (l.inner < kMinRun && l.channels > 1) {  // e.g. per-channel along the last axis
+      if (l.inner < kMinRun && l.channels > 1) {  // short runs of one channel
         for_each_element(l, b, e, [&](int64_t i, int64_t c) {
           py[i] = T(chans[size_t(c)].forward(A(opmath_t<T>(px[i]))));
         });
@@ -68,6 +81,19 @@ struct CpuLaunch {
     T* pdx = dx.defined() ? static_cast<T*>(dx.raw_data()) : nullptr;
     auto map = [&] {
       if (pdx == nullptr) return;
+      if (l.inner == 1 && l.channels > 1) {  // rows x channels, as in forward
+        const int64_t C = l.channels;
+        core::for_each_chunk(l.outer, [&](int64_t r0, int64_t r1) {
+          const typename Op::Channel* __restrict k = chans.data();
+          for (int64_t i = r0 * C; i < r1 * C; i += C) {
+            for (int64_t c = 0; c < C; ++c) {
+              A t[K > 0 ? K : 1];
+              pdx[i + c] = T(k[c].backward(A(opmath_t<T>(px[i + c])), A(opmath_t<T>(pg[i + c])), t));
+            }
+          }
+        }, std::max<int64_t>(1, core::kParallelGrain / C));
+        return;
+      }
       core::for_each_chunk(l.numel(), [&](int64_t b, int64_t e) {
         if (l.inner < kMinRun && l.channels > 1) {
           for_each_element(l, b, e, [&](int64_t i, int64_t c) {
@@ -152,6 +178,27 @@ struct CpuLaunch {
     const int64_t blocks = cpu_reduce_blocks(n, C);
     const int64_t chunk = (n + blocks - 1) / blocks;
     std::vector<double> partial(size_t(blocks * K * C), 0.0);
+    if (l.inner == 1 && C > 1) {
+      // Per-channel along the last axis: each block is whole rows, whose terms go straight into
+      // the block's per-channel sums, rows in order (a fixed order per block).
+      const int64_t rchunk = (l.outer + blocks - 1) / blocks;
+#pragma omp parallel for schedule(static) if (blocks > 1)
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t q0 = b * rchunk, q1 = std::min(l.outer, q0 + rchunk);
+        double* __restrict acc = partial.data() + b * K * C;
+        const typename Op::Channel* __restrict k = chans.data();
+        for (int64_t i = q0 * C; i < q1 * C; i += C) {
+          for (int64_t c = 0; c < C; ++c) {
+            A t[K];
+            const A g = k[c].backward(A(opmath_t<T>(px[i + c])), A(opmath_t<T>(pg[i + c])), t);
+            if (pdx) pdx[i + c] = T(g);
+            for (int j = 0; j < K; ++j) acc[j * C + c] += double(t[j]);
+          }
+        }
+      }
+      finish_reduce<A>(grads, op, partial, blocks, C);
+      return;
+    }
 #pragma omp parallel for schedule(static) if (blocks > 1)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t i0 = b * chunk, i1 = std::min(n, i0 + chunk);
@@ -187,6 +234,14 @@ struct CpuLaunch {
         }
       });
     }
+    finish_reduce<A>(grads, op, partial, blocks, C);
+  }
+
+  // grads[j][c] = op.finish(j, c, the block partials of term j, channel c, added in block order).
+  template <typename A, typename Op>
+  static void finish_reduce(const Tensor& grads, const Op& op, const std::vector<double>& partial,
+                            int64_t blocks, int64_t C) {
+    constexpr int K = Op::kTerms;
     A* out = static_cast<A*>(grads.raw_data());
     for (int j = 0; j < K; ++j) {
       for (int64_t c = 0; c < C; ++c) {

@@ -250,7 +250,8 @@ TEST(FakeQuant, BackwardIsTheStraightThroughMask) {
 
 struct LsqCase {
   Shape shape;
-  int64_t channels;  // 1: per-tensor (axis 0 otherwise)
+  int64_t channels;  // 1: per-tensor (axis `axis` otherwise)
+  int64_t axis = 0;
 };
 
 void check_lsq(bool plus, const LsqCase& cs, uint64_t seed) {
@@ -260,7 +261,8 @@ void check_lsq(bool plus, const LsqCase& cs, uint64_t seed) {
   Tensor x = (randn(cs.shape) * 1.5).requires_grad_();
   Tensor s = (rand({cs.channels}) * 0.3 + 0.1).requires_grad_();
   Tensor b = (randn({cs.channels}) * 0.2).requires_grad_();
-  Tensor y = plus ? lsq_plus_quantize(x, s, b, r, g_scale, 0) : lsq_quantize(x, s, r, g_scale, 0);
+  Tensor y = plus ? lsq_plus_quantize(x, s, b, r, g_scale, cs.axis)
+                  : lsq_quantize(x, s, r, g_scale, cs.axis);
   Tensor g = randn(cs.shape);
   sum(y * g).backward();
   const std::vector<double> xv = to_doubles(x), sv = to_doubles(s), bv = to_doubles(b),
@@ -268,7 +270,7 @@ void check_lsq(bool plus, const LsqCase& cs, uint64_t seed) {
   std::vector<double> want(xv.size()), want_dx(xv.size());
   std::vector<double> ds(size_t(cs.channels), 0.0), db(size_t(cs.channels), 0.0);
   for (size_t i = 0; i < xv.size(); ++i) {
-    const size_t c = size_t(cs.channels == 1 ? 0 : channel_of(cs.shape, 0, int64_t(i)));
+    const size_t c = size_t(cs.channels == 1 ? 0 : channel_of(cs.shape, cs.axis, int64_t(i)));
     const ref::LsqElem e = ref::lsq(xv[i], sv[c], bv[c], -8, 7, plus);
     want[i] = e.y;
     want_dx[i] = gv[i] * e.dx;
@@ -294,10 +296,14 @@ TEST(Lsq, ForwardAndGradientsMatchNaiveReduction) {
   check_lsq(false, {{500}, 1}, 10);
   check_lsq(false, {{8, 3, 3, 5}, 8}, 11);
   check_lsq(false, {{40, 64, 33}, 40}, 12);  // past the parallel grain, several blocks
+  // Per-channel along the last axis (channels-last activations: the row-by-row CPU path).
+  check_lsq(false, {{6, 5, 4, 7}, 7, 3}, 14);
+  check_lsq(false, {{300, 8, 8, 64}, 64, 3}, 15);  // several blocks and parallel chunks
 }
 
 TEST(LsqPlus, ForwardAndGradientsMatchNaiveReduction) {
   check_lsq(true, {{500}, 1}, 13);
+  check_lsq(true, {{300, 8, 8, 64}, 64, 3}, 16);
   check_lsq(true, {{8, 3, 3, 5}, 8}, 14);
   check_lsq(true, {{70000}, 1}, 15);
 }
@@ -328,15 +334,21 @@ TEST(Lsq, ReductionDoesNotDependOnTheThreadCount) {
   Tensor g = randn({200000});
   std::vector<double> grads;
   const int saved = omp_get_max_threads();
+  std::vector<std::vector<double>> per_channel;  // along the last axis: (3125, 64)
   for (int threads : {1, 2, 3}) {
     omp_set_num_threads(threads);
     Tensor s = full({1}, 0.17).requires_grad_();
     sum(lsq_quantize(x, s, r, 1.0) * g).backward();
     grads.push_back(s.grad().item());
+    Tensor sc = full({64}, 0.17).requires_grad_();
+    sum(lsq_quantize(x.reshape({3125, 64}), sc, r, 1.0, 1) * g.reshape({3125, 64})).backward();
+    per_channel.push_back(to_doubles(sc.grad()));
   }
   omp_set_num_threads(saved);
   EXPECT_EQ(grads[0], grads[1]);
   EXPECT_EQ(grads[0], grads[2]);
+  EXPECT_EQ(per_channel[0], per_channel[1]);
+  EXPECT_EQ(per_channel[0], per_channel[2]);
 }
 
 TEST(Lsq, FrozenOrConstantParametersGetNoGradient) {
