@@ -72,6 +72,33 @@ TEST(ConvBnFold, EqualsConvThenBnWhenQuantizationIsOff) {
   }
 }
 
+// PfQ's situation (METHODS 5.2) in QAT without pruning: a depthwise conv whose input channel is
+// dead (all zero) has a BN with running variance ~0, so its folded factor is gamma/sqrt(eps) and
+// it sets the per-tensor weight range. Training through it must still give finite gradients.
+TEST(ConvBnFold, CollapsedChannelGivesFiniteGradients) {
+  manual_seed(12);
+  const int64_t c = 4;
+  auto conv = std::make_shared<layers::Conv2d>(layers::Conv2dOptions(c, c, 3).with_padding(1).with_groups(c));
+  auto bn = trained_bn(c);
+  {
+    autograd::NoGradGuard g;
+    bn->running_var().copy_(tensor_of({1.0, 5.6e-45, 0.5, 2.0}, {c}));
+    bn->running_mean().copy_(tensor_of({0.1, 5.6e-45, -0.2, 0.0}, {c}));
+  }
+  auto q = std::make_shared<QConv2d>(*conv, create_quantizer("lsq", {{"role", "weight"}, {"bits", "4"}}), nullptr);
+  q->fold_bn(bn);
+  q->train();
+  bn->train();
+  Tensor x = randn({2, 6, 6, c}) * tensor_of({1.0, 0.0, 1.0, 1.0}, {c});  // channel 1 dead
+  Tensor y = relu(bn->forward(q->forward(x)));
+  sum(y * randn(y.shape())).backward();
+  for (auto& [name, p] : q->named_parameters()) {
+    ASSERT_TRUE(p.grad().defined()) << name;
+    for (double v : testing::to_doubles(p.grad())) ASSERT_TRUE(std::isfinite(v)) << name;
+  }
+  for (double v : testing::to_doubles(bn->weight().grad())) EXPECT_TRUE(std::isfinite(v)) << "bn.weight";
+}
+
 // With quantization on, eval output is the integer-inference graph of METHODS 4:
 // conv(x, FQ(W * gamma / std_r)) + beta + gamma * (b - mu_r) / std_r.
 TEST(ConvBnFold, EvalIsTheFoldedInferenceGraph) {
