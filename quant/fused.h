@@ -70,6 +70,9 @@ struct ChannelLayout {
 // Per-tensor (channels == 1: the whole tensor) or per-channel along `axis` (negative counts from
 // the end), in which case shape[axis] must equal `channels`. `op` names the caller in errors.
 ChannelLayout channel_layout(const Shape& shape, int64_t axis, int64_t channels, const char* op);
+// The axis (negative counts from the end) as a dimension index of `shape`, checked; `op` names the
+// caller in errors.
+int64_t checked_axis(const Shape& shape, int64_t axis, const char* op);
 // {outer, channels, inner}: reshape a contiguous x to it and reduce over dims {0, 2} for
 // per-channel statistics (keepdim gives (1, C, 1), which broadcasts back against it).
 Shape layout_shape(const ChannelLayout& l);

@@ -66,7 +66,6 @@ void LsqQuantizer::accumulate(const Tensor& x) {
       max_val_ = full({l.channels}, -INFINITY, TensorOptions(DType::f32, x.device()));
     }
     observer_->observe(x.detach().contiguous(), l, min_val_, max_val_);
-    observed_ = true;
     return;
   }
   Tensor s = sum(abs(x.detach().contiguous().reshape(layout_shape(l)).to(DType::f64)), {0, 2});
@@ -82,7 +81,7 @@ void LsqQuantizer::calibrate(const Tensor& x) {
 }
 
 void LsqQuantizer::end_calibration() {
-  if (observer_ && observed_) {
+  if (observer_ && min_val_.defined()) {  // something was observed
     // s0 = the scale of PyTorch's qparams for the observed range (METHODS 2.3): max|x| / 127.5
     // for signed 8 bits, x_max / 255 for unsigned (the zero-point, 0 or ignored, is dropped).
     autograd::NoGradGuard guard;
@@ -90,7 +89,6 @@ void LsqQuantizer::end_calibration() {
     if (!signed_range()) min_val_ = zeros_like(min_val_);  // LSQ clips negatives to 0 anyway
     set_scale(calc_qparams(min_val_, max_val_, spec().range, signed_range()).first);
     min_val_ = max_val_ = Tensor();
-    observed_ = false;
   }
   abs_sum_ = Tensor();
   count_ = 0;

@@ -57,8 +57,7 @@ class LsqQuantizer : public Quantizer {
   int64_t count_ = 0;       // elements per channel in abs_sum_
   std::string init_;                   // "lsq" or an observer name
   std::unique_ptr<Observer> observer_;  // init != lsq: the range statistics
-  Tensor min_val_, max_val_;            // init != lsq: the observer's range, f32 (C)
-  bool observed_ = false;
+  Tensor min_val_, max_val_;  // init != lsq: the observer's range, f32 (C); defined once it saw data
 };
 
 }  // namespace lowbit::quant

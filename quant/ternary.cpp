@@ -17,12 +17,7 @@ Tensor ternarize(const Tensor& x_in, double threshold, bool per_channel, int64_t
   LOWBIT_CHECK(x_in.defined() && is_floating(x_in.dtype()), op, ": x must be a floating tensor");
   LOWBIT_CHECK(threshold >= 0.0, op, ": threshold must be non-negative, got ", threshold);
   int64_t channels = 1;
-  if (per_channel) {
-    const int64_t d = x_in.dim();
-    LOWBIT_CHECK(axis >= -d && axis < d, op, ": axis ", axis, " is out of range for shape ",
-                 x_in.shape());
-    channels = x_in.size(axis);
-  }
+  if (per_channel) channels = x_in.size(checked_axis(x_in.shape(), axis, op));
   const ChannelLayout l = channel_layout(x_in.shape(), axis, channels, op);
   Tensor x = x_in.detach().contiguous();
   TernaryParams p;
