@@ -99,9 +99,9 @@ struct TrainOptions {
   int64_t steps = 20;  // timed steps
   int64_t warmup = 3;  // untimed steps first (primitive creation, allocator warm-up)
   Device device = Device::cpu();
-  // "fp32": everything in f32. "bf16" (CUDA only): AMP-style mixed precision, see
-  // docs/benchmarks.md: f32 master weights and optimizer, convolutions and linear layers in
-  // bf16, BN parameters in f32, loss in f32.
+  // "fp32": everything in f32. "bf16": the trainer's `amp: bf16` (core/autocast.h, see
+  // docs/benchmarks.md): f32 weights and optimizer, convolutions and linear layers in bf16, BN
+  // statistics in f32, loss in f32.
   std::string mode = "fp32";
   // "qat": the model converted by quantize_model (quant/convert.h) with `quantizer` for weights
   // (per-channel) and activations at `bits` bits, first and last layers at 8 bits, BN folded.
@@ -125,7 +125,7 @@ struct TrainResult {
 
 // Full training steps: forward, cross-entropy, backward, SGD (momentum 0.9, weight decay 5e-4,
 // lr 0.01) on one synthetic batch (randn images, randint labels) kept on the device, so no data
-// loading is measured. Throws InputError for bad options (unknown model, bf16 on the CPU).
+// loading is measured. Throws InputError for bad options (unknown model, mode).
 TrainResult run_train_bench(const TrainOptions& opts);
 
 }  // namespace lowbit::bench

@@ -85,10 +85,6 @@ constexpr const char* kConvSize =
 
 std::vector<int64_t> conv_sizes(const KernelOptions& o) {
   check_floating(o, "conv");
-  LOWBIT_CHECK_INPUT(o.device.is_cuda() || o.dtype == DType::f32,
-                     "bench kernel conv: the CPU convolution is f32-only; use --dtype f32, or "
-                     "--device cuda for ",
-                     dtype_name(o.dtype));
   auto v = sizes_or(o, "conv", {128, 32, 32, 16, 16, 3}, 6, 8, "N,H,W,C,K,R[,STRIDE[,GROUPS]]");
   const int64_t groups = v.size() > 7 ? v[7] : 1;
   LOWBIT_CHECK_INPUT(v[3] % groups == 0 && v[4] % groups == 0, "bench kernel conv: GROUPS ", groups,

@@ -9,8 +9,8 @@ weight decay 5e-4) of the model on one synthetic batch kept on the device, eager
 models are defined here with lowbit's architectures (models/resnet.cpp, models/mobilenet.cpp,
 models/vgg.cpp): CIFAR ResNets with a 3x3 stem and option A shortcuts, torchvision's
 resnet18/34/50 and mobilenet_v2, MobileNetV1, VGG-16-BN with lowbit's small-input head, and
-the DS net, so torchvision is not needed. --mode bf16 runs under torch.autocast(bfloat16) on
-CUDA (f32 weights and optimizer, bf16 convolutions and matmuls). On the CPU the model and the
+the DS net, so torchvision is not needed. --mode bf16 runs under torch.autocast(bfloat16) on the
+device (f32 weights and optimizer, bf16 convolutions and matmuls). On the CPU the model and the
 batch are channels_last (NHWC, lowbit's layout) unless --channels-last off.
 
 kernel: the kernels `lowbit bench kernel` times, with the same sizes and byte/FLOP counts;
@@ -381,9 +381,6 @@ def run_train(args):
     if args.model not in MODELS:
         raise InputError(f"bench train: unknown model '{args.model}'; known: {', '.join(MODELS)}")
     dev = resolve_device(args.device)
-    if args.mode == "bf16" and dev.type != "cuda":
-        raise InputError("bench train: --mode bf16 needs --device cuda (lowbit's CPU convolution "
-                         "is f32-only, so the comparison is CUDA-only for now)")
     if args.batch < 1 or args.hw < 1 or args.cin < 1 or args.classes < 2 or args.steps < 1 \
             or args.warmup < 0:
         raise InputError("bench train: sizes must be positive, --classes > 1, --steps >= 1")
@@ -405,7 +402,7 @@ def run_train(args):
 
     def step():
         # Autocast only when asked: constructing it queries CUDA even when disabled.
-        with torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext():
+        with torch.autocast(dev.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext():
             logits = model(images)
         loss = F.cross_entropy(logits.float(), labels)
         opt.zero_grad(set_to_none=True)
@@ -479,8 +476,6 @@ def k_copy(args, ctx):
 
 def k_conv(args, ctx):
     dev, cl = ctx["dev"], ctx["channels_last"]
-    if dev.type == "cpu" and ctx["dtype"] != torch.float32:
-        raise InputError("bench kernel conv: lowbit's CPU convolution is f32-only; use --dtype f32")
     v = sizes_or(args, "conv", [128, 32, 32, 16, 16, 3], 6, 8)
     n, h, w, c, k, r = v[:6]
     stride = v[6] if len(v) > 6 else 1

@@ -2,6 +2,7 @@
 
 #include <sstream>
 
+#include "core/autocast.h"
 #include "core/autograd.h"
 #include "core/kernels.h"
 #include "core/ops.h"
@@ -28,7 +29,9 @@ Tensor relu6(const Tensor& x) {
 
 Tensor hardswish(const Tensor& x) { return x * clamp(x + 3.0, 0.0, 6.0) * (1.0 / 6.0); }
 
-Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+Tensor linear(const Tensor& x_arg, const Tensor& w_arg, const Tensor& b_arg) {
+  // A lower-precision op under autocast (core/autocast.h), as conv2d.
+  const Tensor x = autocast_input(x_arg), weight = autocast_input(w_arg), bias = autocast_input(b_arg);
   LOWBIT_CHECK(x.defined() && x.dim() >= 1 && weight.defined() && weight.dim() == 2,
                "linear wants x (..., in) and weight (out, in), got ",
                x.defined() ? shape_str(x.shape()) : "undefined", " and ",

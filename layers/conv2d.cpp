@@ -9,6 +9,7 @@
 #include <sstream>
 #include <tuple>
 
+#include "core/autocast.h"
 #include "core/autograd.h"
 #include "core/ops.h"
 
@@ -61,11 +62,11 @@ dnnl::engine& cpu_engine() {
 }
 
 using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                       int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool>;
+                       int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, DType>;
 
-Key key_of(const ConvShape& s, bool bias) {
+Key key_of(const ConvShape& s, bool bias, DType t) {
   return Key{s.n, s.h, s.w, s.c, s.k, s.r, s.s, s.stride_h, s.stride_w, s.pad_h, s.pad_w,
-             s.dil_h, s.dil_w, s.groups, bias};
+             s.dil_h, s.dil_w, s.groups, bias, t};
 }
 
 struct Descs {
@@ -73,18 +74,20 @@ struct Descs {
   memory::dims strides, dilates, pad_l, pad_r;
 };
 
-Descs make_descs(const ConvShape& s, bool with_bias) {
+// Every tensor of one convolution has the same dtype: f32, or bf16 (autocast; oneDNN accumulates
+// in f32 and rounds once on the way out).
+Descs make_descs(const ConvShape& s, bool with_bias, DType t) {
   using tag = memory::format_tag;
-  using dt = memory::data_type;
+  const memory::data_type dt = t == DType::bf16 ? memory::data_type::bf16 : memory::data_type::f32;
   Descs d;
-  d.src = memory::desc({s.n, s.c, s.h, s.w}, dt::f32, tag::nhwc);
-  d.dst = memory::desc({s.n, s.k, s.p, s.q}, dt::f32, tag::nhwc);
+  d.src = memory::desc({s.n, s.c, s.h, s.w}, dt, tag::nhwc);
+  d.dst = memory::desc({s.n, s.k, s.p, s.q}, dt, tag::nhwc);
   if (s.groups == 1) {
-    d.weights = memory::desc({s.k, s.c, s.r, s.s}, dt::f32, tag::ohwi);
+    d.weights = memory::desc({s.k, s.c, s.r, s.s}, dt, tag::ohwi);
   } else {
-    d.weights = memory::desc({s.groups, s.k / s.groups, s.c / s.groups, s.r, s.s}, dt::f32, tag::gohwi);
+    d.weights = memory::desc({s.groups, s.k / s.groups, s.c / s.groups, s.r, s.s}, dt, tag::gohwi);
   }
-  d.bias = with_bias ? memory::desc({s.k}, dt::f32, tag::x) : memory::desc();
+  d.bias = with_bias ? memory::desc({s.k}, dt, tag::x) : memory::desc();
   d.strides = {s.stride_h, s.stride_w};
   d.dilates = {s.dil_h - 1, s.dil_w - 1};  // oneDNN counts dilation from 0
   d.pad_l = {s.pad_h, s.pad_w};
@@ -154,27 +157,37 @@ struct BwdEntry {
   memory::desc bias;
 };
 
-FwdEntry& forward_entry(const ConvShape& s, bool with_bias) {
+// oneDNN throws dnnl::error when no kernel implements a primitive (bf16 on a CPU without
+// AVX-512); say which convolution and dtype, and what to do.
+[[noreturn]] void no_kernel(const ConvShape& s, DType t, const dnnl::error& e) {
+  LOWBIT_FAIL("conv2d (cpu): oneDNN has no ", t, " kernel for ", s.n, "x", s.h, "x", s.w, "x", s.c,
+              " -> ", s.k, " filters ", s.r, "x", s.s, " on this CPU (", e.what(),
+              ")", t == DType::bf16 ? "; bf16 needs AVX-512 (avx512_core); use amp: off" : "");
+}
+
+FwdEntry& forward_entry(const ConvShape& s, bool with_bias, DType t) {
   static std::map<Key, std::unique_ptr<FwdEntry>> cache;
   std::lock_guard<std::mutex> lock(g_cache_mu);
-  auto& slot = cache[key_of(s, with_bias)];
-  if (!slot) {
-    Descs d = make_descs(s, with_bias);
+  auto& slot = cache[key_of(s, with_bias, t)];
+  if (!slot) try {
+    Descs d = make_descs(s, with_bias, t);
     auto pd = forward_pd(d, with_bias);
     slot.reset(new FwdEntry{dnnl::convolution_forward(pd), Staged(d.src, pd.src_desc()),
                             Staged(d.weights, pd.weights_desc()), Staged(d.dst, pd.dst_desc()),
                             d.bias});
+  } catch (const dnnl::error& e) {
+    no_kernel(s, t, e);
   }
   return *slot;
 }
 
-BwdEntry& backward_entry(const ConvShape& s, bool with_bias) {
+BwdEntry& backward_entry(const ConvShape& s, bool with_bias, DType t) {
   using namespace dnnl;
   static std::map<Key, std::unique_ptr<BwdEntry>> cache;
   std::lock_guard<std::mutex> lock(g_cache_mu);
-  auto& slot = cache[key_of(s, with_bias)];
-  if (!slot) {
-    Descs d = make_descs(s, with_bias);
+  auto& slot = cache[key_of(s, with_bias, t)];
+  if (!slot) try {
+    Descs d = make_descs(s, with_bias, t);
     auto hint = forward_pd(d, with_bias);
     convolution_backward_data::desc dd(algorithm::convolution_direct, d.src,
                                        any_of(d.weights), d.dst, d.strides, d.dilates,
@@ -193,13 +206,15 @@ BwdEntry& backward_entry(const ConvShape& s, bool with_bias) {
                             convolution_backward_weights(wpd), Staged(d.src, wpd.src_desc()),
                             Staged(d.dst, wpd.diff_dst_desc()),
                             Staged(d.weights, wpd.diff_weights_desc()), d.bias});
+  } catch (const dnnl::error& e) {
+    no_kernel(s, t, e);
   }
   return *slot;
 }
 
-void check_cpu_f32(const Tensor& t, const char* what) {
-  LOWBIT_CHECK(t.dtype() == DType::f32, "conv2d (cpu): ", what, " has dtype ", t.dtype(),
-               "; the CPU convolution supports f32");
+void check_cpu_dtype(const Tensor& t, const char* what) {
+  LOWBIT_CHECK(t.dtype() == DType::f32 || t.dtype() == DType::bf16, "conv2d (cpu): ", what,
+               " has dtype ", t.dtype(), "; the CPU convolution supports f32 and bf16");
   LOWBIT_CHECK(t.is_contiguous(), "conv2d (cpu): ", what, " must be contiguous");
 }
 
@@ -210,9 +225,9 @@ std::mutex g_exec_mu;
 
 void conv2d_forward_cpu(const ConvShape& s, const Tensor& x, const Tensor& w, const Tensor& b,
                         const Tensor& y) {
-  check_cpu_f32(x, "input");
-  check_cpu_f32(w, "weight");
-  FwdEntry& e = forward_entry(s, b.defined());
+  check_cpu_dtype(x, "input");
+  check_cpu_dtype(w, "weight");
+  FwdEntry& e = forward_entry(s, b.defined(), x.dtype());
   std::lock_guard<std::mutex> lock(g_exec_mu);
   dnnl::stream strm(cpu_engine());
   std::unordered_map<int, memory> args{{DNNL_ARG_SRC, e.src.in(x.raw_data(), strm)},
@@ -226,8 +241,23 @@ void conv2d_forward_cpu(const ConvShape& s, const Tensor& x, const Tensor& w, co
 
 void conv2d_backward_cpu(const ConvShape& s, const Tensor& x, const Tensor& w, const Tensor& dy,
                          const Tensor& dx, const Tensor& dw, const Tensor& db) {
-  check_cpu_f32(dy, "output gradient");
-  BwdEntry& e = backward_entry(s, db.defined());
+  check_cpu_dtype(dy, "output gradient");
+  LOWBIT_CHECK(dy.dtype() == x.dtype(), "conv2d (cpu): output gradient dtype ", dy.dtype(),
+               " differs from the input's ", x.dtype());
+  // oneDNN 2.6 has no bf16 depthwise/grouped weight-gradient kernel for small maps: it takes a
+  // generic grouped one with 16-channel blocks, 5x slower than f32 (MobileNetV2 at 28x28). A
+  // grouped bf16 convolution computes its weight gradient in f32 on the upcast x and dy and
+  // rounds once, which is also more exact. docs/benchmarks.md, "bf16".
+  if (x.dtype() == DType::bf16 && s.groups > 1 && dw.defined()) {
+    const TensorOptions f32(DType::f32, x.device());
+    Tensor dw32 = empty(dw.shape(), f32), db32 = db.defined() ? empty(db.shape(), f32) : Tensor();
+    conv2d_backward_cpu(s, x.to(DType::f32), w.to(DType::f32), dy.to(DType::f32), Tensor(), dw32, db32);
+    Tensor(dw).copy_(dw32);  // a handle: the storage is the caller's output
+    if (db.defined()) Tensor(db).copy_(db32);
+    if (dx.defined()) conv2d_backward_cpu(s, x, w, dy, dx, Tensor(), Tensor());
+    return;
+  }
+  BwdEntry& e = backward_entry(s, db.defined(), x.dtype());
   std::lock_guard<std::mutex> lock(g_exec_mu);
   dnnl::stream strm(cpu_engine());
   if (dx.defined()) {
@@ -260,7 +290,9 @@ void conv2d_backward_cuda(const ConvShape&, const Tensor&, const Tensor&, const 
 
 // ---------------------------------------------------------------------------- autograd
 
-Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& b_in, const Conv2dOptions& o) {
+Tensor conv2d(const Tensor& x_arg, const Tensor& w_arg, const Tensor& b_in, const Conv2dOptions& o) {
+  // A lower-precision op under autocast (core/autocast.h): f32 input and weight run in bf16.
+  const Tensor x_in = autocast_input(x_arg), w_in = autocast_input(w_arg);
   const ConvShape s = conv2d_shape(x_in, w_in, o);
   LOWBIT_CHECK(x_in.device() == w_in.device(), "conv2d: input on ", x_in.device(), ", weight on ",
                w_in.device());
@@ -286,7 +318,7 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& b_in, const 
     if (b_in.defined()) inputs.push_back(b_in);
     autograd::record("conv2d", inputs, y, [=](const Tensor& g_in) {
       Tensor xs = sx.unpack(), ws = sw.unpack();
-      Tensor g = g_in.contiguous();
+      Tensor g = g_in.to(xs.dtype()).contiguous();  // the engine may hand a promoted gradient
       const TensorOptions opt(xs.dtype(), xs.device());
       Tensor dx = need_x ? empty(xs.shape(), opt) : Tensor();
       Tensor dw = (need_w || need_b) ? empty(ws.shape(), opt) : Tensor();

@@ -95,6 +95,7 @@ struct ExperimentConfig {
   std::string device = "auto";  // auto | cpu | cuda | cuda:N
   int64_t log_interval = 50;    // steps between log records
   int64_t threads = 0;          // CPU threads (0 = OpenMP's default)
+  std::string amp = "off";      // mixed precision: off | bf16 | f16 (core/autocast.h)
   DataConfig data;
   ModelConfig model;
   std::vector<StageConfig> stages;

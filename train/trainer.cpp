@@ -15,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/autocast.h"
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/ops.h"
@@ -187,6 +188,18 @@ std::string fmt(double v, int prec) {
   return os.str();
 }
 
+// Mixed precision of a run (`amp:`, core/autocast.h): none, bf16 or f16.
+std::optional<DType> amp_dtype(const ExperimentConfig& cfg) {
+  if (cfg.amp == "off") return std::nullopt;
+  return parse_dtype(cfg.amp);
+}
+
+// Logits for the loss and the metrics: f32 when autocast made them bf16/f16 (as autocast runs
+// cross_entropy in f32); f32/f64 as they are.
+Tensor loss_precision(const Tensor& logits) {
+  return logits.dtype() == DType::bf16 || logits.dtype() == DType::f16 ? logits.to(DType::f32) : logits;
+}
+
 EvalResult evaluate(layers::Module& model, DataSource& data, Device dev) {
   autograd::NoGradGuard guard;
   model.eval();
@@ -196,7 +209,7 @@ EvalResult evaluate(layers::Module& model, DataSource& data, Device dev) {
   data.test->reset();
   Batch b;
   while (data.test->next(b)) {
-    Tensor logits = model.forward(b.images);
+    Tensor logits = loss_precision(model.forward(b.images));
     const int64_t n = b.labels.size(0);
     loss_sum = loss_sum + cross_entropy(logits, b.labels).to(DType::f64) * double(n);
     top1 = top1 + topk_correct(logits, b.labels, 1).to(DType::f64);
@@ -298,6 +311,7 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
   const auto t0 = std::chrono::steady_clock::now();
   const Device dev = resolve_device(opts.device.empty() ? cfg.device : opts.device);
   if (cfg.threads > 0) omp_set_num_threads(int(cfg.threads));
+  AutocastGuard amp(amp_dtype(cfg));
   fs::path out(opts.out_dir);
   std::error_code ec;
   fs::create_directories(out, ec);
@@ -395,7 +409,7 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
       while (data.train->next(b)) {
         const int64_t step = e * steps_per_epoch + step_in_epoch;
         opt->set_lr(sched->lr_at(step));
-        Tensor logits = model->forward(b.images);
+        Tensor logits = loss_precision(model->forward(b.images));
         Tensor loss = cross_entropy(logits, b.labels, st.label_smoothing);
         opt->zero_grad();
         loss.backward();
@@ -523,6 +537,7 @@ PruneRunResult run_prune(const ExperimentConfig& cfg, const std::string& checkpo
                          const std::string& device_override, bool print) {
   LOWBIT_CHECK_INPUT(cfg.has_prune, cfg.file, ": lowbit prune needs a prune: section in the config");
   const Device dev = resolve_device(device_override.empty() ? cfg.device : device_override);
+  AutocastGuard amp(amp_dtype(cfg));
   fs::path out(out_dir);
   std::error_code ec;
   fs::create_directories(out, ec);
@@ -591,6 +606,7 @@ layers::ModulePtr build_model_offline(const ExperimentConfig& cfg, Shape* sample
 EvalResult run_evaluation(const ExperimentConfig& cfg, const std::string& checkpoint,
                           const std::string& device_override) {
   const Device dev = resolve_device(device_override.empty() ? cfg.device : device_override);
+  AutocastGuard amp(amp_dtype(cfg));
   DataSource data;
   ModelState ms;
   layers::ModulePtr model = load_trained(cfg, checkpoint, dev, &data, &ms);

@@ -34,13 +34,8 @@ Conv2dOptions options_of(const ConvCase& p) {
   return o;
 }
 
-TEST_P(Conv2dForward, MatchesNaiveLoop) {
-  const ConvCase p = GetParam();
-  manual_seed(10);
-  Tensor x = randn({p.n, p.h, p.w, p.c});
-  Tensor w = randn({p.k, p.r, p.s, p.c / p.groups});
-  Tensor b = p.bias ? randn({p.k}) : Tensor();
-  Tensor y = conv2d(x, w, b, options_of(p));
+// The naive loop's result (double) for case p on x, w, b.
+Tensor naive_conv(const ConvCase& p, const Tensor& x, const Tensor& w, const Tensor& b) {
   reference::ConvGeometry g{p.n, p.h, p.w, p.c, p.k, p.r, p.s};
   g.stride_h = g.stride_w = p.stride;
   g.pad_h = g.pad_w = p.pad;
@@ -48,7 +43,17 @@ TEST_P(Conv2dForward, MatchesNaiveLoop) {
   g.groups = p.groups;
   std::vector<double> ref = reference::conv2d_nhwc(g, testing::to_doubles(x), testing::to_doubles(w),
                                                    p.bias ? testing::to_doubles(b) : std::vector<double>{});
-  Tensor expected = testing::tensor_of(ref, {p.n, g.out_h(), g.out_w(), p.k}, DType::f64);
+  return testing::tensor_of(ref, {p.n, g.out_h(), g.out_w(), p.k}, DType::f64);
+}
+
+TEST_P(Conv2dForward, MatchesNaiveLoop) {
+  const ConvCase p = GetParam();
+  manual_seed(10);
+  Tensor x = randn({p.n, p.h, p.w, p.c});
+  Tensor w = randn({p.k, p.r, p.s, p.c / p.groups});
+  Tensor b = p.bias ? randn({p.k}) : Tensor();
+  Tensor y = conv2d(x, w, b, options_of(p));
+  Tensor expected = naive_conv(p, x, w, b);
   // f32 accumulation over at most c*r*s ~ 300 terms of N(0,1) products.
   EXPECT_TENSOR_NEAR(y, expected, 1e-4, 1e-4);
 }
@@ -149,6 +154,46 @@ TEST(Conv2d, UnsupportedCpuDtypeNamed) {
     FAIL() << "no error";
   } catch (const Error& e) {
     EXPECT_THAT(e.what(), HasSubstr("f64"));
+  }
+}
+
+// bf16 on the CPU (oneDNN's bf16 kernels, f32 accumulation): on inputs that are bf16 already,
+// the forward is the exact convolution (the naive loop in double) rounded once to bf16, and the
+// data and weight gradients are the f32 kernels' results on the same values, rounded once.
+TEST(Conv2d, Bf16CpuIsTheExactResultRoundedOnce) {
+  manual_seed(17);
+  for (const ConvCase& p : {ConvCase{2, 7, 6, 5, 8, 3, 3, 2, 1, 1, 1, true},
+                            ConvCase{2, 8, 8, 16, 16, 3, 3, 1, 1, 1, 1, false},
+                            ConvCase{1, 8, 8, 6, 6, 3, 3, 1, 1, 1, 6, false},
+                            ConvCase{3, 4, 4, 7, 5, 1, 1, 1, 0, 1, 1, true}}) {
+    SCOPED_TRACE(::testing::Message() << "c " << p.c << " k " << p.k << " groups " << p.groups);
+    Tensor x = randn({p.n, p.h, p.w, p.c}).to(DType::bf16).requires_grad_();
+    Tensor w = randn({p.k, p.r, p.s, p.c / p.groups}).to(DType::bf16).requires_grad_();
+    Tensor b = p.bias ? randn({p.k}).to(DType::bf16).requires_grad_() : Tensor();
+    Tensor y;
+    try {
+      y = conv2d(x, w, b, options_of(p));
+    } catch (const Error& e) {
+      if (std::string(e.what()).find("no bf16 kernel") != std::string::npos) GTEST_SKIP() << e.what();
+      throw;
+    }
+    ASSERT_EQ(y.dtype(), DType::bf16);
+    Tensor expected = naive_conv(p, x, w, b);
+    // One rounding to bf16 (relative 2^-9, here 2^-8 for slack), plus f32 accumulation.
+    EXPECT_TENSOR_NEAR(y, expected, 1.0 / 256, 1e-4);
+
+    Tensor x32 = x.detach().to(DType::f32).requires_grad_();
+    Tensor w32 = w.detach().to(DType::f32).requires_grad_();
+    Tensor b32 = p.bias ? b.detach().to(DType::f32).requires_grad_() : Tensor();
+    Tensor up = randn(y.shape()).to(DType::bf16);
+    sum(y * up).backward();
+    sum(conv2d(x32, w32, b32, options_of(p)) * up.to(DType::f32)).backward();
+    ASSERT_EQ(x.grad().dtype(), DType::bf16);
+    EXPECT_TENSOR_NEAR(x.grad(), x32.grad(), 1.0 / 256, 1e-3);
+    EXPECT_TENSOR_NEAR(w.grad(), w32.grad(), 1.0 / 256, 1e-3);
+    if (p.bias) {
+      EXPECT_TENSOR_NEAR(b.grad(), b32.grad(), 1.0 / 256, 1e-3);
+    }
   }
 }
 

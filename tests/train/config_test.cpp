@@ -69,6 +69,12 @@ TEST(Config, WrongTypeNamesValue) {
   EXPECT_THAT(error_of(kMinimal, {"data.hflip=maybe"}), HasSubstr("data.hflip: wants a boolean"));
 }
 
+TEST(Config, AmpSwitch) {
+  EXPECT_EQ(parse_config(kMinimal, "cfg.yaml").amp, "off");
+  EXPECT_EQ(parse_config(std::string(kMinimal) + "amp: bf16\n", "cfg.yaml").amp, "bf16");
+  EXPECT_THAT(error_of(kMinimal, {"amp=fp8"}), HasSubstr("amp: 'fp8' is not allowed; allowed: off, bf16, f16"));
+}
+
 TEST(Config, OutOfRangeAndChoices) {
   EXPECT_THAT(error_of(kMinimal, {"data.batch_size=0"}), HasSubstr("data.batch_size: 0 is out of range [1, "));
   EXPECT_THAT(error_of(kMinimal, {"stages.0.optimizer.name=sgdd"}),

@@ -55,6 +55,11 @@ TEST(QatAccuracy, DsNetFashionMnistW8A8AndW4A4NearFloat) {
                                "name: float\nstages:\n  - {name: float, epochs: 3, optimizer: {lr: 0.1, nesterov: true,"
                                " weight_decay: 5.0e-5}, schedule: {name: onecycle, pct_start: 0.25}}\n",
                            root / "float");
+  // Issue 8: the same float training under `amp: bf16` (bf16 convolutions, f32 master weights).
+  const RunSummary fb = run(std::string(kData) +
+                                "name: float_bf16\namp: bf16\nstages:\n  - {name: float, epochs: 3, optimizer: {lr: 0.1,"
+                                " nesterov: true, weight_decay: 5.0e-5}, schedule: {name: onecycle, pct_start: 0.25}}\n",
+                            root / "float_bf16");
   const fs::path init = root / "float" / "model.safetensors";
   const RunSummary q8 = run(qat("{quantizer: uniform, per_channel: true, bits: 8}",
                                 "{quantizer: uniform, bits: 8}", init),
@@ -62,8 +67,8 @@ TEST(QatAccuracy, DsNetFashionMnistW8A8AndW4A4NearFloat) {
   const RunSummary q4 = run(qat("{quantizer: uniform, per_channel: true, bits: 4, observer: mse}",
                                 "{quantizer: lsq, bits: 4}", init),
                             root / "w4a4");
-  std::printf("dsnet Fashion-MNIST top-1: float %.2f%%, W8A8 %.2f%%, W4A4 %.2f%%\n", 100 * f.test.top1,
-              100 * q8.test.top1, 100 * q4.test.top1);
+  std::printf("dsnet Fashion-MNIST top-1: float %.2f%%, float amp bf16 %.2f%%, W8A8 %.2f%%, W4A4 %.2f%%\n",
+              100 * f.test.top1, 100 * fb.test.top1, 100 * q8.test.top1, 100 * q4.test.top1);
   EXPECT_GT(f.test.top1, 0.75);  // the float model learned something real
   EXPECT_GE(q8.test.top1, f.test.top1 - 0.005);
   EXPECT_GE(q4.test.top1, f.test.top1 - 0.02);
