@@ -35,6 +35,24 @@ void strided_loop(const OffsetCalc<N>& calc, int64_t n, const F& f) {
     });
     return;
   }
+  // Strided: walk rows of the innermost dim, so the div/mod of OffsetCalc::get runs once per
+  // row, not per element (a per-channel scale broadcast over NHWC rows, a strided copy).
+  const int64_t inner = calc.ndim > 0 ? calc.sizes[calc.ndim - 1] : 1;
+  if (inner >= 4) {
+    int64_t step[N];
+    for (int a = 0; a < N; ++a) step[a] = calc.strides[a][calc.ndim - 1];
+    for_each_chunk(n / inner, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        int64_t row[N], off[N];
+        calc.get(r * inner, row);
+        for (int64_t j = 0; j < inner; ++j) {
+          for (int a = 0; a < N; ++a) off[a] = row[a] + j * step[a];
+          f(off);
+        }
+      }
+    }, std::max<int64_t>(1, kParallelGrain / inner));
+    return;
+  }
   for_each_index(n, [&](int64_t i) {
     int64_t off[N];
     calc.get(i, off);
