@@ -7,6 +7,8 @@
 #include <omp.h>
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <sstream>
 #include <vector>
 
@@ -28,7 +30,66 @@ const T* ptr_or_null(const Tensor& t) {
 
 namespace {
 // Kept out of the dispatch macro: an OpenMP pragma cannot sit inside a macro argument.
-constexpr int kBlock = 16;  // channels per register block in column_sums_typed
+
+// y > 0 ? g : 0, as a bit mask for float so that the loop stays branch-free and vectorises
+// (GCC turns the plain select into a compare and branch here); the same value as the select.
+template <typename T>
+inline T relu_select(T y, T g) {
+  if constexpr (std::is_same_v<T, float>) {
+    uint32_t bits;
+    std::memcpy(&bits, &g, 4);
+    bits &= uint32_t(-int32_t(y > 0.0f));
+    float out;
+    std::memcpy(&out, &bits, 4);
+    return out;
+  } else {
+    return y > T(0) ? g : T(0);
+  }
+}
+
+constexpr int kBlock = 8;  // channels per register block in column_sums_typed (AVX2: 2 ymm of doubles per sum)
+
+// Column sums of channels [cb, cb + kBlock) over rows [r0, r1) into s0/s1, accumulators in
+// registers (local arrays, no aliasing, a fixed trip count the compiler unrolls and vectorises).
+// Forward: sum x, sum x^2. Backward: sum g, sum g * xhat, g = dy masked by y > 0 with kRelu.
+template <typename scalar_t, bool kBackward, bool kRelu>
+void block_sums(const scalar_t* __restrict px, const scalar_t* __restrict pdy, const scalar_t* __restrict py,
+                const bn_acc_t<scalar_t>* __restrict pm, const bn_acc_t<scalar_t>* __restrict pis, int64_t c,
+                int64_t cb, int64_t r0, int64_t r1, double* __restrict s0, double* __restrict s1) {
+  using acc_t = bn_acc_t<scalar_t>;
+  double a0[kBlock] = {}, a1[kBlock] = {};
+  acc_t m[kBlock], is[kBlock];
+  for (int k = 0; k < kBlock; ++k) {
+    m[k] = kBackward ? pm[cb + k] : acc_t(0);
+    is[k] = kBackward ? pis[cb + k] : acc_t(0);
+  }
+  for (int64_t r = r0; r < r1; ++r) {
+    const scalar_t* xr = px + r * c + cb;
+    if constexpr (kBackward) {
+      const scalar_t* gr = pdy + r * c + cb;
+      const scalar_t* yr = kRelu ? py + r * c + cb : gr;
+#pragma omp simd
+      for (int k = 0; k < kBlock; ++k) {
+        const acc_t gv = acc_t(opmath_t<scalar_t>(gr[k]));
+        const acc_t yv = acc_t(opmath_t<scalar_t>(yr[k]));
+        const acc_t g = kRelu ? relu_select(yv, gv) : gv;
+        a0[k] += double(g);
+        a1[k] += double(g * ((acc_t(opmath_t<scalar_t>(xr[k])) - m[k]) * is[k]));
+      }
+    } else {
+#pragma omp simd
+      for (int k = 0; k < kBlock; ++k) {
+        const double v = double(opmath_t<scalar_t>(xr[k]));
+        a0[k] += v;
+        a1[k] += v * v;
+      }
+    }
+  }
+  for (int k = 0; k < kBlock; ++k) {
+    s0[cb + k] = a0[k];
+    s1[cb + k] = a1[k];
+  }
+}
 
 template <typename scalar_t>
 void column_sums_typed(const Tensor& x, const Tensor& dy, const Tensor& y, const Tensor& mean,
@@ -56,36 +117,16 @@ void column_sums_typed(const Tensor& x, const Tensor& dy, const Tensor& y, const
     double* __restrict s0 = acc;
     double* __restrict s1 = acc + c;
     if (c % kBlock == 0) {
-      // Blocks of 16 channels whose accumulators live in registers across all the rows of the
+      // Blocks of 8 channels whose accumulators live in registers across all the rows of the
       // chunk: the same sums in the same order as the loops below (so the same bits), without a
-      // load and store of the accumulators per row (3-4x faster at 16-64 channels).
+      // load and store of the accumulators per row.
       for (int64_t cb = 0; cb < c; cb += kBlock) {
-        double a0[kBlock] = {}, a1[kBlock] = {};
-        if (backward) {
-          for (int64_t r = r0; r < r1; ++r) {
-            const scalar_t* __restrict xr = px + r * c + cb;
-            const scalar_t* __restrict gr = pdy + r * c + cb;
-            const scalar_t* __restrict yr = py ? py + r * c + cb : nullptr;
-            for (int k = 0; k < kBlock; ++k) {
-              acc_t g = acc_t(opmath_t<scalar_t>(gr[k]));
-              if (relu && !(acc_t(opmath_t<scalar_t>(yr[k])) > acc_t(0))) g = acc_t(0);
-              a0[k] += double(g);
-              a1[k] += double(g * ((acc_t(opmath_t<scalar_t>(xr[k])) - pm[cb + k]) * pis[cb + k]));
-            }
-          }
+        if (!backward) {
+          block_sums<scalar_t, false, false>(px, pdy, py, pm, pis, c, cb, r0, r1, s0, s1);
+        } else if (relu) {
+          block_sums<scalar_t, true, true>(px, pdy, py, pm, pis, c, cb, r0, r1, s0, s1);
         } else {
-          for (int64_t r = r0; r < r1; ++r) {
-            const scalar_t* __restrict xr = px + r * c + cb;
-            for (int k = 0; k < kBlock; ++k) {
-              const double v = double(opmath_t<scalar_t>(xr[k]));
-              a0[k] += v;
-              a1[k] += v * v;
-            }
-          }
-        }
-        for (int k = 0; k < kBlock; ++k) {
-          s0[cb + k] = a0[k];
-          s1[cb + k] = a1[k];
+          block_sums<scalar_t, true, false>(px, pdy, py, pm, pis, c, cb, r0, r1, s0, s1);
         }
       }
     } else if (backward) {
