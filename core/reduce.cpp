@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "core/autograd.h"
 #include "core/kernels.h"
@@ -28,11 +29,56 @@ bool is_nan(T v) {
   }
 }
 
+// max/min of one long float row (an observer's range of a whole activation tensor) in
+// parallel chunks: a NaN anywhere gives NaN, as the sequential scan; otherwise the extreme
+// value. The chunks' extremes are combined in order with a strict comparison, so among equal
+// values the first wins, as in the scan (only a -0.0/+0.0 tie inside a chunk may pick the
+// other zero).
+float extreme_of_row(const float* p, int64_t r, bool want_max) {
+  const int64_t chunk = 16384, nchunks = (r + chunk - 1) / chunk;
+  std::vector<float> best(static_cast<size_t>(nchunks));
+  std::vector<char> nan(static_cast<size_t>(nchunks), 0);
+  for_each_index(nchunks, [&](int64_t k) {
+    const int64_t b = k * chunk, e = std::min(r, b + chunk);
+    float v = p[b];
+    bool any_nan = false;
+    if (want_max) {
+      for (int64_t j = b; j < e; ++j) {
+        const float u = p[j];
+        any_nan |= u != u;
+        v = u > v ? u : v;
+      }
+    } else {
+      for (int64_t j = b; j < e; ++j) {
+        const float u = p[j];
+        any_nan |= u != u;
+        v = u < v ? u : v;
+      }
+    }
+    best[size_t(k)] = v;
+    nan[size_t(k)] = any_nan;
+  }, 1);
+  float v = best[0];
+  for (int64_t k = 0; k < nchunks; ++k) {
+    if (nan[size_t(k)]) return std::numeric_limits<float>::quiet_NaN();
+    if (want_max ? best[size_t(k)] > v : best[size_t(k)] < v) v = best[size_t(k)];
+  }
+  return v;
+}
+
 template <typename scalar_t>
 void reduce_rows(ReduceOp op, const Tensor& out, const Tensor& in) {
   const int64_t m = out.numel();
   const int64_t r = in.numel() / std::max<int64_t>(m, 1);
   const scalar_t* x = static_cast<const scalar_t*>(in.raw_data());
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if ((op == ReduceOp::max || op == ReduceOp::min) && m <= 4 && r >= 2 * kParallelGrain) {
+      for (int64_t row = 0; row < m; ++row) {
+        static_cast<float*>(out.raw_data())[row] = extreme_of_row(x + row * r, r, op == ReduceOp::max);
+      }
+      return;
+    }
+  }
   using acc_t = std::conditional_t<std::is_integral_v<scalar_t>, int64_t, double>;
   for_each_index(m, [&](int64_t row) {
     const scalar_t* p = x + row * r;

@@ -2,6 +2,7 @@
 // of tests/reference/reduce_ref.h: every subset of the dims of a 3-D tensor, with and without
 // keepdim, positive and negative dims, contiguous and non-contiguous inputs; plus accuracy of
 // the double accumulation, NaN propagation, integer sums, ties, gradients with ties, and errors.
+#include <algorithm>
 #include <gmock/gmock.h>
 
 #include <cmath>
@@ -245,6 +246,31 @@ TEST(ReduceNan, MaxMinPropagateNanAndArgmaxPointsAtIt) {
     // NaN in a sum is NaN.
     EXPECT_TRUE(std::isnan(sum(x).item()));
   }
+}
+
+// Long f32 rows (an observer's whole-tensor range) take the parallel chunked path: the extreme
+// of each row equals a plain loop's, wherever it sits, and one NaN anywhere makes it NaN.
+TEST(ReduceLongRows, AmaxAminMatchTheLoopAndPropagateNan) {
+  manual_seed(21);
+  const int64_t r = 300001;  // not a multiple of the chunk size
+  Tensor x = randn({2, r});
+  std::vector<double> v = to_doubles(x);
+  v[size_t(r) + 123457] = 9.5;   // row 1's max, in a middle chunk
+  v[size_t(2 * r) - 1] = -9.5;   // row 1's min, the last element
+  x = tensor_of(v, {2, r});
+  for (int row = 0; row < 2; ++row) {
+    const auto b = v.begin() + row * r;
+    const double mx = *std::max_element(b, b + r), mn = *std::min_element(b, b + r);
+    EXPECT_EQ(amax(x, {1}).to_vector<float>()[size_t(row)], float(mx));
+    EXPECT_EQ(amin(x, {1}).to_vector<float>()[size_t(row)], float(mn));
+  }
+  EXPECT_EQ(amax(x).item(), 9.5);
+  EXPECT_EQ(amin(x).item(), -9.5);
+  v[5] = NAN;
+  x = tensor_of(v, {2, r});
+  EXPECT_TRUE(std::isnan(amax(x, {1}).to_vector<float>()[0]));
+  EXPECT_FALSE(std::isnan(amax(x, {1}).to_vector<float>()[1]));
+  EXPECT_TRUE(std::isnan(amin(x).item()));
 }
 
 TEST(ReduceEdge, ZeroDimAndSizeOneInputs) {
