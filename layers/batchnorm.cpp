@@ -51,7 +51,7 @@ constexpr int kBlock = 8;  // channels per register block in column_sums_typed (
 
 // Column sums of channels [cb, cb + kBlock) over rows [r0, r1) into s0/s1, accumulators in
 // registers (local arrays, no aliasing, a fixed trip count the compiler unrolls and vectorises).
-// Forward: sum x, sum x^2. Backward: sum g, sum g * xhat, g = dy masked by y > 0 with kRelu.
+// Forward: sum (x - K), sum (x - K)^2 with K = pm, the shift. Backward: sum g, sum g * xhat, g = dy masked by y > 0 with kRelu.
 template <typename scalar_t, bool kBackward, bool kRelu>
 void block_sums(const scalar_t* __restrict px, const scalar_t* __restrict pdy, const scalar_t* __restrict py,
                 const bn_acc_t<scalar_t>* __restrict pm, const bn_acc_t<scalar_t>* __restrict pis, int64_t c,
@@ -60,7 +60,7 @@ void block_sums(const scalar_t* __restrict px, const scalar_t* __restrict pdy, c
   double a0[kBlock] = {}, a1[kBlock] = {};
   acc_t m[kBlock], is[kBlock];
   for (int k = 0; k < kBlock; ++k) {
-    m[k] = kBackward ? pm[cb + k] : acc_t(0);
+    m[k] = pm[cb + k];  // backward: the mean; forward: the shift
     is[k] = kBackward ? pis[cb + k] : acc_t(0);
   }
   for (int64_t r = r0; r < r1; ++r) {
@@ -79,7 +79,7 @@ void block_sums(const scalar_t* __restrict px, const scalar_t* __restrict pdy, c
     } else {
 #pragma omp simd
       for (int k = 0; k < kBlock; ++k) {
-        const double v = double(opmath_t<scalar_t>(xr[k]));
+        const double v = double(opmath_t<scalar_t>(xr[k])) - double(m[k]);
         a0[k] += v;
         a1[k] += v * v;
       }
@@ -145,7 +145,7 @@ void column_sums_typed(const Tensor& x, const Tensor& dy, const Tensor& y, const
       for (int64_t r = r0; r < r1; ++r) {
         const scalar_t* __restrict xr = px + r * c;
         for (int64_t ch = 0; ch < c; ++ch) {
-          const double v = double(opmath_t<scalar_t>(xr[ch]));
+          const double v = double(opmath_t<scalar_t>(xr[ch])) - double(pm[ch]);
           s0[ch] += v;
           s1[ch] += v * v;
         }
@@ -273,10 +273,15 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
     if (use_batch) {
       LOWBIT_CHECK(m > 1 || !training, "batch_norm: expected more than 1 value per channel when "
                    "training, got input of shape ", x_in.shape());
-      Tensor sums = column_sums(x, Tensor(), Tensor(), Tensor(), Tensor(), false, false);
-      Tensor mean64 = sums.select(0, 0) * (1.0 / double(m));
-      // E[x^2] - E[x]^2 in double: exact enough for f32 data, and one pass over x.
-      Tensor var64 = clamp(sums.select(0, 1) * (1.0 / double(m)) - mean64 * mean64, 0.0, INFINITY);
+      // Shifted data (Chan, Golub & LeVeque 1983): sums of d = x - K with K a value of the
+      // channel (its first row), then mean = K + E[d], var = E[d^2] - E[d]^2. One pass over x,
+      // and no cancellation when |mean| >> std: plain E[x^2] - E[x]^2, even in double, loses
+      // every digit once |mean| / std passes about 1e8 (folded DoReFa weights: docs/quantization.md).
+      Tensor shift = x.reshape({m, c}).select(0, 0).to(pdt).contiguous();
+      Tensor sums = column_sums(x, Tensor(), Tensor(), shift, Tensor(), false, false);
+      Tensor dmean = sums.select(0, 0) * (1.0 / double(m));
+      Tensor mean64 = shift.to(DType::f64) + dmean;
+      Tensor var64 = clamp(sums.select(0, 1) * (1.0 / double(m)) - dmean * dmean, 0.0, INFINITY);
       mean = mean64.to(pdt).contiguous();
       invstd = rsqrt(var64 + eps).to(pdt).contiguous();
       if (training && running_mean.defined()) {

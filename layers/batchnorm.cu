@@ -28,7 +28,7 @@ __global__ void bn_column_partials_kernel(const T* __restrict__ x, const T* __re
   if (ch < c) {
     const BnStatsTerm stats;
     const BnBackwardTerm bwd{relu};
-    const A mu = backward ? mean[ch] : A(0);
+    const A mu = mean[ch];  // backward: the mean; forward: the shift of BnStatsTerm
     const A is = backward ? invstd[ch] : A(0);
     for (int64_t r = int64_t(blockIdx.y) * kTileR + ty; r < m; r += int64_t(gridDim.y) * kTileR) {
       const int64_t i = r * c + ch;
@@ -37,7 +37,7 @@ __global__ void bn_column_partials_kernel(const T* __restrict__ x, const T* __re
         bwd(A(opmath_t<T>(x[i])), A(opmath_t<T>(dy[i])),
             y ? A(opmath_t<T>(y[i])) : A(1), mu, is, out);
       } else {
-        stats(A(opmath_t<T>(x[i])), A(0), A(0), A(0), A(0), out);
+        stats(A(opmath_t<T>(x[i])), A(0), A(0), mu, A(0), out);
       }
       acc0 += out[0];
       acc1 += out[1];

@@ -67,12 +67,14 @@ namespace detail {
 template <typename T>
 using bn_acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
-// Terms summed per channel: (x, x^2) for the statistics.
+// Terms summed per channel for the statistics: (d, d^2), d = x - shift (exact in double), the
+// shifted-data form that batch_norm turns into mean and variance without cancellation.
 struct BnStatsTerm {
   template <typename A>
-  LOWBIT_HD void operator()(A x, A, A, A, A, double* out) const {
-    out[0] = double(x);
-    out[1] = double(x) * double(x);
+  LOWBIT_HD void operator()(A x, A, A, A shift, A, double* out) const {
+    const double d = double(x) - double(shift);
+    out[0] = d;
+    out[1] = d * d;
   }
 };
 // (dy', dy' * xhat) for the backward, dy' = dy masked by the fused ReLU.
@@ -98,7 +100,7 @@ LOWBIT_HD A bn_grad_input(A x, A dy, A y, A a, A b, A d, A mean, bool relu) {
 
 // Kernels (tensors contiguous, x/dy/y of one floating dtype, per-channel tensors (C) of
 // bn_acc_t's dtype: f64 for f64 inputs, f32 otherwise).
-// sums: f64 (2, C).
+// sums: f64 (2, C). Forward (backward = false): `mean` is the shift K of BnStatsTerm (required).
 void bn_column_sums_cpu(const Tensor& x, const Tensor& dy, const Tensor& y, const Tensor& mean,
                         const Tensor& invstd, bool backward, bool relu, const Tensor& sums);
 void bn_affine_cpu(const Tensor& x, const Tensor& a, const Tensor& b, bool relu, const Tensor& y);

@@ -36,6 +36,33 @@ TEST(BatchNorm2d, TrainingNormalisesAndUpdatesRunningStats) {
   EXPECT_EQ(bn.num_batches_tracked().item(), 1.0);
 }
 
+// Channels whose mean is 1e8 times their spread (f32 data on the ulp grid of 2^20): the batch
+// variance must still match a two-pass reference. E[x^2] - E[x]^2, even in double, loses about
+// half of it here; the shifted-data sums do not.
+TEST(BatchNorm2d, BatchVarianceOfLargeOffsetDataIsExact) {
+  manual_seed(31);
+  const int64_t n = 4096;
+  std::vector<double> v(size_t(n) * 2);
+  Tensor k = randint(0, 4, {n, 2}, TensorOptions(DType::i64));
+  const std::vector<int64_t> kv = k.to_vector<int64_t>();
+  for (size_t i = 0; i < v.size(); ++i) {
+    v[i] = (i % 2 == 0 ? 1048576.0 : -3.0e7) + double(kv[i]) * (i % 2 == 0 ? 0.125 : 2.0);
+  }
+  Tensor x = tensor_of(v, {1, 64, 64, 2});
+  ASSERT_EQ(to_doubles(x), v);  // representable in f32
+  Tensor rm = zeros({2}), rv = ones({2});
+  batch_norm(x, Tensor(), Tensor(), rm, rv, true, /*momentum=*/1.0, 1e-5, false);
+  for (int ch = 0; ch < 2; ++ch) {
+    double mean = 0, var = 0;
+    for (int64_t i = 0; i < n; ++i) mean += v[size_t(i * 2 + ch)];
+    mean /= double(n);
+    for (int64_t i = 0; i < n; ++i) var += (v[size_t(i * 2 + ch)] - mean) * (v[size_t(i * 2 + ch)] - mean);
+    var /= double(n - 1);  // the running variance is unbiased
+    EXPECT_NEAR(to_doubles(rv)[size_t(ch)], var, 1e-6 * var) << "channel " << ch;
+    EXPECT_NEAR(to_doubles(rm)[size_t(ch)], mean, 1e-7 * std::abs(mean)) << "channel " << ch;
+  }
+}
+
 TEST(BatchNorm2d, EvalUsesRunningStats) {
   BatchNorm2d bn(1);
   {
