@@ -66,8 +66,8 @@ void check_positive(const Tensor& p, const char* op, const char* what) {
                  " must be positive and finite, got ", v[c],
                  v.size() > 1 ? str_cat(" at channel ", c) : std::string(),
                  std::isfinite(v[c]) ? " (learned scales: call Quantizer::clamp_parameters() after optimizer steps)"
-                                     : " (a learned scale went NaN/inf: the training diverged; lower the learning "
-                                       "rate or set clip_grad_norm)");
+                                     : " (a learned or observed scale went NaN/inf: the training diverged; lower the "
+                                       "learning rate or set clip_grad_norm)");
   }
 }
 
