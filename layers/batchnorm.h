@@ -87,10 +87,13 @@ struct BnBackwardTerm {
     out[1] = double(g) * double((x - mean) * invstd);
   }
 };
+// The fused ReLU is core's ReluOp: negative values become 0 and NaN propagates, as PyTorch's
+// relu (a NaN zeroed here would hide a diverged run from the trainer's finite-loss check). The
+// backward masks (y > 0) are ReluGradOp's.
 template <typename A>
 LOWBIT_HD A bn_affine(A x, A a, A b, bool relu) {
   const A v = x * a + b;
-  return (relu && !(v > A(0))) ? A(0) : v;
+  return (relu && v < A(0)) ? A(0) : v;
 }
 template <typename A>
 LOWBIT_HD A bn_grad_input(A x, A dy, A y, A a, A b, A d, A mean, bool relu) {

@@ -63,6 +63,20 @@ TEST(BatchNorm2d, BatchVarianceOfLargeOffsetDataIsExact) {
   }
 }
 
+// The fused ReLU is relu(): negatives become 0, NaN stays NaN (as PyTorch; the trainer relies on
+// a NaN reaching the loss to stop a diverged run).
+TEST(BatchNorm2d, FusedReluPropagatesNanAsRelu) {
+  Tensor x = tensor_of({-1, NAN, 2, -3}, {1, 2, 2, 1});
+  Tensor rm = zeros({1}), rv = ones({1});
+  std::vector<double> y = to_doubles(batch_norm(x, Tensor(), Tensor(), rm, rv, false, 0.1, 0.0, true));
+  std::vector<double> r = to_doubles(relu(batch_norm(x, Tensor(), Tensor(), rm, rv, false, 0.1, 0.0, false)));
+  EXPECT_EQ(y[0], 0.0);
+  EXPECT_TRUE(std::isnan(y[1]));
+  EXPECT_EQ(y[2], 2.0);
+  EXPECT_EQ(y[3], 0.0);
+  EXPECT_TRUE(std::isnan(r[1]));
+}
+
 TEST(BatchNorm2d, EvalUsesRunningStats) {
   BatchNorm2d bn(1);
   {
