@@ -70,7 +70,7 @@ TEST(QatAccuracy, DsNetFashionMnistW8A8AndW4A4NearFloat) {
   std::printf("dsnet Fashion-MNIST top-1: float %.2f%%, float amp bf16 %.2f%%, W8A8 %.2f%%, W4A4 %.2f%%\n",
               100 * f.test.top1, 100 * fb.test.top1, 100 * q8.test.top1, 100 * q4.test.top1);
   EXPECT_GT(f.test.top1, 0.75);  // the float model learned something real
-  // bf16 training follows f32 (measured -0.4 points here; the 0.3-point bound is
+  // bf16 training follows f32 (measured -0.4 to -0.5 points here; the 0.3-point bound is
   // checked on ResNet-20 with the full test set, docs/results.md).
   EXPECT_GE(fb.test.top1, f.test.top1 - 0.01);
   EXPECT_GE(q8.test.top1, f.test.top1 - 0.005);
