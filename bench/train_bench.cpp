@@ -75,7 +75,7 @@ TrainResult run_train_bench(const TrainOptions& o) {
   Tensor loss;
   auto step = [&] {
     Tensor logits = model->forward(images);
-    loss = train::cross_entropy(bf16 ? logits.to(DType::f32) : logits, labels);
+    loss = train::cross_entropy(train::loss_precision(logits), labels);
     opt.zero_grad();
     loss.backward();
     opt.step();

@@ -25,6 +25,10 @@
 
 namespace lowbit::train {
 
+// Logits for the loss and the metrics: f32 when autocast made them bf16/f16 (as torch.autocast
+// runs cross_entropy in f32); f32/f64 logits as they are. Differentiable (Tensor::to).
+Tensor loss_precision(const Tensor& logits);
+
 // Mean cross entropy of logits (N, C) (floating) against class indices target (N) (i64 or
 // i32, each in [0, C)), with label smoothing eps in [0, 1]. Returns a 0-d tensor of the logits'
 // dtype on their device; differentiable with respect to the logits. N and C must be positive.

@@ -194,12 +194,6 @@ std::optional<DType> amp_dtype(const ExperimentConfig& cfg) {
   return parse_dtype(cfg.amp);
 }
 
-// Logits for the loss and the metrics: f32 when autocast made them bf16/f16 (as autocast runs
-// cross_entropy in f32); f32/f64 as they are.
-Tensor loss_precision(const Tensor& logits) {
-  return logits.dtype() == DType::bf16 || logits.dtype() == DType::f16 ? logits.to(DType::f32) : logits;
-}
-
 EvalResult evaluate(layers::Module& model, DataSource& data, Device dev) {
   autograd::NoGradGuard guard;
   model.eval();
