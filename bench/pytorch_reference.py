@@ -424,7 +424,7 @@ def run_train(args):
         peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak RSS"
     r = {"bench": "train", "framework": "pytorch", "model": args.model, "batch": args.batch,
          "hw": args.hw, "cin": args.cin, "classes": args.classes, "mode": args.mode,
-         "device": str(dev), "threads": threads, "steps": args.steps, "warmup": args.warmup,
+         "device": str(dev), "threads": threads, "cpu_conv": "direct", "steps": args.steps, "warmup": args.warmup,
          "params": sum(p.numel() for p in model.parameters()),
          "images_per_s": args.batch * args.steps / seconds,
          "ms_per_step": 1e3 * seconds / args.steps, "peak_mem_bytes": int(peak),

@@ -4,6 +4,8 @@
 
 #include <oneapi/dnnl/dnnl.hpp>
 
+#include <atomic>
+#include <initializer_list>
 #include <map>
 #include <mutex>
 #include <sstream>
@@ -72,6 +74,9 @@ Key key_of(const ConvShape& s, bool bias, DType t) {
 struct Descs {
   memory::desc src, weights, bias, dst;  // the user layouts: nhwc, (g)ohwi, x
   memory::dims strides, dilates, pad_l, pad_r;
+  dnnl::algorithm algo = dnnl::algorithm::convolution_direct;
+  // Winograd kernels want blocked activations: the primitives then pick the layouts (`any`).
+  memory::desc act(const memory::desc& md) const;
 };
 
 // Every tensor of one convolution has the same dtype: f32, or bf16 (autocast; oneDNN accumulates
@@ -104,39 +109,75 @@ memory::desc any_of(const memory::desc& md) {
   return md ? memory::desc(md.dims(), md.data_type(), memory::format_tag::any) : md;
 }
 
+memory::desc Descs::act(const memory::desc& md) const {
+  return algo == dnnl::algorithm::convolution_winograd ? any_of(md) : md;
+}
+
 std::mutex g_cache_mu;
 
 dnnl::convolution_forward::primitive_desc forward_pd(const Descs& d, bool with_bias) {
   using namespace dnnl;
   auto desc = with_bias
-      ? convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct,
-                                  d.src, any_of(d.weights), d.bias, d.dst,
+      ? convolution_forward::desc(prop_kind::forward_training, d.algo,
+                                  d.act(d.src), any_of(d.weights), d.bias, d.act(d.dst),
                                   d.strides, d.dilates, d.pad_l, d.pad_r)
-      : convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct,
-                                  d.src, any_of(d.weights), d.dst, d.strides,
+      : convolution_forward::desc(prop_kind::forward_training, d.algo,
+                                  d.act(d.src), any_of(d.weights), d.act(d.dst), d.strides,
                                   d.dilates, d.pad_l, d.pad_r);
   return convolution_forward::primitive_desc(desc, cpu_engine());
 }
 
+// The element strides of a blocked layout whose every inner block spans its whole dimension
+// (nChw16c with 16 channels is NHWC byte for byte); empty when the layout is not linear.
+std::vector<int64_t> linear_strides(const memory::desc& md) {
+  const dnnl_memory_desc_t& d = md.data;
+  if (d.format_kind != dnnl_blocked || d.offset0 != 0) return {};
+  const dnnl_blocking_desc_t& b = d.format_desc.blocking;
+  std::vector<int64_t> st(b.strides, b.strides + d.ndims);
+  int64_t inner = 1;
+  for (int i = b.inner_nblks - 1; i >= 0; --i) {
+    const int dim = int(b.inner_idxs[i]);
+    if (b.inner_blks[i] != d.padded_dims[dim] || d.padded_dims[dim] != d.dims[dim]) return {};
+    st[size_t(dim)] = inner;
+    inner *= b.inner_blks[i];
+  }
+  for (int i = 0; i < d.ndims; ++i) {
+    if (d.padded_dims[i] != d.dims[i]) return {};
+  }
+  return st;
+}
+
+// Whether two descriptions put every element at the same byte (so no reorder is needed).
+bool same_bytes(const memory::desc& a, const memory::desc& b) {
+  if (a == b) return true;
+  if (a.dims() != b.dims() || a.data_type() != b.data_type()) return false;
+  const auto sa = linear_strides(a), sb = linear_strides(b);
+  if (sa.empty() || sb.empty()) return false;
+  for (size_t i = 0; i < sa.size(); ++i) {
+    if (a.dims()[i] > 1 && sa[i] != sb[i]) return false;
+  }
+  return true;
+}
+
 // Memory in the primitive's layout for a tensor in the user layout: the user buffer itself when
-// the layouts agree, else a buffer the entry owns plus a reorder.
+// the layouts put every element at the same byte, else a buffer the entry owns plus a reorder.
 struct Staged {
   memory::desc user, prim;
   bool same = true;
   mutable memory buffer;  // in `prim` layout, when !same
   Staged() = default;
-  Staged(const memory::desc& u, const memory::desc& p) : user(u), prim(p), same(u == p) {
+  Staged(const memory::desc& u, const memory::desc& p) : user(u), prim(p), same(same_bytes(u, p)) {
     if (!same) buffer = memory(p, cpu_engine());
   }
   // Memory to hand the primitive for input data at `ptr`, reordered in when needed.
   memory in(void* ptr, dnnl::stream& strm) const {
+    if (same) return memory(prim, cpu_engine(), ptr);
     memory um(user, cpu_engine(), ptr);
-    if (same) return um;
     dnnl::reorder(um, buffer).execute(strm, um, buffer);
     return buffer;
   }
   // Memory for the primitive to write output into; call out_done after executing.
-  memory out(void* ptr) const { return same ? memory(user, cpu_engine(), ptr) : buffer; }
+  memory out(void* ptr) const { return same ? memory(prim, cpu_engine(), ptr) : buffer; }
   void out_done(void* ptr, dnnl::stream& strm) const {
     if (same) return;
     memory um(user, cpu_engine(), ptr);
@@ -148,6 +189,7 @@ struct FwdEntry {
   dnnl::convolution_forward prim;
   Staged src, weights, dst;
   memory::desc bias;
+  std::string impl;  // oneDNN's name of the kernel, e.g. "jit_wino_4x3:avx512_core"
 };
 struct BwdEntry {
   dnnl::convolution_backward_data prim_data;
@@ -165,16 +207,49 @@ struct BwdEntry {
               ")", t == DType::bf16 ? "; bf16 needs AVX-512 (avx512_core); use amp: off" : "");
 }
 
+std::atomic<CpuConvAlgo> g_algo{CpuConvAlgo::auto_};
+
+// Winograd F(4x4, 3x3) (oneDNN's jit_wino_4x3, AVX-512 only) applies to dense 3x3 stride-1 f32
+// convolutions; it wants blocked (nChw16c) activations.
+bool winograd_candidate(const ConvShape& s, DType t, CpuConvAlgo algo) {
+  return algo != CpuConvAlgo::direct && t == DType::f32 && s.groups == 1 && s.r == 3 &&
+         s.s == 3 && s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 && s.dil_w == 1;
+}
+
+// auto takes Winograd only where activations need no reorder: measured, the reorders of a
+// 32- or 64-channel map cost about what Winograd saves (docs/benchmarks.md).
+bool winograd_accepts(CpuConvAlgo algo, std::initializer_list<const Staged*> activations) {
+  if (algo == CpuConvAlgo::winograd) return true;
+  for (const Staged* a : activations) {
+    if (!a->same) return false;
+  }
+  return true;
+}
+
 FwdEntry& forward_entry(const ConvShape& s, bool with_bias, DType t) {
-  static std::map<Key, std::unique_ptr<FwdEntry>> cache;
+  static std::map<std::pair<Key, CpuConvAlgo>, std::unique_ptr<FwdEntry>> cache;
+  const CpuConvAlgo algo = g_algo.load();
   std::lock_guard<std::mutex> lock(g_cache_mu);
-  auto& slot = cache[key_of(s, with_bias, t)];
-  if (!slot) try {
+  auto& slot = cache[{key_of(s, with_bias, t), algo}];
+  if (slot) return *slot;
+  auto build = [&](dnnl::algorithm how) {
     Descs d = make_descs(s, with_bias, t);
+    d.algo = how;
     auto pd = forward_pd(d, with_bias);
-    slot.reset(new FwdEntry{dnnl::convolution_forward(pd), Staged(d.src, pd.src_desc()),
-                            Staged(d.weights, pd.weights_desc()), Staged(d.dst, pd.dst_desc()),
-                            d.bias});
+    return std::unique_ptr<FwdEntry>(new FwdEntry{
+        dnnl::convolution_forward(pd), Staged(d.src, pd.src_desc()),
+        Staged(d.weights, pd.weights_desc()), Staged(d.dst, pd.dst_desc()), d.bias,
+        std::string(pd.impl_info_str())});
+  };
+  if (winograd_candidate(s, t, algo)) {
+    try {
+      auto e = build(dnnl::algorithm::convolution_winograd);
+      if (winograd_accepts(algo, {&e->src, &e->dst})) slot = std::move(e);
+    } catch (const dnnl::error&) {
+    }
+  }
+  if (!slot) try {
+    slot = build(dnnl::algorithm::convolution_direct);
   } catch (const dnnl::error& e) {
     no_kernel(s, t, e);
   }
@@ -183,29 +258,43 @@ FwdEntry& forward_entry(const ConvShape& s, bool with_bias, DType t) {
 
 BwdEntry& backward_entry(const ConvShape& s, bool with_bias, DType t) {
   using namespace dnnl;
-  static std::map<Key, std::unique_ptr<BwdEntry>> cache;
+  static std::map<std::pair<Key, CpuConvAlgo>, std::unique_ptr<BwdEntry>> cache;
+  const CpuConvAlgo algo = g_algo.load();
   std::lock_guard<std::mutex> lock(g_cache_mu);
-  auto& slot = cache[key_of(s, with_bias, t)];
-  if (!slot) try {
+  auto& slot = cache[{key_of(s, with_bias, t), algo}];
+  if (slot) return *slot;
+  auto build = [&](algorithm how) {
     Descs d = make_descs(s, with_bias, t);
+    d.algo = how;
     auto hint = forward_pd(d, with_bias);
-    convolution_backward_data::desc dd(algorithm::convolution_direct, d.src,
-                                       any_of(d.weights), d.dst, d.strides, d.dilates,
+    convolution_backward_data::desc dd(d.algo, d.act(d.src),
+                                       any_of(d.weights), d.act(d.dst), d.strides, d.dilates,
                                        d.pad_l, d.pad_r);
     convolution_backward_data::primitive_desc dpd(dd, cpu_engine(), hint);
     auto wd = with_bias
-        ? convolution_backward_weights::desc(algorithm::convolution_direct, d.src,
-                                             any_of(d.weights), d.bias, d.dst, d.strides,
+        ? convolution_backward_weights::desc(d.algo, d.act(d.src),
+                                             any_of(d.weights), d.bias, d.act(d.dst), d.strides,
                                              d.dilates, d.pad_l, d.pad_r)
-        : convolution_backward_weights::desc(algorithm::convolution_direct, d.src,
-                                             any_of(d.weights), d.dst, d.strides,
+        : convolution_backward_weights::desc(d.algo, d.act(d.src),
+                                             any_of(d.weights), d.act(d.dst), d.strides,
                                              d.dilates, d.pad_l, d.pad_r);
     convolution_backward_weights::primitive_desc wpd(wd, cpu_engine(), hint);
-    slot.reset(new BwdEntry{convolution_backward_data(dpd), Staged(d.dst, dpd.diff_dst_desc()),
-                            Staged(d.weights, dpd.weights_desc()), Staged(d.src, dpd.diff_src_desc()),
-                            convolution_backward_weights(wpd), Staged(d.src, wpd.src_desc()),
-                            Staged(d.dst, wpd.diff_dst_desc()),
-                            Staged(d.weights, wpd.diff_weights_desc()), d.bias});
+    return std::unique_ptr<BwdEntry>(new BwdEntry{
+        convolution_backward_data(dpd), Staged(d.dst, dpd.diff_dst_desc()),
+        Staged(d.weights, dpd.weights_desc()), Staged(d.src, dpd.diff_src_desc()),
+        convolution_backward_weights(wpd), Staged(d.src, wpd.src_desc()),
+        Staged(d.dst, wpd.diff_dst_desc()), Staged(d.weights, wpd.diff_weights_desc()), d.bias});
+  };
+  if (winograd_candidate(s, t, algo)) {
+    try {
+      auto e = build(algorithm::convolution_winograd);
+      if (winograd_accepts(algo, {&e->data_dst, &e->data_src, &e->w_src, &e->w_dst}))
+        slot = std::move(e);
+    } catch (const dnnl::error&) {
+    }
+  }
+  if (!slot) try {
+    slot = build(algorithm::convolution_direct);
   } catch (const dnnl::error& e) {
     no_kernel(s, t, e);
   }
@@ -222,6 +311,29 @@ void check_cpu_dtype(const Tensor& t, const char* what) {
 std::mutex g_exec_mu;
 
 }  // namespace
+
+void set_cpu_conv_algo(CpuConvAlgo algo) { g_algo.store(algo); }
+CpuConvAlgo cpu_conv_algo() { return g_algo.load(); }
+
+const char* cpu_conv_algo_name(CpuConvAlgo algo) {
+  switch (algo) {
+    case CpuConvAlgo::auto_: return "auto";
+    case CpuConvAlgo::direct: return "direct";
+    case CpuConvAlgo::winograd: return "winograd";
+  }
+  return "?";
+}
+
+CpuConvAlgo parse_cpu_conv_algo(const std::string& name, const std::string& what) {
+  for (CpuConvAlgo a : {CpuConvAlgo::auto_, CpuConvAlgo::direct, CpuConvAlgo::winograd}) {
+    if (name == cpu_conv_algo_name(a)) return a;
+  }
+  throw InputError(str_cat(what, ": '", name, "' is not allowed; allowed: auto, direct, winograd"));
+}
+
+std::string conv2d_cpu_kernel(const ConvShape& s, bool with_bias, DType t) {
+  return forward_entry(s, with_bias, t).impl;
+}
 
 void conv2d_forward_cpu(const ConvShape& s, const Tensor& x, const Tensor& w, const Tensor& b,
                         const Tensor& y) {

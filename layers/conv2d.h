@@ -47,6 +47,26 @@ ConvShape conv2d_shape(const Tensor& x, const Tensor& w, const Conv2dOptions& o)
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dOptions& o);
 
 // The kernels (CPU: oneDNN; CUDA: cuDNN). y is preallocated (N, P, Q, K); grads likewise.
+// How the CPU backend (oneDNN) computes dense 3x3 stride-1 f32 convolutions:
+//  direct:   oneDNN's direct (brgemm/jit) kernels everywhere.
+//  winograd: Winograd F(4x4, 3x3) (oneDNN's AVX-512 jit_wino_4x3) wherever it applies, reordering
+//            activations to its blocked layout and back when they are not NHWC byte for byte.
+//  auto:     Winograd only where it needs no activation reorder (16 channels in and out, where
+//            nChw16c is NHWC), direct elsewhere. The default; docs/design.md, "CPU convolutions".
+// Winograd's transforms round differently from the direct sum: about twice its f32 error
+// (measured worst 3.4e-5 against 1.4e-5 on outputs of scale 15-30, tests/layers/conv2d_test.cpp).
+// bf16, grouped and strided convolutions and CPUs without AVX-512 always take direct kernels. Process-wide; set it before the first
+// convolution of a geometry (kernels are cached per geometry and algorithm).
+enum class CpuConvAlgo { auto_, direct, winograd };
+void set_cpu_conv_algo(CpuConvAlgo algo);
+CpuConvAlgo cpu_conv_algo();
+// "auto" | "direct" | "winograd"; anything else is an error naming `what` and the choices.
+CpuConvAlgo parse_cpu_conv_algo(const std::string& name, const std::string& what);
+const char* cpu_conv_algo_name(CpuConvAlgo algo);
+// oneDNN's name for the forward kernel the CPU backend runs for `s` under the current algorithm,
+// e.g. "jit_wino_4x3:avx512_core" or "brgconv:avx512_core".
+std::string conv2d_cpu_kernel(const ConvShape& s, bool with_bias, DType t);
+
 void conv2d_forward_cpu(const ConvShape& s, const Tensor& x, const Tensor& w, const Tensor& b,
                         const Tensor& y);
 void conv2d_backward_cpu(const ConvShape& s, const Tensor& x, const Tensor& w, const Tensor& dy,

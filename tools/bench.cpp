@@ -11,6 +11,7 @@
 
 #include "bench/bench.h"
 #include "core/error.h"
+#include "layers/conv2d.h"
 #include "train/trainer.h"
 
 namespace lowbit::tools {
@@ -36,7 +37,7 @@ const char* kTrainHelp =
     "usage: lowbit bench train [--model NAME] [--batch B] [--hw H] [--cin C] [--classes K]\n"
     "                          [--steps N] [--warmup W] [--device auto|cpu|cuda|cuda:N]\n"
     "                          [--mode fp32|bf16|qat] [--quantizer Q] [--bits B]\n"
-    "                          [--threads T] [--seed S] [--json]\n"
+    "                          [--threads T] [--cpu-conv A] [--seed S] [--json]\n"
     "\n"
     "Times N training steps (after W untimed ones) of model NAME on one synthetic batch of B\n"
     "images of HxHxC (randn) with labels in [0, K) (randint): forward, cross-entropy, backward,\n"
@@ -57,9 +58,12 @@ const char* kTrainHelp =
     "  --quantizer Q  qat: a registered quantizer (default lsq; uniform, dsq, ...)\n"
     "  --bits B       qat: weight and activation bits (default 4)\n"
     "  --threads T    CPU threads (OpenMP and OpenBLAS; default: OMP_NUM_THREADS or all cores)\n"
+    "  --cpu-conv A   CPU 3x3 convolutions, as `cpu_conv:` in YAML: auto (default; Winograd\n"
+    "                 where it needs no layout change), direct (oneDNN's direct kernels only,\n"
+    "                 what PyTorch runs) or winograd (wherever it applies)\n"
     "  --seed S       seed of the weights and the synthetic batch (default 0)\n"
     "  --json         print one JSON object: model, batch, hw, cin, classes, mode, device,\n"
-    "                 threads, steps, warmup, params, images_per_s, ms_per_step,\n"
+    "                 threads, cpu_conv, steps, warmup, params, images_per_s, ms_per_step,\n"
     "                 peak_mem_bytes, peak_mem_kind, final_loss; qat adds quantizer, bits\n"
     "\n"
     "Peak memory: on CUDA the caching allocator's peak of bytes in use during the benchmark;\n"
@@ -69,7 +73,7 @@ std::string kernel_help() {
   std::ostringstream os;
   os << "usage: lowbit bench kernel NAME [--size A,B,...] [--device auto|cpu|cuda|cuda:N]\n"
         "                           [--dtype f32|bf16] [--iters N] [--warmup W] [--threads T]\n"
-        "                           [--json]\n"
+        "                           [--cpu-conv auto|direct|winograd] [--json]\n"
         "\n"
         "Times NAME: the median of N calls (default 20) after W untimed ones (default 3); CUDA\n"
         "with events on the device's stream, the CPU with steady_clock. Every run first\n"
@@ -87,6 +91,7 @@ std::string kernel_help() {
      << "every kernel above with its default size\n"
      << "\n"
         "  --dtype T   f32 (default) or bf16 (the CPU convolution needs AVX-512 for bf16)\n"
+        "  --cpu-conv A  CPU 3x3 convolution algorithm (lowbit bench train --help)\n"
         "  --json      one JSON object per benchmark and line: kernel, device, dtype, threads,\n"
         "              size, shape, iters, warmup, ms (median), ms_min, and where they apply\n"
         "              bytes, gb_per_s, bw_fraction, flops, gflop_per_s; copy_gb_per_s on all\n";
@@ -203,7 +208,7 @@ int run_kernel(int argc, char** argv, std::ostream& out) {
   bool as_json = false, help = false;
   int threads = 0;
   ArgWalker{argc, argv, 3, "bench kernel"}.walk(
-      {"--size", "--device", "--dtype", "--iters", "--warmup", "--threads"},
+      {"--size", "--device", "--dtype", "--iters", "--warmup", "--threads", "--cpu-conv"},
       {"--json", "--help", "-h"},
       [&](const std::string& f, const std::string& v) {
         if (f == "--size")
@@ -218,6 +223,8 @@ int run_kernel(int argc, char** argv, std::ostream& out) {
           o.warmup = parse_int(f, v);
         else if (f == "--threads")
           threads = int(parse_int(f, v));
+        else if (f == "--cpu-conv")
+          layers::set_cpu_conv_algo(layers::parse_cpu_conv_algo(v, "bench kernel --cpu-conv"));
         else if (f == "--json")
           as_json = true;
         else
@@ -285,7 +292,7 @@ int run_train(int argc, char** argv, std::ostream& out) {
   int threads = 0;
   ArgWalker{argc, argv, 3, "bench train"}.walk(
       {"--model", "--batch", "--hw", "--cin", "--classes", "--steps", "--warmup", "--device",
-       "--mode", "--threads", "--seed", "--quantizer", "--bits"},
+       "--mode", "--threads", "--cpu-conv", "--seed", "--quantizer", "--bits"},
       {"--json", "--help", "-h"},
       [&](const std::string& f, const std::string& v) {
         if (f == "--model")
@@ -308,6 +315,8 @@ int run_train(int argc, char** argv, std::ostream& out) {
           o.mode = v;
         else if (f == "--threads")
           threads = int(parse_int(f, v));
+        else if (f == "--cpu-conv")
+          layers::set_cpu_conv_algo(layers::parse_cpu_conv_algo(v, "bench train --cpu-conv"));
         else if (f == "--seed")
           o.seed = uint64_t(parse_int(f, v));
         else if (f == "--quantizer")
@@ -342,6 +351,7 @@ int run_train(int argc, char** argv, std::ostream& out) {
            {"mode", o.mode},
            {"device", o.device.str()},
            {"threads", r.threads},
+           {"cpu_conv", layers::cpu_conv_algo_name(layers::cpu_conv_algo())},
            {"steps", o.steps},
            {"warmup", o.warmup},
            {"params", r.params},

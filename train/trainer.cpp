@@ -20,6 +20,7 @@
 #include "core/backend.h"
 #include "core/ops.h"
 #include "core/random.h"
+#include "layers/conv2d.h"
 #include "models/registry.h"
 #include "prune/prune.h"
 #include "prune/surgery.h"
@@ -188,6 +189,12 @@ std::string fmt(double v, int prec) {
   return os.str();
 }
 
+// The process-wide CPU settings of a run: `threads:` (when > 0) and `cpu_conv:`.
+void apply_cpu_settings(const ExperimentConfig& cfg) {
+  if (cfg.threads > 0) omp_set_num_threads(int(cfg.threads));
+  layers::set_cpu_conv_algo(layers::parse_cpu_conv_algo(cfg.cpu_conv, cfg.file + ": cpu_conv"));
+}
+
 // Mixed precision of a run (`amp:`, core/autocast.h): none, bf16 or f16.
 std::optional<DType> amp_dtype(const ExperimentConfig& cfg) {
   if (cfg.amp == "off") return std::nullopt;
@@ -304,7 +311,7 @@ void prepare_stage(const ExperimentConfig& cfg, int64_t s, layers::Module& model
 RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts) {
   const auto t0 = std::chrono::steady_clock::now();
   const Device dev = resolve_device(opts.device.empty() ? cfg.device : opts.device);
-  if (cfg.threads > 0) omp_set_num_threads(int(cfg.threads));
+  apply_cpu_settings(cfg);
   AutocastGuard amp(amp_dtype(cfg));
   fs::path out(opts.out_dir);
   std::error_code ec;
@@ -531,6 +538,7 @@ PruneRunResult run_prune(const ExperimentConfig& cfg, const std::string& checkpo
                          const std::string& device_override, bool print) {
   LOWBIT_CHECK_INPUT(cfg.has_prune, cfg.file, ": lowbit prune needs a prune: section in the config");
   const Device dev = resolve_device(device_override.empty() ? cfg.device : device_override);
+  apply_cpu_settings(cfg);
   AutocastGuard amp(amp_dtype(cfg));
   fs::path out(out_dir);
   std::error_code ec;
@@ -600,6 +608,7 @@ layers::ModulePtr build_model_offline(const ExperimentConfig& cfg, Shape* sample
 EvalResult run_evaluation(const ExperimentConfig& cfg, const std::string& checkpoint,
                           const std::string& device_override) {
   const Device dev = resolve_device(device_override.empty() ? cfg.device : device_override);
+  apply_cpu_settings(cfg);
   AutocastGuard amp(amp_dtype(cfg));
   DataSource data;
   ModelState ms;

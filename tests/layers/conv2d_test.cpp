@@ -13,6 +13,7 @@ namespace lowbit::layers {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 struct ConvCase {
   int64_t n, h, w, c, k, r, s, stride, pad, dil, groups;
@@ -195,6 +196,122 @@ TEST(Conv2d, Bf16CpuIsTheExactResultRoundedOnce) {
       EXPECT_TENSOR_NEAR(b.grad(), b32.grad(), 1.0 / 256, 1e-3);
     }
   }
+}
+
+// Exact gradients of L = sum(y * g) for a dense convolution (groups 1), by the naive loop in
+// double: dx, dw (KRSC) and db.
+struct NaiveGrads {
+  std::vector<double> dx, dw, db;
+};
+NaiveGrads naive_conv_grads(const ConvCase& p, const std::vector<double>& x,
+                            const std::vector<double>& w, const std::vector<double>& g) {
+  reference::ConvGeometry geo{p.n, p.h, p.w, p.c, p.k, p.r, p.s};
+  geo.stride_h = geo.stride_w = p.stride;
+  geo.pad_h = geo.pad_w = p.pad;
+  geo.dil_h = geo.dil_w = p.dil;
+  const int64_t P = geo.out_h(), Q = geo.out_w();
+  NaiveGrads d{std::vector<double>(x.size()), std::vector<double>(w.size()),
+               std::vector<double>(size_t(p.k))};
+  for (int64_t n = 0; n < p.n; ++n)
+    for (int64_t op = 0; op < P; ++op)
+      for (int64_t oq = 0; oq < Q; ++oq)
+        for (int64_t k = 0; k < p.k; ++k) {
+          const double gv = g[size_t(((n * P + op) * Q + oq) * p.k + k)];
+          d.db[size_t(k)] += gv;
+          for (int64_t r = 0; r < p.r; ++r)
+            for (int64_t s = 0; s < p.s; ++s) {
+              const int64_t ih = op * p.stride - p.pad + r * p.dil;
+              const int64_t iw = oq * p.stride - p.pad + s * p.dil;
+              if (ih < 0 || ih >= p.h || iw < 0 || iw >= p.w) continue;
+              for (int64_t c = 0; c < p.c; ++c) {
+                const size_t xi = size_t(((n * p.h + ih) * p.w + iw) * p.c + c);
+                const size_t wi = size_t(((k * p.r + r) * p.s + s) * p.c + c);
+                d.dx[xi] += gv * w[wi];
+                d.dw[wi] += gv * x[xi];
+              }
+            }
+        }
+  return d;
+}
+
+// Sets the CPU convolution algorithm for one scope and restores the previous one.
+class CpuConvAlgoScope {
+ public:
+  explicit CpuConvAlgoScope(CpuConvAlgo a) : prev_(cpu_conv_algo()) { set_cpu_conv_algo(a); }
+  ~CpuConvAlgoScope() { set_cpu_conv_algo(prev_); }
+
+ private:
+  CpuConvAlgo prev_;
+};
+
+// Every CPU convolution algorithm (Winograd included, where oneDNN has it: AVX-512) gives the
+// exact convolution and its exact gradients (the naive loops in double) to f32 tolerance, on
+// 3x3 stride-1 geometries Winograd takes: map sizes that are not multiples of its 4x4 tile,
+// 16 channels (no layout change) and 32 (reordered to nChw16c and back under `winograd`).
+TEST(Conv2d, EveryCpuAlgorithmMatchesTheNaiveLoops) {
+  manual_seed(18);
+  for (CpuConvAlgo algo : {CpuConvAlgo::direct, CpuConvAlgo::auto_, CpuConvAlgo::winograd}) {
+    CpuConvAlgoScope scope(algo);
+    for (const ConvCase& p : {ConvCase{2, 9, 9, 16, 16, 3, 3, 1, 1, 1, 1, true},
+                              ConvCase{3, 6, 7, 32, 32, 3, 3, 1, 1, 1, 1, false},
+                              ConvCase{2, 5, 5, 16, 32, 3, 3, 1, 0, 1, 1, true}}) {
+      SCOPED_TRACE(::testing::Message() << cpu_conv_algo_name(algo) << ": c " << p.c << " k "
+                                        << p.k << " " << p.h << "x" << p.w << " pad " << p.pad);
+      Tensor x = randn({p.n, p.h, p.w, p.c}).requires_grad_();
+      Tensor w = randn({p.k, p.r, p.s, p.c}).requires_grad_();
+      Tensor b = p.bias ? randn({p.k}).requires_grad_() : Tensor();
+      Tensor y = conv2d(x, w, b, options_of(p));
+      // Outputs are sums of 144-288 N(0,1) products (scale ~15); f32 and Winograd's transforms
+      // stay within 1e-4 absolute plus 1e-4 relative.
+      EXPECT_TENSOR_NEAR(y, naive_conv(p, x, w, b), 1e-4, 1e-4);
+      Tensor g = randn(y.shape());
+      sum(y * g).backward();
+      const NaiveGrads d = naive_conv_grads(p, testing::to_doubles(x), testing::to_doubles(w),
+                                            testing::to_doubles(g));
+      EXPECT_TENSOR_NEAR(x.grad(), testing::tensor_of(d.dx, x.shape(), DType::f64), 1e-4, 1e-4);
+      // Weight gradients sum over every output position (up to 3*9*9 = 243 products per tap).
+      EXPECT_TENSOR_NEAR(w.grad(), testing::tensor_of(d.dw, w.shape(), DType::f64), 1e-4, 1e-3);
+      if (p.bias) {
+        EXPECT_TENSOR_NEAR(b.grad(), testing::tensor_of(d.db, b.shape(), DType::f64), 1e-5, 1e-4);
+      }
+    }
+  }
+}
+
+// auto takes Winograd exactly where no activation changes layout (16 channels in and out),
+// winograd wherever it applies, direct never; on CPUs without oneDNN's AVX-512 Winograd kernel
+// every choice is a direct kernel.
+TEST(Conv2d, CpuAlgorithmChoosesTheKernel) {
+  auto shape = [](const ConvCase& p) {
+    return conv2d_shape(empty({p.n, p.h, p.w, p.c}), empty({p.k, p.r, p.s, p.c}), options_of(p));
+  };
+  const ConvShape s16 = shape(ConvCase{8, 14, 14, 16, 16, 3, 3, 1, 1, 1, 1, false});
+  const ConvShape s32 = shape(ConvCase{8, 14, 14, 32, 32, 3, 3, 1, 1, 1, 1, false});
+  const ConvShape strided = shape(ConvCase{8, 14, 14, 16, 16, 3, 3, 2, 1, 1, 1, false});
+  auto kernel = [](CpuConvAlgo a, const ConvShape& s) {
+    CpuConvAlgoScope scope(a);
+    return conv2d_cpu_kernel(s, false, DType::f32);
+  };
+  const bool has_winograd = kernel(CpuConvAlgo::winograd, s16).find("wino") != std::string::npos;
+  if (!has_winograd) GTEST_SKIP() << "oneDNN has no Winograd kernel on this CPU (needs AVX-512)";
+  EXPECT_THAT(kernel(CpuConvAlgo::auto_, s16), HasSubstr("wino"));
+  EXPECT_THAT(kernel(CpuConvAlgo::winograd, s32), HasSubstr("wino"));
+  EXPECT_THAT(kernel(CpuConvAlgo::auto_, s32), Not(HasSubstr("wino")));
+  EXPECT_THAT(kernel(CpuConvAlgo::direct, s16), Not(HasSubstr("wino")));
+  EXPECT_THAT(kernel(CpuConvAlgo::winograd, strided), Not(HasSubstr("wino")));
+  EXPECT_THAT(kernel(CpuConvAlgo::winograd, s16) + kernel(CpuConvAlgo::auto_, s16),
+              Not(HasSubstr("ref")));
+}
+
+TEST(Conv2d, CpuAlgorithmNamesParseAndBadOnesAreNamed) {
+  EXPECT_EQ(parse_cpu_conv_algo("auto", "x"), CpuConvAlgo::auto_);
+  EXPECT_EQ(parse_cpu_conv_algo("direct", "x"), CpuConvAlgo::direct);
+  EXPECT_EQ(parse_cpu_conv_algo("winograd", "x"), CpuConvAlgo::winograd);
+  EXPECT_EQ(cpu_conv_algo_name(CpuConvAlgo::winograd), std::string("winograd"));
+  const std::string msg = testing::error_of([] { parse_cpu_conv_algo("wino", "run.yaml: cpu_conv"); });
+  EXPECT_THAT(msg, HasSubstr("run.yaml: cpu_conv"));
+  EXPECT_THAT(msg, HasSubstr("'wino'"));
+  EXPECT_THAT(msg, HasSubstr("auto, direct, winograd"));
 }
 
 TEST(Conv2dGpu, ForwardBackwardMatchCpu) {
