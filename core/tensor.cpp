@@ -11,6 +11,7 @@
 
 #include "core/autograd.h"
 #include "core/backend.h"
+#include "core/caching_allocator.h"
 #include "core/kernels.h"
 #include "core/ops.h"
 #include "core/random.h"
@@ -49,6 +50,10 @@ Storage::Storage(int64_t nbytes, Device device) : nbytes_(nbytes), device_(devic
   LOWBIT_CHECK(nbytes >= 0, "negative allocation size ", nbytes);
   if (nbytes == 0) return;
   if (device.is_cpu()) {
+    if (size_t(nbytes) >= core::kCpuCacheMin && core::cpu_cache_enabled()) {
+      data_ = core::cpu_allocator().allocate(size_t(nbytes), nullptr);
+      return;
+    }
     const size_t rounded = (size_t(nbytes) + 63) / 64 * 64;
     data_ = std::aligned_alloc(64, rounded);
     LOWBIT_CHECK(data_ != nullptr, "out of host memory allocating ", nbytes, " bytes");
@@ -60,7 +65,11 @@ Storage::Storage(int64_t nbytes, Device device) : nbytes_(nbytes), device_(devic
 Storage::~Storage() {
   if (!data_) return;
   if (device_.is_cpu()) {
-    std::free(data_);
+    if (size_t(nbytes_) >= core::kCpuCacheMin && core::cpu_cache_enabled()) {
+      core::cpu_allocator().deallocate(data_);
+    } else {
+      std::free(data_);
+    }
   } else if (auto* b = core::cuda_backend_or_null()) {
     b->deallocate(device_.index, data_);
   }

@@ -49,17 +49,20 @@ inline T relu_select(T y, T g) {
 
 constexpr int kBlock = 8;  // channels per register block in column_sums_typed (AVX2: 2 ymm of doubles per sum)
 
-// Column sums of channels [cb, cb + kBlock) over rows [r0, r1) into s0/s1, accumulators in
-// registers (local arrays, no aliasing, a fixed trip count the compiler unrolls and vectorises).
+// Column sums of channels [cb, cb + kBlock) over rows [r0, r1) added to s0/s1 (which carry the
+// sums of the rows before r0), accumulators in registers (local arrays, no aliasing, a fixed trip
+// count the compiler unrolls and vectorises).
 // Forward: sum (x - K), sum (x - K)^2 with K = pm, the shift. Backward: sum g, sum g * xhat, g = dy masked by y > 0 with kRelu.
 template <typename scalar_t, bool kBackward, bool kRelu>
 void block_sums(const scalar_t* __restrict px, const scalar_t* __restrict pdy, const scalar_t* __restrict py,
                 const bn_acc_t<scalar_t>* __restrict pm, const bn_acc_t<scalar_t>* __restrict pis, int64_t c,
                 int64_t cb, int64_t r0, int64_t r1, double* __restrict s0, double* __restrict s1) {
   using acc_t = bn_acc_t<scalar_t>;
-  double a0[kBlock] = {}, a1[kBlock] = {};
+  double a0[kBlock], a1[kBlock];
   acc_t m[kBlock], is[kBlock];
   for (int k = 0; k < kBlock; ++k) {
+    a0[k] = s0[cb + k];
+    a1[k] = s1[cb + k];
     m[k] = pm[cb + k];  // backward: the mean; forward: the shift
     is[k] = kBackward ? pis[cb + k] : acc_t(0);
   }
@@ -117,16 +120,21 @@ void column_sums_typed(const Tensor& x, const Tensor& dy, const Tensor& y, const
     double* __restrict s0 = acc;
     double* __restrict s1 = acc + c;
     if (c % kBlock == 0) {
-      // Blocks of 8 channels whose accumulators live in registers across all the rows of the
-      // chunk: the same sums in the same order as the loops below (so the same bits), without a
-      // load and store of the accumulators per row.
-      for (int64_t cb = 0; cb < c; cb += kBlock) {
-        if (!backward) {
-          block_sums<scalar_t, false, false>(px, pdy, py, pm, pis, c, cb, r0, r1, s0, s1);
-        } else if (relu) {
-          block_sums<scalar_t, true, true>(px, pdy, py, pm, pis, c, cb, r0, r1, s0, s1);
-        } else {
-          block_sums<scalar_t, true, false>(px, pdy, py, pm, pis, c, cb, r0, r1, s0, s1);
+      // Blocks of 8 channels whose accumulators live in registers across a tile of rows (16 KiB
+      // of each input, so the tile stays in L1 while every block walks it): the same sums in the
+      // same order as the loops below (so the same bits), without a load and store of the
+      // accumulators per row and with one pass over memory.
+      const int64_t tile = std::max<int64_t>(8, 4096 / c);
+      for (int64_t t0 = r0; t0 < r1; t0 += tile) {
+        const int64_t t1 = std::min(r1, t0 + tile);
+        for (int64_t cb = 0; cb < c; cb += kBlock) {
+          if (!backward) {
+            block_sums<scalar_t, false, false>(px, pdy, py, pm, pis, c, cb, t0, t1, s0, s1);
+          } else if (relu) {
+            block_sums<scalar_t, true, true>(px, pdy, py, pm, pis, c, cb, t0, t1, s0, s1);
+          } else {
+            block_sums<scalar_t, true, false>(px, pdy, py, pm, pis, c, cb, t0, t1, s0, s1);
+          }
         }
       }
     } else if (backward) {

@@ -207,7 +207,7 @@ struct BwdEntry {
               ")", t == DType::bf16 ? "; bf16 needs AVX-512 (avx512_core); use amp: off" : "");
 }
 
-std::atomic<CpuConvAlgo> g_algo{CpuConvAlgo::auto_};
+std::atomic<CpuConvAlgo> g_algo{CpuConvAlgo::direct};
 
 // Winograd F(4x4, 3x3) (oneDNN's jit_wino_4x3, AVX-512 only) applies to dense 3x3 stride-1 f32
 // convolutions; it wants blocked (nChw16c) activations.
@@ -216,8 +216,8 @@ bool winograd_candidate(const ConvShape& s, DType t, CpuConvAlgo algo) {
          s.s == 3 && s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 && s.dil_w == 1;
 }
 
-// auto takes Winograd only where activations need no reorder: measured, the reorders of a
-// 32- or 64-channel map cost about what Winograd saves (docs/benchmarks.md).
+// auto takes Winograd only where activations need no reorder (the reorders of a 32- or
+// 64-channel map cost about what Winograd saves).
 bool winograd_accepts(CpuConvAlgo algo, std::initializer_list<const Staged*> activations) {
   if (algo == CpuConvAlgo::winograd) return true;
   for (const Staged* a : activations) {

@@ -48,15 +48,18 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
 
 // The kernels (CPU: oneDNN; CUDA: cuDNN). y is preallocated (N, P, Q, K); grads likewise.
 // How the CPU backend (oneDNN) computes dense 3x3 stride-1 f32 convolutions:
-//  direct:   oneDNN's direct (brgemm/jit) kernels everywhere.
+//  direct:   oneDNN's direct (brgemm/jit) kernels everywhere, as PyTorch. The default.
 //  winograd: Winograd F(4x4, 3x3) (oneDNN's AVX-512 jit_wino_4x3) wherever it applies, reordering
 //            activations to its blocked layout and back when they are not NHWC byte for byte.
 //  auto:     Winograd only where it needs no activation reorder (16 channels in and out, where
-//            nChw16c is NHWC), direct elsewhere. The default; docs/design.md, "CPU convolutions".
+//            nChw16c is NHWC), direct elsewhere.
+// Measured (docs/benchmarks.md, "CPU convolutions"): Winograd is 1.4-1.6x faster per call on
+// data in cache, but not in a training step, where activations arrive cold and its transformed
+// tensors (2.25x the data) cost what it saves; so direct stays the default.
 // Winograd's transforms round differently from the direct sum: about twice its f32 error
 // (measured worst 3.4e-5 against 1.4e-5 on outputs of scale 15-30, tests/layers/conv2d_test.cpp).
-// bf16, grouped and strided convolutions and CPUs without AVX-512 always take direct kernels. Process-wide; set it before the first
-// convolution of a geometry (kernels are cached per geometry and algorithm).
+// bf16, grouped and strided convolutions and CPUs without AVX-512 always take direct kernels.
+// Process-wide; kernels are cached per geometry and algorithm.
 enum class CpuConvAlgo { auto_, direct, winograd };
 void set_cpu_conv_algo(CpuConvAlgo algo);
 CpuConvAlgo cpu_conv_algo();

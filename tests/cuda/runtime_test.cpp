@@ -277,5 +277,11 @@ TEST(PinnedGpu, MemsetAndSynchronize) {
   b.deallocate(0, dev);
 }
 
+TEST(DeviceAllocator, WithoutGpuThrowsClearly) {
+  if (device_count() > 0) GTEST_SKIP() << "a CUDA device is present";
+  EXPECT_THROW(device_allocator(0), Error);
+  EXPECT_THROW(pinned_host_allocator(), Error);
+}
+
 }  // namespace
 }  // namespace lowbit::cuda

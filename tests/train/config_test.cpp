@@ -75,6 +75,13 @@ TEST(Config, AmpSwitch) {
   EXPECT_THAT(error_of(kMinimal, {"amp=fp8"}), HasSubstr("amp: 'fp8' is not allowed; allowed: off, bf16, f16"));
 }
 
+TEST(Config, CpuConvSwitch) {
+  EXPECT_EQ(parse_config(kMinimal, "cfg.yaml").cpu_conv, "direct");
+  EXPECT_EQ(parse_config(std::string(kMinimal) + "cpu_conv: winograd\n", "cfg.yaml").cpu_conv, "winograd");
+  EXPECT_THAT(error_of(kMinimal, {"cpu_conv=fft"}),
+              HasSubstr("cpu_conv: 'fft' is not allowed; allowed: auto, direct, winograd"));
+}
+
 TEST(Config, OutOfRangeAndChoices) {
   EXPECT_THAT(error_of(kMinimal, {"data.batch_size=0"}), HasSubstr("data.batch_size: 0 is out of range [1, "));
   EXPECT_THAT(error_of(kMinimal, {"stages.0.optimizer.name=sgdd"}),

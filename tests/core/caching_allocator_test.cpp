@@ -1,7 +1,7 @@
 // The caching allocator's policy, on the CPU: malloc/free stand in for cudaMalloc/cudaFree and
-// the "streams" are fake pointers, so every rule in cuda/caching_allocator.h is checked on
-// machines without a GPU.
-#include "cuda/caching_allocator.h"
+// the "streams" are fake pointers, so every rule in core/caching_allocator.h is checked on
+// machines without a GPU. Then its CPU instance under tensor storage.
+#include "core/caching_allocator.h"
 
 #include <gtest/gtest.h>
 
@@ -12,9 +12,10 @@
 #include <vector>
 
 #include "core/error.h"
-#include "cuda/runtime.h"
+#include "core/ops.h"
+#include "core/tensor.h"
 
-namespace lowbit::cuda {
+namespace lowbit::core {
 namespace {
 
 // Raw functions that count calls and can be told to fail.
@@ -277,11 +278,29 @@ TEST(CachingAllocator, ConcurrentUseKeepsStatsConsistent) {
   EXPECT_LE(s.num_raw_allocs, 4 * 8) << "steady state should come from the cache";
 }
 
-TEST(DeviceAllocator, WithoutGpuThrowsClearly) {
-  if (device_count() > 0) GTEST_SKIP() << "a CUDA device is present";
-  EXPECT_THROW(device_allocator(0), Error);
-  EXPECT_THROW(pinned_host_allocator(), Error);
+// CPU tensors of at least kCpuCacheMin bytes come from cpu_allocator(): a freed tensor's block
+// is handed to the next tensor of its size without a new raw allocation; smaller tensors do not
+// touch it. (LOWBIT_CPU_CACHE=0 turns the cache off; then there is nothing to check.)
+TEST(CpuAllocator, LargeTensorsReuseFreedBlocks) {
+  if (!cpu_cache_enabled()) GTEST_SKIP() << "LOWBIT_CPU_CACHE=0";
+  CachingAllocator& a = cpu_allocator();
+  const int64_t n = int64_t(kCpuCacheMin / 4) * 3;  // f32 elements: 3x the threshold
+  const void* first = nullptr;
+  {
+    Tensor t = empty({n});
+    first = t.raw_data();
+    EXPECT_TRUE(a.owns(first));
+  }
+  const CachingAllocator::Stats before = a.stats();
+  {
+    Tensor t = ones({n});
+    EXPECT_EQ(t.raw_data(), first) << "the freed block is reused";
+    EXPECT_EQ(sum(t).item(), double(n)) << "and fully usable";
+  }
+  Tensor small = empty({int64_t(kCpuCacheMin / 4) - 16});
+  EXPECT_FALSE(a.owns(small.raw_data()));
+  EXPECT_EQ(a.stats().num_raw_allocs, before.num_raw_allocs);
 }
 
 }  // namespace
-}  // namespace lowbit::cuda
+}  // namespace lowbit::core
