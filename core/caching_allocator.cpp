@@ -2,6 +2,7 @@
 // are never destroyed: tensors held in statics may free into them during exit.
 #include "core/caching_allocator.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <exception>
 #include <limits>
@@ -194,6 +195,15 @@ CachingAllocator& cpu_allocator() {
       [](size_t nbytes) { return std::aligned_alloc(64, nbytes); },  // sizes are 512-multiples
       [](void* p) { std::free(p); }, "cpu allocator");
   return *allocator;
+}
+
+void cpu_deallocate(void* p) {
+  CachingAllocator& a = cpu_allocator();
+  a.deallocate(p);
+  const CachingAllocator::Stats s = a.stats();
+  if (s.reserved_bytes - s.allocated_bytes > std::max(kCpuCacheFloor, s.peak_allocated_bytes)) {
+    a.empty_cache();
+  }
 }
 
 }  // namespace lowbit::core

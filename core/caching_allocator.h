@@ -105,8 +105,14 @@ class CachingAllocator {
 // cached with stream = nullptr. Smaller storage goes straight to malloc, whose bins already
 // recycle it. LOWBIT_CPU_CACHE=0 in the environment turns the cache off (every block is freed at
 // once), for comparison. Created on first use and never destroyed.
+// The cache is bounded: when a free leaves more than max(kCpuCacheFloor, peak bytes in use)
+// cached, every cached block is freed. A training loop, whose sizes repeat, keeps its blocks;
+// memory held stays below twice the peak in use (or the peak plus 1 GiB) when sizes keep changing.
 constexpr size_t kCpuCacheMin = size_t(64) << 10;
+constexpr int64_t kCpuCacheFloor = int64_t(1) << 30;
 CachingAllocator& cpu_allocator();
 bool cpu_cache_enabled();
+// Returns a block of cpu_allocator() and applies the bound above.
+void cpu_deallocate(void* p);
 
 }  // namespace lowbit::core

@@ -66,7 +66,7 @@ Storage::~Storage() {
   if (!data_) return;
   if (device_.is_cpu()) {
     if (size_t(nbytes_) >= core::kCpuCacheMin && core::cpu_cache_enabled()) {
-      core::cpu_allocator().deallocate(data_);
+      core::cpu_deallocate(data_);
     } else {
       std::free(data_);
     }

@@ -121,7 +121,7 @@ void column_sums_typed(const Tensor& x, const Tensor& dy, const Tensor& y, const
     double* __restrict s1 = acc + c;
     if (c % kBlock == 0) {
       // Blocks of 8 channels whose accumulators live in registers across a tile of rows (16 KiB
-      // of each input, so the tile stays in L1 while every block walks it): the same sums in the
+      // of each f32 input, so the tile stays in L1 while every block walks it): the same sums in the
       // same order as the loops below (so the same bits), without a load and store of the
       // accumulators per row and with one pass over memory.
       const int64_t tile = std::max<int64_t>(8, 4096 / c);

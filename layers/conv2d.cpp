@@ -131,7 +131,7 @@ dnnl::convolution_forward::primitive_desc forward_pd(const Descs& d, bool with_b
 // (nChw16c with 16 channels is NHWC byte for byte); empty when the layout is not linear.
 std::vector<int64_t> linear_strides(const memory::desc& md) {
   const dnnl_memory_desc_t& d = md.data;
-  if (d.format_kind != dnnl_blocked || d.offset0 != 0) return {};
+  if (d.format_kind != dnnl_blocked || d.offset0 != 0 || d.extra.flags != 0) return {};
   const dnnl_blocking_desc_t& b = d.format_desc.blocking;
   std::vector<int64_t> st(b.strides, b.strides + d.ndims);
   int64_t inner = 1;
@@ -197,6 +197,7 @@ struct BwdEntry {
   dnnl::convolution_backward_weights prim_weights;
   Staged w_src, w_dst, w_weights;
   memory::desc bias;
+  std::string impl;  // "<data gradient kernel>, <weight gradient kernel>"
 };
 
 // oneDNN throws dnnl::error when no kernel implements a primitive (bf16 on a CPU without
@@ -283,7 +284,8 @@ BwdEntry& backward_entry(const ConvShape& s, bool with_bias, DType t) {
         convolution_backward_data(dpd), Staged(d.dst, dpd.diff_dst_desc()),
         Staged(d.weights, dpd.weights_desc()), Staged(d.src, dpd.diff_src_desc()),
         convolution_backward_weights(wpd), Staged(d.src, wpd.src_desc()),
-        Staged(d.dst, wpd.diff_dst_desc()), Staged(d.weights, wpd.diff_weights_desc()), d.bias});
+        Staged(d.dst, wpd.diff_dst_desc()), Staged(d.weights, wpd.diff_weights_desc()), d.bias,
+        std::string(dpd.impl_info_str()) + ", " + wpd.impl_info_str()});
   };
   if (winograd_candidate(s, t, algo)) {
     try {
@@ -331,8 +333,8 @@ CpuConvAlgo parse_cpu_conv_algo(const std::string& name, const std::string& what
   throw InputError(str_cat(what, ": '", name, "' is not allowed; allowed: auto, direct, winograd"));
 }
 
-std::string conv2d_cpu_kernel(const ConvShape& s, bool with_bias, DType t) {
-  return forward_entry(s, with_bias, t).impl;
+std::string conv2d_cpu_kernel(const ConvShape& s, bool with_bias, DType t, bool backward) {
+  return backward ? backward_entry(s, with_bias, t).impl : forward_entry(s, with_bias, t).impl;
 }
 
 void conv2d_forward_cpu(const ConvShape& s, const Tensor& x, const Tensor& w, const Tensor& b,

@@ -46,7 +46,6 @@ ConvShape conv2d_shape(const Tensor& x, const Tensor& w, const Conv2dOptions& o)
 // Differentiable in x, weight and bias.
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dOptions& o);
 
-// The kernels (CPU: oneDNN; CUDA: cuDNN). y is preallocated (N, P, Q, K); grads likewise.
 // How the CPU backend (oneDNN) computes dense 3x3 stride-1 f32 convolutions:
 //  direct:   oneDNN's direct (brgemm/jit) kernels everywhere, as PyTorch. The default.
 //  winograd: Winograd F(4x4, 3x3) (oneDNN's AVX-512 jit_wino_4x3) wherever it applies, reordering
@@ -66,10 +65,13 @@ CpuConvAlgo cpu_conv_algo();
 // "auto" | "direct" | "winograd"; anything else is an error naming `what` and the choices.
 CpuConvAlgo parse_cpu_conv_algo(const std::string& name, const std::string& what);
 const char* cpu_conv_algo_name(CpuConvAlgo algo);
-// oneDNN's name for the forward kernel the CPU backend runs for `s` under the current algorithm,
-// e.g. "jit_wino_4x3:avx512_core" or "brgconv:avx512_core".
-std::string conv2d_cpu_kernel(const ConvShape& s, bool with_bias, DType t);
+// oneDNN's names for the kernels the CPU backend runs for `s` under the current algorithm: the
+// forward's ("jit_wino_4x3:avx512_core", "brgconv:avx512_core"), or with backward the data and
+// weight gradients' joined by ", ".
+std::string conv2d_cpu_kernel(const ConvShape& s, bool with_bias, DType t, bool backward = false);
 
+
+// The kernels (CPU: oneDNN; CUDA: cuDNN). y is preallocated (N, P, Q, K); grads likewise.
 void conv2d_forward_cpu(const ConvShape& s, const Tensor& x, const Tensor& w, const Tensor& b,
                         const Tensor& y);
 void conv2d_backward_cpu(const ConvShape& s, const Tensor& x, const Tensor& w, const Tensor& dy,

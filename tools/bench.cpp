@@ -94,7 +94,8 @@ std::string kernel_help() {
         "  --cpu-conv A  CPU 3x3 convolution algorithm (lowbit bench train --help)\n"
         "  --json      one JSON object per benchmark and line: kernel, device, dtype, threads,\n"
         "              size, shape, iters, warmup, ms (median), ms_min, and where they apply\n"
-        "              bytes, gb_per_s, bw_fraction, flops, gflop_per_s; copy_gb_per_s on all\n";
+        "              bytes, gb_per_s, bw_fraction, flops, gflop_per_s; copy_gb_per_s on all;\n"
+        "              cpu_conv on the conv kernels\n";
   return os.str();
 }
 
@@ -175,6 +176,7 @@ json kernel_json(const bench::KernelResult& r, const bench::KernelOptions& o, do
          {"size", r.size},           {"shape", r.shape},         {"iters", r.timing.iters},
          {"warmup", o.warmup},       {"ms", r.timing.median_ms}, {"ms_min", r.timing.min_ms},
          {"copy_gb_per_s", copy_gbs}};
+  if (r.kernel.rfind("conv", 0) == 0) j["cpu_conv"] = layers::cpu_conv_algo_name(layers::cpu_conv_algo());
   if (r.bytes > 0) {
     j["bytes"] = r.bytes;
     j["gb_per_s"] = r.gb_per_s();

@@ -302,5 +302,21 @@ TEST(CpuAllocator, LargeTensorsReuseFreedBlocks) {
   EXPECT_EQ(a.stats().num_raw_allocs, before.num_raw_allocs);
 }
 
+// The CPU cache is bounded: once the cached blocks exceed max(1 GiB, the peak in use) they are
+// all freed. Two tensors too different in size to share a block (400 MiB, then 900 MiB, never
+// touched, so no memory is committed) leave 1.3 GiB cached, more than both: the cache empties.
+TEST(CpuAllocator, CacheBeyondPeakAndFloorIsReleased) {
+  if (!cpu_cache_enabled()) GTEST_SKIP() << "LOWBIT_CPU_CACHE=0";
+  CachingAllocator& a = cpu_allocator();
+  const int64_t frees_before = a.stats().num_raw_frees;
+  { Tensor t = empty({int64_t(400) << 18}); }  // 400 MiB of f32
+  CachingAllocator::Stats s = a.stats();
+  EXPECT_GE(s.reserved_bytes - s.allocated_bytes, int64_t(400) << 20) << "kept: under the bound";
+  { Tensor t = empty({int64_t(900) << 18}); }
+  s = a.stats();
+  EXPECT_EQ(s.reserved_bytes - s.allocated_bytes, 0) << "1.3 GiB cached > max(1 GiB, 900 MiB peak)";
+  EXPECT_GE(s.num_raw_frees - frees_before, 2);
+}
+
 }  // namespace
 }  // namespace lowbit::core

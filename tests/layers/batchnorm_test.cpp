@@ -1,9 +1,14 @@
 // BatchNorm2d: outputs and running statistics against hand-computed values, train/eval
 // behaviour, the fused ReLU, gradients by finite differences.
 #include <gmock/gmock.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <vector>
 
 #include "core/autograd.h"
 #include "core/ops.h"
+#include "core/parallel.h"
 #include "core/random.h"
 #include "layers/batchnorm.h"
 #include "tests/common/gradcheck.h"
@@ -65,6 +70,60 @@ TEST(BatchNorm2d, BatchVarianceOfLargeOffsetDataIsExact) {
 
 // The fused ReLU is relu(): negatives become 0, NaN stays NaN (as PyTorch; the trainer relies on
 // a NaN reaching the loss to stop a diverged run).
+// The CPU column sums (BN statistics forward, the two gradient sums backward) are, per channel,
+// double sums over each thread's block of rows in row order, combined in thread order: checked
+// bit for bit against that loop, with enough rows that every thread walks several row tiles,
+// at channel counts on the 8-channel block path (16, 64) and off it (12), 1 and 2 threads.
+TEST(BatchNorm2d, ColumnSumsAreTheRowOrderSumsBitForBit) {
+  manual_seed(21);
+  const int saved = omp_get_max_threads();
+  for (int threads : {1, 2}) {
+    omp_set_num_threads(threads);
+    for (int64_t c : {16, 64, 12}) {
+      for (bool backward : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << threads << " threads, c " << c
+                                          << (backward ? " backward" : " forward"));
+        const int64_t m = 3001;  // rows: not a multiple of any tile or chunk
+        Tensor x = randn({m, c}) * 3.0 + 1.0, dy = randn({m, c}), y = randn({m, c});
+        Tensor mean = randn({c}), invstd = rand({c}) + 0.5;
+        Tensor sums = empty({2, c}, TensorOptions(DType::f64));
+        detail::bn_column_sums_cpu(x, backward ? dy : Tensor(), backward ? y : Tensor(), mean,
+                                   backward ? invstd : Tensor(), backward, backward, sums);
+        const float* px = x.data<float>();
+        const float* pg = dy.data<float>();
+        const float* py = y.data<float>();
+        const float* pm = mean.data<float>();
+        const float* pis = invstd.data<float>();
+        const int nt = m * c >= core::kParallelGrain ? threads : 1;
+        const int64_t chunk = (m + nt - 1) / nt;
+        std::vector<double> want(size_t(2 * c), 0.0);
+        for (int64_t ch = 0; ch < c; ++ch) {
+          for (int t = 0; t < nt; ++t) {
+            double a0 = 0.0, a1 = 0.0;
+            for (int64_t r = t * chunk; r < std::min(m, (t + 1) * chunk); ++r) {
+              const size_t i = size_t(r * c + ch);
+              if (backward) {
+                const float g = py[i] > 0.0f ? pg[i] : 0.0f;
+                a0 += double(g);
+                a1 += double(g * ((px[i] - pm[ch]) * pis[ch]));
+              } else {
+                const double v = double(px[i]) - double(pm[ch]);
+                a0 += v;
+                a1 += v * v;
+              }
+            }
+            want[size_t(ch)] += a0;
+            want[size_t(c + ch)] += a1;
+          }
+        }
+        const double* got = sums.data<double>();
+        for (int64_t k = 0; k < 2 * c; ++k) ASSERT_EQ(got[k], want[size_t(k)]) << "sum " << k;
+      }
+    }
+  }
+  omp_set_num_threads(saved);
+}
+
 TEST(BatchNorm2d, FusedReluPropagatesNanAsRelu) {
   Tensor x = tensor_of({-1, NAN, 2, -3}, {1, 2, 2, 1});
   Tensor rm = zeros({1}), rv = ones({1});
