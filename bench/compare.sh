@@ -8,7 +8,7 @@
 #   bench/compare.sh --threads 2 resnet20,128,28,1 resnet56,128,32,3
 #   bench/compare.sh resnet18,64,224,3,bf16,cuda       # on a GPU machine
 #
-# CONFIG is MODEL,BATCH,HW,CIN[,MODE[,DEVICE]] (MODE fp32 or bf16, default fp32; DEVICE default
+# CONFIG is MODEL,BATCH,HW,CIN[,MODE[,DEVICE]] (MODE fp32, bf16 or qat, default fp32; DEVICE default
 # cpu). Options: --lowbit PATH (default build/tools/lowbit, or $LOWBIT), --python PATH (default
 # .venv/bin/python, else python3), --threads T (default 2; both sides get it as --threads and
 # OMP_NUM_THREADS/OPENBLAS_NUM_THREADS), --steps N (default 20), --warmup W (default 3),

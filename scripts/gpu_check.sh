@@ -14,11 +14,18 @@
 #      relocatable: they locate themselves, so they are left as they are.);
 #   3. configure build-gpu with LOWBIT_CUDA=ON against the prefix, build with all cores;
 #   4. run all tests (ctest), with LOWBIT_FASHION_MNIST_DIR pointing at the bundled data;
-#   5. fail unless at least one test labelled `gpu` ran without being skipped.
+#   5. fail unless at least one test labelled `gpu` ran without being skipped;
+#   6. with --bench: scripts/gpu_bench.sh (the issue 8 speed measurements against PyTorch).
 # Exits non-zero on any failure.
 #
-#   scripts/gpu_check.sh                 everything above
+#   scripts/gpu_check.sh                 everything above but 6
+#   scripts/gpu_check.sh --gpu-only      only the `gpu`-labelled tests in step 4 (CI runs the
+#                                        rest on every push): what a short device lease needs
+#   scripts/gpu_check.sh --bench         also step 6 (after the verdict, also when tests failed)
 #   scripts/gpu_check.sh --unpack-only   step 2 only, then print the environment (no GPU needed)
+#
+# Where $OUT is set (the device tool's folder that comes back), the GPU test log, the failing
+# tests' output and the benchmark results are copied there.
 #
 # Environment: LOWBIT_GPU_BUILD_DIR (default build-gpu), CTEST_PARALLEL_LEVEL (default: cores).
 set -euo pipefail
@@ -29,11 +36,16 @@ build="$root/${LOWBIT_GPU_BUILD_DIR:-build-gpu}"
 prefix="$build/prefix"
 bundle="$root/.gpu_bundle"
 unpack_only=0
-case "${1:-}" in
-  --unpack-only) unpack_only=1 ;;
-  "") ;;
-  *) echo "usage: $0 [--unpack-only]" >&2; exit 2 ;;
-esac
+gpu_only=0
+bench=0
+for arg in "$@"; do
+  case "$arg" in
+    --unpack-only) unpack_only=1 ;;
+    --gpu-only) gpu_only=1 ;;
+    --bench) bench=1 ;;
+    *) echo "usage: $0 [--unpack-only | [--gpu-only] [--bench]]" >&2; exit 2 ;;
+  esac
+done
 
 say() { echo "gpu_check: $*"; }
 die() { echo "gpu_check: FAILED: $*" >&2; exit 1; }
@@ -202,7 +214,11 @@ cmake --build "$build" --parallel "$(nproc)" || die "build"
 # --- 4. all tests, once: the non-GPU ones, then the GPU ones verbosely (for step 5) ----------
 export CTEST_PARALLEL_LEVEL="${CTEST_PARALLEL_LEVEL:-$(nproc)}"
 status=0
-(cd "$build" && ctest --output-on-failure -LE '^gpu$') || status=1
+if [ "$gpu_only" -eq 0 ]; then
+  (cd "$build" && ctest --output-on-failure -LE '^gpu$') || status=1
+else
+  say "--gpu-only: the tests without the gpu label are left to CI"
+fi
 
 gpu_count=$(cd "$build" && ctest -N -L '^gpu$' | sed -n 's/^Total Tests: *//p')
 gpu_log="$build/ctest-gpu.log"
@@ -221,11 +237,26 @@ fi
 
 # --- 5. verdict ------------------------------------------------------------------------------
 say "gpu-labelled tests: ${gpu_count:-0} registered, $ran ran, $skipped skipped (log: $gpu_log)"
+if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
+  [ -f "$gpu_log" ] && cp "$gpu_log" "$OUT/ctest-gpu.log"
+  [ -f "$build/Testing/Temporary/LastTestsFailed.log" ] &&
+    cp "$build/Testing/Temporary/LastTestsFailed.log" "$OUT/tests-failed.log"
+fi
+verdict=0
 if [ "${gpu_count:-0}" -eq 0 ]; then
-  die "no test carries the ctest label 'gpu'"
+  say "FAILED: no test carries the ctest label 'gpu'"; verdict=1
+elif [ "$ran" -eq 0 ]; then
+  say "FAILED: every gpu test was skipped: the binary did not see the GPU (built with CUDA? driver?)"
+  verdict=1
+elif [ "$status" -ne 0 ]; then
+  say "FAILED: some tests failed (see above and $gpu_log)"; verdict=1
+else
+  say "OK: all tests passed, $ran GPU tests ran on $(nvidia-smi -L | head -n1)"
 fi
-if [ "$ran" -eq 0 ]; then
-  die "every gpu test was skipped: the binary did not see the GPU (built with CUDA? driver?)"
+
+# --- 6. speed (--bench): measured even when a test failed, since device time is scarce --------
+if [ "$bench" -eq 1 ]; then
+  bash "$root/scripts/gpu_bench.sh" --lowbit "$build/tools/lowbit" --device cuda \
+    --out "${OUT:-$build/bench-results}" || verdict=1
 fi
-[ "$status" -eq 0 ] || die "some tests failed (see above and $gpu_log)"
-say "OK: all tests passed, $ran GPU tests ran on $(nvidia-smi -L | head -n1)"
+exit "$verdict"
