@@ -404,8 +404,13 @@ set(CMAKE_CUDA_STANDARD 17)
 set(CMAKE_CUDA_STANDARD_REQUIRED ON)
 set(CMAKE_CUDA_EXTENSIONS OFF)
 set(CMAKE_CUDA_SEPARABLE_COMPILATION OFF)
+# --fmad=false: no multiply-add contraction in lowbit's kernels, as -ffp-contract=off on the CPU
+# (CMakeLists.txt), so the element math shared as __host__ __device__ functions (BN affine and
+# input gradient, loss, optimizer steps, fake quantization) rounds the same on both backends.
+# cuDNN and cuBLAS are not affected. The kernels are memory-bound, so the FMA unit is not missed.
 add_compile_options("$<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr>"
                     "$<$<COMPILE_LANGUAGE:CUDA>:--extended-lambda>"
+                    "$<$<COMPILE_LANGUAGE:CUDA>:--fmad=false>"
                     "$<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall>")
 
 # CUDA 13 moved Thrust/CUB/libcu++ to include/cccl; FindCUDAToolkit of older CMake misses it.

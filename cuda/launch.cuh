@@ -127,6 +127,7 @@ __device__ T block_reduce(T v, Combine combine, T* smem) {
   if (warp == 0) {
     T w = smem[0];
     for (int i = 1; i < warps; ++i) w = combine(w, smem[i]);
+    __syncwarp();  // every lane of warp 0 has read smem[0] before lane 0 overwrites it
     if (lane == 0) smem[0] = w;
   }
   __syncthreads();

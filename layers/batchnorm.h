@@ -84,7 +84,7 @@ struct BnBackwardTerm {
   LOWBIT_HD void operator()(A x, A dy, A y, A mean, A invstd, double* out) const {
     const A g = (relu && !(y > A(0))) ? A(0) : dy;
     out[0] = double(g);
-    out[1] = double(g) * double((x - mean) * invstd);
+    out[1] = double(g * ((x - mean) * invstd));  // rounded in A first, as the CPU loops
   }
 };
 // The fused ReLU is core's ReluOp: negative values become 0 and NaN propagates, as PyTorch's

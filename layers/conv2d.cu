@@ -2,6 +2,10 @@
 // algorithm per geometry and direction chosen by cuDNN's heuristics and cached, workspace from
 // the caching allocator (as a byte tensor, so it is stream-ordered). Tensor-core math is
 // allowed for 16-bit inputs and, for f32, only when TF32 is switched on (set_allow_tf32).
+// Among the heuristics' answers the first deterministic algorithm wins (cuDNN's backward
+// algorithms 0 and 3 add with atomics; lowbit's reductions are deterministic everywhere else);
+// each direction has its own convolution descriptor carrying the math type its algorithm was
+// ranked with, as PyTorch does.
 #include "layers/conv2d.h"
 
 #include <map>
@@ -32,7 +36,8 @@ cudnnDataType_t cudnn_dtype(DType t) {
 struct CudnnConv {
   cudnnTensorDescriptor_t x = nullptr, y = nullptr, b = nullptr;
   cudnnFilterDescriptor_t w = nullptr;
-  cudnnConvolutionDescriptor_t conv = nullptr;
+  // One per direction: forward, backward data, backward filter (each with its math type).
+  cudnnConvolutionDescriptor_t conv = nullptr, conv_bd = nullptr, conv_bf = nullptr;
   cudnnConvolutionFwdAlgo_t fwd_algo{};
   cudnnConvolutionBwdDataAlgo_t bwd_data_algo{};
   cudnnConvolutionBwdFilterAlgo_t bwd_filter_algo{};
@@ -47,11 +52,28 @@ struct CudnnConv {
     if (b) CUDNN_CHECK_WARN(cudnnDestroyTensorDescriptor(b));
     if (w) CUDNN_CHECK_WARN(cudnnDestroyFilterDescriptor(w));
     if (conv) CUDNN_CHECK_WARN(cudnnDestroyConvolutionDescriptor(conv));
+    if (conv_bd) CUDNN_CHECK_WARN(cudnnDestroyConvolutionDescriptor(conv_bd));
+    if (conv_bf) CUDNN_CHECK_WARN(cudnnDestroyConvolutionDescriptor(conv_bf));
   }
 };
 
 using Key = std::tuple<int, int, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                       int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t>;
+                       int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t>;
+
+// The first answer of cuDNN's ranked list that can run, preferring deterministic ones; false
+// when none can run.
+template <typename Perf>
+bool pick(const Perf* perf, int returned, Perf* chosen) {
+  for (bool need_det : {true, false}) {
+    for (int i = 0; i < returned; ++i) {
+      if (perf[i].status != CUDNN_STATUS_SUCCESS) continue;
+      if (need_det && perf[i].determinism != CUDNN_DETERMINISTIC) continue;
+      *chosen = perf[i];
+      return true;
+    }
+  }
+  return false;
+}
 
 std::mutex g_mu;
 
@@ -59,7 +81,7 @@ CudnnConv& get_conv(const ConvShape& s, DType t, int device) {
   static std::map<Key, std::unique_ptr<CudnnConv>> cache;
   const bool tf32 = allow_tf32();
   Key key{device, int(t), tf32, s.n, s.h, s.w, s.c, s.k, s.r, s.s, s.stride_h, s.stride_w,
-          s.pad_h, s.pad_w, s.dil_h * 1000 + s.dil_w, s.groups};
+          s.pad_h, s.pad_w, s.dil_h, s.dil_w, s.groups};
   std::lock_guard<std::mutex> lock(g_mu);
   auto& slot = cache[key];
   if (slot) return *slot;
@@ -72,58 +94,56 @@ CudnnConv& get_conv(const ConvShape& s, DType t, int device) {
   CUDNN_CHECK(cudnnCreateTensorDescriptor(&c->b));
   CUDNN_CHECK(cudnnCreateFilterDescriptor(&c->w));
   CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&c->conv));
+  CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&c->conv_bd));
+  CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&c->conv_bf));
   CUDNN_CHECK(cudnnSetTensor4dDescriptor(c->x, CUDNN_TENSOR_NHWC, dt, int(s.n), int(s.c), int(s.h), int(s.w)));
   CUDNN_CHECK(cudnnSetTensor4dDescriptor(c->y, CUDNN_TENSOR_NHWC, dt, int(s.n), int(s.k), int(s.p), int(s.q)));
   CUDNN_CHECK(cudnnSetTensor4dDescriptor(c->b, CUDNN_TENSOR_NHWC, dt, 1, int(s.k), 1, 1));
   CUDNN_CHECK(cudnnSetFilter4dDescriptor(c->w, dt, CUDNN_TENSOR_NHWC, int(s.k), int(s.c / s.groups),
                                          int(s.r), int(s.s)));
-  CUDNN_CHECK(cudnnSetConvolution2dDescriptor(c->conv, int(s.pad_h), int(s.pad_w), int(s.stride_h),
-                                              int(s.stride_w), int(s.dil_h), int(s.dil_w),
-                                              CUDNN_CROSS_CORRELATION, compute));
-  CUDNN_CHECK(cudnnSetConvolutionGroupCount(c->conv, int(s.groups)));
   const cudnnMathType_t math = (t == DType::f16 || t == DType::bf16 || (t == DType::f32 && tf32))
                                    ? CUDNN_TENSOR_OP_MATH
                                    : CUDNN_FMA_MATH;
-  CUDNN_CHECK(cudnnSetConvolutionMathType(c->conv, math));
+  for (cudnnConvolutionDescriptor_t d : {c->conv, c->conv_bd, c->conv_bf}) {
+    CUDNN_CHECK(cudnnSetConvolution2dDescriptor(d, int(s.pad_h), int(s.pad_w), int(s.stride_h),
+                                                int(s.stride_w), int(s.dil_h), int(s.dil_w),
+                                                CUDNN_CROSS_CORRELATION, compute));
+    CUDNN_CHECK(cudnnSetConvolutionGroupCount(d, int(s.groups)));
+    CUDNN_CHECK(cudnnSetConvolutionMathType(d, math));
+  }
 
   cudnnHandle_t h = cuda::cudnn_handle(device);
   int returned = 0;
   cudnnConvolutionFwdAlgoPerf_t fwd[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
   CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, c->x, c->w, c->conv, c->y,
                                                      CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, fwd));
-  bool found = false;
-  for (int i = 0; i < returned && !found; ++i) {
-    if (fwd[i].status != CUDNN_STATUS_SUCCESS) continue;
-    c->fwd_algo = fwd[i].algo;
-    found = true;
-  }
-  LOWBIT_CHECK(found, "conv2d (cuda): cuDNN has no forward algorithm for this geometry");
+  cudnnConvolutionFwdAlgoPerf_t fwd_pick{};
+  LOWBIT_CHECK(pick(fwd, returned, &fwd_pick),
+               "conv2d (cuda): cuDNN has no forward algorithm for this geometry");
+  c->fwd_algo = fwd_pick.algo;
+  CUDNN_CHECK(cudnnSetConvolutionMathType(c->conv, fwd_pick.mathType));
   CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(h, c->x, c->w, c->conv, c->y, c->fwd_algo, &c->fwd_ws));
 
   cudnnConvolutionBwdDataAlgoPerf_t bd[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
   CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
-      h, c->w, c->y, c->conv, c->x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &returned, bd));
-  found = false;
-  for (int i = 0; i < returned && !found; ++i) {
-    if (bd[i].status != CUDNN_STATUS_SUCCESS) continue;
-    c->bwd_data_algo = bd[i].algo;
-    found = true;
-  }
-  LOWBIT_CHECK(found, "conv2d (cuda): cuDNN has no backward-data algorithm for this geometry");
-  CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(h, c->w, c->y, c->conv, c->x,
+      h, c->w, c->y, c->conv_bd, c->x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &returned, bd));
+  cudnnConvolutionBwdDataAlgoPerf_t bd_pick{};
+  LOWBIT_CHECK(pick(bd, returned, &bd_pick),
+               "conv2d (cuda): cuDNN has no backward-data algorithm for this geometry");
+  c->bwd_data_algo = bd_pick.algo;
+  CUDNN_CHECK(cudnnSetConvolutionMathType(c->conv_bd, bd_pick.mathType));
+  CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(h, c->w, c->y, c->conv_bd, c->x,
                                                            c->bwd_data_algo, &c->bwd_data_ws));
 
   cudnnConvolutionBwdFilterAlgoPerf_t bf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
   CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
-      h, c->x, c->y, c->conv, c->w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &returned, bf));
-  found = false;
-  for (int i = 0; i < returned && !found; ++i) {
-    if (bf[i].status != CUDNN_STATUS_SUCCESS) continue;
-    c->bwd_filter_algo = bf[i].algo;
-    found = true;
-  }
-  LOWBIT_CHECK(found, "conv2d (cuda): cuDNN has no backward-filter algorithm for this geometry");
-  CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(h, c->x, c->y, c->conv, c->w,
+      h, c->x, c->y, c->conv_bf, c->w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &returned, bf));
+  cudnnConvolutionBwdFilterAlgoPerf_t bf_pick{};
+  LOWBIT_CHECK(pick(bf, returned, &bf_pick),
+               "conv2d (cuda): cuDNN has no backward-filter algorithm for this geometry");
+  c->bwd_filter_algo = bf_pick.algo;
+  CUDNN_CHECK(cudnnSetConvolutionMathType(c->conv_bf, bf_pick.mathType));
+  CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(h, c->x, c->y, c->conv_bf, c->w,
                                                              c->bwd_filter_algo, &c->bwd_filter_ws));
   slot = std::move(c);
   return *slot;
@@ -141,6 +161,11 @@ struct Scale {
 };
 const void* scale_ptr(const Scale& s, DType t) { return t == DType::f64 ? static_cast<const void*>(&s.d) : &s.f; }
 
+// The bias of 16-bit convolutions (autocast) goes through lowbit's own broadcast add and
+// reduction (f32 math, rounded once, as the CPU path) rather than cuDNN's legacy
+// cudnnAddTensor / cudnnConvolutionBackwardBias, whose bf16 support is not documented.
+bool cudnn_bias(DType t) { return t == DType::f32 || t == DType::f64; }
+
 }  // namespace
 
 void conv2d_forward_cuda(const ConvShape& s, const Tensor& x, const Tensor& w, const Tensor& b,
@@ -154,7 +179,10 @@ void conv2d_forward_cuda(const ConvShape& s, const Tensor& x, const Tensor& w, c
   CUDNN_CHECK(cudnnConvolutionForward(h, scale_ptr(one, x.dtype()), c.x, x.raw_data(), c.w,
                                       w.raw_data(), c.conv, c.fwd_algo, ws.raw_data(), c.fwd_ws,
                                       scale_ptr(zero, x.dtype()), c.y, y.raw_data()));
-  if (b.defined()) {
+  if (b.defined() && !cudnn_bias(x.dtype())) {
+    Tensor out = y;
+    add_(out, b);
+  } else if (b.defined()) {
     CUDNN_CHECK(cudnnAddTensor(h, scale_ptr(one, x.dtype()), c.b, b.raw_data(),
                                scale_ptr(one, x.dtype()), c.y, y.raw_data()));
   }
@@ -171,17 +199,21 @@ void conv2d_backward_cuda(const ConvShape& s, const Tensor& x, const Tensor& w, 
   if (dx.defined()) {
     Tensor ws = workspace(c.bwd_data_ws, x.device());
     CUDNN_CHECK(cudnnConvolutionBackwardData(h, scale_ptr(one, t), c.w, w.raw_data(), c.y,
-                                             dy.raw_data(), c.conv, c.bwd_data_algo, ws.raw_data(),
+                                             dy.raw_data(), c.conv_bd, c.bwd_data_algo, ws.raw_data(),
                                              c.bwd_data_ws, scale_ptr(zero, t), c.x, dx.raw_data()));
   }
   if (dw.defined()) {
     Tensor ws = workspace(c.bwd_filter_ws, x.device());
     CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, scale_ptr(one, t), c.x, x.raw_data(), c.y,
-                                               dy.raw_data(), c.conv, c.bwd_filter_algo,
+                                               dy.raw_data(), c.conv_bf, c.bwd_filter_algo,
                                                ws.raw_data(), c.bwd_filter_ws, scale_ptr(zero, t),
                                                c.w, dw.raw_data()));
   }
-  if (db.defined()) {
+  if (db.defined() && !cudnn_bias(t)) {
+    Tensor sums = sum(dy.to(DType::f32), {0, 1, 2});
+    Tensor out = db;
+    out.copy_(sums);
+  } else if (db.defined()) {
     CUDNN_CHECK(cudnnConvolutionBackwardBias(h, scale_ptr(one, t), c.y, dy.raw_data(),
                                              scale_ptr(zero, t), c.b, db.raw_data()));
   }

@@ -359,6 +359,37 @@ TEST(Conv2dGpu, ForwardBackwardMatchCpu) {
   }
 }
 
+// 16-bit convolutions with a bias (autocast's conv2d casts the bias too): the bias add and its
+// gradient take lowbit's own add and reduction on CUDA (conv2d.cu), so compare them, forward
+// and backward, with the CPU's bf16 path on the same rounded values.
+TEST(Conv2dGpu, Bf16BiasForwardBackwardMatchCpu) {
+  LOWBIT_SKIP_WITHOUT_GPU();
+  manual_seed(17);
+  Conv2dOptions o(8, 16, 3);
+  o.padding = {1, 1};
+  const DType t = DType::bf16;  // the CPU convolution has f32 and bf16 only
+  Tensor x0 = randn({2, 6, 6, 8}).to(t), w0 = (randn({16, 3, 3, 8}) * 0.2).to(t);
+  Tensor b0 = randn({16}).to(t), up = randn({2, 6, 6, 16});
+  Tensor ys[2], gx[2], gw[2], gb[2];
+  for (int dev = 0; dev < 2; ++dev) {
+    const Device d = dev ? Device::cuda() : Device::cpu();
+    // detach(): fresh leaves on both devices (to() of a tensor already there is the tensor).
+    Tensor x = x0.detach().to(d).requires_grad_(), w = w0.detach().to(d).requires_grad_();
+    Tensor b = b0.detach().to(d).requires_grad_();
+    ys[dev] = conv2d(x, w, b, o);
+    sum(ys[dev].to(DType::f32) * up.to(d)).backward();
+    gx[dev] = x.grad();
+    gw[dev] = w.grad();
+    gb[dev] = b.grad();
+  }
+  // Both are f32-accumulated results rounded once to bf16; the sums run in different orders,
+  // so they may land one bf16 step (2^-8 relative) apart.
+  EXPECT_TENSOR_NEAR(ys[1].to(DType::f32), ys[0].to(DType::f32), 0.02, 0.02);
+  EXPECT_TENSOR_NEAR(gx[1].to(DType::f32), gx[0].to(DType::f32), 0.05, 0.02);
+  EXPECT_TENSOR_NEAR(gw[1].to(DType::f32), gw[0].to(DType::f32), 0.05, 0.02);
+  EXPECT_TENSOR_NEAR(gb[1].to(DType::f32), gb[0].to(DType::f32), 0.05, 0.02);
+}
+
 TEST(Conv2dGpu, HalfPrecisionCloseToFloat) {
   LOWBIT_SKIP_WITHOUT_GPU();
   manual_seed(16);

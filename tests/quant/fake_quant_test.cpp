@@ -418,8 +418,10 @@ TEST(FakeQuantGpu, AffineForwardBitExactAndMaskEqual) {
     Tensor s = rand({c}) * 0.1 + 0.01;
     Tensor z = randint(0, 256, {c}, DType::i32);
     for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
-      Tensor xc = x.to(dt).requires_grad_();
-      Tensor xg = x.to(Device::cuda(), dt).requires_grad_();
+      // detach(): fresh leaves on both devices (to() of a tensor already of that dtype is the
+      // tensor itself, and to() of one that requires grad is not a leaf).
+      Tensor xc = x.detach().to(dt).requires_grad_();
+      Tensor xg = x.detach().to(Device::cuda(), dt).requires_grad_();
       Tensor y = fake_quantize(xc, s, z, r, axis);
       Tensor yg = fake_quantize(xg, s.to(Device::cuda()), z.to(Device::cuda()), r, axis);
       EXPECT_TENSOR_NEAR(yg, y, 0, 0) << "axis " << axis << " " << dt;
@@ -448,8 +450,8 @@ TEST(FakeQuantGpu, LsqAndLsqPlusMatchCpu) {
       Tensor ys[2];
       for (int dev = 0; dev < 2; ++dev) {
         const Device d = dev ? Device::cuda() : Device::cpu();
-        Tensor xd = x.to(d).requires_grad_(), sd = s.to(d).requires_grad_(),
-               bd = b.to(d).requires_grad_();
+        Tensor xd = x.detach().to(d).requires_grad_(), sd = s.detach().to(d).requires_grad_(),
+               bd = b.detach().to(d).requires_grad_();
         ys[dev] = plus ? lsq_plus_quantize(xd, sd, bd, r, 0.05) : lsq_quantize(xd, sd, r, 0.05);
         sum(ys[dev] * up.to(d)).backward();
         grads[dev] = {xd.grad(), sd.grad()};
@@ -461,6 +463,52 @@ TEST(FakeQuantGpu, LsqAndLsqPlusMatchCpu) {
       EXPECT_TENSOR_NEAR(grads[1][1], grads[0][1], 1e-6, 1e-7);
       if (plus) {
         EXPECT_TENSOR_NEAR(grads[1][2], grads[0][2], 1e-6, 1e-7);
+      }
+    }
+  }
+}
+
+// The reduce kernel's branches the leading-axis cases above never reach: per-channel scales on
+// an inner axis (outer > 1) and on the last axis (inner == 1, channels-last activations), bf16
+// inputs, and the map-only backward (x needs a gradient, the parameters do not).
+TEST(FakeQuantGpu, LsqPlusInnerAxesBf16AndFrozenParametersMatchCpu) {
+  LOWBIT_SKIP_WITHOUT_GPU();
+  manual_seed(33);
+  const QuantRange r = quant_range(4, false);
+  const Shape shape{6, 5, 4, 7};
+  for (int64_t axis : {1, 3}) {
+    for (DType dt : {DType::f32, DType::bf16}) {
+      for (bool learn : {true, false}) {
+        const int64_t c = shape[axis];
+        Tensor x = randn(shape).to(dt);
+        Tensor s = rand({c}) * 0.3 + 0.1, b = randn({c}) * 0.1;
+        Tensor up = randn(shape).to(dt);
+        std::vector<Tensor> grads[2];
+        Tensor ys[2];
+        for (int dev = 0; dev < 2; ++dev) {
+          const Device d = dev ? Device::cuda() : Device::cpu();
+          Tensor xd = x.detach().to(d).requires_grad_(), sd = s.detach().to(d),
+                 bd = b.detach().to(d);
+          if (learn) {
+            sd.requires_grad_();
+            bd.requires_grad_();
+          }
+          ys[dev] = lsq_plus_quantize(xd, sd, bd, r, 0.05, axis);
+          sum(ys[dev].to(DType::f32) * up.to(d).to(DType::f32)).backward();
+          grads[dev] = {xd.grad()};
+          if (learn) {
+            grads[dev].push_back(sd.grad());
+            grads[dev].push_back(bd.grad());
+          }
+        }
+        SCOPED_TRACE("axis " + std::to_string(axis) + " " + dtype_name(dt) +
+                     (learn ? " learned" : " frozen"));
+        EXPECT_TENSOR_NEAR(ys[1], ys[0], 0, 0);
+        EXPECT_TENSOR_NEAR(grads[1][0], grads[0][0], 0, 0);
+        if (learn) {
+          EXPECT_TENSOR_NEAR(grads[1][1], grads[0][1], 1e-6, 1e-7);
+          EXPECT_TENSOR_NEAR(grads[1][2], grads[0][2], 1e-6, 1e-7);
+        }
       }
     }
   }
