@@ -56,7 +56,9 @@ void* CachingAllocator::allocate(size_t nbytes, void* stream) {
     LOWBIT_FAIL(name_, ": out of memory allocating ", nbytes, " bytes (", size,
                 " rounded) after releasing the cache; ", stats_str_locked());
   }
-  stats_.allocated_bytes += int64_t(size);
+  // The block handed out may be up to twice the rounded request (a reused cached block):
+  // count what deallocate() will subtract, the block's size.
+  stats_.allocated_bytes += int64_t(blocks_.at(addr(p)).size);
   if (stats_.allocated_bytes > stats_.peak_allocated_bytes) {
     stats_.peak_allocated_bytes = stats_.allocated_bytes;
   }

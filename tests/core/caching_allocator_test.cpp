@@ -159,6 +159,23 @@ TEST(CachingAllocator, StatsTrackAllocatedReservedAndPeak) {
   EXPECT_EQ(a->stats().peak_allocated_bytes, 1024 + 512);
 }
 
+// A request served by a larger cached block counts that block's size, which is what its free
+// subtracts: allocated bytes return to zero (they used to drift below it).
+TEST(CachingAllocator, StatsCountTheSizeOfAReusedLargerBlock) {
+  RawCounter c;
+  auto a = make_allocator(&c);
+  void* big = a->allocate(4096, kStreamA);
+  a->deallocate(big);
+  EXPECT_EQ(a->stats().allocated_bytes, 0);
+  void* p = a->allocate(3000, kStreamA);  // 3072 rounded, served by the cached 4096 block
+  EXPECT_EQ(p, big);
+  EXPECT_EQ(a->stats().allocated_bytes, 4096);
+  EXPECT_EQ(a->stats().peak_allocated_bytes, 4096);
+  a->deallocate(p);
+  EXPECT_EQ(a->stats().allocated_bytes, 0);
+  EXPECT_EQ(a->stats().reserved_bytes, 4096);
+}
+
 TEST(CachingAllocator, EmptyCacheReleasesOnlyCachedBlocks) {
   RawCounter c;
   auto a = make_allocator(&c);

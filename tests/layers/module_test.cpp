@@ -231,14 +231,22 @@ TEST(SmallCnnGpu, OverfitsOneBatchOnGpu) {
   Tensor labels = randint(0, 4, {16}, TensorOptions(DType::i64, Device::cuda()));
   Tensor target = one_hot(labels, 4);
   std::vector<Tensor> params = net->parameters();
+  std::vector<Tensor> velocity;
+  for (const Tensor& p : params) velocity.push_back(zeros_like(p));
   double acc = 0.0;
+  // SGD with momentum 0.9 (plain SGD at lr 0.1 needs about 1100 steps on this batch; measured
+  // on the CPU with the same body).
   for (int step = 0; step < 300 && acc < 1.0; ++step) {
     Tensor logits = net->forward(x);
     Tensor loss = -mean(sum(log_softmax(logits, 1) * target, {1}));
     net->zero_grad();
     loss.backward();
     autograd::NoGradGuard guard;
-    for (auto& p : params) add_(p, p.grad(), -0.1);
+    for (size_t i = 0; i < params.size(); ++i) {
+      mul_(velocity[i], 0.9);
+      add_(velocity[i], params[i].grad());
+      add_(params[i], velocity[i], -0.1);
+    }
     acc = mean(eq(argmax(logits, 1), labels).to(DType::f64)).item();
   }
   EXPECT_EQ(acc, 1.0);
