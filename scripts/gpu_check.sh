@@ -206,6 +206,18 @@ if [ "$unpack_only" -eq 1 ]; then
 fi
 
 # --- 3. configure and build ------------------------------------------------------------------
+# Only this GPU's architecture (nvidia-smi's compute capability, 9.0 -> 90-real): a third of the
+# CUDA compile time of the default 80-real;90-real;90-virtual, which matters on a short lease.
+# CMAKE_CUDA_ARCHITECTURES in the environment overrides it.
+cuda_arch="${CMAKE_CUDA_ARCHITECTURES:-}"
+if [ -z "$cuda_arch" ]; then
+  cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n1 | tr -d ' .' || true)
+  case "$cap" in
+    [1-9][0-9]) cuda_arch="${cap}-real" ;;
+    *) say "nvidia-smi gave no compute capability ('$cap'); CMake chooses the architectures" ;;
+  esac
+fi
+[ -n "$cuda_arch" ] && cmake_args+=("-DCMAKE_CUDA_ARCHITECTURES=$cuda_arch")
 say "cmake $(cmake --version | head -n1 | awk '{print $3}'), python3 wheels' libs: ${wheel_libs:-none}"
 cmake -S "$root" -B "$build" --no-warn-unused-cli "${cmake_args[@]}" || die "configure"
 export LD_LIBRARY_PATH="$test_ld_path"
