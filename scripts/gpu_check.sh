@@ -217,7 +217,7 @@ if [ -z "$cuda_arch" ]; then
     *) say "nvidia-smi gave no compute capability ('$cap'); CMake chooses the architectures" ;;
   esac
 fi
-[ -n "$cuda_arch" ] && cmake_args+=("-DCMAKE_CUDA_ARCHITECTURES=$cuda_arch")
+if [ -n "$cuda_arch" ]; then cmake_args+=("-DCMAKE_CUDA_ARCHITECTURES=$cuda_arch"); fi
 say "cmake $(cmake --version | head -n1 | awk '{print $3}'), python3 wheels' libs: ${wheel_libs:-none}"
 cmake -S "$root" -B "$build" --no-warn-unused-cli "${cmake_args[@]}" || die "configure"
 export LD_LIBRARY_PATH="$test_ld_path"
