@@ -250,9 +250,10 @@ fi
 # --- 5. verdict ------------------------------------------------------------------------------
 say "gpu-labelled tests: ${gpu_count:-0} registered, $ran ran, $skipped skipped (log: $gpu_log)"
 if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
-  [ -f "$gpu_log" ] && cp "$gpu_log" "$OUT/ctest-gpu.log"
-  [ -f "$build/Testing/Temporary/LastTestsFailed.log" ] &&
+  if [ -f "$gpu_log" ]; then cp "$gpu_log" "$OUT/ctest-gpu.log"; fi
+  if [ -f "$build/Testing/Temporary/LastTestsFailed.log" ]; then
     cp "$build/Testing/Temporary/LastTestsFailed.log" "$OUT/tests-failed.log"
+  fi
 fi
 verdict=0
 if [ "${gpu_count:-0}" -eq 0 ]; then
