@@ -60,19 +60,20 @@ struct CudnnConv {
 using Key = std::tuple<int, int, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                        int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t>;
 
-// The first answer of cuDNN's ranked list that can run, preferring deterministic ones; false
-// when none can run.
+// The first answer of cuDNN's ranked list that can run, preferring deterministic ones; its
+// math type goes onto the direction's descriptor `conv`. Fails naming the direction when none
+// can run.
 template <typename Perf>
-bool pick(const Perf* perf, int returned, Perf* chosen) {
+Perf pick(const Perf* perf, int returned, cudnnConvolutionDescriptor_t conv, const char* what) {
   for (bool need_det : {true, false}) {
     for (int i = 0; i < returned; ++i) {
       if (perf[i].status != CUDNN_STATUS_SUCCESS) continue;
       if (need_det && perf[i].determinism != CUDNN_DETERMINISTIC) continue;
-      *chosen = perf[i];
-      return true;
+      CUDNN_CHECK(cudnnSetConvolutionMathType(conv, perf[i].mathType));
+      return perf[i];
     }
   }
-  return false;
+  LOWBIT_FAIL("conv2d (cuda): cuDNN has no ", what, " algorithm for this geometry");
 }
 
 std::mutex g_mu;
@@ -117,32 +118,20 @@ CudnnConv& get_conv(const ConvShape& s, DType t, int device) {
   cudnnConvolutionFwdAlgoPerf_t fwd[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
   CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, c->x, c->w, c->conv, c->y,
                                                      CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, fwd));
-  cudnnConvolutionFwdAlgoPerf_t fwd_pick{};
-  LOWBIT_CHECK(pick(fwd, returned, &fwd_pick),
-               "conv2d (cuda): cuDNN has no forward algorithm for this geometry");
-  c->fwd_algo = fwd_pick.algo;
-  CUDNN_CHECK(cudnnSetConvolutionMathType(c->conv, fwd_pick.mathType));
+  c->fwd_algo = pick(fwd, returned, c->conv, "forward").algo;
   CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(h, c->x, c->w, c->conv, c->y, c->fwd_algo, &c->fwd_ws));
 
   cudnnConvolutionBwdDataAlgoPerf_t bd[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
   CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
       h, c->w, c->y, c->conv_bd, c->x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &returned, bd));
-  cudnnConvolutionBwdDataAlgoPerf_t bd_pick{};
-  LOWBIT_CHECK(pick(bd, returned, &bd_pick),
-               "conv2d (cuda): cuDNN has no backward-data algorithm for this geometry");
-  c->bwd_data_algo = bd_pick.algo;
-  CUDNN_CHECK(cudnnSetConvolutionMathType(c->conv_bd, bd_pick.mathType));
+  c->bwd_data_algo = pick(bd, returned, c->conv_bd, "backward-data").algo;
   CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(h, c->w, c->y, c->conv_bd, c->x,
                                                            c->bwd_data_algo, &c->bwd_data_ws));
 
   cudnnConvolutionBwdFilterAlgoPerf_t bf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
   CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
       h, c->x, c->y, c->conv_bf, c->w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &returned, bf));
-  cudnnConvolutionBwdFilterAlgoPerf_t bf_pick{};
-  LOWBIT_CHECK(pick(bf, returned, &bf_pick),
-               "conv2d (cuda): cuDNN has no backward-filter algorithm for this geometry");
-  c->bwd_filter_algo = bf_pick.algo;
-  CUDNN_CHECK(cudnnSetConvolutionMathType(c->conv_bf, bf_pick.mathType));
+  c->bwd_filter_algo = pick(bf, returned, c->conv_bf, "backward-filter").algo;
   CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(h, c->x, c->y, c->conv_bf, c->w,
                                                              c->bwd_filter_algo, &c->bwd_filter_ws));
   slot = std::move(c);
