@@ -392,6 +392,12 @@ Tensor add(const Tensor& a, const Tensor& b) {
     return std::vector<Tensor>{g, g};
   }, false, false);
 }
+Tensor add_relu(const Tensor& a, const Tensor& b) {
+  return binary_op(BinaryOp::add_relu, a, b, [](const Tensor& g, const Tensor&, const Tensor&, const Tensor& y) {
+    const Tensor gy = binary_raw(BinaryOp::relu_grad, g, y);
+    return std::vector<Tensor>{gy, gy};
+  }, false, true);
+}
 Tensor sub(const Tensor& a, const Tensor& b) {
   return binary_op(BinaryOp::sub, a, b, [](const Tensor& g, const Tensor&, const Tensor&, const Tensor&) {
     return std::vector<Tensor>{g, neg(g)};

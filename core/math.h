@@ -126,6 +126,9 @@ LOWBIT_BINARY_FUNCTOR(PowOp, math::pow(a, b))
 LOWBIT_BINARY_FUNCTOR(MaximumOp, (a != a) ? a : ((b != b) ? b : (a > b ? a : b)))
 // The ReLU backward in one pass: the gradient a where the ReLU output b is positive.
 LOWBIT_BINARY_FUNCTOR(ReluGradOp, b > T(0) ? a : T(0))
+// relu(a + b) in one pass (a residual block's output): the sum rounds to T first, so the result
+// is the bits of relu(add(a, b)); NaN propagates as in ReluOp.
+LOWBIT_BINARY_FUNCTOR(AddReluOp, math::is_negative(T(a + b)) ? T(0) : T(a + b))
 LOWBIT_BINARY_FUNCTOR(MinimumOp, (a != a) ? a : ((b != b) ? b : (a < b ? a : b)))
 #undef LOWBIT_BINARY_FUNCTOR
 
@@ -153,7 +156,8 @@ LOWBIT_COMPARE_FUNCTOR(GeOp, a >= b)
   X(pow, PowOp)              \
   X(maximum, MaximumOp)      \
   X(minimum, MinimumOp)      \
-  X(relu_grad, ReluGradOp)
+  X(relu_grad, ReluGradOp)    \
+  X(add_relu, AddReluOp)
 #define LOWBIT_COMPARE_OPS(X) \
   X(eq, EqOp)                 \
   X(ne, NeOp)                 \

@@ -27,6 +27,8 @@ Tensor tanh(const Tensor& x);
 Tensor pow(const Tensor& x, double exponent);
 Tensor clamp(const Tensor& x, double lo, double hi);
 Tensor add(const Tensor& x, double s);
+// relu(a + b) in one pass, with broadcasting; the gradient of both is g where the output is > 0.
+Tensor add_relu(const Tensor& a, const Tensor& b);
 Tensor mul(const Tensor& x, double s);
 
 // --- binary, broadcasting ---

@@ -76,7 +76,7 @@ class BasicBlock : public Module {
   Tensor forward(const Tensor& x) override {
     Tensor h = bn1_->forward(conv1_->forward(x));  // BN with fused ReLU
     h = bn2_->forward(conv2_->forward(h));
-    return relu(h + (shortcut_ ? shortcut_->forward(x) : x));
+    return add_relu(h, shortcut_ ? shortcut_->forward(x) : x);  // relu(h + shortcut), one pass
   }
   std::string type_name() const override { return "BasicBlock"; }
 
@@ -102,7 +102,7 @@ class Bottleneck : public Module {
     Tensor h = bn1_->forward(conv1_->forward(x));
     h = bn2_->forward(conv2_->forward(h));
     h = bn3_->forward(conv3_->forward(h));
-    return relu(h + (downsample_ ? downsample_->forward(x) : x));
+    return add_relu(h, downsample_ ? downsample_->forward(x) : x);
   }
   std::string type_name() const override { return "Bottleneck"; }
 

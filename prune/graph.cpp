@@ -34,7 +34,7 @@ const std::set<std::string>& channel_ops() {
       "clamp", "add_scalar", "mul_scalar", "pow_scalar", "exp",     "log",
       "sqrt",  "rsqrt",      "reciprocal", "sigmoid",    "tanh",    "add",
       "sub",   "mul",        "div",        "pow",        "maximum", "minimum",
-      "where", "max_pool2d", "avg_pool2d", "clone",      "to"};
+      "where", "max_pool2d", "avg_pool2d", "clone",      "to",      "add_relu"};
   return s;
 }
 

@@ -352,6 +352,8 @@ const std::vector<BinaryCase>& float_binary_cases() {
        [](double a, double b) { return a > b ? a : b; }, any, any},
       {"minimum", [](const Tensor& a, const Tensor& b) { return minimum(a, b); },
        [](double a, double b) { return a < b ? a : b; }, any, any},
+      {"add_relu", [](const Tensor& a, const Tensor& b) { return add_relu(a, b); },
+       [](double a, double b) { return a + b > 0 ? a + b : 0.0; }, any, any},
   };
   return k;
 }
@@ -416,7 +418,7 @@ TEST_P(BinaryFloat, Broadcasts) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllOps, BinaryFloat,
-                         ::testing::Combine(::testing::Range<size_t>(0, 7),
+                         ::testing::Combine(::testing::Range<size_t>(0, 8),
                                             ::testing::Values(DType::f32, DType::f64, DType::bf16,
                                                               DType::f16)),
                          [](const auto& tp) {
@@ -424,7 +426,7 @@ INSTANTIATE_TEST_SUITE_P(AllOps, BinaryFloat,
                                   "_" + dtype_param_name(std::get<1>(tp.param));
                          });
 
-TEST(BinaryFloat, CaseTableSizeMatchesInstantiation) { EXPECT_EQ(float_binary_cases().size(), 7u); }
+TEST(BinaryFloat, CaseTableSizeMatchesInstantiation) { EXPECT_EQ(float_binary_cases().size(), 8u); }
 
 // maximum/minimum propagate NaN from either side, as PyTorch's.
 TEST(BinaryFloat, MaximumMinimumPropagateNan) {

@@ -126,6 +126,13 @@ std::vector<GradCase> binary_cases() {
        any_value,
        [](const Inputs& x) { return minimum(x[0], x[1]); },
        {}},
+      // Half steps plus 0.1 make every a + b + 0.05 an odd multiple of 0.25: at least 0.25 from
+      // the kink at 0, so both sides of it are checked and finite differences never cross it.
+      {"add_relu_broadcast",
+       {a, b},
+       [](double u) { return std::floor(8.0 * u) / 2.0 - 2.0 + 0.1; },
+       [](const Inputs& x) { return add_relu(x[0], x[1] + 0.05); },
+       {}},
       {"mul_scalar_tensor",
        {{2, 3}, {}},
        any_value,

@@ -219,6 +219,8 @@ const std::vector<BinaryCase>& binary_cases() {
        9},
       {"minimum", [](const Tensor& a, const Tensor& b) { return minimum(a, b); }, false, 0, 9, 0,
        9},
+      {"add_relu", [](const Tensor& a, const Tensor& b) { return add_relu(a, b); }, false, -9, 9,
+       -9, 9},
       {"eq", [](const Tensor& a, const Tensor& b) { return eq(a, b); }, false, 0, 4, 0, 4},
       {"ne", [](const Tensor& a, const Tensor& b) { return ne(a, b); }, false, 0, 4, 0, 4},
       {"lt", [](const Tensor& a, const Tensor& b) { return lt(a, b); }, false, 0, 4, 0, 4},
