@@ -249,7 +249,7 @@ void calibrate_model(layers::Module& model, const std::function<bool(Tensor&)>& 
     if (pick) {
       q->set_enabled(true);
       q->set_calibrating(true);
-    } else {
+    } else if (q->role() == QuantRole::activation) {
       q->set_enabled(false);
     }
   }

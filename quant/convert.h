@@ -82,7 +82,10 @@ bool is_quantized(layers::Module& model);
 
 // Calibration (before QAT): forwards `batches` batches from next_batch in eval mode without
 // gradients with the selected quantizers calibrating (observers observe, learned quantizers
-// take their METHODS init from the data); the other quantizers are disabled meanwhile.
+// take their METHODS init from the data). Activation quantizers not selected are disabled
+// meanwhile; weight quantizers not selected keep their state, so the activation ranges of a
+// stage after a weights-only QAT stage are measured on the quantized weights being trained
+// (with float weights, which that stage never trained, they can be off by orders of magnitude).
 void calibrate_model(layers::Module& model, const std::function<bool(Tensor&)>& next_batch,
                      int64_t batches, bool weights, bool activations);
 

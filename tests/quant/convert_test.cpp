@@ -362,6 +362,43 @@ TEST(Calibration, LsqActivationScaleFromTheBatches) {
   EXPECT_FALSE(q->calibrating());
 }
 
+// The PfQ workflow (METHODS 5.5): a weights-only QAT stage, then a stage that turns activations
+// on. Calibrating those activations must run the model with the 2-bit weights it was trained
+// with; with float weights (what calibration did before) the ranges of a 2-bit MobileNetV2 came
+// out up to 500x too wide and the stage diverged at its first step (docs/results.md, PfQ).
+TEST(Calibration, ActivationsAfterAWeightsOnlyStageSeeTheQuantizedWeights) {
+  manual_seed(21);
+  auto model = std::make_shared<layers::Sequential>();
+  model->add(std::make_shared<layers::Conv2d>(layers::Conv2dOptions(1, 8, 3).with_padding(1).with_bias(false)));
+  model->add(std::make_shared<layers::Conv2d>(layers::Conv2dOptions(8, 8, 3).with_padding(1).with_bias(false)));
+  QuantConfig cfg;
+  cfg.first_last_bits = 0;
+  cfg.weight.options.set("bits", "2");
+  cfg.activation.options.set("bits", "2");
+  Tensor x = randn({4, 8, 8, 1});
+  quantize_model(*model, cfg, x);
+  auto once = [&] { return [&x, done = false](Tensor& b) mutable { return done ? false : (b = x, done = true); }; };
+  calibrate_model(*model, once(), 1, true, false);  // the weights-only stage
+  calibrate_model(*model, once(), 1, false, true);  // the stage that adds activations
+  auto* c0 = dynamic_cast<QConv2d*>(model->child("0").get());
+  auto* c1 = dynamic_cast<QConv2d*>(model->child("1").get());
+  ASSERT_NE(c0, nullptr);
+  ASSERT_NE(c1, nullptr);
+  ASSERT_NE(c1->input_quantizer(), nullptr);
+  auto* q1 = dynamic_cast<LsqQuantizer*>(c1->input_quantizer());
+  ASSERT_NE(q1, nullptr);
+  autograd::NoGradGuard ng;
+  model->eval();
+  // Calibration passes inputs through unquantized, so conv 1 saw conv 0 of x with 2-bit weights.
+  const Tensor wq = c0->weight_quantizer()->forward(c0->weight());
+  const double mean_q = mean(abs(layers::conv2d(x, wq, Tensor(), c0->options()))).item();
+  const double mean_f = mean(abs(layers::conv2d(x, c0->weight(), Tensor(), c0->options()))).item();
+  ASSERT_GT(std::fabs(mean_q - mean_f), 0.05 * mean_f) << "2-bit weights should change the output";
+  const double qp = double(q1->spec().range.qmax);
+  EXPECT_NEAR(q1->scale().item(), 2.0 * mean_q / std::sqrt(qp), 1e-5 * mean_q);
+  EXPECT_TRUE(c0->weight_quantizer()->enabled());
+}
+
 TEST(QuantAct, ReluThenQuantizer) {
   auto q = create_quantizer("uniform", {{"role", "activation"}, {"bits", "2"}, {"observer", "minmax"}});
   QuantAct act("relu", q);
