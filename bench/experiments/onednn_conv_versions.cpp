@@ -13,6 +13,18 @@
 //   L=w/onednn_cpu_gomp-2023.2.0.data/data/lib g++ -O2 -std=c++17
 //   onednn_conv_versions.cpp -o convb32 -I$D/include -L$L -Wl,-rpath,$L -ldnnl
 //   OMP_NUM_THREADS=2 ./convb26; OMP_NUM_THREADS=2 ./convb32
+//
+// Session 7 compiled it with -DLOWBIT_ALG=convolution_winograd
+// -DLOWBIT_ACT_TAG=any (oneDNN picks blocked activation layouts, no reorder
+// timed) and -DLOWBIT_ACT_TAG=any alone (direct in the blocked layout); a
+// convolution without an implementation prints oneDNN's error and the next one
+// runs.
+#ifndef LOWBIT_ALG
+#define LOWBIT_ALG convolution_direct
+#endif
+#ifndef LOWBIT_ACT_TAG
+#define LOWBIT_ACT_TAG nhwc
+#endif
 #include <chrono>
 #include <cstdio>
 #include <oneapi/dnnl/dnnl.hpp>
@@ -34,33 +46,33 @@ template <class F> double timeit(F f, int reps) {
     f();
   return (now() - t0) / reps * 1e3;
 }
-void run(int n, int c, int k, int h, int stride, int r) {
+void run_one(int n, int c, int k, int h, int stride, int r) {
   int pad = r / 2;
   int p = (h + 2 * pad - r) / stride + 1;
-  memory::desc src({n, c, h, h}, dt::f32, tag::nhwc),
-      dst({n, k, p, p}, dt::f32, tag::nhwc);
+  memory::desc src({n, c, h, h}, dt::f32, tag::LOWBIT_ACT_TAG),
+      dst({n, k, p, p}, dt::f32, tag::LOWBIT_ACT_TAG);
   memory::desc wany({k, c, r, r}, dt::f32, tag::any), bias;
   memory::dims st{stride, stride}, dl{0, 0}, pl{pad, pad},
       pr{(p - 1) * stride + r - h - pad, (p - 1) * stride + r - h - pad};
   stream s(eng);
 #if DNNL_VERSION_MAJOR >= 3
   convolution_forward::primitive_desc fpd(eng, prop_kind::forward_training,
-                                          algorithm::convolution_direct, src,
-                                          wany, dst, st, dl, pl, pr);
-  convolution_backward_data::primitive_desc dpd(
-      eng, algorithm::convolution_direct, src, wany, dst, st, dl, pl, pr, fpd);
+                                          algorithm::LOWBIT_ALG, src, wany, dst,
+                                          st, dl, pl, pr);
+  convolution_backward_data::primitive_desc dpd(eng, algorithm::LOWBIT_ALG, src,
+                                                wany, dst, st, dl, pl, pr, fpd);
   convolution_backward_weights::primitive_desc wpd(
-      eng, algorithm::convolution_direct, src, wany, dst, st, dl, pl, pr, fpd);
+      eng, algorithm::LOWBIT_ALG, src, wany, dst, st, dl, pl, pr, fpd);
 #else
   convolution_forward::desc fd(prop_kind::forward_training,
-                               algorithm::convolution_direct, src, wany, dst,
-                               st, dl, pl, pr);
+                               algorithm::LOWBIT_ALG, src, wany, dst, st, dl,
+                               pl, pr);
   convolution_forward::primitive_desc fpd(fd, eng);
-  convolution_backward_data::desc dd(algorithm::convolution_direct, src, wany,
-                                     dst, st, dl, pl, pr);
+  convolution_backward_data::desc dd(algorithm::LOWBIT_ALG, src, wany, dst, st,
+                                     dl, pl, pr);
   convolution_backward_data::primitive_desc dpd(dd, eng, fpd);
-  convolution_backward_weights::desc wd(algorithm::convolution_direct, src,
-                                        wany, dst, st, dl, pl, pr);
+  convolution_backward_weights::desc wd(algorithm::LOWBIT_ALG, src, wany, dst,
+                                        st, dl, pl, pr);
   convolution_backward_weights::primitive_desc wpd(wd, eng, fpd);
 #endif
   memory msrc(fpd.src_desc(), eng), mdst(fpd.dst_desc(), eng),
@@ -104,6 +116,14 @@ void run(int n, int c, int k, int h, int stride, int r) {
               "%7.3f ms | %s | %s | %s\n",
               c, k, h, h, stride, r, tf, tb, tw, fpd.impl_info_str(),
               dpd.impl_info_str(), wpd.impl_info_str());
+}
+void run(int n, int c, int k, int h, int stride, int r) {
+  try {
+    run_one(n, c, k, h, stride, r);
+  } catch (const dnnl::error &e) {
+    std::printf("%3d->%3d %2dx%2d s%d r%d  %s\n", c, k, h, h, stride, r,
+                e.what());
+  }
 }
 int main() { // the distinct convolutions of ResNet-20 (28x28x1 input, option A
              // shortcuts)
