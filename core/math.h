@@ -126,9 +126,10 @@ LOWBIT_BINARY_FUNCTOR(PowOp, math::pow(a, b))
 LOWBIT_BINARY_FUNCTOR(MaximumOp, (a != a) ? a : ((b != b) ? b : (a > b ? a : b)))
 // The ReLU backward in one pass: the gradient a where the ReLU output b is positive.
 LOWBIT_BINARY_FUNCTOR(ReluGradOp, b > T(0) ? a : T(0))
-// relu(a + b) in one pass (a residual block's output): the sum rounds to T first, so the result
-// is the bits of relu(add(a, b)); NaN propagates as in ReluOp.
-LOWBIT_BINARY_FUNCTOR(AddReluOp, math::is_negative(T(a + b)) ? T(0) : T(a + b))
+// relu(a + b) in one pass (a residual block's output), ReluOp on AddOp's sum. Rounding to the
+// storage type is monotonic, so it equals relu(add(a, b)) (for 16-bit floats up to the sign of a
+// zero when a tiny negative sum underflows); NaN propagates.
+LOWBIT_BINARY_FUNCTOR(AddReluOp, ReluOp{}(T(a + b), UnaryParams{}))
 LOWBIT_BINARY_FUNCTOR(MinimumOp, (a != a) ? a : ((b != b) ? b : (a < b ? a : b)))
 #undef LOWBIT_BINARY_FUNCTOR
 
