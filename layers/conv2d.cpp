@@ -5,7 +5,6 @@
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include <atomic>
-#include <initializer_list>
 #include <map>
 #include <mutex>
 #include <sstream>
@@ -14,6 +13,7 @@
 #include "core/autocast.h"
 #include "core/autograd.h"
 #include "core/ops.h"
+#include "layers/winograd_cpu.h"
 
 namespace lowbit::layers {
 
@@ -208,24 +208,23 @@ struct BwdEntry {
               ")", t == DType::bf16 ? "; bf16 needs AVX-512 (avx512_core); use amp: off" : "");
 }
 
-std::atomic<CpuConvAlgo> g_algo{CpuConvAlgo::direct};
+std::atomic<CpuConvAlgo> g_algo{CpuConvAlgo::auto_};
 
 // Winograd F(4x4, 3x3) (oneDNN's jit_wino_4x3, AVX-512 only) applies to dense 3x3 stride-1 f32
 // convolutions; it wants blocked (nChw16c) activations.
 bool winograd_candidate(const ConvShape& s, DType t, CpuConvAlgo algo) {
-  return algo != CpuConvAlgo::direct && t == DType::f32 && s.groups == 1 && s.r == 3 &&
+  return algo == CpuConvAlgo::winograd && t == DType::f32 && s.groups == 1 && s.r == 3 &&
          s.s == 3 && s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 && s.dil_w == 1;
 }
 
-// auto takes Winograd only where activations need no reorder (the reorders of a 32- or
-// 64-channel map cost about what Winograd saves).
-bool winograd_accepts(CpuConvAlgo algo, std::initializer_list<const Staged*> activations) {
-  if (algo == CpuConvAlgo::winograd) return true;
-  for (const Staged* a : activations) {
-    if (!a->same) return false;
-  }
-  return true;
+// lowbit's Winograd F(2x2, 3x3) (winograd_cpu.h) under winograd_f2 and auto, where it applies.
+bool wino_f2_takes(const ConvShape& s, DType t) {
+  const CpuConvAlgo algo = g_algo.load();
+  return (algo == CpuConvAlgo::winograd_f2 || algo == CpuConvAlgo::auto_) && t == DType::f32 &&
+         detail::wino_f2_applies(s.c, s.k, s.r, s.s, s.stride_h, s.stride_w, s.pad_h, s.pad_w,
+                                 s.dil_h, s.dil_w, s.groups);
 }
+constexpr const char* kWinoF2Name = "lowbit_wino_f2x2:avx512f";
 
 FwdEntry& forward_entry(const ConvShape& s, bool with_bias, DType t) {
   static std::map<std::pair<Key, CpuConvAlgo>, std::unique_ptr<FwdEntry>> cache;
@@ -244,8 +243,7 @@ FwdEntry& forward_entry(const ConvShape& s, bool with_bias, DType t) {
   };
   if (winograd_candidate(s, t, algo)) {
     try {
-      auto e = build(dnnl::algorithm::convolution_winograd);
-      if (winograd_accepts(algo, {&e->src, &e->dst})) slot = std::move(e);
+      slot = build(dnnl::algorithm::convolution_winograd);
     } catch (const dnnl::error&) {
     }
   }
@@ -289,9 +287,7 @@ BwdEntry& backward_entry(const ConvShape& s, bool with_bias, DType t) {
   };
   if (winograd_candidate(s, t, algo)) {
     try {
-      auto e = build(algorithm::convolution_winograd);
-      if (winograd_accepts(algo, {&e->data_dst, &e->data_src, &e->w_src, &e->w_dst}))
-        slot = std::move(e);
+      slot = build(algorithm::convolution_winograd);
     } catch (const dnnl::error&) {
     }
   }
@@ -322,18 +318,22 @@ const char* cpu_conv_algo_name(CpuConvAlgo algo) {
     case CpuConvAlgo::auto_: return "auto";
     case CpuConvAlgo::direct: return "direct";
     case CpuConvAlgo::winograd: return "winograd";
+    case CpuConvAlgo::winograd_f2: return "winograd_f2";
   }
   return "?";
 }
 
 CpuConvAlgo parse_cpu_conv_algo(const std::string& name, const std::string& what) {
-  for (CpuConvAlgo a : {CpuConvAlgo::auto_, CpuConvAlgo::direct, CpuConvAlgo::winograd}) {
+  for (CpuConvAlgo a : {CpuConvAlgo::auto_, CpuConvAlgo::direct, CpuConvAlgo::winograd,
+                        CpuConvAlgo::winograd_f2}) {
     if (name == cpu_conv_algo_name(a)) return a;
   }
-  throw InputError(str_cat(what, ": '", name, "' is not allowed; allowed: auto, direct, winograd"));
+  throw InputError(str_cat(what, ": '", name,
+                           "' is not allowed; allowed: auto, direct, winograd, winograd_f2"));
 }
 
 std::string conv2d_cpu_kernel(const ConvShape& s, bool with_bias, DType t, bool backward) {
+  if (wino_f2_takes(s, t)) return backward ? str_cat(kWinoF2Name, ", ", kWinoF2Name) : kWinoF2Name;
   return backward ? backward_entry(s, with_bias, t).impl : forward_entry(s, with_bias, t).impl;
 }
 
@@ -341,6 +341,13 @@ void conv2d_forward_cpu(const ConvShape& s, const Tensor& x, const Tensor& w, co
                         const Tensor& y) {
   check_cpu_dtype(x, "input");
   check_cpu_dtype(w, "weight");
+  if (wino_f2_takes(s, x.dtype())) {
+    detail::wino_f2_forward(static_cast<const float*>(x.raw_data()),
+                            static_cast<const float*>(w.raw_data()),
+                            b.defined() ? static_cast<const float*>(b.raw_data()) : nullptr,
+                            static_cast<float*>(y.raw_data()), s.n, s.h, s.w, s.c, s.k);
+    return;
+  }
   FwdEntry& e = forward_entry(s, b.defined(), x.dtype());
   std::lock_guard<std::mutex> lock(g_exec_mu);
   dnnl::stream strm(cpu_engine());
@@ -369,6 +376,20 @@ void conv2d_backward_cpu(const ConvShape& s, const Tensor& x, const Tensor& w, c
     Tensor(dw).copy_(dw32);  // a handle: the storage is the caller's output
     if (db.defined()) Tensor(db).copy_(db32);
     if (dx.defined()) conv2d_backward_cpu(s, x, w, dy, dx, Tensor(), Tensor());
+    return;
+  }
+  if (wino_f2_takes(s, x.dtype())) {
+    const float* px = static_cast<const float*>(x.raw_data());
+    const float* pdy = static_cast<const float*>(dy.raw_data());
+    if (dx.defined()) {
+      detail::wino_f2_backward_data(pdy, static_cast<const float*>(w.raw_data()),
+                                    static_cast<float*>(dx.raw_data()), s.n, s.h, s.w, s.c, s.k);
+    }
+    if (dw.defined()) {
+      detail::wino_f2_backward_weights(px, pdy, static_cast<float*>(dw.raw_data()),
+                                       db.defined() ? static_cast<float*>(db.raw_data()) : nullptr,
+                                       s.n, s.h, s.w, s.c, s.k);
+    }
     return;
   }
   BwdEntry& e = backward_entry(s, db.defined(), x.dtype());

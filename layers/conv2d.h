@@ -1,7 +1,8 @@
 // Conv2d on NHWC activations with KRSC weights (out, kh, kw, in/groups): stride, padding,
-// dilation, groups (depthwise included), optional bias. CPU through oneDNN primitives and CUDA
-// through cuDNN, both created/chosen once per shape and cached. No hand-written convolution
-// loops outside the tests. State dicts convert the weight to PyTorch's OIHW at the edge.
+// dilation, groups (depthwise included), optional bias. CPU through oneDNN primitives (and, for
+// 3x3 stride-1 f32 convolutions, lowbit's Winograd F(2x2, 3x3), which is faster than oneDNN's
+// kernels: layers/winograd_cpu.h) and CUDA through cuDNN, both created/chosen once per shape and
+// cached. State dicts convert the weight to PyTorch's OIHW at the edge.
 #pragma once
 
 #include <array>
@@ -46,28 +47,32 @@ ConvShape conv2d_shape(const Tensor& x, const Tensor& w, const Conv2dOptions& o)
 // Differentiable in x, weight and bias.
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dOptions& o);
 
-// How the CPU backend (oneDNN) computes dense 3x3 stride-1 f32 convolutions:
-//  direct:   oneDNN's direct (brgemm/jit) kernels everywhere, as PyTorch. The default.
-//  winograd: Winograd F(4x4, 3x3) (oneDNN's AVX-512 jit_wino_4x3) wherever it applies, reordering
-//            activations to its blocked layout and back when they are not NHWC byte for byte.
-//  auto:     Winograd only where it needs no activation reorder (16 channels in and out, where
-//            nChw16c is NHWC), direct elsewhere.
-// Measured (docs/benchmarks.md, "CPU convolutions"): Winograd is 1.4-1.6x faster per call on
-// data in cache, but not in a training step, where activations arrive cold and its transformed
-// tensors (2.25x the data) cost what it saves; so direct stays the default.
-// Winograd's transforms round differently from the direct sum: about twice its f32 error
+// How the CPU backend computes dense 3x3 stride-1 f32 convolutions:
+//  direct:      oneDNN's direct (brgemm/jit) kernels everywhere, as PyTorch.
+//  winograd:    oneDNN's Winograd F(4x4, 3x3) (its AVX-512 jit_wino_4x3) wherever it applies,
+//               reordering activations to its blocked layout and back when they are not NHWC
+//               byte for byte.
+//  winograd_f2: lowbit's own Winograd F(2x2, 3x3) (layers/winograd_cpu.h: padding 1, channel
+//               counts multiples of 16, AVX-512F) wherever it applies, oneDNN direct elsewhere.
+//  auto:        lowbit's pick per shape: today winograd_f2 where it applies, direct elsewhere.
+// Measured (docs/benchmarks.md, "lowbit's Winograd F(2x2, 3x3)"): oneDNN's Winograd is faster
+// per call on data in cache but not in a training step (its transformed tensors, 2.25x the data,
+// and the reorders cost what it saves); lowbit's keeps its transformed tiles in per-thread
+// buffers that stay in cache and is 1.3-2.6x faster than direct per call.
+// Both Winograd variants round differently from the direct sum: about twice its f32 error
 // (measured worst 3.4e-5 against 1.4e-5 on outputs of scale 15-30, tests/layers/conv2d_test.cpp).
-// bf16, grouped and strided convolutions and CPUs without AVX-512 always take direct kernels.
+// bf16, grouped and strided convolutions always take oneDNN's direct kernels.
 // Process-wide; kernels are cached per geometry and algorithm.
-enum class CpuConvAlgo { auto_, direct, winograd };
+enum class CpuConvAlgo { auto_, direct, winograd, winograd_f2 };
 void set_cpu_conv_algo(CpuConvAlgo algo);
 CpuConvAlgo cpu_conv_algo();
-// "auto" | "direct" | "winograd"; anything else is an error naming `what` and the choices.
+// "auto" | "direct" | "winograd" | "winograd_f2"; anything else is an error naming `what` and
+// the choices.
 CpuConvAlgo parse_cpu_conv_algo(const std::string& name, const std::string& what);
 const char* cpu_conv_algo_name(CpuConvAlgo algo);
-// oneDNN's names for the kernels the CPU backend runs for `s` under the current algorithm: the
-// forward's ("jit_wino_4x3:avx512_core", "brgconv:avx512_core"), or with backward the data and
-// weight gradients' joined by ", ".
+// The names of the kernels the CPU backend runs for `s` under the current algorithm: the
+// forward's (oneDNN's "jit_wino_4x3:avx512_core", "brgconv:avx512_core", ..., or lowbit's
+// "lowbit_wino_f2x2:avx512f"), or with backward the data and weight gradients' joined by ", ".
 std::string conv2d_cpu_kernel(const ConvShape& s, bool with_bias, DType t, bool backward = false);
 
 

@@ -5,6 +5,7 @@
 #include "core/ops.h"
 #include "core/random.h"
 #include "layers/conv2d.h"
+#include "layers/winograd_cpu.h"
 #include "tests/common/gradcheck.h"
 #include "tests/common/test_util.h"
 #include "tests/reference/conv_ref.h"
@@ -244,10 +245,11 @@ class CpuConvAlgoScope {
   CpuConvAlgo prev_;
 };
 
-// Every CPU convolution algorithm (Winograd included, where oneDNN has it: AVX-512) gives the
+// Every CPU convolution algorithm (both Winograds included, where they run: AVX-512) gives the
 // exact convolution and its exact gradients (the naive loops in double) to f32 tolerance, on
-// 3x3 stride-1 geometries Winograd takes: map sizes that are not multiples of its 4x4 tile,
-// 16 channels (no layout change) and 32 (reordered to nChw16c and back under `winograd`).
+// 3x3 stride-1 geometries Winograd takes: map sizes that are not multiples of its tiles,
+// 16 channels (no layout change for oneDNN) and 32 (reordered to nChw16c and back under
+// `winograd`), and padding 0, which lowbit's F(2x2, 3x3) leaves to oneDNN's direct kernels.
 // Whether oneDNN has its Winograd kernel on this CPU (AVX-512).
 bool cpu_has_winograd() {
   CpuConvAlgoScope scope(CpuConvAlgo::winograd);
@@ -259,8 +261,9 @@ bool cpu_has_winograd() {
 
 TEST(Conv2d, EveryCpuAlgorithmMatchesTheNaiveLoops) {
   manual_seed(18);
-  const bool wino = cpu_has_winograd();
-  for (CpuConvAlgo algo : {CpuConvAlgo::direct, CpuConvAlgo::auto_, CpuConvAlgo::winograd}) {
+  const bool wino = cpu_has_winograd(), wino_f2 = detail::wino_f2_cpu_supported();
+  for (CpuConvAlgo algo : {CpuConvAlgo::direct, CpuConvAlgo::auto_, CpuConvAlgo::winograd,
+                           CpuConvAlgo::winograd_f2}) {
     CpuConvAlgoScope scope(algo);
     for (const ConvCase& p : {ConvCase{2, 9, 9, 16, 16, 3, 3, 1, 1, 1, 1, true},
                               ConvCase{3, 6, 7, 32, 32, 3, 3, 1, 1, 1, 1, false},
@@ -269,12 +272,16 @@ TEST(Conv2d, EveryCpuAlgorithmMatchesTheNaiveLoops) {
                                         << p.k << " " << p.h << "x" << p.w << " pad " << p.pad);
       // The kernels this case is meant to exercise ran (forward and both gradients).
       const ConvShape s = conv2d_shape(empty({p.n, p.h, p.w, p.c}), empty({p.k, 3, 3, p.c}), options_of(p));
-      const bool expect_wino =
-          wino && (algo == CpuConvAlgo::winograd || (algo == CpuConvAlgo::auto_ && p.c == 16 && p.k == 16));
+      const bool expect_wino = wino && algo == CpuConvAlgo::winograd;
+      const bool expect_f2 = wino_f2 && p.pad == 1 &&
+                             (algo == CpuConvAlgo::winograd_f2 || algo == CpuConvAlgo::auto_);
       for (bool backward : {false, true}) {
         const std::string kernels = conv2d_cpu_kernel(s, p.bias, DType::f32, backward);
         if (expect_wino) {
           EXPECT_THAT(kernels, ::testing::MatchesRegex(backward ? "jit_wino.*, jit_wino.*" : "jit_wino.*"));
+        } else if (expect_f2) {
+          EXPECT_THAT(kernels, ::testing::MatchesRegex(backward ? "lowbit_wino_f2x2.*, lowbit_wino_f2x2.*"
+                                                                : "lowbit_wino_f2x2.*"));
         } else {
           EXPECT_THAT(kernels, Not(HasSubstr("wino")));
         }
@@ -300,25 +307,34 @@ TEST(Conv2d, EveryCpuAlgorithmMatchesTheNaiveLoops) {
   }
 }
 
-// auto takes Winograd exactly where no activation changes layout (16 channels in and out),
-// winograd wherever it applies, direct never; on CPUs without oneDNN's AVX-512 Winograd kernel
-// every choice is a direct kernel.
+// winograd takes oneDNN's Winograd wherever it applies; winograd_f2 and auto take lowbit's
+// F(2x2, 3x3) for padding-1 3x3 stride-1 convolutions with channel counts that are multiples of
+// 16; direct never takes either. On CPUs without AVX-512 every choice is a direct kernel.
 TEST(Conv2d, CpuAlgorithmChoosesTheKernel) {
   auto shape = [](const ConvCase& p) {
     return conv2d_shape(empty({p.n, p.h, p.w, p.c}), empty({p.k, p.r, p.s, p.c}), options_of(p));
   };
   const ConvShape s16 = shape(ConvCase{8, 14, 14, 16, 16, 3, 3, 1, 1, 1, 1, false});
   const ConvShape s32 = shape(ConvCase{8, 14, 14, 32, 32, 3, 3, 1, 1, 1, 1, false});
+  const ConvShape s24 = shape(ConvCase{8, 14, 14, 24, 32, 3, 3, 1, 1, 1, 1, false});
   const ConvShape strided = shape(ConvCase{8, 14, 14, 16, 16, 3, 3, 2, 1, 1, 1, false});
   auto kernel = [](CpuConvAlgo a, const ConvShape& s) {
     CpuConvAlgoScope scope(a);
     return conv2d_cpu_kernel(s, false, DType::f32);
   };
-  if (!cpu_has_winograd()) GTEST_SKIP() << "oneDNN has no Winograd kernel on this CPU (needs AVX-512)";
-  EXPECT_THAT(kernel(CpuConvAlgo::auto_, s16), HasSubstr("wino"));
-  EXPECT_THAT(kernel(CpuConvAlgo::winograd, s32), HasSubstr("wino"));
-  EXPECT_THAT(kernel(CpuConvAlgo::auto_, s32), Not(HasSubstr("wino")));
+  if (detail::wino_f2_cpu_supported()) {
+    for (CpuConvAlgo a : {CpuConvAlgo::auto_, CpuConvAlgo::winograd_f2}) {
+      EXPECT_THAT(kernel(a, s16), HasSubstr("lowbit_wino_f2x2"));
+      EXPECT_THAT(kernel(a, s32), HasSubstr("lowbit_wino_f2x2"));
+      EXPECT_THAT(kernel(a, s24), Not(HasSubstr("wino")));      // 24 channels: oneDNN direct
+      EXPECT_THAT(kernel(a, strided), Not(HasSubstr("wino")));  // stride 2: oneDNN direct
+    }
+  }
+  EXPECT_EQ(cpu_conv_algo(), CpuConvAlgo::auto_) << "the process-wide default";
   EXPECT_THAT(kernel(CpuConvAlgo::direct, s16), Not(HasSubstr("wino")));
+  if (!cpu_has_winograd()) GTEST_SKIP() << "oneDNN has no Winograd kernel on this CPU (needs AVX-512)";
+  EXPECT_THAT(kernel(CpuConvAlgo::winograd, s16), HasSubstr("jit_wino"));
+  EXPECT_THAT(kernel(CpuConvAlgo::winograd, s32), HasSubstr("jit_wino"));
   EXPECT_THAT(kernel(CpuConvAlgo::winograd, strided), Not(HasSubstr("wino")));
 }
 
@@ -326,11 +342,13 @@ TEST(Conv2d, CpuAlgorithmNamesParseAndBadOnesAreNamed) {
   EXPECT_EQ(parse_cpu_conv_algo("auto", "x"), CpuConvAlgo::auto_);
   EXPECT_EQ(parse_cpu_conv_algo("direct", "x"), CpuConvAlgo::direct);
   EXPECT_EQ(parse_cpu_conv_algo("winograd", "x"), CpuConvAlgo::winograd);
+  EXPECT_EQ(parse_cpu_conv_algo("winograd_f2", "x"), CpuConvAlgo::winograd_f2);
   EXPECT_EQ(cpu_conv_algo_name(CpuConvAlgo::winograd), std::string("winograd"));
+  EXPECT_EQ(cpu_conv_algo_name(CpuConvAlgo::winograd_f2), std::string("winograd_f2"));
   const std::string msg = testing::error_of([] { parse_cpu_conv_algo("wino", "run.yaml: cpu_conv"); });
   EXPECT_THAT(msg, HasSubstr("run.yaml: cpu_conv"));
   EXPECT_THAT(msg, HasSubstr("'wino'"));
-  EXPECT_THAT(msg, HasSubstr("auto, direct, winograd"));
+  EXPECT_THAT(msg, HasSubstr("auto, direct, winograd, winograd_f2"));
 }
 
 TEST(Conv2dGpu, ForwardBackwardMatchCpu) {

@@ -76,10 +76,10 @@ TEST(Config, AmpSwitch) {
 }
 
 TEST(Config, CpuConvSwitch) {
-  EXPECT_EQ(parse_config(kMinimal, "cfg.yaml").cpu_conv, "direct");
+  EXPECT_EQ(parse_config(kMinimal, "cfg.yaml").cpu_conv, "auto");
   EXPECT_EQ(parse_config(std::string(kMinimal) + "cpu_conv: winograd\n", "cfg.yaml").cpu_conv, "winograd");
   EXPECT_THAT(error_of(kMinimal, {"cpu_conv=fft"}),
-              HasSubstr("cpu_conv: 'fft' is not allowed; allowed: auto, direct, winograd"));
+              HasSubstr("cpu_conv: 'fft' is not allowed; allowed: auto, direct, winograd, winograd_f2"));
 }
 
 TEST(Config, OutOfRangeAndChoices) {
