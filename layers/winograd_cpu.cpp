@@ -75,46 +75,50 @@ float* scratch(size_t floats, int slot = 0) {
 }
 
 // U = G g G^T for every filter: u[p][ci][co] with p = 4*i + j. The forward's g is weight[co][.][.][ci];
-// flipped (data gradient, ci runs over k and co over c) g[r][s] = weight[ci][2-r][2-s][co]. The
-// taps are first laid out as tap[r][s][ci][co] so that the transform runs along co (vectorised).
-// tap: 9 * c * k floats of scratch.
+// flipped (data gradient, ci runs over k and co over c) g[r][s] = weight[ci][2-r][2-s][co].
+// The taps are first laid out as tap[ci][r][s][co], then each ci's 16 x cout block of U is
+// computed along co (vectorised) into a small buffer and copied row by row: no loop walks many
+// arrays 16 KiB apart at once (those share L1 sets and thrashed it, 0.27 ms for 64 x 64 filters).
+// tap: filter_scratch_floats(c, k) - kP * c * k floats of scratch.
+void filter_block(const float* g, int64_t cout, float* blk);
+
+// dst[j * dst_stride + i] = src[i * src_stride + j] for i < ni, j < nj, in 16 x 16 blocks (a
+// block's 16 source and 16 destination rows stay in L1).
+void transpose(const float* src, int64_t src_stride, float* dst, int64_t dst_stride, int64_t ni,
+               int64_t nj) {
+  for (int64_t i0 = 0; i0 < ni; i0 += 16) {
+    for (int64_t j0 = 0; j0 < nj; j0 += 16) {
+      const int64_t i1 = std::min(ni, i0 + 16), j1 = std::min(nj, j0 + 16);
+      for (int64_t j = j0; j < j1; ++j)
+        for (int64_t i = i0; i < i1; ++i) dst[j * dst_stride + i] = src[i * src_stride + j];
+    }
+  }
+}
+
 void transform_filters(const float* wt, int64_t c, int64_t k, bool flip, float* __restrict u,
                        float* __restrict tap) {
-  const int64_t cin = flip ? k : c, cout = flip ? c : k, plane = cin * cout;
-  for (int64_t kk = 0; kk < k; ++kk) {
-    for (int r = 0; r < 3; ++r) {
-      for (int s = 0; s < 3; ++s) {
-        const float* src = wt + ((kk * 3 + r) * 3 + s) * c;
-        if (flip) {  // tap[2-r][2-s][kk][cc]
-          std::memcpy(tap + ((2 - r) * 3 + (2 - s)) * plane + kk * cout, src, size_t(c) * sizeof(float));
-        } else {  // tap[r][s][cc][kk]
-          float* dst = tap + (r * 3 + s) * plane + kk;
-          for (int64_t cc = 0; cc < c; ++cc) dst[cc * cout] = src[cc];
-        }
+  const int64_t cin = flip ? k : c, cout = flip ? c : k;
+  if (flip) {  // tap[kk][2-r][2-s][cc]: rows of weight, reordered
+    for (int64_t kk = 0; kk < k; ++kk) {
+      for (int rs = 0; rs < 9; ++rs) {
+        std::memcpy(tap + (kk * 9 + (8 - rs)) * cout, wt + (kk * 9 + rs) * c, size_t(c) * sizeof(float));
       }
     }
+  } else {  // tap[cc][r][s][kk]: a transpose per tap
+    for (int rs = 0; rs < 9; ++rs) transpose(wt + rs * c, 9 * c, tap + rs * cout, 9 * cout, k, c);
   }
+  float* __restrict blk = tap + 9 * cin * cout;  // 16 x cout
   for (int64_t ci = 0; ci < cin; ++ci) {
-    const float* __restrict g = tap + ci * cout;
-    float* __restrict o = u + ci * cout;
-    for (int64_t co = 0; co < cout; ++co) {
-      float t[4][3];  // G g
-      for (int s = 0; s < 3; ++s) {
-        const float g0 = g[(0 * 3 + s) * plane + co], g1 = g[(1 * 3 + s) * plane + co];
-        const float g2 = g[(2 * 3 + s) * plane + co];
-        t[0][s] = g0;
-        t[1][s] = 0.5f * (g0 + g1 + g2);
-        t[2][s] = 0.5f * (g0 - g1 + g2);
-        t[3][s] = g2;
-      }
-      for (int i = 0; i < 4; ++i) {  // (G g) G^T
-        o[(i * 4 + 0) * plane + co] = t[i][0];
-        o[(i * 4 + 1) * plane + co] = 0.5f * (t[i][0] + t[i][1] + t[i][2]);
-        o[(i * 4 + 2) * plane + co] = 0.5f * (t[i][0] - t[i][1] + t[i][2]);
-        o[(i * 4 + 3) * plane + co] = t[i][2];
-      }
+    filter_block(tap + ci * 9 * cout, cout, blk);
+    for (int p = 0; p < kP; ++p) {
+      std::memcpy(u + (p * cin + ci) * cout, blk + p * cout, size_t(cout) * sizeof(float));
     }
   }
+}
+
+// Floats of scratch slot 1 that the forward and data gradient use: U, the taps, one U block.
+size_t filter_scratch_floats(int64_t c, int64_t k) {
+  return size_t((kP + 9) * c * k + kP * std::max(c, k));
 }
 
 // ------------------------------------------------------------------ AVX-512 (runtime-checked)
@@ -122,6 +126,53 @@ void transform_filters(const float* wt, int64_t c, int64_t k, bool flip, float* 
 // no template shared with the rest of the program is instantiated with AVX-512 code.
 #pragma GCC push_options
 #pragma GCC target("avx512f")
+
+// One input channel's U = G g G^T for all cout filters: g holds the 9 taps as rows of cout
+// (tap[ci][r][s][.]), blk gets the 16 positions as rows of cout. cout is a multiple of 16.
+void filter_block(const float* g, int64_t cout, float* blk) {
+  const __m512 half = _mm512_set1_ps(0.5f);
+  for (int64_t co = 0; co < cout; co += 16) {
+    __m512 t[4][3];  // G g
+    for (int s = 0; s < 3; ++s) {
+      const __m512 g0 = _mm512_loadu_ps(g + s * cout + co);
+      const __m512 g1 = _mm512_loadu_ps(g + (3 + s) * cout + co);
+      const __m512 g2 = _mm512_loadu_ps(g + (6 + s) * cout + co);
+      t[0][s] = g0;
+      t[1][s] = _mm512_mul_ps(half, _mm512_add_ps(_mm512_add_ps(g0, g1), g2));
+      t[2][s] = _mm512_mul_ps(half, _mm512_add_ps(_mm512_sub_ps(g0, g1), g2));
+      t[3][s] = g2;
+    }
+    for (int i = 0; i < 4; ++i) {  // (G g) G^T
+      float* o = blk + i * 4 * cout + co;
+      _mm512_storeu_ps(o, t[i][0]);
+      _mm512_storeu_ps(o + cout, _mm512_mul_ps(half, _mm512_add_ps(_mm512_add_ps(t[i][0], t[i][1]), t[i][2])));
+      _mm512_storeu_ps(o + 2 * cout, _mm512_mul_ps(half, _mm512_add_ps(_mm512_sub_ps(t[i][0], t[i][1]), t[i][2])));
+      _mm512_storeu_ps(o + 3 * cout, t[i][2]);
+    }
+  }
+}
+
+// dg = G^T dU G for input channel cc and all k filters: du[p][c][k] summed, out gets the 9 taps
+// as rows of k (out[r][s][kk]). k is a multiple of 16.
+void weight_grad_block(const float* du, int64_t c, int64_t k, int64_t cc, float* out) {
+  const __m512 half = _mm512_set1_ps(0.5f);
+  for (int64_t kk = 0; kk < k; kk += 16) {
+    __m512 z[4][4];
+    for (int p = 0; p < kP; ++p) z[p / 4][p % 4] = _mm512_loadu_ps(du + (p * c + cc) * k + kk);
+    __m512 t[3][4];  // G^T Z
+    for (int j = 0; j < 4; ++j) {
+      t[0][j] = _mm512_add_ps(z[0][j], _mm512_mul_ps(half, _mm512_add_ps(z[1][j], z[2][j])));
+      t[1][j] = _mm512_mul_ps(half, _mm512_sub_ps(z[1][j], z[2][j]));
+      t[2][j] = _mm512_add_ps(_mm512_mul_ps(half, _mm512_add_ps(z[1][j], z[2][j])), z[3][j]);
+    }
+    for (int r = 0; r < 3; ++r) {  // (G^T Z) G
+      float* o = out + r * 3 * k + kk;
+      _mm512_storeu_ps(o, _mm512_add_ps(t[r][0], _mm512_mul_ps(half, _mm512_add_ps(t[r][1], t[r][2]))));
+      _mm512_storeu_ps(o + k, _mm512_mul_ps(half, _mm512_sub_ps(t[r][1], t[r][2])));
+      _mm512_storeu_ps(o + 2 * k, _mm512_add_ps(_mm512_mul_ps(half, _mm512_add_ps(t[r][1], t[r][2])), t[r][3]));
+    }
+  }
+}
 
 // V = B^T d B for one 4x4 tile, pixel (i, j) at src[4 * i + j] (cin floats; a zero row for the
 // padding), into v's row at dst (input_block's layout, `pstride` floats between positions). One
@@ -435,14 +486,14 @@ bool wino_f2_applies(int64_t c, int64_t k, int64_t r, int64_t s, int64_t stride_
 
 void wino_f2_forward(const float* x, const float* weight, const float* bias, float* y, int64_t n,
                      int64_t h, int64_t w, int64_t c, int64_t k) {
-  float* u = scratch(size_t(kP * c * k) + size_t(9 * c * k), 1);
+  float* u = scratch(filter_scratch_floats(c, k), 1);
   transform_filters(weight, c, k, /*flip=*/false, u, u + kP * c * k);
   run_conv(x, u, bias, y, Geo(n, h, w), c, k);
 }
 
 void wino_f2_backward_data(const float* dy, const float* weight, float* dx, int64_t n, int64_t h,
                            int64_t w, int64_t c, int64_t k) {
-  float* u = scratch(size_t(kP * c * k) + size_t(9 * c * k), 1);
+  float* u = scratch(filter_scratch_floats(c, k), 1);
   transform_filters(weight, c, k, /*flip=*/true, u, u + kP * c * k);
   run_conv(dy, u, nullptr, dx, Geo(n, h, w), k, c);
 }
@@ -453,18 +504,21 @@ void wino_f2_backward_weights(const float* x, const float* dy, float* dweight, f
   const int64_t blocks = (g.tiles + kRowsW - 1) / kRowsW;
   const int nt = threads_for(blocks);
   const size_t ndu = size_t(kP * c * k), nbuf = size_t(kP * kRowsW * (c + k));
-  std::vector<float> du(size_t(nt) * ndu, 0.0f);
+  float* du = scratch(size_t(nt) * ndu + size_t(9 * c * k), 1);  // partials, then the taps
   std::vector<double> db(dbias ? size_t(nt) * size_t(k) : 0, 0.0);
   const std::vector<float> zeros(size_t(c), 0.0f);
+  int team = 1;  // the threads the runtime started (at most nt), each with its zeroed partial
 #pragma omp parallel num_threads(nt)
   {
     const int t = omp_get_thread_num();
+    if (t == 0) team = omp_get_num_threads();
+    float* part = du + size_t(t) * ndu;
+    std::memset(part, 0, ndu * sizeof(float));
     int64_t b0, b1;
     share(blocks, t, omp_get_num_threads(), b0, b1);
     if (b0 < b1) {
       float* v = scratch(nbuf);
-      weight_blocks(x, dy, g, c, k, b0, b1, zeros.data(), v, v + kP * kRowsW * c,
-                    du.data() + size_t(t) * ndu);
+      weight_blocks(x, dy, g, c, k, b0, b1, zeros.data(), v, v + kP * kRowsW * c, part);
     }
     if (dbias) {  // the same share of pixel rows, summed in double
       int64_t r0, r1;
@@ -476,29 +530,14 @@ void wino_f2_backward_weights(const float* x, const float* dy, float* dweight, f
       }
     }
   }
-  // Partials in thread order, then dg = G^T dU G per filter.
-  for (int t = 1; t < nt; ++t) {
-    const float* part = du.data() + size_t(t) * ndu;
+  // Partials in thread order, then dg = G^T dU G per input channel.
+  for (int t = 1; t < team; ++t) {
+    const float* part = du + size_t(t) * ndu;
     for (size_t i = 0; i < ndu; ++i) du[i] += part[i];
   }
-  for (int64_t kk = 0; kk < k; ++kk) {
-    for (int64_t cc = 0; cc < c; ++cc) {
-      float z[4][4];
-      for (int p = 0; p < kP; ++p) z[p / 4][p % 4] = du[(size_t(p) * size_t(c) + size_t(cc)) * size_t(k) + size_t(kk)];
-      float t[3][4];  // G^T Z
-      for (int j = 0; j < 4; ++j) {
-        t[0][j] = z[0][j] + 0.5f * (z[1][j] + z[2][j]);
-        t[1][j] = 0.5f * (z[1][j] - z[2][j]);
-        t[2][j] = 0.5f * (z[1][j] + z[2][j]) + z[3][j];
-      }
-      for (int r = 0; r < 3; ++r) {  // (G^T Z) G
-        float* o = dweight + (kk * 3 + r) * 3 * c + cc;
-        o[0] = t[r][0] + 0.5f * (t[r][1] + t[r][2]);
-        o[c] = 0.5f * (t[r][1] - t[r][2]);
-        o[2 * c] = 0.5f * (t[r][1] + t[r][2]) + t[r][3];
-      }
-    }
-  }
+  float* taps = du + size_t(nt) * ndu;  // taps[cc][r][s][kk]
+  for (int64_t cc = 0; cc < c; ++cc) weight_grad_block(du, c, k, cc, taps + cc * 9 * k);
+  for (int rs = 0; rs < 9; ++rs) transpose(taps + rs * k, 9 * k, dweight + rs * c, 9 * c, c, k);
   if (dbias) {
     for (int64_t kk = 0; kk < k; ++kk) {
       double s = 0.0;
