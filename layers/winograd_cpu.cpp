@@ -26,8 +26,8 @@ namespace lowbit::layers::detail {
 namespace {
 
 constexpr int kP = 16;          // transformed positions of a 4x4 tile
-constexpr int64_t kRows = 16;   // tiles per block, forward and data gradient
-constexpr int64_t kRowsW = 32;  // tiles per block, weight gradient (fewer accumulator loads)
+constexpr int64_t kRows = 8;   // tiles per block, forward and data gradient
+constexpr int64_t kRowsW = 24;  // tiles per block, weight gradient (fewer accumulator loads)
 constexpr int64_t kPrefetchTiles = 4;  // how far ahead input_block prefetches
 
 // The tiling of an (n, h, w) map into 2x2 output tiles, row-major in (n, tile row, tile col).
@@ -412,7 +412,7 @@ void conv_blocks(const float* in, const float* u, const float* bias, float* out,
       const float* up = u + p * cin * cout;
       float* mp = m + p * kRows * cout;
       column_blocks(cout, [&](auto kc, int64_t k0) {
-        constexpr int KC = decltype(kc)::value, R = 16 / KC;
+        constexpr int KC = decltype(kc)::value, R = 16 / KC < kRows ? 16 / KC : int(kRows);
         for (int64_t r0 = 0; r0 < kRows; r0 += R) gemm_tile<KC, R>(vp, up, mp, cin, cout, kRows, r0, k0);
       });
     }
