@@ -28,7 +28,6 @@ namespace {
 constexpr int kP = 16;          // transformed positions of a 4x4 tile
 constexpr int64_t kRows = 8;   // tiles per block, forward and data gradient
 constexpr int64_t kRowsW = 24;  // tiles per block, weight gradient (fewer accumulator loads)
-constexpr int64_t kPrefetchTiles = 4;  // how far ahead input_block prefetches
 
 // The tiling of an (n, h, w) map into 2x2 output tiles, row-major in (n, tile row, tile col).
 struct Geo {
@@ -174,17 +173,17 @@ void weight_grad_block(const float* du, int64_t c, int64_t k, int64_t cc, float*
   }
 }
 
-// V = B^T d B for one 4x4 tile, pixel (i, j) at src[4 * i + j] (cin floats; a zero row for the
+// V = B^T d B for one 4x4 tile, pixel (i, j) at px(i, j) (cin floats; a zero row for the
 // padding), into v's row at dst (input_block's layout, `pstride` floats between positions). One
-// column of the tile at a time, so that only 4 of the 16 pointers are live.
-inline void input_tile(const float* const* src, int64_t cin, int64_t rows, int64_t pstride,
-                       float* dst) {
+// column of the tile at a time, so that only 4 pixel addresses are live.
+template <typename Pixel>
+inline void input_tile(const Pixel& px, int64_t cin, int64_t rows, int64_t pstride, float* dst) {
   for (int64_t c0 = 0; c0 < cin; c0 += 16) {
     __m512 t[4][4];
 #pragma GCC unroll 4
     for (int j = 0; j < 4; ++j) {  // B^T d, one column at a time
-      const __m512 d0 = _mm512_loadu_ps(src[j] + c0), d1 = _mm512_loadu_ps(src[4 + j] + c0);
-      const __m512 d2 = _mm512_loadu_ps(src[8 + j] + c0), d3 = _mm512_loadu_ps(src[12 + j] + c0);
+      const __m512 d0 = _mm512_loadu_ps(px(0, j) + c0), d1 = _mm512_loadu_ps(px(1, j) + c0);
+      const __m512 d2 = _mm512_loadu_ps(px(2, j) + c0), d3 = _mm512_loadu_ps(px(3, j) + c0);
       t[0][j] = _mm512_sub_ps(d0, d2);
       t[1][j] = _mm512_add_ps(d1, d2);
       t[2][j] = _mm512_sub_ps(d2, d1);
@@ -210,21 +209,16 @@ void input_block(const float* in, const Geo& g, int64_t cin, int64_t t0, int64_t
   const int64_t pstride = rows * cin;
   TileCursor tc(g, t0);
   for (int64_t row = 0; row < rows; ++row, tc.next(g)) {
-    const float* src[16];
     const int64_t y0 = 2 * tc.ty - 1, x0 = 2 * tc.tx - 1;
+    float* dst = v + row * 16;
     if (row < count && y0 >= 0 && y0 + 3 < g.h && x0 >= 0 && x0 + 3 < g.w) {
+      // Inside the map: every pixel address from one base (a table costs more than the
+      // transform at 16 channels).
       const float* base = in + ((tc.nn * g.h + y0) * g.w + x0) * cin;
-      for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j) src[i * 4 + j] = base + (i * g.w + j) * cin;
-      // The two columns that the tile kPrefetchTiles to the right reads and no tile before it
-      // does: the input arrives cold in a training step.
-      if (x0 + 2 * kPrefetchTiles + 3 < g.w) {
-        for (int i = 0; i < 4; ++i) {
-          const char* p = reinterpret_cast<const char*>(base + (i * g.w + 2 * kPrefetchTiles + 2) * cin);
-          for (int64_t b = 0; b < 2 * cin * int64_t(sizeof(float)); b += 64) _mm_prefetch(p + b, _MM_HINT_T0);
-        }
-      }
+      const int64_t rstride = g.w * cin;
+      input_tile([&](int i, int j) { return base + i * rstride + j * cin; }, cin, rows, pstride, dst);
     } else {
+      const float* src[16];
       for (int i = 0; i < 4; ++i) {
         for (int j = 0; j < 4; ++j) {
           const int64_t yy = y0 + i, xx = x0 + j;
@@ -232,8 +226,8 @@ void input_block(const float* in, const Geo& g, int64_t cin, int64_t t0, int64_t
           src[i * 4 + j] = inside ? in + ((tc.nn * g.h + yy) * g.w + xx) * cin : zeros;
         }
       }
+      input_tile([&](int i, int j) { return src[i * 4 + j]; }, cin, rows, pstride, dst);
     }
-    input_tile(src, cin, rows, pstride, v + row * 16);
   }
 }
 
