@@ -217,14 +217,21 @@ bool winograd_candidate(const ConvShape& s, DType t, CpuConvAlgo algo) {
          s.s == 3 && s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 && s.dil_w == 1;
 }
 
-// lowbit's Winograd F(2x2, 3x3) (winograd_cpu.h) under winograd_f2 and auto, where it applies.
-bool wino_f2_takes(const ConvShape& s, DType t) {
+// lowbit's Winograd (winograd_cpu.h) where it applies: the output tile it takes (4 for
+// F(4x4, 3x3) under auto and winograd_f4, 2 for F(2x2, 3x3) under winograd_f2), 0 for oneDNN.
+int wino_tile(const ConvShape& s, DType t) {
   const CpuConvAlgo algo = g_algo.load();
-  return (algo == CpuConvAlgo::winograd_f2 || algo == CpuConvAlgo::auto_) && t == DType::f32 &&
-         detail::wino_f2_applies(s.c, s.k, s.r, s.s, s.stride_h, s.stride_w, s.pad_h, s.pad_w,
-                                 s.dil_h, s.dil_w, s.groups);
+  const int tile = algo == CpuConvAlgo::winograd_f2 ? 2
+                   : algo == CpuConvAlgo::winograd_f4 || algo == CpuConvAlgo::auto_ ? 4
+                                                                                    : 0;
+  const bool applies = tile != 0 && t == DType::f32 &&
+                       detail::wino_applies(s.c, s.k, s.r, s.s, s.stride_h, s.stride_w, s.pad_h,
+                                            s.pad_w, s.dil_h, s.dil_w, s.groups);
+  return applies ? tile : 0;
 }
-constexpr const char* kWinoF2Name = "lowbit_wino_f2x2:avx512f";
+std::string wino_name(int tile) {
+  return tile == 2 ? "lowbit_wino_f2x2:avx512f" : "lowbit_wino_f4x4:avx512f";
+}
 
 FwdEntry& forward_entry(const ConvShape& s, bool with_bias, DType t) {
   static std::map<std::pair<Key, CpuConvAlgo>, std::unique_ptr<FwdEntry>> cache;
@@ -319,21 +326,24 @@ const char* cpu_conv_algo_name(CpuConvAlgo algo) {
     case CpuConvAlgo::direct: return "direct";
     case CpuConvAlgo::winograd: return "winograd";
     case CpuConvAlgo::winograd_f2: return "winograd_f2";
+    case CpuConvAlgo::winograd_f4: return "winograd_f4";
   }
   return "?";
 }
 
 CpuConvAlgo parse_cpu_conv_algo(const std::string& name, const std::string& what) {
   for (CpuConvAlgo a : {CpuConvAlgo::auto_, CpuConvAlgo::direct, CpuConvAlgo::winograd,
-                        CpuConvAlgo::winograd_f2}) {
+                        CpuConvAlgo::winograd_f2, CpuConvAlgo::winograd_f4}) {
     if (name == cpu_conv_algo_name(a)) return a;
   }
   throw InputError(str_cat(what, ": '", name,
-                           "' is not allowed; allowed: auto, direct, winograd, winograd_f2"));
+                           "' is not allowed; allowed: auto, direct, winograd, winograd_f2, winograd_f4"));
 }
 
 std::string conv2d_cpu_kernel(const ConvShape& s, bool with_bias, DType t, bool backward) {
-  if (wino_f2_takes(s, t)) return backward ? str_cat(kWinoF2Name, ", ", kWinoF2Name) : kWinoF2Name;
+  if (const int tile = wino_tile(s, t)) {
+    return backward ? str_cat(wino_name(tile), ", ", wino_name(tile)) : wino_name(tile);
+  }
   return backward ? backward_entry(s, with_bias, t).impl : forward_entry(s, with_bias, t).impl;
 }
 
@@ -341,8 +351,8 @@ void conv2d_forward_cpu(const ConvShape& s, const Tensor& x, const Tensor& w, co
                         const Tensor& y) {
   check_cpu_dtype(x, "input");
   check_cpu_dtype(w, "weight");
-  if (wino_f2_takes(s, x.dtype())) {
-    detail::wino_f2_forward(static_cast<const float*>(x.raw_data()),
+  if (const int tile = wino_tile(s, x.dtype())) {
+    detail::wino_forward(tile, static_cast<const float*>(x.raw_data()),
                             static_cast<const float*>(w.raw_data()),
                             b.defined() ? static_cast<const float*>(b.raw_data()) : nullptr,
                             static_cast<float*>(y.raw_data()), s.n, s.h, s.w, s.c, s.k);
@@ -378,15 +388,15 @@ void conv2d_backward_cpu(const ConvShape& s, const Tensor& x, const Tensor& w, c
     if (dx.defined()) conv2d_backward_cpu(s, x, w, dy, dx, Tensor(), Tensor());
     return;
   }
-  if (wino_f2_takes(s, x.dtype())) {
+  if (const int tile = wino_tile(s, x.dtype())) {
     const float* px = static_cast<const float*>(x.raw_data());
     const float* pdy = static_cast<const float*>(dy.raw_data());
     if (dx.defined()) {
-      detail::wino_f2_backward_data(pdy, static_cast<const float*>(w.raw_data()),
+      detail::wino_backward_data(tile, pdy, static_cast<const float*>(w.raw_data()),
                                     static_cast<float*>(dx.raw_data()), s.n, s.h, s.w, s.c, s.k);
     }
     if (dw.defined()) {
-      detail::wino_f2_backward_weights(px, pdy, static_cast<float*>(dw.raw_data()),
+      detail::wino_backward_weights(tile, px, pdy, static_cast<float*>(dw.raw_data()),
                                        db.defined() ? static_cast<float*>(db.raw_data()) : nullptr,
                                        s.n, s.h, s.w, s.c, s.k);
     }

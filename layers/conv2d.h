@@ -1,6 +1,6 @@
 // Conv2d on NHWC activations with KRSC weights (out, kh, kw, in/groups): stride, padding,
 // dilation, groups (depthwise included), optional bias. CPU through oneDNN primitives (and, for
-// 3x3 stride-1 f32 convolutions, lowbit's Winograd F(2x2, 3x3), which is faster than oneDNN's
+// 3x3 stride-1 f32 convolutions, lowbit's Winograd F(4x4, 3x3), which is faster than oneDNN's
 // kernels: layers/winograd_cpu.h) and CUDA through cuDNN, both created/chosen once per shape and
 // cached. State dicts convert the weight to PyTorch's OIHW at the edge.
 #pragma once
@@ -52,27 +52,29 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
 //  winograd:    oneDNN's Winograd F(4x4, 3x3) (its AVX-512 jit_wino_4x3) wherever it applies,
 //               reordering activations to its blocked layout and back when they are not NHWC
 //               byte for byte.
-//  winograd_f2: lowbit's own Winograd F(2x2, 3x3) (layers/winograd_cpu.h: padding 1, channel
+//  winograd_f4: lowbit's own Winograd F(4x4, 3x3) (layers/winograd_cpu.h: padding 1, channel
 //               counts multiples of 16, AVX-512F) wherever it applies, oneDNN direct elsewhere.
-//  auto:        lowbit's pick per shape: today winograd_f2 where it applies, direct elsewhere.
-// Measured (docs/benchmarks.md, "lowbit's Winograd F(2x2, 3x3)"): oneDNN's Winograd is faster
-// per call on data in cache but not in a training step (its transformed tensors, 2.25x the data,
-// and the reorders cost what it saves); lowbit's keeps its transformed tiles in per-thread
-// buffers that stay in cache and is 1.3-2.6x faster than direct per call.
-// Both Winograd variants round differently from the direct sum: about twice its f32 error
-// (measured worst 3.4e-5 against 1.4e-5 on outputs of scale 15-30, tests/layers/conv2d_test.cpp).
+//  winograd_f2: the same with F(2x2, 3x3): slower, about 10x less rounding error than F(4x4).
+//  auto:        lowbit's pick per shape: today winograd_f4 where it applies, direct elsewhere.
+// Measured (docs/benchmarks.md, "lowbit's Winograd"): oneDNN's Winograd is faster per call on
+// data in cache but not in a training step (its transformed tensors, 2.25x the data, and the
+// reorders cost what they save); lowbit's keeps its transformed tiles in per-thread buffers that
+// stay in cache: F(4x4, 3x3) is 1.3-1.9x faster than oneDNN's direct kernels per call.
+// The Winograd variants round differently from the direct sum: F(2x2, 3x3) about twice its f32
+// error, F(4x4, 3x3) (both oneDNN's and lowbit's) 10-50 times it, about 5e-6 of the largest
+// output (tests/layers/conv2d_test.cpp and winograd_cpu_test.cpp compare them with the naive loops).
 // bf16, grouped and strided convolutions always take oneDNN's direct kernels.
 // Process-wide; kernels are cached per geometry and algorithm.
-enum class CpuConvAlgo { auto_, direct, winograd, winograd_f2 };
+enum class CpuConvAlgo { auto_, direct, winograd, winograd_f2, winograd_f4 };
 void set_cpu_conv_algo(CpuConvAlgo algo);
 CpuConvAlgo cpu_conv_algo();
-// "auto" | "direct" | "winograd" | "winograd_f2"; anything else is an error naming `what` and
-// the choices.
+// "auto" | "direct" | "winograd" | "winograd_f2" | "winograd_f4"; anything else is an error
+// naming `what` and the choices.
 CpuConvAlgo parse_cpu_conv_algo(const std::string& name, const std::string& what);
 const char* cpu_conv_algo_name(CpuConvAlgo algo);
 // The names of the kernels the CPU backend runs for `s` under the current algorithm: the
 // forward's (oneDNN's "jit_wino_4x3:avx512_core", "brgconv:avx512_core", ..., or lowbit's
-// "lowbit_wino_f2x2:avx512f"), or with backward the data and weight gradients' joined by ", ".
+// "lowbit_wino_f4x4:avx512f", "lowbit_wino_f2x2:avx512f"), or with backward the data and weight gradients' joined by ", ".
 std::string conv2d_cpu_kernel(const ConvShape& s, bool with_bias, DType t, bool backward = false);
 
 

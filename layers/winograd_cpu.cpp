@@ -1,22 +1,23 @@
-// Winograd F(2x2, 3x3) on the CPU (winograd_cpu.h). With g a 3x3 filter, d a 4x4 input tile and
-// Y its 2x2 output tile (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks"):
-//   Y = A^T [ (G g G^T) .* (B^T d B) ] A,  summed over input channels inside the brackets, with
-//   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],  G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1],
-//   A^T = [1 1 1 0; 0 1 -1 -1].
-// Per transformed position p (16 of them) the channel sum is a matrix product
+// Winograd F(2x2, 3x3) and F(4x4, 3x3) on the CPU (winograd_cpu.h). With g a 3x3 filter, d an
+// (m+2) x (m+2) input tile and Y its m x m output tile (Lavin and Gray, "Fast Algorithms for
+// Convolutional Neural Networks", 2016):
+//   Y = A^T [ (G g G^T) .* (B^T d B) ] A,  summed over input channels inside the brackets.
+// Per transformed position p ((m+2)^2 of them) the channel sum is a matrix product
 //   M[p](tiles x cout) = V[p](tiles x cin) * U[p](cin x cout),
 // and the weight gradient follows from the same identity: with dM = A dY A^T per tile,
 //   dU[p] = sum over tiles V[p]^T dM[p],  dg = G^T dU G.
 // The data gradient is the forward on dy with the filters rotated by 180 degrees and the channel
-// axes swapped (stride 1, padding 1).
+// axes swapped (stride 1, padding 1). The matrices are in Wino<m> below; every transform is
+// written once, as linear combinations whose constant coefficients the compiler folds (0 drops a
+// term, +-1 is an add or a subtraction).
 #include "layers/winograd_cpu.h"
 
 #include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 #include <type_traits>
 #include <vector>
@@ -25,15 +26,41 @@ namespace lowbit::layers::detail {
 
 namespace {
 
-constexpr int kP = 16;          // transformed positions of a 4x4 tile
-constexpr int64_t kRows = 8;   // tiles per block, forward and data gradient
+// The transform matrices of F(m x m, 3 x 3): BT (a x a), AT (m x a), G (a x 3), a = m + 2.
+template <int M>
+struct Wino;
+template <>
+struct Wino<2> {  // interpolation points 0, 1, -1 (and infinity)
+  static constexpr int m = 2, a = 4;
+  static constexpr float BT[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
+  static constexpr float AT[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
+  static constexpr float G[4][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};
+};
+template <>
+struct Wino<4> {  // interpolation points 0, 1, -1, 2, -2 (and infinity)
+  static constexpr int m = 4, a = 6;
+  static constexpr float BT[6][6] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0},
+                                     {0, 4, -4, -1, 1, 0}, {0, -2, -1, 2, 1, 0},
+                                     {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
+  static constexpr float AT[4][6] = {
+      {1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
+  static constexpr float G[6][3] = {{1.0f / 4, 0, 0},
+                                    {-1.0f / 6, -1.0f / 6, -1.0f / 6},
+                                    {-1.0f / 6, 1.0f / 6, -1.0f / 6},
+                                    {1.0f / 24, 1.0f / 12, 1.0f / 6},
+                                    {1.0f / 24, -1.0f / 12, 1.0f / 6},
+                                    {0, 0, 1}};
+};
+
+constexpr int64_t kRows = 8;    // tiles per block, forward and data gradient
 constexpr int64_t kRowsW = 24;  // tiles per block, weight gradient (fewer accumulator loads)
 
-// The tiling of an (n, h, w) map into 2x2 output tiles, row-major in (n, tile row, tile col).
+// The tiling of an (n, h, w) map into m x m output tiles, row-major in (n, tile row, tile col).
 struct Geo {
-  int64_t n, h, w, th, tw, tiles;
-  Geo(int64_t n_, int64_t h_, int64_t w_)
-      : n(n_), h(h_), w(w_), th((h_ + 1) / 2), tw((w_ + 1) / 2), tiles(n_ * th * tw) {}
+  int64_t n, h, w, m, th, tw, tiles;
+  Geo(int64_t n_, int64_t h_, int64_t w_, int64_t m_)
+      : n(n_), h(h_), w(w_), m(m_), th((h_ + m_ - 1) / m_), tw((w_ + m_ - 1) / m_),
+        tiles(n_ * th * tw) {}
 };
 
 // Walks tiles in order from tile t without a division per tile.
@@ -73,14 +100,6 @@ float* scratch(size_t floats, int slot = 0) {
   return b.p;
 }
 
-// U = G g G^T for every filter: u[p][ci][co] with p = 4*i + j. The forward's g is weight[co][.][.][ci];
-// flipped (data gradient, ci runs over k and co over c) g[r][s] = weight[ci][2-r][2-s][co].
-// The taps are first laid out as tap[ci][r][s][co], then each ci's 16 x cout block of U is
-// computed along co (vectorised) into a small buffer and copied row by row: no loop walks many
-// arrays 16 KiB apart at once (those share L1 sets and thrashed it, 0.27 ms for 64 x 64 filters).
-// tap: filter_scratch_floats(c, k) - kP * c * k floats of scratch.
-void filter_block(const float* g, int64_t cout, float* blk);
-
 // dst[j * dst_stride + i] = src[i * src_stride + j] for i < ni, j < nj, in 16 x 16 blocks (a
 // block's 16 source and 16 destination rows stay in L1).
 void transpose(const float* src, int64_t src_stride, float* dst, int64_t dst_stride, int64_t ni,
@@ -94,219 +113,201 @@ void transpose(const float* src, int64_t src_stride, float* dst, int64_t dst_str
   }
 }
 
-void transform_filters(const float* wt, int64_t c, int64_t k, bool flip, float* __restrict u,
-                       float* __restrict tap) {
-  const int64_t cin = flip ? k : c, cout = flip ? c : k;
-  if (flip) {  // tap[kk][2-r][2-s][cc]: rows of weight, reordered
-    for (int64_t kk = 0; kk < k; ++kk) {
-      for (int rs = 0; rs < 9; ++rs) {
-        std::memcpy(tap + (kk * 9 + (8 - rs)) * cout, wt + (kk * 9 + rs) * c, size_t(c) * sizeof(float));
-      }
-    }
-  } else {  // tap[cc][r][s][kk]: a transpose per tap
-    for (int rs = 0; rs < 9; ++rs) transpose(wt + rs * c, 9 * c, tap + rs * cout, 9 * cout, k, c);
-  }
-  float* __restrict blk = tap + 9 * cin * cout;  // 16 x cout
-  for (int64_t ci = 0; ci < cin; ++ci) {
-    filter_block(tap + ci * 9 * cout, cout, blk);
-    for (int p = 0; p < kP; ++p) {
-      std::memcpy(u + (p * cin + ci) * cout, blk + p * cout, size_t(cout) * sizeof(float));
-    }
-  }
-}
-
-// Floats of scratch slot 1 that the forward and data gradient use: U, the taps, one U block.
-size_t filter_scratch_floats(int64_t c, int64_t k) {
-  return size_t((kP + 9) * c * k + kP * std::max(c, k));
-}
-
 // ------------------------------------------------------------------ AVX-512 (runtime-checked)
 // Only these functions are compiled for AVX-512F; they use raw pointers and intrinsics only, so
 // no template shared with the rest of the program is instantiated with AVX-512 code.
 #pragma GCC push_options
 #pragma GCC target("avx512f")
 
-// One input channel's U = G g G^T for all cout filters: g holds the 9 taps as rows of cout
-// (tap[ci][r][s][.]), blk gets the 16 positions as rows of cout. cout is a multiple of 16.
-void filter_block(const float* g, int64_t cout, float* blk) {
-  const __m512 half = _mm512_set1_ps(0.5f);
-  for (int64_t co = 0; co < cout; co += 16) {
-    __m512 t[4][3];  // G g
-    for (int s = 0; s < 3; ++s) {
-      const __m512 g0 = _mm512_loadu_ps(g + s * cout + co);
-      const __m512 g1 = _mm512_loadu_ps(g + (3 + s) * cout + co);
-      const __m512 g2 = _mm512_loadu_ps(g + (6 + s) * cout + co);
-      t[0][s] = g0;
-      t[1][s] = _mm512_mul_ps(half, _mm512_add_ps(_mm512_add_ps(g0, g1), g2));
-      t[2][s] = _mm512_mul_ps(half, _mm512_add_ps(_mm512_sub_ps(g0, g1), g2));
-      t[3][s] = g2;
-    }
-    for (int i = 0; i < 4; ++i) {  // (G g) G^T
-      float* o = blk + i * 4 * cout + co;
-      _mm512_storeu_ps(o, t[i][0]);
-      _mm512_storeu_ps(o + cout, _mm512_mul_ps(half, _mm512_add_ps(_mm512_add_ps(t[i][0], t[i][1]), t[i][2])));
-      _mm512_storeu_ps(o + 2 * cout, _mm512_mul_ps(half, _mm512_add_ps(_mm512_sub_ps(t[i][0], t[i][1]), t[i][2])));
-      _mm512_storeu_ps(o + 3 * cout, t[i][2]);
+// sum_n c[n] * x[n * xs] for N constant coefficients (the compiler folds the tests once the loop
+// is unrolled): zero terms dropped, the first +1 term starts the sum, other +-1 terms are an add
+// or a subtraction, the rest an FMA.
+template <int N>
+inline __m512 lincomb(const float* c, const __m512* x, int xs) {
+  int first = -1;
+#pragma GCC unroll 8
+  for (int n = 0; n < N; ++n) {
+    if (first < 0 && c[n] == 1.0f) first = n;
+  }
+  __m512 acc = first >= 0 ? x[first * xs] : _mm512_setzero_ps();
+#pragma GCC unroll 8
+  for (int n = 0; n < N; ++n) {
+    if (n == first || c[n] == 0.0f) continue;
+    if (c[n] == 1.0f) {
+      acc = _mm512_add_ps(acc, x[n * xs]);
+    } else if (c[n] == -1.0f) {
+      acc = _mm512_sub_ps(acc, x[n * xs]);
+    } else {
+      acc = _mm512_fmadd_ps(_mm512_set1_ps(c[n]), x[n * xs], acc);
     }
   }
+  return acc;
 }
+
+// out = L x R^T for an (RL x N) matrix L and an (RR x N) matrix R, x N x N:
+// store(i, j, sum_k sum_l L[i][k] x(k, l) R[j][l]) for i < RL, j < RR. x is read a column at a
+// time and each result stored as soon as it is ready, so that few vectors are live at once.
+template <int RL, int RR, int N, typename Load, typename Store>
+inline void sandwich(const float (&L)[RL][N], const float (&R)[RR][N], const Load& x,
+                     const Store& store) {
+  __m512 t[RL][N];  // L x
+#pragma GCC unroll 8
+  for (int l = 0; l < N; ++l) {
+    __m512 col[N];
+#pragma GCC unroll 8
+    for (int k = 0; k < N; ++k) col[k] = x(k, l);
+#pragma GCC unroll 8
+    for (int i = 0; i < RL; ++i) t[i][l] = lincomb<N>(L[i], col, 1);
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < RL; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < RR; ++j) store(i, j, lincomb<N>(R[j], t[i], 1));
+}
+
+// One input channel's U = G g G^T for all cout filters: g holds the 9 taps as rows of cout
+// (tap[ci][r][s][.]), blk gets the a*a positions as rows of cout. cout is a multiple of 16.
+template <int M>
+void filter_block(const float* g, int64_t cout, float* blk) {
+  using W = Wino<M>;
+  // G g G^T: the 3 x 3 taps between G (a x 3) on both sides.
+  for (int64_t co = 0; co < cout; co += 16) {
+    sandwich(W::G, W::G, [&](int r, int s) { return _mm512_loadu_ps(g + (r * 3 + s) * cout + co); },
+             [&](int i, int j, __m512 u) { _mm512_storeu_ps(blk + (i * W::a + j) * cout + co, u); });
+  }
+}
+
+// The transpose of an R x C matrix, as constexpr data for the gradient transforms.
+template <int R, int C>
+struct Transposed {
+  float v[C][R];
+  constexpr explicit Transposed(const float (&x)[R][C]) : v{} {
+    for (int i = 0; i < R; ++i)
+      for (int j = 0; j < C; ++j) v[j][i] = x[i][j];
+  }
+};
+template <int M>
+struct WinoT {
+  static constexpr Transposed<Wino<M>::m, Wino<M>::a> A{Wino<M>::AT};  // A (a x m)
+  static constexpr Transposed<Wino<M>::a, 3> GT{Wino<M>::G};          // G^T (3 x a)
+};
 
 // dg = G^T dU G for input channel cc and all k filters: du[p][c][k] summed, out gets the 9 taps
 // as rows of k (out[r][s][kk]). k is a multiple of 16.
+template <int M>
 void weight_grad_block(const float* du, int64_t c, int64_t k, int64_t cc, float* out) {
-  const __m512 half = _mm512_set1_ps(0.5f);
+  using W = Wino<M>;
   for (int64_t kk = 0; kk < k; kk += 16) {
-    __m512 z[4][4];
-    for (int p = 0; p < kP; ++p) z[p / 4][p % 4] = _mm512_loadu_ps(du + (p * c + cc) * k + kk);
-    __m512 t[3][4];  // G^T Z
-    for (int j = 0; j < 4; ++j) {
-      t[0][j] = _mm512_add_ps(z[0][j], _mm512_mul_ps(half, _mm512_add_ps(z[1][j], z[2][j])));
-      t[1][j] = _mm512_mul_ps(half, _mm512_sub_ps(z[1][j], z[2][j]));
-      t[2][j] = _mm512_add_ps(_mm512_mul_ps(half, _mm512_add_ps(z[1][j], z[2][j])), z[3][j]);
-    }
-    for (int r = 0; r < 3; ++r) {  // (G^T Z) G
-      float* o = out + r * 3 * k + kk;
-      _mm512_storeu_ps(o, _mm512_add_ps(t[r][0], _mm512_mul_ps(half, _mm512_add_ps(t[r][1], t[r][2]))));
-      _mm512_storeu_ps(o + k, _mm512_mul_ps(half, _mm512_sub_ps(t[r][1], t[r][2])));
-      _mm512_storeu_ps(o + 2 * k, _mm512_add_ps(_mm512_mul_ps(half, _mm512_add_ps(t[r][1], t[r][2])), t[r][3]));
-    }
+    sandwich(WinoT<M>::GT.v, WinoT<M>::GT.v,
+             [&](int i, int j) { return _mm512_loadu_ps(du + ((i * W::a + j) * c + cc) * k + kk); },
+             [&](int r, int s, __m512 o) { _mm512_storeu_ps(out + (r * 3 + s) * k + kk, o); });
   }
 }
 
-// V = B^T d B for one 4x4 tile, pixel (i, j) at px(i, j) (cin floats; a zero row for the
-// padding), into v's row at dst (input_block's layout, `pstride` floats between positions). One
-// column of the tile at a time, so that only 4 pixel addresses are live.
-template <typename Pixel>
+// V = B^T d B for one tile, pixel (i, j) at px(i, j) (cin floats; a zero row for the padding),
+// into v's row at dst (input_block's layout, `pstride` floats between positions).
+template <int M, typename Pixel>
 inline void input_tile(const Pixel& px, int64_t cin, int64_t rows, int64_t pstride, float* dst) {
+  using W = Wino<M>;
+  constexpr int a = W::a;
   for (int64_t c0 = 0; c0 < cin; c0 += 16) {
-    __m512 t[4][4];
-#pragma GCC unroll 4
-    for (int j = 0; j < 4; ++j) {  // B^T d, one column at a time
-      const __m512 d0 = _mm512_loadu_ps(px(0, j) + c0), d1 = _mm512_loadu_ps(px(1, j) + c0);
-      const __m512 d2 = _mm512_loadu_ps(px(2, j) + c0), d3 = _mm512_loadu_ps(px(3, j) + c0);
-      t[0][j] = _mm512_sub_ps(d0, d2);
-      t[1][j] = _mm512_add_ps(d1, d2);
-      t[2][j] = _mm512_sub_ps(d2, d1);
-      t[3][j] = _mm512_sub_ps(d1, d3);
-    }
     float* o = dst + c0 * rows;
-#pragma GCC unroll 4
-    for (int i = 0; i < 4; ++i, o += 4 * pstride) {  // (B^T d) B
-      _mm512_storeu_ps(o, _mm512_sub_ps(t[i][0], t[i][2]));
-      _mm512_storeu_ps(o + pstride, _mm512_add_ps(t[i][1], t[i][2]));
-      _mm512_storeu_ps(o + 2 * pstride, _mm512_sub_ps(t[i][2], t[i][1]));
-      _mm512_storeu_ps(o + 3 * pstride, _mm512_sub_ps(t[i][1], t[i][3]));
-    }
+    sandwich(W::BT, W::BT, [&](int i, int j) { return _mm512_loadu_ps(px(i, j) + c0); },
+             [&](int i, int j, __m512 v) { _mm512_storeu_ps(o + (i * a + j) * pstride, v); });
   }
 }
 
 // The input tiles [t0, t0 + count) of `in` (n, h, w, cin) into v[p][ci / 16][row][ci % 16]: blocks
-// of 16 channels, so that the 16 rows' values of one channel are 64 bytes apart (the GEMMs below
+// of 16 channels, so that the rows' values of one channel are 64 bytes apart (the GEMMs below
 // broadcast them at constant offsets from one pointer). Pixels in the padding read `zeros` (cin
 // zeros); rows past count get zeros.
+template <int M>
 void input_block(const float* in, const Geo& g, int64_t cin, int64_t t0, int64_t count,
                  int64_t rows, const float* zeros, float* v) {
+  constexpr int a = Wino<M>::a;
   const int64_t pstride = rows * cin;
   TileCursor tc(g, t0);
   for (int64_t row = 0; row < rows; ++row, tc.next(g)) {
-    const int64_t y0 = 2 * tc.ty - 1, x0 = 2 * tc.tx - 1;
+    const int64_t y0 = M * tc.ty - 1, x0 = M * tc.tx - 1;
     float* dst = v + row * 16;
-    if (row < count && y0 >= 0 && y0 + 3 < g.h && x0 >= 0 && x0 + 3 < g.w) {
+    if (row < count && y0 >= 0 && y0 + a <= g.h && x0 >= 0 && x0 + a <= g.w) {
       // Inside the map: every pixel address from one base (a table costs more than the
       // transform at 16 channels).
       const float* base = in + ((tc.nn * g.h + y0) * g.w + x0) * cin;
       const int64_t rstride = g.w * cin;
-      input_tile([&](int i, int j) { return base + i * rstride + j * cin; }, cin, rows, pstride, dst);
+      input_tile<M>([&](int i, int j) { return base + i * rstride + j * cin; }, cin, rows, pstride, dst);
     } else {
-      const float* src[16];
-      for (int i = 0; i < 4; ++i) {
-        for (int j = 0; j < 4; ++j) {
+      const float* src[a * a];
+      for (int i = 0; i < a; ++i) {
+        for (int j = 0; j < a; ++j) {
           const int64_t yy = y0 + i, xx = x0 + j;
           const bool inside = row < count && yy >= 0 && yy < g.h && xx >= 0 && xx < g.w;
-          src[i * 4 + j] = inside ? in + ((tc.nn * g.h + yy) * g.w + xx) * cin : zeros;
+          src[i * a + j] = inside ? in + ((tc.nn * g.h + yy) * g.w + xx) * cin : zeros;
         }
       }
-      input_tile([&](int i, int j) { return src[i * 4 + j]; }, cin, rows, pstride, dst);
+      input_tile<M>([&](int i, int j) { return src[i * a + j]; }, cin, rows, pstride, dst);
     }
   }
 }
 
 // The output gradient tiles [t0, t0 + count) of dy (n, h, w, cout) as dM = A dY A^T into
 // d[p][row][co]; outputs past the map's edge and rows past count are zeros.
+template <int M>
 void grad_block(const float* dy, const Geo& g, int64_t cout, int64_t t0, int64_t count,
-                int64_t rows, float* d) {
+                int64_t rows, const float* zeros, float* d) {
+  constexpr int a = Wino<M>::a;
   const int64_t pstride = rows * cout;
-  const __m512 zero = _mm512_setzero_ps();
   TileCursor tc(g, t0);
   for (int64_t row = 0; row < rows; ++row, tc.next(g)) {
-    const int64_t y0 = 2 * tc.ty, x0 = 2 * tc.tx;
-    const float* base = dy + ((tc.nn * g.h + y0) * g.w + x0) * cout;
-    const bool in_row = row < count, has_y1 = y0 + 1 < g.h, has_x1 = x0 + 1 < g.w;
+    const float* src[M * M];
+    for (int i = 0; i < M; ++i) {
+      for (int j = 0; j < M; ++j) {
+        const int64_t yy = M * tc.ty + i, xx = M * tc.tx + j;
+        src[i * M + j] = row < count && yy < g.h && xx < g.w
+                             ? dy + ((tc.nn * g.h + yy) * g.w + xx) * cout
+                             : zeros;
+      }
+    }
     float* dst = d + row * cout;
     for (int64_t c0 = 0; c0 < cout; c0 += 16) {
-      const float* p = base + c0;
-      const __m512 y00 = in_row ? _mm512_loadu_ps(p) : zero;
-      const __m512 y01 = in_row && has_x1 ? _mm512_loadu_ps(p + cout) : zero;
-      const __m512 y10 = in_row && has_y1 ? _mm512_loadu_ps(p + g.w * cout) : zero;
-      const __m512 y11 = in_row && has_y1 && has_x1 ? _mm512_loadu_ps(p + (g.w + 1) * cout) : zero;
-      __m512 s[4][2];  // A dY
-      s[0][0] = y00;
-      s[0][1] = y01;
-      s[1][0] = _mm512_add_ps(y00, y10);
-      s[1][1] = _mm512_add_ps(y01, y11);
-      s[2][0] = _mm512_sub_ps(y00, y10);
-      s[2][1] = _mm512_sub_ps(y01, y11);
-      s[3][0] = _mm512_sub_ps(zero, y10);
-      s[3][1] = _mm512_sub_ps(zero, y11);
-      float* o = dst + c0;
-#pragma GCC unroll 4
-      for (int i = 0; i < 4; ++i, o += 4 * pstride) {  // (A dY) A^T
-        _mm512_storeu_ps(o, s[i][0]);
-        _mm512_storeu_ps(o + pstride, _mm512_add_ps(s[i][0], s[i][1]));
-        _mm512_storeu_ps(o + 2 * pstride, _mm512_sub_ps(s[i][0], s[i][1]));
-        _mm512_storeu_ps(o + 3 * pstride, _mm512_sub_ps(zero, s[i][1]));
-      }
+      sandwich(WinoT<M>::A.v, WinoT<M>::A.v,
+               [&](int i, int j) { return _mm512_loadu_ps(src[i * M + j] + c0); },
+               [&](int i, int j, __m512 v) { _mm512_storeu_ps(dst + (i * a + j) * pstride + c0, v); });
     }
   }
 }
 
 // Y = A^T M A (+ bias) for the tiles [t0, t0 + count) from m[p][row][co] into out (n, h, w, cout),
 // dropping outputs past the map's edge.
+template <int M>
 void output_block(const float* m, const Geo& g, int64_t cout, int64_t t0, int64_t count,
                   int64_t rows, const float* bias, float* out) {
+  constexpr int a = Wino<M>::a;
   const int64_t pstride = rows * cout;
   TileCursor tc(g, t0);
   for (int64_t row = 0; row < count; ++row, tc.next(g)) {
-    const int64_t y0 = 2 * tc.ty, x0 = 2 * tc.tx;
+    const int64_t y0 = M * tc.ty, x0 = M * tc.tx;
+    const int64_t ny = std::min<int64_t>(M, g.h - y0), nx = std::min<int64_t>(M, g.w - x0);
     float* base = out + ((tc.nn * g.h + y0) * g.w + x0) * cout;
-    const bool has_y1 = y0 + 1 < g.h, has_x1 = x0 + 1 < g.w;
     const float* src = m + row * cout;
     for (int64_t c0 = 0; c0 < cout; c0 += 16) {
-      __m512 s[2][4];
-      const float* q = src + c0;
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j, q += pstride) {  // A^T M
-        const __m512 m0 = _mm512_loadu_ps(q), m1 = _mm512_loadu_ps(q + 4 * pstride);
-        const __m512 m2 = _mm512_loadu_ps(q + 8 * pstride), m3 = _mm512_loadu_ps(q + 12 * pstride);
-        s[0][j] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
-        s[1][j] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
-      }
-      __m512 y[2][2];
-#pragma GCC unroll 2
-      for (int i = 0; i < 2; ++i) {  // (A^T M) A
-        y[i][0] = _mm512_add_ps(_mm512_add_ps(s[i][0], s[i][1]), s[i][2]);
-        y[i][1] = _mm512_sub_ps(_mm512_sub_ps(s[i][1], s[i][2]), s[i][3]);
-      }
+      __m512 y[M * M];
+      sandwich(Wino<M>::AT, Wino<M>::AT,
+               [&](int i, int j) { return _mm512_loadu_ps(src + (i * a + j) * pstride + c0); },
+               [&](int i, int j, __m512 v) { y[i * M + j] = v; });
       if (bias) {
         const __m512 b = _mm512_loadu_ps(bias + c0);
-        for (int i = 0; i < 2; ++i)
-          for (int j = 0; j < 2; ++j) y[i][j] = _mm512_add_ps(y[i][j], b);
+        for (int q = 0; q < M * M; ++q) y[q] = _mm512_add_ps(y[q], b);
       }
-      float* p = base + c0;
-      _mm512_storeu_ps(p, y[0][0]);
-      if (has_x1) _mm512_storeu_ps(p + cout, y[0][1]);
-      if (has_y1) _mm512_storeu_ps(p + g.w * cout, y[1][0]);
-      if (has_y1 && has_x1) _mm512_storeu_ps(p + (g.w + 1) * cout, y[1][1]);
+      if (ny == M && nx == M) {
+#pragma GCC unroll 4
+        for (int i = 0; i < M; ++i)
+#pragma GCC unroll 4
+          for (int j = 0; j < M; ++j) _mm512_storeu_ps(base + (i * g.w + j) * cout + c0, y[i * M + j]);
+      } else {
+        for (int i = 0; i < ny; ++i)
+          for (int j = 0; j < nx; ++j) _mm512_storeu_ps(base + (i * g.w + j) * cout + c0, y[i * M + j]);
+      }
     }
   }
 }
@@ -393,15 +394,17 @@ inline void column_blocks(int64_t cout, const F& f) {
   if (cout - k0 >= 16) f(std::integral_constant<int, 1>{}, k0);
 }
 
-// The forward (or data gradient) over the tile blocks [b0, b1): v holds kP * kRows * cin floats,
-// m kP * kRows * cout; zeros holds cin zeros.
+// The forward (or data gradient) over the tile blocks [b0, b1): v holds P * kRows * cin floats,
+// m P * kRows * cout; zeros holds cin zeros.
+template <int M>
 void conv_blocks(const float* in, const float* u, const float* bias, float* out, const Geo& g,
                  int64_t cin, int64_t cout, int64_t b0, int64_t b1, const float* zeros,
                  float* v, float* m) {
+  constexpr int P = Wino<M>::a * Wino<M>::a;
   for (int64_t blk = b0; blk < b1; ++blk) {
     const int64_t t0 = blk * kRows, count = std::min(kRows, g.tiles - t0);
-    input_block(in, g, cin, t0, count, kRows, zeros, v);
-    for (int p = 0; p < kP; ++p) {
+    input_block<M>(in, g, cin, t0, count, kRows, zeros, v);
+    for (int p = 0; p < P; ++p) {
       const float* vp = v + p * kRows * cin;
       const float* up = u + p * cin * cout;
       float* mp = m + p * kRows * cout;
@@ -410,19 +413,21 @@ void conv_blocks(const float* in, const float* u, const float* bias, float* out,
         for (int64_t r0 = 0; r0 < kRows; r0 += R) gemm_tile<KC, R>(vp, up, mp, cin, cout, kRows, r0, k0);
       });
     }
-    output_block(m, g, cout, t0, count, kRows, bias, out);
+    output_block<M>(m, g, cout, t0, count, kRows, bias, out);
   }
 }
 
 // The weight-gradient partial du[p][ci][co] (accumulated) over the tile blocks [b0, b1): v holds
-// kP * kRowsW * cin floats, d kP * kRowsW * cout; zeros holds cin zeros.
+// P * kRowsW * cin floats, d P * kRowsW * cout; zeros holds max(cin, cout) zeros.
+template <int M>
 void weight_blocks(const float* x, const float* dy, const Geo& g, int64_t cin, int64_t cout,
                    int64_t b0, int64_t b1, const float* zeros, float* v, float* d, float* du) {
+  constexpr int P = Wino<M>::a * Wino<M>::a;
   for (int64_t blk = b0; blk < b1; ++blk) {
     const int64_t t0 = blk * kRowsW, count = std::min(kRowsW, g.tiles - t0);
-    input_block(x, g, cin, t0, count, kRowsW, zeros, v);
-    grad_block(dy, g, cout, t0, count, kRowsW, d);
-    for (int p = 0; p < kP; ++p) {
+    input_block<M>(x, g, cin, t0, count, kRowsW, zeros, v);
+    grad_block<M>(dy, g, cout, t0, count, kRowsW, zeros, d);
+    for (int p = 0; p < P; ++p) {
       const float* vp = v + p * kRowsW * cin;
       const float* dp = d + p * kRowsW * cout;
       float* dup = du + p * cin * cout;
@@ -436,6 +441,54 @@ void weight_blocks(const float* x, const float* dy, const Geo& g, int64_t cin, i
 
 #pragma GCC pop_options
 
+// The tile size's kernels, chosen once per call.
+struct Kernels {
+  int m, p;
+  void (*filter_block)(const float*, int64_t, float*);
+  void (*weight_grad_block)(const float*, int64_t, int64_t, int64_t, float*);
+  void (*conv_blocks)(const float*, const float*, const float*, float*, const Geo&, int64_t,
+                      int64_t, int64_t, int64_t, const float*, float*, float*);
+  void (*weight_blocks)(const float*, const float*, const Geo&, int64_t, int64_t, int64_t,
+                        int64_t, const float*, float*, float*, float*);
+};
+template <int M>
+Kernels kernels_of() {
+  return {M, Wino<M>::a * Wino<M>::a, filter_block<M>, weight_grad_block<M>, conv_blocks<M>,
+          weight_blocks<M>};
+}
+Kernels kernels(int tile) { return tile == 4 ? kernels_of<4>() : kernels_of<2>(); }
+
+// U = G g G^T for every filter: u[p][ci][co]. The forward's g is weight[co][.][.][ci]; flipped
+// (data gradient, ci runs over k and co over c) g[r][s] = weight[ci][2-r][2-s][co]. The taps are
+// first laid out as tap[ci][r][s][co], then each ci's P x cout block of U is computed along co
+// (vectorised) into a small buffer and copied row by row: no loop walks many arrays 16 KiB apart
+// at once (those share L1 sets and thrashed it: 0.27 ms for 64 x 64 filters).
+void transform_filters(const Kernels& kn, const float* wt, int64_t c, int64_t k, bool flip,
+                       float* __restrict u, float* __restrict tap) {
+  const int64_t cin = flip ? k : c, cout = flip ? c : k;
+  if (flip) {  // tap[kk][2-r][2-s][cc]: rows of weight, reordered
+    for (int64_t kk = 0; kk < k; ++kk) {
+      for (int rs = 0; rs < 9; ++rs) {
+        std::memcpy(tap + (kk * 9 + (8 - rs)) * cout, wt + (kk * 9 + rs) * c, size_t(c) * sizeof(float));
+      }
+    }
+  } else {  // tap[cc][r][s][kk]: a transpose per tap
+    for (int rs = 0; rs < 9; ++rs) transpose(wt + rs * c, 9 * c, tap + rs * cout, 9 * cout, k, c);
+  }
+  float* __restrict blk = tap + 9 * cin * cout;  // P x cout
+  for (int64_t ci = 0; ci < cin; ++ci) {
+    kn.filter_block(tap + ci * 9 * cout, cout, blk);
+    for (int p = 0; p < kn.p; ++p) {
+      std::memcpy(u + (p * cin + ci) * cout, blk + p * cout, size_t(cout) * sizeof(float));
+    }
+  }
+}
+
+// Floats of scratch slot 1 that the forward and data gradient use: U, the taps, one U block.
+size_t filter_scratch_floats(const Kernels& kn, int64_t c, int64_t k) {
+  return size_t((kn.p + 9) * c * k + kn.p * std::max(c, k));
+}
+
 // Blocks [b0, b1) of thread t of nt over `blocks` (contiguous, equal shares).
 void share(int64_t blocks, int t, int nt, int64_t& b0, int64_t& b1) {
   const int64_t chunk = (blocks + nt - 1) / nt;
@@ -447,10 +500,10 @@ int threads_for(int64_t blocks) {
   return int(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), blocks)));
 }
 
-void run_conv(const float* in, const float* u, const float* bias, float* out, const Geo& g,
-              int64_t cin, int64_t cout) {
+void run_conv(const Kernels& kn, const float* in, const float* u, const float* bias, float* out,
+              const Geo& g, int64_t cin, int64_t cout) {
   const int64_t blocks = (g.tiles + kRows - 1) / kRows;
-  const size_t nv = size_t(kP * kRows * cin), nm = size_t(kP * kRows * cout);
+  const size_t nv = size_t(kn.p * kRows * cin), nm = size_t(kn.p * kRows * cout);
   const std::vector<float> zeros(size_t(cin), 0.0f);
 #pragma omp parallel num_threads(threads_for(blocks))
   {
@@ -458,49 +511,51 @@ void run_conv(const float* in, const float* u, const float* bias, float* out, co
     share(blocks, omp_get_thread_num(), omp_get_num_threads(), b0, b1);
     if (b0 < b1) {
       float* v = scratch(nv + nm);
-      conv_blocks(in, u, bias, out, g, cin, cout, b0, b1, zeros.data(), v, v + nv);
+      kn.conv_blocks(in, u, bias, out, g, cin, cout, b0, b1, zeros.data(), v, v + nv);
     }
   }
 }
 
 }  // namespace
 
-bool wino_f2_cpu_supported() {
+bool wino_cpu_supported() {
   static const bool ok = __builtin_cpu_supports("avx512f");
   return ok;
 }
 
-bool wino_f2_applies(int64_t c, int64_t k, int64_t r, int64_t s, int64_t stride_h,
-                     int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dil_h, int64_t dil_w,
-                     int64_t groups) {
+bool wino_applies(int64_t c, int64_t k, int64_t r, int64_t s, int64_t stride_h, int64_t stride_w,
+                  int64_t pad_h, int64_t pad_w, int64_t dil_h, int64_t dil_w, int64_t groups) {
   return r == 3 && s == 3 && stride_h == 1 && stride_w == 1 && pad_h == 1 && pad_w == 1 &&
          dil_h == 1 && dil_w == 1 && groups == 1 && c > 0 && k > 0 && c % 16 == 0 &&
-         k % 16 == 0 && wino_f2_cpu_supported();
+         k % 16 == 0 && wino_cpu_supported();
 }
 
-void wino_f2_forward(const float* x, const float* weight, const float* bias, float* y, int64_t n,
-                     int64_t h, int64_t w, int64_t c, int64_t k) {
-  float* u = scratch(filter_scratch_floats(c, k), 1);
-  transform_filters(weight, c, k, /*flip=*/false, u, u + kP * c * k);
-  run_conv(x, u, bias, y, Geo(n, h, w), c, k);
+void wino_forward(int tile, const float* x, const float* weight, const float* bias, float* y,
+                  int64_t n, int64_t h, int64_t w, int64_t c, int64_t k) {
+  const Kernels kn = kernels(tile);
+  float* u = scratch(filter_scratch_floats(kn, c, k), 1);
+  transform_filters(kn, weight, c, k, /*flip=*/false, u, u + kn.p * c * k);
+  run_conv(kn, x, u, bias, y, Geo(n, h, w, kn.m), c, k);
 }
 
-void wino_f2_backward_data(const float* dy, const float* weight, float* dx, int64_t n, int64_t h,
-                           int64_t w, int64_t c, int64_t k) {
-  float* u = scratch(filter_scratch_floats(c, k), 1);
-  transform_filters(weight, c, k, /*flip=*/true, u, u + kP * c * k);
-  run_conv(dy, u, nullptr, dx, Geo(n, h, w), k, c);
+void wino_backward_data(int tile, const float* dy, const float* weight, float* dx, int64_t n,
+                        int64_t h, int64_t w, int64_t c, int64_t k) {
+  const Kernels kn = kernels(tile);
+  float* u = scratch(filter_scratch_floats(kn, c, k), 1);
+  transform_filters(kn, weight, c, k, /*flip=*/true, u, u + kn.p * c * k);
+  run_conv(kn, dy, u, nullptr, dx, Geo(n, h, w, kn.m), k, c);
 }
 
-void wino_f2_backward_weights(const float* x, const float* dy, float* dweight, float* dbias,
-                              int64_t n, int64_t h, int64_t w, int64_t c, int64_t k) {
-  const Geo g(n, h, w);
+void wino_backward_weights(int tile, const float* x, const float* dy, float* dweight,
+                           float* dbias, int64_t n, int64_t h, int64_t w, int64_t c, int64_t k) {
+  const Kernels kn = kernels(tile);
+  const Geo g(n, h, w, kn.m);
   const int64_t blocks = (g.tiles + kRowsW - 1) / kRowsW;
   const int nt = threads_for(blocks);
-  const size_t ndu = size_t(kP * c * k), nbuf = size_t(kP * kRowsW * (c + k));
+  const size_t ndu = size_t(kn.p * c * k), nbuf = size_t(kn.p * kRowsW * (c + k));
   float* du = scratch(size_t(nt) * ndu + size_t(9 * c * k), 1);  // partials, then the taps
   std::vector<double> db(dbias ? size_t(nt) * size_t(k) : 0, 0.0);
-  const std::vector<float> zeros(size_t(c), 0.0f);
+  const std::vector<float> zeros(size_t(std::max(c, k)), 0.0f);
   int team = 1;  // the threads the runtime started (at most nt), each with its zeroed partial
 #pragma omp parallel num_threads(nt)
   {
@@ -512,7 +567,7 @@ void wino_f2_backward_weights(const float* x, const float* dy, float* dweight, f
     share(blocks, t, omp_get_num_threads(), b0, b1);
     if (b0 < b1) {
       float* v = scratch(nbuf);
-      weight_blocks(x, dy, g, c, k, b0, b1, zeros.data(), v, v + kP * kRowsW * c, part);
+      kn.weight_blocks(x, dy, g, c, k, b0, b1, zeros.data(), v, v + kn.p * kRowsW * c, part);
     }
     if (dbias) {  // the same share of pixel rows, summed in double
       int64_t r0, r1;
@@ -530,7 +585,7 @@ void wino_f2_backward_weights(const float* x, const float* dy, float* dweight, f
     for (size_t i = 0; i < ndu; ++i) du[i] += part[i];
   }
   float* taps = du + size_t(nt) * ndu;  // taps[cc][r][s][kk]
-  for (int64_t cc = 0; cc < c; ++cc) weight_grad_block(du, c, k, cc, taps + cc * 9 * k);
+  for (int64_t cc = 0; cc < c; ++cc) kn.weight_grad_block(du, c, k, cc, taps + cc * 9 * k);
   for (int rs = 0; rs < 9; ++rs) transpose(taps + rs * k, 9 * k, dweight + rs * c, 9 * c, c, k);
   if (dbias) {
     for (int64_t kk = 0; kk < k; ++kk) {

@@ -311,7 +311,7 @@ ExperimentConfig parse_config(const std::string& yaml_text, const std::string& f
   c.log_interval = top.integer("log_interval", c.log_interval, 1, kBig);
   c.threads = top.integer("threads", c.threads, 0, 1024);
   c.amp = top.str("amp", c.amp, {"off", "bf16", "f16"});
-  c.cpu_conv = top.str("cpu_conv", c.cpu_conv, {"auto", "direct", "winograd", "winograd_f2"});
+  c.cpu_conv = top.str("cpu_conv", c.cpu_conv, {"auto", "direct", "winograd", "winograd_f2", "winograd_f4"});
 
   Section d = top.sub("data");
   DataConfig& dc = c.data;

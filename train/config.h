@@ -96,7 +96,7 @@ struct ExperimentConfig {
   int64_t log_interval = 50;    // steps between log records
   int64_t threads = 0;          // CPU threads (0 = OpenMP's default)
   std::string amp = "off";      // mixed precision: off | bf16 | f16 (core/autocast.h)
-  std::string cpu_conv = "auto";  // CPU 3x3 convolutions: auto | direct | winograd | winograd_f2 (layers/conv2d.h)
+  std::string cpu_conv = "auto";  // CPU 3x3 convolutions: auto | direct | winograd | winograd_f2 | winograd_f4 (layers/conv2d.h)
   DataConfig data;
   ModelConfig model;
   std::vector<StageConfig> stages;

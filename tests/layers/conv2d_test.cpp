@@ -261,9 +261,9 @@ bool cpu_has_winograd() {
 
 TEST(Conv2d, EveryCpuAlgorithmMatchesTheNaiveLoops) {
   manual_seed(18);
-  const bool wino = cpu_has_winograd(), wino_f2 = detail::wino_f2_cpu_supported();
+  const bool wino = cpu_has_winograd(), lowbit_wino = detail::wino_cpu_supported();
   for (CpuConvAlgo algo : {CpuConvAlgo::direct, CpuConvAlgo::auto_, CpuConvAlgo::winograd,
-                           CpuConvAlgo::winograd_f2}) {
+                           CpuConvAlgo::winograd_f2, CpuConvAlgo::winograd_f4}) {
     CpuConvAlgoScope scope(algo);
     for (const ConvCase& p : {ConvCase{2, 9, 9, 16, 16, 3, 3, 1, 1, 1, 1, true},
                               ConvCase{3, 6, 7, 32, 32, 3, 3, 1, 1, 1, 1, false},
@@ -273,15 +273,16 @@ TEST(Conv2d, EveryCpuAlgorithmMatchesTheNaiveLoops) {
       // The kernels this case is meant to exercise ran (forward and both gradients).
       const ConvShape s = conv2d_shape(empty({p.n, p.h, p.w, p.c}), empty({p.k, 3, 3, p.c}), options_of(p));
       const bool expect_wino = wino && algo == CpuConvAlgo::winograd;
-      const bool expect_f2 = wino_f2 && p.pad == 1 &&
-                             (algo == CpuConvAlgo::winograd_f2 || algo == CpuConvAlgo::auto_);
+      const bool expect_f2 = lowbit_wino && p.pad == 1 && algo == CpuConvAlgo::winograd_f2;
+      const bool expect_f4 = lowbit_wino && p.pad == 1 &&
+                             (algo == CpuConvAlgo::winograd_f4 || algo == CpuConvAlgo::auto_);
       for (bool backward : {false, true}) {
         const std::string kernels = conv2d_cpu_kernel(s, p.bias, DType::f32, backward);
         if (expect_wino) {
           EXPECT_THAT(kernels, ::testing::MatchesRegex(backward ? "jit_wino.*, jit_wino.*" : "jit_wino.*"));
-        } else if (expect_f2) {
-          EXPECT_THAT(kernels, ::testing::MatchesRegex(backward ? "lowbit_wino_f2x2.*, lowbit_wino_f2x2.*"
-                                                                : "lowbit_wino_f2x2.*"));
+        } else if (expect_f2 || expect_f4) {
+          const std::string k = expect_f2 ? "lowbit_wino_f2x2.*" : "lowbit_wino_f4x4.*";
+          EXPECT_THAT(kernels, ::testing::MatchesRegex(backward ? k + ", " + k : k));
         } else {
           EXPECT_THAT(kernels, Not(HasSubstr("wino")));
         }
@@ -291,15 +292,16 @@ TEST(Conv2d, EveryCpuAlgorithmMatchesTheNaiveLoops) {
       Tensor b = p.bias ? randn({p.k}).requires_grad_() : Tensor();
       Tensor y = conv2d(x, w, b, options_of(p));
       // Outputs are sums of 144-288 N(0,1) products (scale ~15); f32 and Winograd's transforms
-      // stay within 1e-4 absolute plus 1e-4 relative.
-      EXPECT_TENSOR_NEAR(y, naive_conv(p, x, w, b), 1e-4, 1e-4);
+      // stay within 1e-4 absolute plus 1e-4 relative; lowbit's F(4x4, 3x3) within 1e-3.
+      const double atol = expect_f4 ? 1e-3 : 1e-4;
+      EXPECT_TENSOR_NEAR(y, naive_conv(p, x, w, b), atol, 1e-4);
       Tensor g = randn(y.shape());
       sum(y * g).backward();
       const NaiveGrads d = naive_conv_grads(p, testing::to_doubles(x), testing::to_doubles(w),
                                             testing::to_doubles(g));
-      EXPECT_TENSOR_NEAR(x.grad(), testing::tensor_of(d.dx, x.shape(), DType::f64), 1e-4, 1e-4);
+      EXPECT_TENSOR_NEAR(x.grad(), testing::tensor_of(d.dx, x.shape(), DType::f64), atol, 1e-4);
       // Weight gradients sum over every output position (up to 3*9*9 = 243 products per tap).
-      EXPECT_TENSOR_NEAR(w.grad(), testing::tensor_of(d.dw, w.shape(), DType::f64), 1e-4, 1e-3);
+      EXPECT_TENSOR_NEAR(w.grad(), testing::tensor_of(d.dw, w.shape(), DType::f64), atol, 1e-3);
       if (p.bias) {
         EXPECT_TENSOR_NEAR(b.grad(), testing::tensor_of(d.db, b.shape(), DType::f64), 1e-5, 1e-4);
       }
@@ -307,9 +309,10 @@ TEST(Conv2d, EveryCpuAlgorithmMatchesTheNaiveLoops) {
   }
 }
 
-// winograd takes oneDNN's Winograd wherever it applies; winograd_f2 and auto take lowbit's
-// F(2x2, 3x3) for padding-1 3x3 stride-1 convolutions with channel counts that are multiples of
-// 16; direct never takes either. On CPUs without AVX-512 every choice is a direct kernel.
+// winograd takes oneDNN's Winograd wherever it applies; winograd_f4 and auto take lowbit's
+// F(4x4, 3x3), winograd_f2 its F(2x2, 3x3), for padding-1 3x3 stride-1 convolutions with channel
+// counts that are multiples of 16; direct never takes either. On CPUs without AVX-512 every
+// choice is a direct kernel.
 TEST(Conv2d, CpuAlgorithmChoosesTheKernel) {
   auto shape = [](const ConvCase& p) {
     return conv2d_shape(empty({p.n, p.h, p.w, p.c}), empty({p.k, p.r, p.s, p.c}), options_of(p));
@@ -322,10 +325,11 @@ TEST(Conv2d, CpuAlgorithmChoosesTheKernel) {
     CpuConvAlgoScope scope(a);
     return conv2d_cpu_kernel(s, false, DType::f32);
   };
-  if (detail::wino_f2_cpu_supported()) {
-    for (CpuConvAlgo a : {CpuConvAlgo::auto_, CpuConvAlgo::winograd_f2}) {
-      EXPECT_THAT(kernel(a, s16), HasSubstr("lowbit_wino_f2x2"));
-      EXPECT_THAT(kernel(a, s32), HasSubstr("lowbit_wino_f2x2"));
+  if (detail::wino_cpu_supported()) {
+    for (CpuConvAlgo a : {CpuConvAlgo::auto_, CpuConvAlgo::winograd_f4, CpuConvAlgo::winograd_f2}) {
+      const std::string name = a == CpuConvAlgo::winograd_f2 ? "lowbit_wino_f2x2" : "lowbit_wino_f4x4";
+      EXPECT_THAT(kernel(a, s16), HasSubstr(name));
+      EXPECT_THAT(kernel(a, s32), HasSubstr(name));
       EXPECT_THAT(kernel(a, s24), Not(HasSubstr("wino")));      // 24 channels: oneDNN direct
       EXPECT_THAT(kernel(a, strided), Not(HasSubstr("wino")));  // stride 2: oneDNN direct
     }
@@ -343,12 +347,14 @@ TEST(Conv2d, CpuAlgorithmNamesParseAndBadOnesAreNamed) {
   EXPECT_EQ(parse_cpu_conv_algo("direct", "x"), CpuConvAlgo::direct);
   EXPECT_EQ(parse_cpu_conv_algo("winograd", "x"), CpuConvAlgo::winograd);
   EXPECT_EQ(parse_cpu_conv_algo("winograd_f2", "x"), CpuConvAlgo::winograd_f2);
+  EXPECT_EQ(parse_cpu_conv_algo("winograd_f4", "x"), CpuConvAlgo::winograd_f4);
   EXPECT_EQ(cpu_conv_algo_name(CpuConvAlgo::winograd), std::string("winograd"));
   EXPECT_EQ(cpu_conv_algo_name(CpuConvAlgo::winograd_f2), std::string("winograd_f2"));
+  EXPECT_EQ(cpu_conv_algo_name(CpuConvAlgo::winograd_f4), std::string("winograd_f4"));
   const std::string msg = testing::error_of([] { parse_cpu_conv_algo("wino", "run.yaml: cpu_conv"); });
   EXPECT_THAT(msg, HasSubstr("run.yaml: cpu_conv"));
   EXPECT_THAT(msg, HasSubstr("'wino'"));
-  EXPECT_THAT(msg, HasSubstr("auto, direct, winograd, winograd_f2"));
+  EXPECT_THAT(msg, HasSubstr("auto, direct, winograd, winograd_f2, winograd_f4"));
 }
 
 TEST(Conv2dGpu, ForwardBackwardMatchCpu) {

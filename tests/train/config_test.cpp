@@ -79,7 +79,7 @@ TEST(Config, CpuConvSwitch) {
   EXPECT_EQ(parse_config(kMinimal, "cfg.yaml").cpu_conv, "auto");
   EXPECT_EQ(parse_config(std::string(kMinimal) + "cpu_conv: winograd\n", "cfg.yaml").cpu_conv, "winograd");
   EXPECT_THAT(error_of(kMinimal, {"cpu_conv=fft"}),
-              HasSubstr("cpu_conv: 'fft' is not allowed; allowed: auto, direct, winograd, winograd_f2"));
+              HasSubstr("cpu_conv: 'fft' is not allowed; allowed: auto, direct, winograd, winograd_f2, winograd_f4"));
 }
 
 TEST(Config, OutOfRangeAndChoices) {
