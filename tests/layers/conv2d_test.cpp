@@ -292,8 +292,8 @@ TEST(Conv2d, EveryCpuAlgorithmMatchesTheNaiveLoops) {
       Tensor b = p.bias ? randn({p.k}).requires_grad_() : Tensor();
       Tensor y = conv2d(x, w, b, options_of(p));
       // Outputs are sums of 144-288 N(0,1) products (scale ~15); f32 and Winograd's transforms
-      // stay within 1e-4 absolute plus 1e-4 relative; lowbit's F(4x4, 3x3) within 1e-3.
-      const double atol = expect_f4 ? 1e-3 : 1e-4;
+      // stay within 1e-4 absolute plus 1e-4 relative; lowbit's F(4x4, 3x3) within 5e-4 absolute.
+      const double atol = expect_f4 ? 5e-4 : 1e-4;
       EXPECT_TENSOR_NEAR(y, naive_conv(p, x, w, b), atol, 1e-4);
       Tensor g = randn(y.shape());
       sum(y * g).backward();
