@@ -54,14 +54,14 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
 //               byte for byte.
 //  winograd_f4: lowbit's own Winograd F(4x4, 3x3) (layers/winograd_cpu.h: padding 1, channel
 //               counts multiples of 16, AVX-512F) wherever it applies, oneDNN direct elsewhere.
-//  winograd_f2: the same with F(2x2, 3x3): slower, about 10x less rounding error than F(4x4).
+//  winograd_f2: the same with F(2x2, 3x3): slower, 5-10x less rounding error than F(4x4).
 //  auto:        lowbit's pick per shape: today winograd_f4 where it applies, direct elsewhere.
 // Measured (docs/benchmarks.md, "lowbit's Winograd"): oneDNN's Winograd is faster per call on
 // data in cache but not in a training step (its transformed tensors, 2.25x the data, and the
 // reorders cost what they save); lowbit's keeps its transformed tiles in per-thread buffers that
 // stay in cache: F(4x4, 3x3) is 1.3-1.9x faster than oneDNN's direct kernels per call.
 // The Winograd variants round differently from the direct sum: F(2x2, 3x3) about twice its f32
-// error, F(4x4, 3x3) (both oneDNN's and lowbit's) 10-50 times it, about 5e-6 of the largest
+// error, F(4x4, 3x3) (both oneDNN's and lowbit's) 5-20 times it, about 1-3e-6 of the largest
 // output (tests/layers/conv2d_test.cpp and winograd_cpu_test.cpp compare them with the naive loops).
 // bf16, grouped and strided convolutions always take oneDNN's direct kernels.
 // Process-wide; kernels are cached per geometry and algorithm.

@@ -12,8 +12,8 @@
 //
 // Applies to channel counts that are multiples of 16 on CPUs with AVX-512F; conv2d.cpp falls
 // back to oneDNN elsewhere. The results differ from the direct sum by rounding only: F(2x2, 3x3)
-// by about twice the direct sum's error, F(4x4, 3x3) (coefficients up to 8 and 1/24) by 10-50
-// times it, about 5e-6 of the largest output (tests compare both against naive loops in
+// by about twice the direct sum's error, F(4x4, 3x3) (coefficients up to 8 and 1/15) by 5-20
+// times it, about 1-3e-6 of the largest output (tests compare both against naive loops in
 // double). Forward and data gradient are the same for any thread count; the weight gradient sums
 // per-thread partials in thread order, so it depends on the thread count only.
 #pragma once

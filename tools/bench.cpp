@@ -62,7 +62,7 @@ const char* kTrainHelp =
     "                 Winograd F(4x4, 3x3) where it applies, oneDNN's direct kernels elsewhere),\n"
     "                 direct (oneDNN's direct kernels everywhere, as PyTorch), winograd (oneDNN's\n"
     "                 Winograd F(4x4, 3x3) wherever it applies), winograd_f4 (lowbit's, as auto)\n"
-    "                 or winograd_f2 (lowbit's F(2x2, 3x3): slower, 10x less rounding error)\n"
+    "                 or winograd_f2 (lowbit's F(2x2, 3x3): slower, 5-10x less rounding error)\n"
     "  --seed S       seed of the weights and the synthetic batch (default 0)\n"
     "  --json         print one JSON object: model, batch, hw, cin, classes, mode, device,\n"
     "                 threads, cpu_conv, steps, warmup, params, images_per_s, ms_per_step,\n"
