@@ -217,13 +217,20 @@ bool winograd_candidate(const ConvShape& s, DType t, CpuConvAlgo algo) {
          s.s == 3 && s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 && s.dil_w == 1;
 }
 
+// auto takes lowbit's Winograd only up to the channel counts it was measured on (16-64,
+// docs/benchmarks.md): beyond them its transformed filters (36 c k floats) leave the cache and
+// its per-thread weight-gradient partials grow with c k; winograd_f4/f2 take it anyway.
+constexpr int64_t kAutoWinoMaxChannels = 64;
+
 // lowbit's Winograd (winograd_cpu.h) where it applies: the output tile it takes (4 for
 // F(4x4, 3x3) under auto and winograd_f4, 2 for F(2x2, 3x3) under winograd_f2), 0 for oneDNN.
 int wino_tile(const ConvShape& s, DType t) {
   const CpuConvAlgo algo = g_algo.load();
-  const int tile = algo == CpuConvAlgo::winograd_f2 ? 2
-                   : algo == CpuConvAlgo::winograd_f4 || algo == CpuConvAlgo::auto_ ? 4
-                                                                                    : 0;
+  const bool auto_fits = s.c <= kAutoWinoMaxChannels && s.k <= kAutoWinoMaxChannels;
+  const int tile = algo == CpuConvAlgo::winograd_f2                                       ? 2
+                   : algo == CpuConvAlgo::winograd_f4                                     ? 4
+                   : algo == CpuConvAlgo::auto_ && auto_fits                             ? 4
+                                                                                         : 0;
   const bool applies = tile != 0 && t == DType::f32 &&
                        detail::wino_applies(s.c, s.k, s.r, s.s, s.stride_h, s.stride_w, s.pad_h,
                                             s.pad_w, s.dil_h, s.dil_w, s.groups);

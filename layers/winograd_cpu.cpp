@@ -16,11 +16,14 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <new>
 #include <type_traits>
 #include <vector>
+
+#include "core/error.h"
 
 namespace lowbit::layers::detail {
 
@@ -89,6 +92,8 @@ struct TileCursor {
 // Per-thread scratch, 64-byte aligned (whole cache lines per vector store), that lives as long as
 // the thread (OpenMP's pool threads persist): no allocation or page fault per call. Two slots so
 // that a caller's filters (slot 1) survive its own use of slot 0 inside the parallel region.
+// Null when it cannot grow (no exception: it is called inside OpenMP regions, which an exception
+// must not leave); `need` below turns that into an error outside them.
 float* scratch(size_t floats, int slot = 0) {
   struct Buf {
     float* p = nullptr;
@@ -98,10 +103,11 @@ float* scratch(size_t floats, int slot = 0) {
   thread_local Buf bufs[2];
   Buf& b = bufs[slot];
   if (b.n < floats) {
-    std::free(b.p);
     const size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
-    b.p = static_cast<float*>(std::aligned_alloc(64, bytes));
-    if (b.p == nullptr) throw std::bad_alloc();
+    float* p = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (p == nullptr) return nullptr;  // the old buffer stays valid; the caller reports it
+    std::free(b.p);
+    b.p = p;
     b.n = floats;
   }
   return b.p;
@@ -463,7 +469,11 @@ Kernels kernels_of() {
   return {M, Wino<M>::a * Wino<M>::a, filter_block<M>, weight_grad_block<M>, conv_blocks<M>,
           weight_blocks<M>};
 }
-Kernels kernels(int tile) { return tile == 4 ? kernels_of<4>() : kernels_of<2>(); }
+Kernels kernels(int tile) {
+  LOWBIT_CHECK(tile == 2 || tile == 4, "winograd (cpu): tile ", tile, " is not 2 or 4");
+  LOWBIT_CHECK(wino_cpu_supported(), "winograd (cpu): this CPU has no AVX-512F; use cpu_conv: direct");
+  return tile == 4 ? kernels_of<4>() : kernels_of<2>();
+}
 
 // U = G g G^T for every filter: u[p][ci][co]. The forward's g is weight[co][.][.][ci]; flipped
 // (data gradient, ci runs over k and co over c) g[r][s] = weight[ci][2-r][2-s][co]. The taps are
@@ -496,11 +506,18 @@ size_t filter_scratch_floats(const Kernels& kn, int64_t c, int64_t k) {
   return size_t((kn.p + 9) * c * k + kn.p * std::max(c, k));
 }
 
-// Blocks [b0, b1) of thread t of nt over `blocks` (contiguous, equal shares).
+// Blocks [b0, b1) of thread t of nt over `blocks`: contiguous shares that differ by at most one.
 void share(int64_t blocks, int t, int nt, int64_t& b0, int64_t& b1) {
-  const int64_t chunk = (blocks + nt - 1) / nt;
-  b0 = std::min(blocks, int64_t(t) * chunk);
-  b1 = std::min(blocks, b0 + chunk);
+  b0 = blocks * t / nt;
+  b1 = blocks * (t + 1) / nt;
+}
+
+// Scratch that must exist: the error names the convolution's size.
+float* need(size_t floats, int slot) {
+  float* p = scratch(floats, slot);
+  LOWBIT_CHECK(p != nullptr, "conv2d (cpu, Winograd): cannot allocate ", floats * sizeof(float),
+               " bytes of scratch; use cpu_conv: direct");
+  return p;
 }
 
 int threads_for(int64_t blocks) {
@@ -512,21 +529,26 @@ void run_conv(const Kernels& kn, const float* in, const float* u, const float* b
   const int64_t blocks = (g.tiles + kRows - 1) / kRows;
   const size_t nv = size_t(kn.p * kRows * cin), nm = size_t(kn.p * kRows * cout);
   const std::vector<float> zeros(size_t(cin), 0.0f);
+  std::atomic<bool> failed{false};
 #pragma omp parallel num_threads(threads_for(blocks))
   {
     int64_t b0, b1;
     share(blocks, omp_get_thread_num(), omp_get_num_threads(), b0, b1);
-    if (b0 < b1) {
-      float* v = scratch(nv + nm);
-      kn.conv_blocks(in, u, bias, out, g, cin, cout, b0, b1, zeros.data(), v, v + nv);
-    }
+    float* v = b0 < b1 ? scratch(nv + nm) : nullptr;
+    if (b0 < b1 && v == nullptr) failed = true;
+    if (v != nullptr) kn.conv_blocks(in, u, bias, out, g, cin, cout, b0, b1, zeros.data(), v, v + nv);
   }
+  LOWBIT_CHECK(!failed, "conv2d (cpu, Winograd): cannot allocate ", (nv + nm) * sizeof(float),
+               " bytes of scratch per thread; use cpu_conv: direct");
 }
 
 }  // namespace
 
 bool wino_cpu_supported() {
-  static const bool ok = __builtin_cpu_supports("avx512f");
+  static const bool ok = [] {
+    __builtin_cpu_init();  // in case this runs before libgcc's own initialisation
+    return __builtin_cpu_supports("avx512f") != 0;
+  }();
   return ok;
 }
 
@@ -540,7 +562,7 @@ bool wino_applies(int64_t c, int64_t k, int64_t r, int64_t s, int64_t stride_h, 
 void wino_forward(int tile, const float* x, const float* weight, const float* bias, float* y,
                   int64_t n, int64_t h, int64_t w, int64_t c, int64_t k) {
   const Kernels kn = kernels(tile);
-  float* u = scratch(filter_scratch_floats(kn, c, k), 1);
+  float* u = need(filter_scratch_floats(kn, c, k), 1);
   transform_filters(kn, weight, c, k, /*flip=*/false, u, u + kn.p * c * k);
   run_conv(kn, x, u, bias, y, Geo(n, h, w, kn.m), c, k);
 }
@@ -548,7 +570,7 @@ void wino_forward(int tile, const float* x, const float* weight, const float* bi
 void wino_backward_data(int tile, const float* dy, const float* weight, float* dx, int64_t n,
                         int64_t h, int64_t w, int64_t c, int64_t k) {
   const Kernels kn = kernels(tile);
-  float* u = scratch(filter_scratch_floats(kn, c, k), 1);
+  float* u = need(filter_scratch_floats(kn, c, k), 1);
   transform_filters(kn, weight, c, k, /*flip=*/true, u, u + kn.p * c * k);
   run_conv(kn, dy, u, nullptr, dx, Geo(n, h, w, kn.m), k, c);
 }
@@ -560,10 +582,11 @@ void wino_backward_weights(int tile, const float* x, const float* dy, float* dwe
   const int64_t blocks = (g.tiles + kRowsW - 1) / kRowsW;
   const int nt = threads_for(blocks);
   const size_t ndu = size_t(kn.p * c * k), nbuf = size_t(kn.p * kRowsW * (c + k));
-  float* du = scratch(size_t(nt) * ndu + size_t(9 * c * k), 1);  // partials, then the taps
+  float* du = need(size_t(nt) * ndu + size_t(9 * c * k), 1);  // partials, then the taps
   std::vector<double> db(dbias ? size_t(nt) * size_t(k) : 0, 0.0);
   const std::vector<float> zeros(size_t(std::max(c, k)), 0.0f);
   int team = 1;  // the threads the runtime started (at most nt), each with its zeroed partial
+  std::atomic<bool> failed{false};
 #pragma omp parallel num_threads(nt)
   {
     const int t = omp_get_thread_num();
@@ -572,10 +595,9 @@ void wino_backward_weights(int tile, const float* x, const float* dy, float* dwe
     std::memset(part, 0, ndu * sizeof(float));
     int64_t b0, b1;
     share(blocks, t, omp_get_num_threads(), b0, b1);
-    if (b0 < b1) {
-      float* v = scratch(nbuf);
-      kn.weight_blocks(x, dy, g, c, k, b0, b1, zeros.data(), v, v + kn.p * kRowsW * c, part);
-    }
+    float* v = b0 < b1 ? scratch(nbuf) : nullptr;
+    if (b0 < b1 && v == nullptr) failed = true;
+    if (v != nullptr) kn.weight_blocks(x, dy, g, c, k, b0, b1, zeros.data(), v, v + kn.p * kRowsW * c, part);
     if (dbias) {  // the same share of pixel rows, summed in double
       int64_t r0, r1;
       share(n * h * w, t, omp_get_num_threads(), r0, r1);
@@ -586,6 +608,8 @@ void wino_backward_weights(int tile, const float* x, const float* dy, float* dwe
       }
     }
   }
+  LOWBIT_CHECK(!failed, "conv2d (cpu, Winograd): cannot allocate ", nbuf * sizeof(float),
+               " bytes of scratch per thread; use cpu_conv: direct");
   // Partials in thread order, then dg = G^T dU G per input channel.
   for (int t = 1; t < team; ++t) {
     const float* part = du + size_t(t) * ndu;

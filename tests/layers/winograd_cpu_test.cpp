@@ -151,7 +151,7 @@ INSTANTIATE_TEST_SUITE_P(
 // a given thread count and close across counts.
 TEST(WinogradThreads, ForwardAndDataGradientAreTheSameForAnyThreadCount) {
   if (!wino_cpu_supported()) GTEST_SKIP() << "no AVX-512F on this CPU";
-  const int64_t n = 4, h = 11, w = 9, c = 32, k = 48;
+  const int64_t n = 4, h = 17, w = 13, c = 32, k = 48;  // F(4x4): 80 tiles, 4 weight blocks
   const std::vector<float> x = normal(size_t(n * h * w * c), 5);
   const std::vector<float> wt = normal(size_t(k * 9 * c), 6);
   const std::vector<float> g = normal(size_t(n * h * w * k), 7);
