@@ -217,10 +217,11 @@ bool winograd_candidate(const ConvShape& s, DType t, CpuConvAlgo algo) {
          s.s == 3 && s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 && s.dil_w == 1;
 }
 
-// auto takes lowbit's Winograd only up to the channel counts it was measured on (16-64,
-// docs/benchmarks.md): beyond them its transformed filters (36 c k floats) leave the cache and
-// its per-thread weight-gradient partials grow with c k; winograd_f4/f2 take it anyway.
-constexpr int64_t kAutoWinoMaxChannels = 64;
+// auto takes lowbit's Winograd only up to the channel counts it was measured on (16-256,
+// docs/benchmarks.md): beyond them its transformed filters (36 c k floats, 9.4 MB at 256 x 256)
+// leave the cache and its per-thread weight-gradient partials (as large) grow with c k;
+// winograd_f4/f2 take it anyway.
+constexpr int64_t kAutoWinoMaxChannels = 256;
 
 // lowbit's Winograd (winograd_cpu.h) where it applies: the output tile it takes (4 for
 // F(4x4, 3x3) under auto and winograd_f4, 2 for F(2x2, 3x3) under winograd_f2), 0 for oneDNN.

@@ -56,7 +56,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
 //               counts multiples of 16, AVX-512F) wherever it applies, oneDNN direct elsewhere.
 //  winograd_f2: the same with F(2x2, 3x3): slower, 5-10x less rounding error than F(4x4).
 //  auto:        lowbit's pick per shape: today winograd_f4 where it applies and both channel
-//               counts are at most 64 (the measured range), direct elsewhere.
+//               counts are at most 256 (the measured range), direct elsewhere.
 // Measured (docs/benchmarks.md, "lowbit's Winograd"): oneDNN's Winograd is faster per call on
 // data in cache but not in a training step (its transformed tensors, 2.25x the data, and the
 // reorders cost what they save); lowbit's keeps its transformed tiles in per-thread buffers that

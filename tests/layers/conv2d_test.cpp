@@ -311,7 +311,7 @@ TEST(Conv2d, EveryCpuAlgorithmMatchesTheNaiveLoops) {
 
 // winograd takes oneDNN's Winograd wherever it applies; winograd_f4 and auto take lowbit's
 // F(4x4, 3x3), winograd_f2 its F(2x2, 3x3), for padding-1 3x3 stride-1 convolutions with channel
-// counts that are multiples of 16 (auto only up to 64); direct never takes either. On CPUs without AVX-512 every
+// counts that are multiples of 16 (auto only up to 256); direct never takes either. On CPUs without AVX-512 every
 // choice is a direct kernel.
 TEST(Conv2d, CpuAlgorithmChoosesTheKernel) {
   auto shape = [](const ConvCase& p) {
@@ -333,10 +333,12 @@ TEST(Conv2d, CpuAlgorithmChoosesTheKernel) {
       EXPECT_THAT(kernel(a, s24), Not(HasSubstr("wino")));      // 24 channels: oneDNN direct
       EXPECT_THAT(kernel(a, strided), Not(HasSubstr("wino")));  // stride 2: oneDNN direct
     }
-    // auto stays within the measured channel range (at most 64); winograd_f4 does not.
-    const ConvShape s128 = shape(ConvCase{8, 14, 14, 64, 128, 3, 3, 1, 1, 1, 1, false});
-    EXPECT_THAT(kernel(CpuConvAlgo::auto_, s128), Not(HasSubstr("wino")));
-    EXPECT_THAT(kernel(CpuConvAlgo::winograd_f4, s128), HasSubstr("lowbit_wino_f4x4"));
+    // auto stays within the measured channel range (at most 256); winograd_f4 does not.
+    const ConvShape s256 = shape(ConvCase{2, 4, 4, 256, 256, 3, 3, 1, 1, 1, 1, false});
+    const ConvShape s512 = shape(ConvCase{2, 4, 4, 256, 512, 3, 3, 1, 1, 1, 1, false});
+    EXPECT_THAT(kernel(CpuConvAlgo::auto_, s256), HasSubstr("lowbit_wino_f4x4"));
+    EXPECT_THAT(kernel(CpuConvAlgo::auto_, s512), Not(HasSubstr("wino")));
+    EXPECT_THAT(kernel(CpuConvAlgo::winograd_f4, s512), HasSubstr("lowbit_wino_f4x4"));
   }
   EXPECT_EQ(cpu_conv_algo(), CpuConvAlgo::auto_) << "the process-wide default";
   EXPECT_THAT(kernel(CpuConvAlgo::direct, s16), Not(HasSubstr("wino")));
