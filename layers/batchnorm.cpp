@@ -176,71 +176,52 @@ void bn_column_sums_cpu(const Tensor& x, const Tensor& dy, const Tensor& y, cons
   });
 }
 
-// Rows x channels as two loops (no per-element modulo), with the fused ReLU a template flag and
-// its backward mask relu_select (branch-free), so the inner loops vectorise. The per-element math
-// is bn_affine / bn_grad_input's (with the mask applied to dy first: the same value).
-template <typename scalar_t, bool kRelu>
-void affine_rows(const Tensor& x, const Tensor& a, const Tensor& b, const Tensor& y) {
-  using acc_t = bn_acc_t<scalar_t>;
-  const int64_t c = x.size(-1), m = x.numel() / c;
-  const scalar_t* px = static_cast<const scalar_t*>(x.raw_data());
-  scalar_t* py = static_cast<scalar_t*>(y.raw_data());
-  const acc_t* pa = static_cast<const acc_t*>(a.raw_data());
-  const acc_t* pb = static_cast<const acc_t*>(b.raw_data());
-  core::for_each_chunk(m, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const scalar_t* __restrict xr = px + r * c;
-      scalar_t* __restrict yr = py + r * c;
-      for (int64_t ch = 0; ch < c; ++ch) {
-        yr[ch] = scalar_t(bn_affine(acc_t(opmath_t<scalar_t>(xr[ch])), pa[ch], pb[ch], kRelu));
-      }
-    }
-  }, std::max<int64_t>(1, core::kParallelGrain / c));
-}
-
+// Rows x channels as two loops (no per-element modulo), so the inner loop vectorises.
 void bn_affine_cpu(const Tensor& x, const Tensor& a, const Tensor& b, bool relu, const Tensor& y) {
-  LOWBIT_DISPATCH_FLOATING(x.dtype(), "batch_norm", [&] {
-    if (relu) affine_rows<scalar_t, true>(x, a, b, y);
-    else affine_rows<scalar_t, false>(x, a, b, y);
-  });
-}
-
-template <typename scalar_t, bool kRelu>
-void grad_input_rows(const Tensor& x, const Tensor& dy, const Tensor& y, const Tensor& a,
-                     const Tensor& b, const Tensor& d, const Tensor& mean, const Tensor& dx) {
-  using acc_t = bn_acc_t<scalar_t>;
   const int64_t c = x.size(-1), m = x.numel() / c;
-  const scalar_t* px = static_cast<const scalar_t*>(x.raw_data());
-  const scalar_t* pdy = static_cast<const scalar_t*>(dy.raw_data());
-  const scalar_t* py = kRelu ? static_cast<const scalar_t*>(y.raw_data()) : nullptr;
-  scalar_t* pdx = static_cast<scalar_t*>(dx.raw_data());
-  const acc_t* pa = static_cast<const acc_t*>(a.raw_data());
-  const acc_t* pb = static_cast<const acc_t*>(b.raw_data());
-  const acc_t* pd = static_cast<const acc_t*>(d.raw_data());
-  const acc_t* pm = static_cast<const acc_t*>(mean.raw_data());
-  core::for_each_chunk(m, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const scalar_t* __restrict xr = px + r * c;
-      const scalar_t* __restrict gr = pdy + r * c;
-      const scalar_t* __restrict yr = kRelu ? py + r * c : gr;
-      scalar_t* __restrict dxr = pdx + r * c;
-      for (int64_t ch = 0; ch < c; ++ch) {
-        const acc_t gv = acc_t(opmath_t<scalar_t>(gr[ch]));
-        const acc_t g = kRelu ? relu_select(acc_t(opmath_t<scalar_t>(yr[ch])), gv) : gv;
-        dxr[ch] = scalar_t(bn_grad_input(acc_t(opmath_t<scalar_t>(xr[ch])), g, acc_t(1), pa[ch],
-                                         pb[ch], pd[ch], pm[ch], false));
+  LOWBIT_DISPATCH_FLOATING(x.dtype(), "batch_norm", [&] {
+    using acc_t = bn_acc_t<scalar_t>;
+    const scalar_t* px = static_cast<const scalar_t*>(x.raw_data());
+    scalar_t* py = static_cast<scalar_t*>(y.raw_data());
+    const acc_t* pa = static_cast<const acc_t*>(a.raw_data());
+    const acc_t* pb = static_cast<const acc_t*>(b.raw_data());
+    core::for_each_chunk(m, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const scalar_t* xr = px + r * c;
+        scalar_t* yr = py + r * c;
+        for (int64_t ch = 0; ch < c; ++ch) {
+          yr[ch] = scalar_t(bn_affine(acc_t(opmath_t<scalar_t>(xr[ch])), pa[ch], pb[ch], relu));
+        }
       }
-    }
-  }, std::max<int64_t>(1, core::kParallelGrain / c));
+    }, std::max<int64_t>(1, core::kParallelGrain / c));
+  });
 }
 
 void bn_grad_input_cpu(const Tensor& x, const Tensor& dy, const Tensor& y, const Tensor& a,
                        const Tensor& b, const Tensor& d, const Tensor& mean, bool relu,
                        const Tensor& dx) {
-  LOWBIT_CHECK(!relu || y.defined(), "batch_norm backward: the fused ReLU needs the output");
+  const int64_t c = x.size(-1), m = x.numel() / c;
   LOWBIT_DISPATCH_FLOATING(x.dtype(), "batch_norm backward", [&] {
-    if (relu) grad_input_rows<scalar_t, true>(x, dy, y, a, b, d, mean, dx);
-    else grad_input_rows<scalar_t, false>(x, dy, y, a, b, d, mean, dx);
+    using acc_t = bn_acc_t<scalar_t>;
+    const scalar_t* px = static_cast<const scalar_t*>(x.raw_data());
+    const scalar_t* pdy = static_cast<const scalar_t*>(dy.raw_data());
+    const scalar_t* py = ptr_or_null<scalar_t>(y);
+    scalar_t* pdx = static_cast<scalar_t*>(dx.raw_data());
+    const acc_t* pa = static_cast<const acc_t*>(a.raw_data());
+    const acc_t* pb = static_cast<const acc_t*>(b.raw_data());
+    const acc_t* pd = static_cast<const acc_t*>(d.raw_data());
+    const acc_t* pm = static_cast<const acc_t*>(mean.raw_data());
+    core::for_each_chunk(m, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t base = r * c;
+        for (int64_t ch = 0; ch < c; ++ch) {
+          const acc_t yv = py ? acc_t(opmath_t<scalar_t>(py[base + ch])) : acc_t(1);
+          pdx[base + ch] = scalar_t(bn_grad_input(acc_t(opmath_t<scalar_t>(px[base + ch])),
+                                                  acc_t(opmath_t<scalar_t>(pdy[base + ch])), yv,
+                                                  pa[ch], pb[ch], pd[ch], pm[ch], relu));
+        }
+      }
+    }, std::max<int64_t>(1, core::kParallelGrain / c));
   });
 }
 

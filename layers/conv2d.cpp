@@ -228,10 +228,9 @@ constexpr int64_t kAutoWinoMaxChannels = 256;
 int wino_tile(const ConvShape& s, DType t) {
   const CpuConvAlgo algo = g_algo.load();
   const bool auto_fits = s.c <= kAutoWinoMaxChannels && s.k <= kAutoWinoMaxChannels;
-  const int tile = algo == CpuConvAlgo::winograd_f2                                       ? 2
-                   : algo == CpuConvAlgo::winograd_f4                                     ? 4
-                   : algo == CpuConvAlgo::auto_ && auto_fits                             ? 4
-                                                                                         : 0;
+  int tile = 0;
+  if (algo == CpuConvAlgo::winograd_f2) tile = 2;
+  if (algo == CpuConvAlgo::winograd_f4 || (algo == CpuConvAlgo::auto_ && auto_fits)) tile = 4;
   const bool applies = tile != 0 && t == DType::f32 &&
                        detail::wino_applies(s.c, s.k, s.r, s.s, s.stride_h, s.stride_w, s.pad_h,
                                             s.pad_w, s.dil_h, s.dil_w, s.groups);
@@ -361,9 +360,9 @@ void conv2d_forward_cpu(const ConvShape& s, const Tensor& x, const Tensor& w, co
   check_cpu_dtype(w, "weight");
   if (const int tile = wino_tile(s, x.dtype())) {
     detail::wino_forward(tile, static_cast<const float*>(x.raw_data()),
-                            static_cast<const float*>(w.raw_data()),
-                            b.defined() ? static_cast<const float*>(b.raw_data()) : nullptr,
-                            static_cast<float*>(y.raw_data()), s.n, s.h, s.w, s.c, s.k);
+                         static_cast<const float*>(w.raw_data()),
+                         b.defined() ? static_cast<const float*>(b.raw_data()) : nullptr,
+                         static_cast<float*>(y.raw_data()), s.n, s.h, s.w, s.c, s.k);
     return;
   }
   FwdEntry& e = forward_entry(s, b.defined(), x.dtype());
@@ -401,12 +400,12 @@ void conv2d_backward_cpu(const ConvShape& s, const Tensor& x, const Tensor& w, c
     const float* pdy = static_cast<const float*>(dy.raw_data());
     if (dx.defined()) {
       detail::wino_backward_data(tile, pdy, static_cast<const float*>(w.raw_data()),
-                                    static_cast<float*>(dx.raw_data()), s.n, s.h, s.w, s.c, s.k);
+                                 static_cast<float*>(dx.raw_data()), s.n, s.h, s.w, s.c, s.k);
     }
     if (dw.defined()) {
       detail::wino_backward_weights(tile, px, pdy, static_cast<float*>(dw.raw_data()),
-                                       db.defined() ? static_cast<float*>(db.raw_data()) : nullptr,
-                                       s.n, s.h, s.w, s.c, s.k);
+                                    db.defined() ? static_cast<float*>(db.raw_data()) : nullptr,
+                                    s.n, s.h, s.w, s.c, s.k);
     }
     return;
   }

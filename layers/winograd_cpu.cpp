@@ -16,14 +16,13 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdlib>
 #include <cstring>
-#include <new>
 #include <type_traits>
 #include <vector>
 
 #include "core/error.h"
+#include "core/tensor.h"
 
 namespace lowbit::layers::detail {
 
@@ -89,29 +88,12 @@ struct TileCursor {
   }
 };
 
-// Per-thread scratch, 64-byte aligned (whole cache lines per vector store), that lives as long as
-// the thread (OpenMP's pool threads persist): no allocation or page fault per call. Two slots so
-// that a caller's filters (slot 1) survive its own use of slot 0 inside the parallel region.
-// Null when it cannot grow (no exception: it is called inside OpenMP regions, which an exception
-// must not leave); `need` below turns that into an error outside them.
-float* scratch(size_t floats, int slot = 0) {
-  struct Buf {
-    float* p = nullptr;
-    size_t n = 0;
-    ~Buf() { std::free(p); }
-  };
-  thread_local Buf bufs[2];
-  Buf& b = bufs[slot];
-  if (b.n < floats) {
-    const size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
-    float* p = static_cast<float*>(std::aligned_alloc(64, bytes));
-    if (p == nullptr) return nullptr;  // the old buffer stays valid; the caller reports it
-    std::free(b.p);
-    b.p = p;
-    b.n = floats;
-  }
-  return b.p;
-}
+// Scratch: a CPU tensor, so it comes from the CPU caching allocator (core/caching_allocator.h):
+// 64-byte aligned (whole cache lines per vector store), reused from call to call without page
+// faults, and an allocation failure is its error. Allocated on the calling thread, outside the
+// OpenMP regions, which an exception must not leave.
+Tensor scratch(size_t floats) { return empty({int64_t(floats)}); }
+float* ptr(const Tensor& t) { return static_cast<float*>(t.raw_data()); }
 
 // dst[j * dst_stride + i] = src[i * src_stride + j] for i < ni, j < nj, in 16 x 16 blocks (a
 // block's 16 source and 16 destination rows stay in L1).
@@ -230,6 +212,20 @@ inline void input_tile(const Pixel& px, int64_t cin, int64_t rows, int64_t pstri
   }
 }
 
+// table[i * N + j] = the pixel (y0 + i, x0 + j) of image nn of `t` (n, h, w, ch), or `zeros`
+// (ch zeros) where that is outside the map or the tile is not real (`real` false: past count).
+template <int N>
+inline void patch_table(const float* t, const Geo& g, int64_t ch, int64_t nn, int64_t y0,
+                        int64_t x0, bool real, const float* zeros, const float** table) {
+  for (int i = 0; i < N; ++i) {
+    for (int j = 0; j < N; ++j) {
+      const int64_t yy = y0 + i, xx = x0 + j;
+      const bool inside = real && yy >= 0 && yy < g.h && xx >= 0 && xx < g.w;
+      table[i * N + j] = inside ? t + ((nn * g.h + yy) * g.w + xx) * ch : zeros;
+    }
+  }
+}
+
 // The input tiles [t0, t0 + count) of `in` (n, h, w, cin) into v[p][ci / 16][row][ci % 16]: blocks
 // of 16 channels, so that the rows' values of one channel are 64 bytes apart (the GEMMs below
 // broadcast them at constant offsets from one pointer). Pixels in the padding read `zeros` (cin
@@ -251,13 +247,7 @@ void input_block(const float* in, const Geo& g, int64_t cin, int64_t t0, int64_t
       input_tile<M>([&](int i, int j) { return base + i * rstride + j * cin; }, cin, rows, pstride, dst);
     } else {
       const float* src[a * a];
-      for (int i = 0; i < a; ++i) {
-        for (int j = 0; j < a; ++j) {
-          const int64_t yy = y0 + i, xx = x0 + j;
-          const bool inside = row < count && yy >= 0 && yy < g.h && xx >= 0 && xx < g.w;
-          src[i * a + j] = inside ? in + ((tc.nn * g.h + yy) * g.w + xx) * cin : zeros;
-        }
-      }
+      patch_table<a>(in, g, cin, tc.nn, y0, x0, row < count, zeros, src);
       input_tile<M>([&](int i, int j) { return src[i * a + j]; }, cin, rows, pstride, dst);
     }
   }
@@ -273,14 +263,7 @@ void grad_block(const float* dy, const Geo& g, int64_t cout, int64_t t0, int64_t
   TileCursor tc(g, t0);
   for (int64_t row = 0; row < rows; ++row, tc.next(g)) {
     const float* src[M * M];
-    for (int i = 0; i < M; ++i) {
-      for (int j = 0; j < M; ++j) {
-        const int64_t yy = M * tc.ty + i, xx = M * tc.tx + j;
-        src[i * M + j] = row < count && yy < g.h && xx < g.w
-                             ? dy + ((tc.nn * g.h + yy) * g.w + xx) * cout
-                             : zeros;
-      }
-    }
+    patch_table<M>(dy, g, cout, tc.nn, M * tc.ty, M * tc.tx, row < count, zeros, src);
     float* dst = d + row * cout;
     for (int64_t c0 = 0; c0 < cout; c0 += 16) {
       sandwich(WinoT<M>::A.v, WinoT<M>::A.v,
@@ -504,8 +487,8 @@ void transform_filters(const Kernels& kn, const float* wt, int64_t c, int64_t k,
   }
 }
 
-// Floats of scratch slot 1 that the forward and data gradient use: U, the taps, one U block per
-// thread.
+// Floats of scratch that the forward and data gradient's filters use: U, the taps, one U block
+// per thread.
 size_t filter_scratch_floats(const Kernels& kn, int64_t c, int64_t k) {
   return size_t((kn.p + 9) * c * k + int64_t(omp_get_max_threads()) * kn.p * std::max(c, k));
 }
@@ -516,14 +499,6 @@ void share(int64_t blocks, int t, int nt, int64_t& b0, int64_t& b1) {
   b1 = blocks * (t + 1) / nt;
 }
 
-// Scratch that must exist: the error names the convolution's size.
-float* need(size_t floats, int slot) {
-  float* p = scratch(floats, slot);
-  LOWBIT_CHECK(p != nullptr, "conv2d (cpu, Winograd): cannot allocate ", floats * sizeof(float),
-               " bytes of scratch; use cpu_conv: direct");
-  return p;
-}
-
 int threads_for(int64_t blocks) {
   return int(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), blocks)));
 }
@@ -531,19 +506,18 @@ int threads_for(int64_t blocks) {
 void run_conv(const Kernels& kn, const float* in, const float* u, const float* bias, float* out,
               const Geo& g, int64_t cin, int64_t cout) {
   const int64_t blocks = (g.tiles + kRows - 1) / kRows;
+  const int nt = threads_for(blocks);
   const size_t nv = size_t(kn.p * kRows * cin), nm = size_t(kn.p * kRows * cout);
+  const Tensor buf = scratch(size_t(nt) * (nv + nm));  // per thread: v, then m
   const std::vector<float> zeros(size_t(cin), 0.0f);
-  std::atomic<bool> failed{false};
-#pragma omp parallel num_threads(threads_for(blocks))
+#pragma omp parallel num_threads(nt)
   {
+    const int t = omp_get_thread_num();
     int64_t b0, b1;
-    share(blocks, omp_get_thread_num(), omp_get_num_threads(), b0, b1);
-    float* v = b0 < b1 ? scratch(nv + nm) : nullptr;
-    if (b0 < b1 && v == nullptr) failed = true;
-    if (v != nullptr) kn.conv_blocks(in, u, bias, out, g, cin, cout, b0, b1, zeros.data(), v, v + nv);
+    share(blocks, t, omp_get_num_threads(), b0, b1);
+    float* v = ptr(buf) + size_t(t) * (nv + nm);
+    if (b0 < b1) kn.conv_blocks(in, u, bias, out, g, cin, cout, b0, b1, zeros.data(), v, v + nv);
   }
-  LOWBIT_CHECK(!failed, "conv2d (cpu, Winograd): cannot allocate ", (nv + nm) * sizeof(float),
-               " bytes of scratch per thread; use cpu_conv: direct");
 }
 
 }  // namespace
@@ -566,7 +540,8 @@ bool wino_applies(int64_t c, int64_t k, int64_t r, int64_t s, int64_t stride_h, 
 void wino_forward(int tile, const float* x, const float* weight, const float* bias, float* y,
                   int64_t n, int64_t h, int64_t w, int64_t c, int64_t k) {
   const Kernels kn = kernels(tile);
-  float* u = need(filter_scratch_floats(kn, c, k), 1);
+  const Tensor filters = scratch(filter_scratch_floats(kn, c, k));
+  float* u = ptr(filters);
   transform_filters(kn, weight, c, k, /*flip=*/false, u, u + kn.p * c * k);
   run_conv(kn, x, u, bias, y, Geo(n, h, w, kn.m), c, k);
 }
@@ -574,7 +549,8 @@ void wino_forward(int tile, const float* x, const float* weight, const float* bi
 void wino_backward_data(int tile, const float* dy, const float* weight, float* dx, int64_t n,
                         int64_t h, int64_t w, int64_t c, int64_t k) {
   const Kernels kn = kernels(tile);
-  float* u = need(filter_scratch_floats(kn, c, k), 1);
+  const Tensor filters = scratch(filter_scratch_floats(kn, c, k));
+  float* u = ptr(filters);
   transform_filters(kn, weight, c, k, /*flip=*/true, u, u + kn.p * c * k);
   run_conv(kn, dy, u, nullptr, dx, Geo(n, h, w, kn.m), k, c);
 }
@@ -586,11 +562,12 @@ void wino_backward_weights(int tile, const float* x, const float* dy, float* dwe
   const int64_t blocks = (g.tiles + kRowsW - 1) / kRowsW;
   const int nt = threads_for(blocks);
   const size_t ndu = size_t(kn.p * c * k), nbuf = size_t(kn.p * kRowsW * (c + k));
-  float* du = need(size_t(nt) * ndu + size_t(9 * c * k), 1);  // partials, then the taps
+  const Tensor dub = scratch(size_t(nt) * ndu + size_t(9 * c * k));  // partials, then the taps
+  const Tensor buf = scratch(size_t(nt) * nbuf);                       // per thread: v, then d
+  float* du = ptr(dub);
   std::vector<double> db(dbias ? size_t(nt) * size_t(k) : 0, 0.0);
   const std::vector<float> zeros(size_t(std::max(c, k)), 0.0f);
   int team = 1;  // the threads the runtime started (at most nt), each with its zeroed partial
-  std::atomic<bool> failed{false};
 #pragma omp parallel num_threads(nt)
   {
     const int t = omp_get_thread_num();
@@ -599,9 +576,8 @@ void wino_backward_weights(int tile, const float* x, const float* dy, float* dwe
     std::memset(part, 0, ndu * sizeof(float));
     int64_t b0, b1;
     share(blocks, t, omp_get_num_threads(), b0, b1);
-    float* v = b0 < b1 ? scratch(nbuf) : nullptr;
-    if (b0 < b1 && v == nullptr) failed = true;
-    if (v != nullptr) kn.weight_blocks(x, dy, g, c, k, b0, b1, zeros.data(), v, v + kn.p * kRowsW * c, part);
+    float* v = ptr(buf) + size_t(t) * nbuf;
+    if (b0 < b1) kn.weight_blocks(x, dy, g, c, k, b0, b1, zeros.data(), v, v + kn.p * kRowsW * c, part);
     if (dbias) {  // the same share of pixel rows, summed in double
       int64_t r0, r1;
       share(n * h * w, t, omp_get_num_threads(), r0, r1);
@@ -612,8 +588,6 @@ void wino_backward_weights(int tile, const float* x, const float* dy, float* dwe
       }
     }
   }
-  LOWBIT_CHECK(!failed, "conv2d (cpu, Winograd): cannot allocate ", nbuf * sizeof(float),
-               " bytes of scratch per thread; use cpu_conv: direct");
   // Partials in thread order (each element summed over the threads in order, chunks of elements
   // in parallel: the same bits as one thread summing them), then dg = G^T dU G per input channel.
   const int64_t chunks = (int64_t(ndu) + 4095) / 4096;
