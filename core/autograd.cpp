@@ -69,6 +69,7 @@ class AccumulateGrad : public Node {
     } else {
       meta.grad = std::make_shared<Tensor>(converted ? g : g.clone());
     }
+    for (auto& hook : meta.post_accumulate_hooks) hook(leaf);
     return {};
   }
 

@@ -208,6 +208,12 @@ void Tensor::register_hook(GradHook hook) const {
   }
 }
 
+void Tensor::register_post_accumulate_grad_hook(PostAccumulateGradHook hook) const {
+  LOWBIT_CHECK(requires_grad() && is_leaf(),
+               "register_post_accumulate_grad_hook wants a leaf that requires grad");
+  autograd_meta().post_accumulate_hooks.push_back(std::move(hook));
+}
+
 void Tensor::retain_grad() const {
   LOWBIT_CHECK(requires_grad(), "retain_grad on a tensor that does not require grad");
   if (is_leaf()) return;  // leaves keep their grad anyway

@@ -52,6 +52,9 @@ class Storage {
 
 class Tensor;
 using GradHook = std::function<Tensor(const Tensor&)>;  // returns the new grad, or undefined
+// Called with the leaf itself once its .grad holds the gradient of this backward pass
+// (PyTorch's register_post_accumulate_grad_hook): data-parallel reducers start here.
+using PostAccumulateGradHook = std::function<void(const Tensor& leaf)>;
 
 struct AutogradMeta {
   bool requires_grad = false;
@@ -60,6 +63,7 @@ struct AutogradMeta {
   std::shared_ptr<autograd::Node> grad_fn;
   uint32_t output_nr = 0;
   std::vector<GradHook> hooks;        // leaf tensors; non-leaf hooks live on grad_fn
+  std::vector<PostAccumulateGradHook> post_accumulate_hooks;  // leaf tensors only
   std::weak_ptr<autograd::Node> grad_accumulator;  // leaves: the shared AccumulateGrad node
   std::string name;  // optional, for error messages
 };
@@ -138,6 +142,8 @@ class Tensor {
   // Registers a hook called with the gradient of this tensor during backward; a hook may
   // return a replacement gradient (or an undefined tensor to keep it).
   void register_hook(GradHook hook) const;
+  // Registers a hook called after this leaf's .grad was updated by a backward pass.
+  void register_post_accumulate_grad_hook(PostAccumulateGradHook hook) const;
   Tensor detach() const;  // shares storage, no grad history
   void backward(const Tensor& gradient = Tensor(), bool retain_graph = false) const;
   AutogradMeta& autograd_meta() const;  // creates it on first use

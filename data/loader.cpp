@@ -36,8 +36,13 @@ std::vector<int64_t> permutation(int64_t n, uint64_t seed, int64_t epoch) {
   return p;
 }
 
+int64_t shard_size(int64_t n, int64_t rank, int64_t world_size, bool pad) {
+  if (world_size == 1 || n <= 0) return std::max<int64_t>(n, 0);
+  return pad ? (n + world_size - 1) / world_size : (n - rank + world_size - 1) / world_size;
+}
+
 std::vector<int64_t> shard_indices(int64_t n, bool shuffle, uint64_t seed, int64_t epoch,
-                                   int64_t rank, int64_t world_size) {
+                                   int64_t rank, int64_t world_size, bool pad) {
   LOWBIT_CHECK_INPUT(world_size >= 1, "data loader: world_size must be >= 1, got ", world_size);
   LOWBIT_CHECK_INPUT(rank >= 0 && rank < world_size, "data loader: rank ", rank,
                      " outside [0, world_size = ", world_size, ")");
@@ -49,6 +54,11 @@ std::vector<int64_t> shard_indices(int64_t n, bool shuffle, uint64_t seed, int64
     std::iota(order.begin(), order.end(), int64_t(0));
   }
   if (world_size == 1 || n == 0) return order;
+  if (!pad) {
+    std::vector<int64_t> mine;
+    for (int64_t k = rank; k < n; k += world_size) mine.push_back(order[size_t(k)]);
+    return mine;
+  }
   // DistributedSampler(drop_last=False): pad with the head of the order (repeated if needed).
   const int64_t per_rank = (n + world_size - 1) / world_size;
   const int64_t total = per_rank * world_size;
@@ -109,8 +119,7 @@ struct DataLoader::State {
   std::vector<std::thread> workers;
 
   int64_t samples_per_epoch() const {
-    const int64_t n = dataset->size();
-    return opts.world_size == 1 ? n : (n + opts.world_size - 1) / opts.world_size;
+    return shard_size(dataset->size(), opts.rank, opts.world_size, opts.pad_shards);
   }
   int64_t batches_per_epoch() const {
     const int64_t s = samples_per_epoch();
@@ -119,7 +128,8 @@ struct DataLoader::State {
 
   void start_epoch(int64_t e) {
     auto indices = std::make_shared<const std::vector<int64_t>>(
-        shard_indices(dataset->size(), opts.shuffle, opts.seed, e, opts.rank, opts.world_size));
+        shard_indices(dataset->size(), opts.shuffle, opts.seed, e, opts.rank, opts.world_size,
+                      opts.pad_shards));
     std::map<int64_t, HostBatch> dropped;
     {
       std::lock_guard<std::mutex> lock(mu);

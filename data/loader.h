@@ -4,7 +4,8 @@
 // (Fisher-Yates over a Philox stream), or the identity without shuffle. With world_size w > 1 the
 // order is padded by repeating its head to a multiple of w, and rank r takes positions
 // r, r + w, r + 2w, ... : PyTorch's DistributedSampler with drop_last=False, so every rank sees
-// the same number of batches. Batches are consecutive runs of batch_size of the rank's indices;
+// the same number of batches. pad_shards = false (evaluation) skips the padding: the shards then
+// cover the dataset exactly once and may differ in length by one sample. Batches are consecutive runs of batch_size of the rank's indices;
 // drop_last drops a short final batch.
 //
 // Workers. num_workers threads assemble batches ahead of the consumer: read each sample, augment
@@ -49,6 +50,7 @@ struct LoaderOptions {
   uint64_t seed = 0;        // shuffling and augmentation
   int64_t rank = 0;         // data-parallel shard of this process
   int64_t world_size = 1;
+  bool pad_shards = true;   // equal shards by repeating the head of the order (training)
   Device device = Device::cpu();
   bool pin_memory = true;  // used only for a CUDA device (pinned memory needs a GPU)
   int64_t prefetch = 0;    // batches in flight; 0 means 2 * num_workers
@@ -67,7 +69,9 @@ struct Batch {
 std::vector<int64_t> permutation(int64_t n, uint64_t seed, int64_t epoch);
 // The dataset indices rank `rank` of `world_size` visits in `epoch`, in order (see above).
 std::vector<int64_t> shard_indices(int64_t n, bool shuffle, uint64_t seed, int64_t epoch,
-                                   int64_t rank, int64_t world_size);
+                                   int64_t rank, int64_t world_size, bool pad = true);
+// The length of that shard.
+int64_t shard_size(int64_t n, int64_t rank, int64_t world_size, bool pad = true);
 
 class DataLoader {
  public:

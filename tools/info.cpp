@@ -4,12 +4,23 @@
 
 #include "core/random.h"
 #include "cuda/runtime.h"
+#include "dist/world.h"
 #include "quant/accounting.h"
 #include "quant/convert.h"
 #include "train/config.h"
 #include "train/trainer.h"
 
 namespace lowbit::tools {
+
+namespace {
+std::string n_cuda_backend() {
+#if defined(LOWBIT_WITH_CUDA)
+  return ", nccl (CUDA)";
+#else
+  return "";
+#endif
+}
+}  // namespace
 
 int run_info(std::ostream& out) {
   out << "lowbit " << LOWBIT_VERSION << "\n";
@@ -19,6 +30,11 @@ int run_info(std::ostream& out) {
   out << "build: CPU only (configured without CUDA)\n";
 #endif
   out << "cpu: " << omp_get_max_threads() << " OpenMP threads, OpenBLAS GEMM\n";
+  const dist::WorldInfo& w = dist::world();
+  out << "dist: rank " << w.rank << " of " << w.size << " (local rank " << w.local_rank << " of " << w.local_size
+      << "), launcher " << w.launcher << ", backends "
+      << (w.size > 1 ? str_cat("mpi (CPU)", n_cuda_backend()) : std::string("local (a world of one)"))
+      << (dist::mpi_compiled() ? "" : "; built without MPI") << "\n";
   const int n = cuda::device_count();
   out << "cuda devices: " << n;
   if (n == 0) out << " (" << cuda::no_device_reason() << ")";

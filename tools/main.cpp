@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "dist/world.h"
 #include "tools/bench.h"
 #include "tools/info.h"
 #include "train/config.h"
@@ -38,6 +39,9 @@ const char* kTrainHelp =
     "  summary.json            test_top1, test_top5, params, model_bytes, wall_s, images_per_s, ...\n"
     "\n"
     "  --resume     continue from DIR/checkpoint.safetensors (same weights as an uninterrupted run)\n"
+    "\n"
+    "Data-parallel on N processes: mpirun -np N lowbit train CONFIG, or srun -n N lowbit train\n"
+    "CONFIG (docs/distributed.md). Rank 0 writes DIR; data.batch_size is per rank.\n"
     "  --set K=V    override a config key, e.g. --set stages.0.epochs=2 --set data.batch_size=64\n";
 
 const char* kEvalHelp =
@@ -104,6 +108,7 @@ int run_train(int argc, char** argv) {
   o.resume = a.resume;
   o.progress = a.progress;
   auto s = lowbit::train::run_training(cfg, o);
+  if (!lowbit::dist::is_root()) return 0;
   std::cout << "lowbit: " << cfg.name << " finished on " << s.device << " in " << s.wall_s
             << " s: test top-1 " << 100 * s.test.top1 << "%, top-5 " << 100 * s.test.top5
             << "%, " << s.params << " parameters\n"
@@ -120,6 +125,7 @@ int run_eval(int argc, char** argv) {
   if (a.checkpoint.empty()) throw lowbit::InputError("eval: --checkpoint FILE is required");
   lowbit::train::ExperimentConfig cfg = lowbit::train::load_config(a.config, a.sets);
   auto r = lowbit::train::run_evaluation(cfg, a.checkpoint, a.device);
+  if (!lowbit::dist::is_root()) return 0;
   std::cout << "test loss " << r.loss << " top1 " << 100 * r.top1 << "% top5 " << 100 * r.top5
             << "% (" << r.samples << " images)\n";
   return 0;
@@ -181,14 +187,30 @@ int run(int argc, char** argv) {
 
 }  // namespace
 
+// Whether this process is one rank of several (false when the world itself failed to start).
+bool several_ranks() {
+  try {
+    return lowbit::dist::is_distributed();
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
 int main(int argc, char** argv) {
+  int code = 0;
+  std::string message;
   try {
     return run(argc, argv);
   } catch (const lowbit::InputError& e) {
-    std::cerr << "lowbit: error: " << e.what() << "\n";
-    return 2;
+    code = 2;
+    message = e.what();
   } catch (const std::exception& e) {
-    std::cerr << "lowbit: error: " << e.what() << "\n";
-    return 1;
+    code = 1;
+    message = e.what();
   }
+  // One rank's error ends the whole job (MPI_Abort), never a hang of the others; the message
+  // names the rank.
+  if (several_ranks()) lowbit::dist::abort_job(code, "error: " + message);
+  std::cerr << "lowbit: error: " << message << "\n";
+  return code;
 }

@@ -166,6 +166,7 @@ StageConfig parse_stage(Section s, size_t index) {
   st.schedule = parse_schedule(s.sub("schedule"));
   st.label_smoothing = s.num("label_smoothing", st.label_smoothing, 0.0, 1.0);
   st.clip_grad_norm = s.num("clip_grad_norm", st.clip_grad_norm, 0.0, 1e9);
+  st.accumulate_steps = s.integer("accumulate_steps", st.accumulate_steps, 1, 1 << 20);
   s.finish();
   return st;
 }
@@ -338,6 +339,12 @@ ExperimentConfig parse_config(const std::string& yaml_text, const std::string& f
   dc.synthetic_channels = d.integer("synthetic_channels", dc.synthetic_channels, 1, 1 << 16);
   dc.synthetic_classes = d.integer("synthetic_classes", dc.synthetic_classes, 1, 1 << 20);
   d.finish();
+
+  Section ds = top.sub("dist");
+  c.dist.bucket_mb = ds.num("bucket_mb", c.dist.bucket_mb, 1e-6, 1 << 20);
+  c.dist.timeout_s = ds.num("timeout_s", c.dist.timeout_s, 0.1, 1e7);
+  c.dist.sync_bn = ds.boolean("sync_bn", c.dist.sync_bn);
+  ds.finish();
 
   Section m = top.sub("model");
   ModelConfig& mc = c.model;

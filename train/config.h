@@ -86,6 +86,16 @@ struct StageConfig {
   ScheduleConfig schedule;
   double label_smoothing = 0.0;
   double clip_grad_norm = 0.0;  // 0 = off
+  // Micro-batches per optimizer step: gradients of k batches are summed (each batch's loss
+  // divided by k), then one step (and, distributed, one all-reduce) follows.
+  int64_t accumulate_steps = 1;
+};
+
+// Data-parallel training (docs/distributed.md); read only when the run has several ranks.
+struct DistConfig {
+  double bucket_mb = 25.0;   // gradient all-reduce buckets (MB = 2^20 bytes)
+  double timeout_s = 300.0;  // a collective waiting longer ends the job (dist/process_group.h)
+  bool sync_bn = false;      // BatchNorm batch statistics over the global batch (SyncBN)
 };
 
 struct ExperimentConfig {
@@ -99,6 +109,7 @@ struct ExperimentConfig {
   std::string cpu_conv = "auto";  // CPU 3x3 convolutions: auto | direct | winograd | winograd_f2 | winograd_f4 (layers/conv2d.h)
   DataConfig data;
   ModelConfig model;
+  DistConfig dist;
   std::vector<StageConfig> stages;
   bool has_quant = false;   // a quant: section was given (needed by qat stages)
   quant::QuantConfig quant;

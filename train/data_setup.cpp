@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "dist/world.h"
 
 namespace lowbit::train {
 
@@ -102,10 +103,18 @@ DataSource make_data(const ExperimentConfig& cfg, Device device) {
   lo.num_workers = d.num_workers;
   lo.seed = cfg.seed;
   lo.device = device;
+  // Each rank of a data-parallel run reads its shard (data/loader.h): training shards are padded
+  // to equal length, evaluation shards are not, so every test image is counted exactly once.
+  const dist::WorldInfo& w = dist::world();
+  lo.rank = w.rank;
+  lo.world_size = w.size;
+  LOWBIT_CHECK_INPUT(train->size() >= w.size, cfg.file, ": the training set has ", train->size(),
+                     " samples, fewer than the ", w.size, " ranks of this run; use fewer ranks or more data");
   out.train = std::make_unique<DataLoader>(train, lo, data::Pipeline(train_steps, data::to_tensor_normalize(mean, stddev)));
   data::LoaderOptions eo = lo;
   eo.batch_size = d.eval_batch_size;
   eo.shuffle = false;
+  eo.pad_shards = false;
   out.test = std::make_unique<DataLoader>(test, eo, data::Pipeline(test_steps, data::to_tensor_normalize(mean, stddev)));
   out.num_classes = std::max(train->num_classes(), test->num_classes());
   out.channels = channels;

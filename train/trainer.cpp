@@ -20,6 +20,8 @@
 #include "core/backend.h"
 #include "core/ops.h"
 #include "core/random.h"
+#include "dist/process_group.h"
+#include "dist/world.h"
 #include "layers/conv2d.h"
 #include "models/registry.h"
 #include "prune/prune.h"
@@ -27,6 +29,7 @@
 #include "quant/accounting.h"
 #include "quant/convert.h"
 #include "train/data_setup.h"
+#include "train/ddp.h"
 #include "train/loss.h"
 #include "train/optimizer.h"
 #include "train/progress.h"
@@ -44,6 +47,16 @@ using json = nlohmann::json;
 
 Device resolve_device(const std::string& spec) {
   const int n = core::cuda_device_count();
+  const dist::WorldInfo& w = dist::world();
+  // A data-parallel rank takes the GPU of its local rank (one GPU per rank).
+  const bool per_rank = w.size > 1 && (spec == "cuda" || ((spec.empty() || spec == "auto") && n > 0));
+  if (per_rank) {
+    LOWBIT_CHECK_INPUT(w.local_rank < n, "device '", spec, "': rank ", w.rank, " is local rank ", w.local_rank,
+                       " of ", w.local_size, " on this host but only ", n,
+                       " CUDA device(s) are visible; start at most one rank per GPU (mpirun -np / srun"
+                       " --ntasks-per-node), or use --device cpu");
+    return Device::cuda(w.local_rank);
+  }
   if (spec.empty() || spec == "auto") return n > 0 ? Device::cuda(0) : Device::cpu();
   Device d = Device::parse(spec);
   if (d.is_cuda()) {
@@ -146,6 +159,7 @@ void save_checkpoint(const fs::path& out, layers::Module& model, const Optimizer
   meta["stage"] = std::to_string(pos.stage);
   meta["epoch"] = std::to_string(pos.epoch);
   meta["global_epoch"] = std::to_string(pos.global_epoch);
+  meta["world_size"] = std::to_string(dist::world_size());
   Generator& cpu = default_generator(Device::cpu());
   meta["rng_cpu"] = std::to_string(cpu.seed()) + "," + std::to_string(cpu.offset());
   if (dev.is_cuda()) {
@@ -190,8 +204,15 @@ std::string fmt(double v, int prec) {
 }
 
 // The process-wide CPU settings of a run: `threads:` (when > 0) and `cpu_conv:`.
+// Ranks sharing a host split its cores when `threads:` is 0: N ranks of all cores each would
+// oversubscribe the machine N times over (OpenMP's spinning threads then crawl).
 void apply_cpu_settings(const ExperimentConfig& cfg) {
-  if (cfg.threads > 0) omp_set_num_threads(int(cfg.threads));
+  const dist::WorldInfo& w = dist::world();
+  if (cfg.threads > 0) {
+    omp_set_num_threads(int(cfg.threads));
+  } else if (w.local_size > 1) {
+    omp_set_num_threads(std::max(1, omp_get_num_procs() / w.local_size));
+  }
   layers::set_cpu_conv_algo(layers::parse_cpu_conv_algo(cfg.cpu_conv, cfg.file + ": cpu_conv"));
 }
 
@@ -201,6 +222,17 @@ std::optional<DType> amp_dtype(const ExperimentConfig& cfg) {
   return parse_dtype(cfg.amp);
 }
 
+// Sums on the host, over the ranks of a data-parallel run (the identity alone).
+void all_reduce_sums(std::vector<double>& v) {
+  if (!dist::is_distributed()) return;
+  Tensor t = empty({int64_t(v.size())}, TensorOptions(DType::f64));
+  std::copy(v.begin(), v.end(), t.data<double>());
+  dist::process_group(Device::cpu()).all_reduce(t, dist::ReduceOp::sum);
+  std::copy(t.data<double>(), t.data<double>() + v.size(), v.begin());
+}
+
+// Top-1/top-5 and mean loss over the whole test set: each rank evaluates its shard (no padding,
+// data/loader.h) and the counts are summed over the ranks, so the result is the one-process one.
 EvalResult evaluate(layers::Module& model, DataSource& data, Device dev) {
   autograd::NoGradGuard guard;
   model.eval();
@@ -209,19 +241,23 @@ EvalResult evaluate(layers::Module& model, DataSource& data, Device dev) {
   Tensor top1 = zeros({}, TensorOptions(DType::f64, dev)), top5 = zeros({}, TensorOptions(DType::f64, dev));
   data.test->reset();
   Batch b;
+  int64_t samples = 0;
   while (data.test->next(b)) {
     Tensor logits = loss_precision(model.forward(b.images));
     const int64_t n = b.labels.size(0);
     loss_sum = loss_sum + cross_entropy(logits, b.labels).to(DType::f64) * double(n);
     top1 = top1 + topk_correct(logits, b.labels, 1).to(DType::f64);
     top5 = top5 + topk_correct(logits, b.labels, std::min<int64_t>(5, logits.size(1))).to(DType::f64);
-    r.samples += n;
+    samples += n;
   }
   model.train();
+  std::vector<double> sums{loss_sum.item(), top1.item(), top5.item(), double(samples)};
+  all_reduce_sums(sums);
+  r.samples = int64_t(sums[3]);
   if (r.samples > 0) {
-    r.loss = loss_sum.item() / double(r.samples);
-    r.top1 = top1.item() / double(r.samples);
-    r.top5 = top5.item() / double(r.samples);
+    r.loss = sums[0] / double(r.samples);
+    r.top1 = sums[1] / double(r.samples);
+    r.top5 = sums[2] / double(r.samples);
   }
   return r;
 }
@@ -258,7 +294,8 @@ void write_prune_report(const prune::PruneReport& rep, const fs::path& out, cons
 }
 
 void prepare_stage(const ExperimentConfig& cfg, int64_t s, layers::Module& model, ModelState* ms,
-                   DataSource& data, Device dev, int64_t global_epoch, const fs::path& out_dir, bool progress) {
+                   DataSource& data, Device dev, int64_t global_epoch, const fs::path& out_dir, bool progress,
+                   dist::ProcessGroup& group) {
   const StageConfig& st = cfg.stages[size_t(s)];
   if (!st.init.empty()) {
     SafetensorsFile f = load_safetensors(st.init);
@@ -283,7 +320,7 @@ void prepare_stage(const ExperimentConfig& cfg, int64_t s, layers::Module& model
     prune::PruneReport rep = prune::prune_model(model, cfg.prune, sample, batches(cfg.prune_calibration_batches));
     model.to(dev);
     ms->pruned = true;
-    write_prune_report(rep, out_dir, st.name, progress);
+    if (dist::is_root()) write_prune_report(rep, out_dir, st.name, progress);
     return;
   }
   if (st.kind != "qat") return;
@@ -292,6 +329,9 @@ void prepare_stage(const ExperimentConfig& cfg, int64_t s, layers::Module& model
     Tensor probe;
     auto next = batches(1);
     LOWBIT_CHECK_INPUT(next(probe), cfg.file, ": the training set is empty");
+    // The probe decides structure (signed or unsigned activation quantizers): rank 0's for all.
+    probe = probe.contiguous();
+    group.broadcast(probe, 0);
     ms->plan = quant::quantize_model(model, cfg.quant, probe);
     ms->quantized = true;
     model.to(dev);
@@ -310,13 +350,23 @@ void prepare_stage(const ExperimentConfig& cfg, int64_t s, layers::Module& model
 
 RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts) {
   const auto t0 = std::chrono::steady_clock::now();
+  const dist::WorldInfo& world = dist::world();
+  const bool root = world.rank == 0;  // rank 0 alone writes the run folder and the console
+  const bool progress = opts.progress && root;
+  dist::set_timeout(cfg.dist.timeout_s);
   const Device dev = resolve_device(opts.device.empty() ? cfg.device : opts.device);
+  dist::ProcessGroup& group = dist::process_group(dev);
+  dist::ProcessGroup& host_group = dist::process_group(Device::cpu());
+  // Every rank must run the same experiment: a different config or --set is a bad launch.
+  check_same_on_all_ranks(std::hash<std::string>()(cfg.raw_yaml), str_cat(cfg.file, ": the config (after --set)"),
+                          host_group, true);
   apply_cpu_settings(cfg);
   AutocastGuard amp(amp_dtype(cfg));
   fs::path out(opts.out_dir);
   std::error_code ec;
-  fs::create_directories(out, ec);
-  LOWBIT_CHECK_INPUT(!ec && fs::is_directory(out), opts.out_dir, ": cannot create the output folder: ", ec.message());
+  if (root) fs::create_directories(out, ec);
+  LOWBIT_CHECK_INPUT(!root || (!ec && fs::is_directory(out)), opts.out_dir,
+                     ": cannot create the output folder: ", ec.message());
 
   manual_seed(cfg.seed);
   DataSource data = make_data(cfg, dev);
@@ -328,8 +378,9 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
   ModelState ms;
   SafetensorsFile resume_file;
   const fs::path ckpt = out / kCheckpoint;
+  // Every rank reads the checkpoint (the run folder must be on a filesystem they share).
   const bool resuming = opts.resume && fs::exists(ckpt);
-  if (opts.resume && !resuming) {
+  if (opts.resume && !resuming && root) {
     std::fprintf(stderr, "lowbit: --resume: no %s yet, starting from scratch\n", ckpt.c_str());
   }
   if (resuming) {
@@ -345,36 +396,56 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
     load_weights(*model, resume_file, ckpt.string());
     restore_generator(m["rng_cpu"], default_generator(Device::cpu()));
     if (dev.is_cuda() && m.count("rng_device")) restore_generator(m["rng_device"], default_generator(dev));
+    const int64_t saved_world = m.count("world_size") ? std::stoll(m["world_size"]) : 1;
+    if (saved_world != world.size && root) {
+      std::fprintf(stderr,
+                   "lowbit: --resume: %s was written by a run of %lld rank(s), this run has %d: weights,"
+                   " optimizer and schedule are restored, the data is re-sharded over %d rank(s)\n",
+                   ckpt.c_str(), static_cast<long long>(saved_world), world.size, world.size);
+    }
   }
-  if (!resuming) {
+  if (!resuming && root) {
     // A fresh run starts a fresh log.
     fs::remove(out / "log.jsonl", ec);
   }
-  JsonlLog log((out / "log.jsonl").string());
-  {
+  std::unique_ptr<JsonlLog> log;
+  if (root) {
+    log = std::make_unique<JsonlLog>((out / "log.jsonl").string());
     std::ofstream cfg_out(out / "config.yaml");
     cfg_out << cfg.raw_yaml << "\n";
   }
+  const auto write_log = [&](const json& j) {
+    if (log) log->write(j.dump());
+  };
 
   RunSummary summary;
   summary.device = dev.str();
   const Shape sample{data.image_size, data.image_size, data.channels};
   int64_t images_seen = 0;
-  double train_seconds = 0.0;
-  const int64_t steps_per_epoch = data.train->size();
-  int64_t total_epochs = 0;
-  for (auto& st : cfg.stages) total_epochs += st.epochs;
+  double train_seconds = 0.0, comm_wait_seconds = 0.0;
+  const int64_t batches_per_epoch = data.train->size();
+  LOWBIT_CHECK_INPUT(batches_per_epoch > 0, cfg.file, ": an epoch has no training batch on rank ", world.rank);
 
   bool stopped = false;
   for (int64_t s = pos.stage; s < int64_t(cfg.stages.size()) && !stopped; ++s) {
     const StageConfig& st = cfg.stages[size_t(s)];
+    const int64_t accumulate = st.accumulate_steps;
+    const int64_t steps_per_epoch = (batches_per_epoch + accumulate - 1) / accumulate;  // optimizer steps
     const bool stage_start = !(resuming && s == pos.stage && pos.epoch > 0);
     if (stage_start) {
-      prepare_stage(cfg, s, *model, &ms, data, dev, pos.global_epoch, out, opts.progress);
+      prepare_stage(cfg, s, *model, &ms, data, dev, pos.global_epoch, out, progress, group);
+    }
+    if (world.size > 1) {
+      // Identical structure on every rank (pruning and quantization decisions), then rank 0's
+      // values everywhere (per-rank calibration data, per-rank BN statistics).
+      check_same_on_all_ranks(hash_module(*model, false), str_cat("the model's structure at the start of stage '",
+                              st.name, "'"), host_group, false);
+      broadcast_module(*model, group);
     }
     if (st.kind == "qat") quant::set_activation_quantization(*model, st.quantize == "all");
     auto opt = make_optimizer(st.optimizer, *model);
     auto sched = make_schedule(st.schedule, st.optimizer.lr, steps_per_epoch, st.epochs);
+    GradientReducer reducer(model->parameters(), group, int64_t(cfg.dist.bucket_mb * 1024 * 1024));
     int64_t first_epoch = 0;
     if (resuming && s == pos.stage) {
       first_epoch = pos.epoch;
@@ -391,13 +462,21 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
       }
       data.train->set_epoch(pos.global_epoch);
       data.train->reset();
-      ProgressBar bar(str_cat(st.name, " epoch ", e + 1, "/", st.epochs), steps_per_epoch);
+      ProgressBar bar(str_cat(st.name, " epoch ", e + 1, "/", st.epochs), batches_per_epoch);
       Tensor loss_sum = zeros({}, TensorOptions(DType::f64, dev));
       Tensor correct = zeros({}, TensorOptions(DType::f64, dev));
-      int64_t seen = 0, step_in_epoch = 0;
+      int64_t seen = 0, batch_in_epoch = 0;
+      const double wait0 = reducer.wait_seconds();
       const auto e0 = std::chrono::steady_clock::now();
       Batch b;
       std::string metrics;
+      // Loss and accuracy over every rank's samples since the epoch began (a collective: all
+      // ranks call it at the same batches).
+      const auto global_sums = [&] {
+        std::vector<double> v{loss_sum.item(), correct.item(), double(seen)};
+        all_reduce_sums(v);
+        return v;
+      };
       // A diverged run stops at the first loss it reads (log points, epoch end) that is not
       // finite; the last epoch's checkpoint stays as it was, for a resume with other settings.
       auto check_finite = [&](double l, int64_t step) {
@@ -408,15 +487,29 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
         }
       };
       while (data.train->next(b)) {
-        const int64_t step = e * steps_per_epoch + step_in_epoch;
-        opt->set_lr(sched->lr_at(step));
+        // Micro-batch `micro` of the optimizer step `step`; the epoch's last group may be short.
+        const int64_t micro = batch_in_epoch % accumulate;
+        const int64_t step = e * steps_per_epoch + batch_in_epoch / accumulate;
+        const int64_t group_size = std::min(accumulate, batches_per_epoch - (batch_in_epoch - micro));
+        const bool step_now = micro == group_size - 1;
+        if (micro == 0) {
+          opt->set_lr(sched->lr_at(step));
+          opt->zero_grad();
+        }
         Tensor logits = loss_precision(model->forward(b.images));
         Tensor loss = cross_entropy(logits, b.labels, st.label_smoothing);
-        opt->zero_grad();
-        loss.backward();
-        if (st.clip_grad_norm > 0) clip_grad_norm(model->parameters(), st.clip_grad_norm);
-        opt->step();
-        if (ms.quantized) quant::clamp_quantizer_parameters(*model);
+        reducer.set_sync(step_now);
+        if (group_size > 1) {
+          (loss / double(group_size)).backward();
+        } else {
+          loss.backward();
+        }
+        if (step_now) {
+          reducer.finish();
+          if (st.clip_grad_norm > 0) clip_grad_norm(model->parameters(), st.clip_grad_norm);
+          opt->step();
+          if (ms.quantized) quant::clamp_quantizer_parameters(*model);
+        }
         {
           autograd::NoGradGuard g;
           const int64_t n = b.labels.size(0);
@@ -424,45 +517,55 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
           correct = correct + topk_correct(logits.detach(), b.labels, 1).to(DType::f64);
           seen += n;
         }
-        ++step_in_epoch;
-        const bool log_now = step_in_epoch % cfg.log_interval == 0 || step_in_epoch == steps_per_epoch;
-        if (log_now || opts.progress) {
+        ++batch_in_epoch;
+        const bool log_now = batch_in_epoch % cfg.log_interval == 0 || batch_in_epoch == batches_per_epoch;
+        if (log_now || progress) {
           // Reading the sums is the host sync; do it only when something is printed or logged.
           const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - e0).count();
           if (log_now) {
-            const double l = loss_sum.item() / double(seen), a = correct.item() / double(seen);
+            const auto v = global_sums();
+            const double l = v[0] / v[2], a = v[1] / v[2];
             check_finite(l, step);
-            metrics = str_cat("loss ", fmt(l, 4), " acc ", fmt(100 * a, 2), "% ", fmt(double(seen) / el, 0), " img/s");
-            log.write(json{{"kind", "step"}, {"stage", st.name}, {"epoch", pos.global_epoch + 1},
+            metrics = str_cat("loss ", fmt(l, 4), " acc ", fmt(100 * a, 2), "% ", fmt(v[2] / el, 0), " img/s");
+            write_log(json{{"kind", "step"}, {"stage", st.name}, {"epoch", pos.global_epoch + 1},
                            {"step", step}, {"lr", sched->lr_at(step)}, {"train_loss", l},
-                           {"train_top1", a}, {"images_per_s", double(seen) / el}, {"elapsed_s", el}}
-                          .dump());
+                           {"train_top1", a}, {"images_per_s", v[2] / el}, {"elapsed_s", el}});
           }
-          if (opts.progress) bar.update(step_in_epoch, metrics);
+          if (progress) bar.update(batch_in_epoch, metrics);
         }
       }
       const double epoch_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - e0).count();
+      const double epoch_wait_s = reducer.wait_seconds() - wait0;
+      const auto v = global_sums();
       train_seconds += epoch_s;
-      images_seen += seen;
-      const double train_loss = seen ? loss_sum.item() / double(seen) : 0.0;
-      const double train_acc = seen ? correct.item() / double(seen) : 0.0;
-      check_finite(train_loss, e * steps_per_epoch + step_in_epoch - 1);
+      comm_wait_seconds += epoch_wait_s;
+      images_seen += int64_t(v[2]);
+      const double train_loss = v[2] > 0 ? v[0] / v[2] : 0.0;
+      const double train_acc = v[2] > 0 ? v[1] / v[2] : 0.0;
+      check_finite(train_loss, e * steps_per_epoch + steps_per_epoch - 1);
+      // Per-rank BN statistics (and anything else a rank kept for itself) become rank 0's, as
+      // PyTorch DDP's broadcast_buffers: every rank evaluates and saves the same model.
+      broadcast_module(*model, group);
       EvalResult ev = evaluate(*model, data, dev);
       const std::string epoch_metrics = str_cat("train loss ", fmt(train_loss, 4), " acc ", fmt(100 * train_acc, 2),
                                                 "% | test loss ", fmt(ev.loss, 4), " top1 ", fmt(100 * ev.top1, 2),
                                                 "% top5 ", fmt(100 * ev.top5, 2), "% | ",
-                                                fmt(double(seen) / epoch_s, 0), " img/s");
-      if (opts.progress) bar.finish(epoch_metrics);
-      log.write(json{{"kind", "epoch"}, {"stage", st.name}, {"epoch", pos.global_epoch + 1},
-                     {"train_loss", train_loss}, {"train_top1", train_acc}, {"test_loss", ev.loss},
-                     {"test_top1", ev.top1}, {"test_top5", ev.top5}, {"epoch_s", epoch_s},
-                     {"images_per_s", double(seen) / epoch_s}, {"time", now_iso()}}
-                    .dump());
+                                                fmt(v[2] / epoch_s, 0), " img/s");
+      if (progress) bar.finish(epoch_metrics);
+      json rec{{"kind", "epoch"}, {"stage", st.name}, {"epoch", pos.global_epoch + 1},
+               {"train_loss", train_loss}, {"train_top1", train_acc}, {"test_loss", ev.loss},
+               {"test_top1", ev.top1}, {"test_top5", ev.top5}, {"epoch_s", epoch_s},
+               {"images_per_s", v[2] / epoch_s}, {"time", now_iso()}};
+      if (world.size > 1) {
+        rec["world_size"] = world.size;
+        rec["comm_wait_s"] = epoch_wait_s;
+      }
+      write_log(rec);
       pos.stage = s;
       pos.epoch = e + 1;
       pos.global_epoch += 1;
       summary.test = ev;
-      save_checkpoint(out, *model, opt.get(), pos, cfg, dev, ms);
+      if (root) save_checkpoint(out, *model, opt.get(), pos, cfg, dev, ms);
       if (opts.stop_after_epochs >= 0 && pos.global_epoch >= opts.stop_after_epochs) {
         stopped = true;
         break;
@@ -481,11 +584,14 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
   summary.images_per_s = train_seconds > 0 ? double(images_seen) / train_seconds : 0.0;
   if (summary.finished) {
     if (summary.test.samples == 0) summary.test = evaluate(*model, data, dev);
+    const quant::ModelAccount account = quant::account_model(*model, sample);
+    summary.model_bytes = account.model_bytes;
+  }
+  if (summary.finished && root) {
     std::map<std::string, std::string> meta{{"format", "pt"}, {"model", cfg.model.name}};
     add_structure_meta(ms, &meta);
     save_safetensors((out / "model.safetensors").string(), model->state_dict(layers::Layout::pytorch), meta);
     const quant::ModelAccount account = quant::account_model(*model, sample);
-    summary.model_bytes = account.model_bytes;
     json sj{{"name", cfg.name},
             {"test_top1", summary.test.top1},
             {"test_top5", summary.test.top5},
@@ -500,6 +606,8 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
             {"wall_s", summary.wall_s},
             {"images_per_s", summary.images_per_s},
             {"device", summary.device},
+            {"world_size", world.size},
+            {"comm_wait_s", comm_wait_seconds},
             {"epochs", summary.epochs_done},
             {"config", cfg.raw_yaml},
             {"config_file", cfg.file},
@@ -513,6 +621,8 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
     }
     fs::rename(tmp, out / "summary.json");
   }
+  // The other ranks wait until rank 0 has written everything, so the job ends complete.
+  host_group.barrier();
   return summary;
 }
 

@@ -103,6 +103,21 @@ TEST(Autograd, LeafHookSeesAndReplacesGradient) {
   EXPECT_EQ(to_doubles(x.grad()), (std::vector<double>{20, 20}));
 }
 
+TEST(Autograd, PostAccumulateHookSeesTheAccumulatedGradOncePerBackward) {
+  // x is used twice: the hook must run once, after both contributions were summed into .grad,
+  // and see the sum of earlier backward passes too (gradient accumulation).
+  Tensor x = tensor_of({1, 2}, {2}).requires_grad_();
+  std::vector<std::vector<double>> seen;
+  x.register_post_accumulate_grad_hook([&](const Tensor& leaf) { seen.push_back(to_doubles(leaf.grad())); });
+  sum(x * 2.0 + x * x).backward();
+  sum(x * 3.0).backward();
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[0], (std::vector<double>{4, 6}));
+  EXPECT_EQ(seen[1], (std::vector<double>{7, 9}));
+  Tensor h = x * 2.0;
+  EXPECT_THAT(error_of([&] { h.register_post_accumulate_grad_hook([](const Tensor&) {}); }), HasSubstr("leaf"));
+}
+
 TEST(Autograd, NonLeafHookChangesUpstreamGradient) {
   Tensor x = tensor_of({1, 2}, {2}).requires_grad_();
   Tensor h = x * 3.0;
