@@ -67,6 +67,12 @@ void check_tensor(const Tensor& t, const char* collective) {
                " strides ", t.strides());
 }
 
+void check_reduce(const Tensor& t, ReduceOp op) {
+  check_tensor(t, "all_reduce");
+  LOWBIT_CHECK(op != ReduceOp::mean || is_floating(t.dtype()), "all_reduce: mean of a ", dtype_name(t.dtype()),
+               " tensor; use sum");
+}
+
 }  // namespace detail
 
 namespace {
@@ -82,8 +88,8 @@ class LocalGroup : public ProcessGroup {
  public:
   LocalGroup() : ProcessGroup(0, 1) {}
   const char* backend() const override { return "local"; }
-  WorkPtr all_reduce_async(const Tensor& t, ReduceOp) override {
-    detail::check_tensor(t, "all_reduce");
+  WorkPtr all_reduce_async(const Tensor& t, ReduceOp op) override {
+    detail::check_reduce(t, op);
     return std::make_shared<DoneWork>();
   }
   void broadcast(const Tensor& t, int root) override {
@@ -179,11 +185,9 @@ class MpiGroup : public ProcessGroup {
   const char* backend() const override { return "mpi"; }
 
   WorkPtr all_reduce_async(const Tensor& t, ReduceOp op) override {
-    detail::check_tensor(t, "all_reduce");
+    detail::check_reduce(t, op);
     LOWBIT_CHECK(!t.is_cuda(), "all_reduce: the mpi backend takes CPU tensors, got one on ", t.device().str());
     const MPI_Datatype type = mpi_type(t.dtype(), "all_reduce");
-    LOWBIT_CHECK(op != ReduceOp::mean || is_floating(t.dtype()), "all_reduce: mean of a ",
-                 dtype_name(t.dtype()), " tensor; use sum");
     return submit(str_cat("all_reduce(", reduce_op_name(op), ") of ", t.nbytes(), " bytes"), [t, type, op, this] {
       mpi_check(MPI_Allreduce(MPI_IN_PLACE, t.raw_data(), int(t.numel()), type, mpi_op(op), MPI_COMM_WORLD),
                 "MPI_Allreduce");

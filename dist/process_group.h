@@ -78,6 +78,7 @@ double timeout();
 namespace detail {
 // Checks what every backend wants of a tensor argument, naming the collective.
 void check_tensor(const Tensor& t, const char* collective);
+void check_reduce(const Tensor& t, ReduceOp op);
 // Backend constructors (process_group.cpp, process_group_nccl.cu). Tests build a one-rank nccl
 // group on a local bootstrap.
 std::unique_ptr<ProcessGroup> make_local_group();

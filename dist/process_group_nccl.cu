@@ -85,6 +85,7 @@ class NcclGroup : public ProcessGroup {
 
   WorkPtr all_reduce_async(const Tensor& t, ReduceOp op) override {
     check(t, "all_reduce");
+    detail::check_reduce(t, op);
     const ncclDataType_t type = nccl_type(t.dtype(), "all_reduce");
     return launch(t, [&](cudaStream_t s) {
       NCCL_CHECK(ncclAllReduce(t.raw_data(), t.raw_data(), size_t(t.numel()), type, nccl_op(op), comm_, s));

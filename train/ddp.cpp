@@ -25,14 +25,16 @@ void broadcast_module(layers::Module& model, dist::ProcessGroup& group) {
   for (auto& [name, b] : model.named_buffers()) send(b);
 }
 
-uint64_t hash_module(const layers::Module& model, bool values) {
-  // FNV-1a over every name, dtype, shape and byte of the state.
+namespace {
+
+// FNV-1a over names, dtypes, shapes and (with values) every byte of the tensors.
+uint64_t hash_tensors(const std::vector<std::pair<std::string, Tensor>>& tensors, bool values) {
   uint64_t h = 1469598103934665603ULL;
   auto mix = [&](const void* data, size_t n) {
     const auto* p = static_cast<const unsigned char*>(data);
     for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ULL;
   };
-  for (auto& [name, t] : model.state_dict()) {
+  for (auto& [name, t] : tensors) {
     mix(name.data(), name.size());
     const auto dt = static_cast<uint8_t>(t.dtype());
     mix(&dt, 1);
@@ -43,6 +45,15 @@ uint64_t hash_module(const layers::Module& model, bool values) {
   }
   return h;
 }
+
+}  // namespace
+
+uint64_t hash_module(const layers::Module& model, bool values) {
+  const auto sd = model.state_dict();
+  return hash_tensors(std::vector<std::pair<std::string, Tensor>>(sd.begin(), sd.end()), values);
+}
+
+uint64_t hash_parameters(const layers::Module& model) { return hash_tensors(model.named_parameters(), true); }
 
 void check_same_on_all_ranks(uint64_t value, const std::string& what, dist::ProcessGroup& group,
                              bool input_error) {

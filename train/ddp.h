@@ -37,6 +37,9 @@ void broadcast_module(layers::Module& model, dist::ProcessGroup& group);
 // A hash of the model's state: names, dtypes and shapes, and with `values` every byte. Equal on
 // every rank iff the models are (check_same_on_all_ranks compares it across ranks).
 uint64_t hash_module(const layers::Module& model, bool values = true);
+// The same over the parameters alone (what the all-reduced gradients keep identical; buffers
+// such as per-rank BN statistics may differ until broadcast_module).
+uint64_t hash_parameters(const layers::Module& model);
 
 // Throws (InputError when input_error, else Error), naming `what` and the ranks that differ
 // from rank 0, unless every rank passes the same value.

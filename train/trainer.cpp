@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
+#include <cstdlib>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -101,6 +103,41 @@ std::unique_ptr<Optimizer> make_optimizer(const OptimizerConfig& c, layers::Modu
   std::vector<ParamGroup> groups{decay, no_decay};
   if (c.name == "adamw") return std::make_unique<AdamW>(groups, AdamWOptions{c.beta1, c.beta2, c.eps});
   return std::make_unique<SGD>(groups, SgdOptions{c.momentum, 0.0, c.nesterov});
+}
+
+// Fault injection for the failure tests of distributed runs (docs/distributed.md): the
+// environment variable LOWBIT_FAULT=ACTION:RANK:EPOCH:BATCH makes rank RANK, when it reaches
+// batch BATCH (1-based) of the run's epoch EPOCH (1-based), throw (a runtime error), kill itself
+// (SIGKILL, as the OOM killer would) or hang (sleep, as a stuck rank). Unset: nothing happens.
+struct Fault {
+  std::string action;
+  int64_t rank = -1, epoch = -1, batch = -1;
+};
+
+Fault parse_fault() {
+  Fault f;
+  const char* v = std::getenv("LOWBIT_FAULT");
+  if (!v || !*v) return f;
+  std::vector<std::string> parts;
+  std::stringstream ss(v);
+  for (std::string p; std::getline(ss, p, ':');) parts.push_back(p);
+  LOWBIT_CHECK_INPUT(parts.size() == 4 && (parts[0] == "throw" || parts[0] == "kill" || parts[0] == "hang"),
+                     "LOWBIT_FAULT='", v, "': wants ACTION:RANK:EPOCH:BATCH with ACTION throw, kill or hang");
+  f.action = parts[0];
+  f.rank = std::stoll(parts[1]);
+  f.epoch = std::stoll(parts[2]);
+  f.batch = std::stoll(parts[3]);
+  return f;
+}
+
+void maybe_fault(const Fault& f, int64_t epoch, int64_t batch) {
+  if (f.action.empty() || f.rank != dist::rank() || f.epoch != epoch || f.batch != batch) return;
+  if (f.action == "throw") throw Error(str_cat("LOWBIT_FAULT: injected failure at epoch ", epoch, " batch ", batch));
+  std::fprintf(stderr, "lowbit: %sLOWBIT_FAULT: %s at epoch %lld batch %lld\n", dist::rank_prefix().c_str(),
+               f.action.c_str(), static_cast<long long>(epoch), static_cast<long long>(batch));
+  std::fflush(stderr);
+  if (f.action == "kill") ::raise(SIGKILL);
+  for (;;) ::pause();
 }
 
 struct Position {
@@ -426,6 +463,7 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
   const int64_t batches_per_epoch = data.train->size();
   LOWBIT_CHECK_INPUT(batches_per_epoch > 0, cfg.file, ": an epoch has no training batch on rank ", world.rank);
 
+  const Fault fault = parse_fault();
   bool stopped = false;
   for (int64_t s = pos.stage; s < int64_t(cfg.stages.size()) && !stopped; ++s) {
     const StageConfig& st = cfg.stages[size_t(s)];
@@ -487,6 +525,7 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
         }
       };
       while (data.train->next(b)) {
+        maybe_fault(fault, pos.global_epoch + 1, batch_in_epoch + 1);
         // Micro-batch `micro` of the optimizer step `step`; the epoch's last group may be short.
         const int64_t micro = batch_in_epoch % accumulate;
         const int64_t step = e * steps_per_epoch + batch_in_epoch / accumulate;
@@ -543,6 +582,11 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
       const double train_loss = v[2] > 0 ? v[0] / v[2] : 0.0;
       const double train_acc = v[2] > 0 ? v[1] / v[2] : 0.0;
       check_finite(train_loss, e * steps_per_epoch + steps_per_epoch - 1);
+      // The reduced gradients keep the ranks' parameters identical; a difference is a bug.
+      if (world.size > 1) {
+        check_same_on_all_ranks(hash_parameters(*model), str_cat("the parameters after epoch ", pos.global_epoch + 1),
+                                host_group, false);
+      }
       // Per-rank BN statistics (and anything else a rank kept for itself) become rank 0's, as
       // PyTorch DDP's broadcast_buffers: every rank evaluates and saves the same model.
       broadcast_module(*model, group);
