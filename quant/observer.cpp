@@ -9,6 +9,8 @@
 
 #include "core/autograd.h"
 #include "core/ops.h"
+#include "dist/process_group.h"
+#include "dist/world.h"
 #include "quant/quantizer.h"
 
 namespace lowbit::quant {
@@ -50,7 +52,15 @@ std::unique_ptr<Observer> create_observer(const std::string& name, OptionReader&
 std::pair<Tensor, Tensor> batch_min_max(const Tensor& x, const ChannelLayout& l) {
   autograd::NoGradGuard guard;
   Tensor v = x.detach().reshape(layout_shape(l));
-  return {amin(v, {0, 2}).to(DType::f32).contiguous(), amax(v, {0, 2}).to(DType::f32).contiguous()};
+  Tensor mn = amin(v, {0, 2}).to(DType::f32).contiguous(), mx = amax(v, {0, 2}).to(DType::f32).contiguous();
+  if (dist::is_distributed()) {
+    // Every rank observes its shard of the global batch at the same step: the extremes of the
+    // global batch keep the ranges (and so the models) identical across ranks.
+    dist::ProcessGroup& g = dist::process_group(mn.device());
+    g.all_reduce(mn, dist::ReduceOp::min);
+    g.all_reduce(mx, dist::ReduceOp::max);
+  }
+  return {mn, mx};
 }
 
 double percentile_linear(const std::vector<float>& sorted, double p) {

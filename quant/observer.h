@@ -66,7 +66,8 @@ struct ObserverRegistrar {
   ObserverRegistrar(const std::string& name, ObserverFactory factory);
 };
 
-// Per-channel batch extremes of x (contiguous): f32 (C) tensors on x's device.
+// Per-channel batch extremes of x (contiguous): f32 (C) tensors on x's device. In a
+// data-parallel run, the extremes over every rank's x (a collective: all ranks call it together).
 std::pair<Tensor, Tensor> batch_min_max(const Tensor& x, const ChannelLayout& l);
 
 // numpy's "linear" percentile (METHODS 2.3) of sorted values, p in [0, 100].

@@ -16,6 +16,7 @@
 #include "dist/world.h"
 #include "layers/basic.h"
 #include "layers/conv2d.h"
+#include "quant/observer.h"
 #include "tests/common/test_util.h"
 #include "train/ddp.h"
 #include "train/loss.h"
@@ -94,6 +95,25 @@ TEST(Collectives, RefuseWhatTheyCannotDo) {
   Tensor strided = m.transpose(0, 1);
   EXPECT_THAT(error_of([&] { cpu_group().all_reduce(strided); }), HasSubstr("contiguous"));
   EXPECT_THAT(error_of([&] { dist::set_timeout(0); }), HasSubstr("timeout_s"));
+}
+
+TEST(Observers, BatchExtremesAreTheGlobalBatchsOnEveryRank) {
+  // Rank r holds, per channel c, values in [-(r + 1) - c, 2 (r + 1) + c]: the global extremes are
+  // those of the last rank.
+  const int64_t w = dist::world_size(), r = dist::rank();
+  Tensor x = empty({3, 2});  // (N, C), channels last
+  for (int64_t c = 0; c < 2; ++c) {
+    x.data<float>()[0 * 2 + c] = float(-(r + 1) - c);
+    x.data<float>()[1 * 2 + c] = 0.5f;
+    x.data<float>()[2 * 2 + c] = float(2 * (r + 1) + c);
+  }
+  quant::ChannelLayout l;
+  l.outer = 3;
+  l.channels = 2;
+  l.inner = 1;
+  auto [mn, mx] = quant::batch_min_max(x, l);
+  EXPECT_EQ(values_of(mn), (std::vector<double>{double(-w), double(-w - 1)}));
+  EXPECT_EQ(values_of(mx), (std::vector<double>{double(2 * w), double(2 * w + 1)}));
 }
 
 TEST(Sampler, TrainingShardsPadAndEvaluationShardsCoverTheDataOnce) {
