@@ -15,6 +15,8 @@
 #include "core/autograd.h"
 #include "core/ops.h"
 #include "core/parallel.h"
+#include "dist/process_group.h"
+#include "dist/world.h"
 #include "layers/conv2d.h"  // keep_along
 
 namespace lowbit::layers {
@@ -257,12 +259,12 @@ Tensor column_sums(const Tensor& x, const Tensor& dy, const Tensor& y, const Ten
 
 Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
                   const Tensor& running_mean, const Tensor& running_var, bool training,
-                  double momentum, double eps, bool relu) {
+                  double momentum, double eps, bool relu, dist::ProcessGroup* sync) {
   LOWBIT_CHECK(x_in.defined() && x_in.dim() >= 2, "batch_norm wants NHWC (or (N, C)) input, got ",
                x_in.defined() ? shape_str(x_in.shape()) : "undefined");
   LOWBIT_CHECK(is_floating(x_in.dtype()), "batch_norm: dtype ", x_in.dtype(), " is not floating");
   const int64_t c = x_in.size(-1);
-  const int64_t m = x_in.numel() / std::max<int64_t>(c, 1);
+  int64_t m = x_in.numel() / std::max<int64_t>(c, 1);  // values per channel (over the ranks with sync)
   const Device dev = x_in.device();
   // Per-channel math in f64 for f64 inputs, f32 otherwise (bn_acc_t).
   const DType pdt = x_in.dtype() == DType::f64 ? DType::f64 : DType::f32;
@@ -274,19 +276,35 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
     }
   }
   const bool use_batch = training || !running_mean.defined();
+  if (!training || (sync && sync->size() == 1)) sync = nullptr;
   Tensor x = x_in.detach().contiguous();
   Tensor mean, invstd, gamma, a, y;
   {
     autograd::NoGradGuard no_grad;
     if (use_batch) {
-      LOWBIT_CHECK(m > 1 || !training, "batch_norm: expected more than 1 value per channel when "
+      LOWBIT_CHECK(m > 1 || !training || sync, "batch_norm: expected more than 1 value per channel when "
                    "training, got input of shape ", x_in.shape());
       // Shifted data (Chan, Golub & LeVeque 1983): sums of d = x - K with K a value of the
       // channel (its first row), then mean = K + E[d], var = E[d^2] - E[d]^2. One pass over x,
       // and no cancellation when |mean| >> std: plain E[x^2] - E[x]^2, even in double, loses
       // every digit once |mean| / std passes about 1e8 (folded DoReFa weights: docs/quantization.md).
       Tensor shift = x.reshape({m, c}).select(0, 0).to(pdt).contiguous();
+      if (sync) {
+        // One shift for every rank, so the sums add up (a copy: shift may be a view of x).
+        shift = shift.clone();
+        sync->broadcast(shift, 0);
+      }
       Tensor sums = column_sums(x, Tensor(), Tensor(), shift, Tensor(), false, false);
+      if (sync) {
+        // (d, d^2) sums and the count of every rank, in one all-reduce.
+        Tensor packed = empty({2 * c + 1}, TensorOptions(DType::f64, dev));
+        packed.narrow(0, 0, 2 * c).copy_(sums.reshape({2 * c}));
+        packed.narrow(0, 2 * c, 1).fill_(double(m));
+        sync->all_reduce(packed, dist::ReduceOp::sum);
+        sums = packed.narrow(0, 0, 2 * c).reshape({2, c});
+        m = int64_t(packed.narrow(0, 2 * c, 1).item());
+        LOWBIT_CHECK(m > 1, "batch_norm (SyncBN): expected more than 1 value per channel over the ranks");
+      }
       Tensor dmean = sums.select(0, 0) * (1.0 / double(m));
       Tensor mean64 = shift.to(DType::f64) + dmean;
       Tensor var64 = clamp(sums.select(0, 1) * (1.0 / double(m)) - dmean * dmean, 0.0, INFINITY);
@@ -325,6 +343,14 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
       Tensor sums = column_sums(xs, g, yr, mean, invstd, true, relu);
       Tensor sum_dy = sums.select(0, 0).to(pdt);
       Tensor sum_dy_xhat = sums.select(0, 1).to(pdt);
+      // gamma and beta: this rank's sums (above). The input gradient: the sums of every rank.
+      Tensor g_gamma = sum_dy_xhat, g_beta = sum_dy;
+      if (sync) {
+        Tensor all = sums.contiguous().clone();
+        sync->all_reduce(all, dist::ReduceOp::sum);
+        sum_dy = all.select(0, 0).to(pdt);
+        sum_dy_xhat = all.select(0, 1).to(pdt);
+      }
       Tensor b2, d2;
       if (use_batch) {
         // dx = a*dy - a*sum_dy/M - (x - mean) * a*invstd*sum_dy_xhat/M
@@ -337,8 +363,7 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
       Tensor dx = empty(xs.shape(), TensorOptions(xs.dtype(), xs.device()));
       if (xs.is_cuda()) bn_grad_input_cuda(xs, g, yr, a, b2, d2, mean, relu, dx);
       else bn_grad_input_cpu(xs, g, yr, a, b2, d2, mean, relu, dx);
-      return std::vector<Tensor>{dx, has_w ? sum_dy_xhat.to(wt) : Tensor(),
-                                 has_b ? sum_dy.to(bt) : Tensor()};
+      return std::vector<Tensor>{dx, has_w ? g_gamma.to(wt) : Tensor(), has_b ? g_beta.to(bt) : Tensor()};
     });
   }
   return y;
@@ -376,8 +401,9 @@ Tensor BatchNorm2d::forward(const Tensor& x) {
     autograd::NoGradGuard guard;
     add_(num_batches_tracked_, ones({}, TensorOptions(DType::i64, num_batches_tracked_.device())));
   }
+  dist::ProcessGroup* group = sync_ && batch_stats && dist::is_distributed() ? &dist::process_group(x.device()) : nullptr;
   Tensor y = batch_norm(x, weight_, bias_, running_mean_, running_var_, batch_stats, opts_.momentum,
-                        opts_.eps, opts_.fuse_relu);
+                        opts_.eps, opts_.fuse_relu, group);
   notify_forward(*this, x, y);
   return y;
 }
@@ -389,6 +415,12 @@ void BatchNorm2d::keep_channels(const std::vector<int64_t>& keep) {
     if (t->defined()) *t = keep_along(*t, 0, keep);
   }
   opts_.num_features = int64_t(keep.size());
+}
+
+void set_sync_batch_norm(Module& model, bool on) {
+  for (auto& [name, m] : model.named_modules()) {
+    if (auto bn = std::dynamic_pointer_cast<BatchNorm2d>(m)) bn->set_sync(on);
+  }
 }
 
 std::string BatchNorm2d::extra_repr() const {

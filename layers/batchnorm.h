@@ -15,6 +15,10 @@
 #include "core/tensor.h"
 #include "layers/module.h"
 
+namespace lowbit::dist {
+class ProcessGroup;
+}
+
 namespace lowbit::layers {
 
 struct BatchNormOptions {
@@ -28,9 +32,14 @@ struct BatchNormOptions {
 
 // Functional form. x (N, H, W, C); weight/bias (C) or undefined; running stats (C) f32 or
 // undefined (then batch statistics are used in eval too). Updates running stats in training.
+// sync (SyncBN, data-parallel runs): batch statistics over every rank's x, merged exactly (all
+// ranks shift by rank 0's first row, then the shifted sums and counts are summed), and the
+// backward's sums of dy and dy * xhat summed over the ranks too; gamma and beta get this rank's
+// own sums, which the gradient all-reduce then averages like any parameter's. A collective:
+// every rank calls it at the same point of its forward and backward.
 Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias,
                   const Tensor& running_mean, const Tensor& running_var, bool training,
-                  double momentum, double eps, bool relu = false);
+                  double momentum, double eps, bool relu = false, dist::ProcessGroup* sync = nullptr);
 
 class BatchNorm2d : public Module {
  public:
@@ -46,6 +55,10 @@ class BatchNorm2d : public Module {
   // training mode (METHODS 4: BN freeze during QAT). gamma and beta still get gradients.
   void set_frozen_stats(bool on) { frozen_stats_ = on; }
   bool frozen_stats() const { return frozen_stats_; }
+  // SyncBN (see batch_norm): batch statistics over the ranks of the world's group for the
+  // input's device. Off by default; a world of one ignores it.
+  void set_sync(bool on) { sync_ = on; }
+  bool sync() const { return sync_; }
   Tensor& weight() { return weight_; }
   Tensor& bias() { return bias_; }
   Tensor& running_mean() { return running_mean_; }
@@ -58,8 +71,12 @@ class BatchNorm2d : public Module {
  private:
   BatchNormOptions opts_;
   bool frozen_stats_ = false;
+  bool sync_ = false;
   Tensor weight_, bias_, running_mean_, running_var_, num_batches_tracked_;
 };
+
+// Turns SyncBN on or off for every BatchNorm2d of the model (dist.sync_bn).
+void set_sync_batch_norm(Module& model, bool on);
 
 namespace detail {
 

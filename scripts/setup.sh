@@ -14,6 +14,9 @@ packages=(
   libjpeg62-turbo-dev
   zlib1g-dev
   libopenmpi-dev openmpi-bin
+  # A throw-away one-node Slurm cluster for tests/dist/slurm_test.sh (slurmctld, slurmd, srun,
+  # sbatch, sinfo, munged, mungekey); no service is enabled or started.
+  slurmctld slurmd slurm-client munge
   nlohmann-json3-dev
   dataset-fashion-mnist
 )

@@ -24,6 +24,7 @@
 #include "core/random.h"
 #include "dist/process_group.h"
 #include "dist/world.h"
+#include "layers/batchnorm.h"
 #include "layers/conv2d.h"
 #include "models/registry.h"
 #include "prune/prune.h"
@@ -481,6 +482,7 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
       broadcast_module(*model, group);
     }
     if (st.kind == "qat") quant::set_activation_quantization(*model, st.quantize == "all");
+    if (world.size > 1) layers::set_sync_batch_norm(*model, cfg.dist.sync_bn);
     auto opt = make_optimizer(st.optimizer, *model);
     auto sched = make_schedule(st.schedule, st.optimizer.lr, steps_per_epoch, st.epochs);
     GradientReducer reducer(model->parameters(), group, int64_t(cfg.dist.bucket_mb * 1024 * 1024));

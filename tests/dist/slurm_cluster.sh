@@ -126,7 +126,7 @@ SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
 KillWait=5
-MinJobAge=5
+MinJobAge=300
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$ncpu State=UNKNOWN
 PartitionName=test Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF

@@ -129,7 +129,8 @@ jobid=$(cd "$DIR" && LOWBIT="$LOWBIT" CONFIG="$CFG" OUT="$DIR/sbatch" \
   --time=00:10:00 -o "$out_file" "$root/scripts/slurm/train.sbatch") || fail "b) sbatch refused the job"
 jobid=${jobid%%;*}
 echo "slurm_test: b) job $jobid submitted"
-while [ -n "$(squeue -j "$jobid" -h 2>/dev/null)" ]; do
+# Poll squeue until the job leaves the queue (squeue lists pending, running and completing jobs).
+while [ -n "$(squeue -j "$jobid" -h -o %T 2>/dev/null)" ]; do
   if [ $((SECONDS - t)) -ge 300 ]; then
     squeue -j "$jobid" >&2 || true
     scancel "$jobid" 2>/dev/null || true
@@ -138,11 +139,19 @@ while [ -n "$(squeue -j "$jobid" -h 2>/dev/null)" ]; do
   fi
   sleep 1
 done
+# The job's exit: slurmctld keeps a finished job's record for MinJobAge (slurm_cluster.sh: 300 s).
+record=$(scontrol show job "$jobid" 2>/dev/null | grep -o "JobState=[^ ]*\|ExitCode=[^ ]*" | tr '\n' ' ' || true)
 [ -f "$out_file" ] || { slurm_print_logs "$DIR/cluster"; fail "b) job $jobid wrote no output file $out_file"; }
 cat "$out_file"
-# The job's exit: without accounting, the output file is the record. A failed srun step prints
-# srun's "error:" lines; a successful run ends with rank 0's "finished" line.
-if grep -qE "^srun: error|^slurmstepd: error|error:" "$out_file"; then
+echo "slurm_test: b) job $jobid ended: ${record:-(no record left)}"
+[ -n "$record" ] || fail "b) slurmctld has no record of job $jobid, so its exit is unknown"
+case "$record" in
+  *"JobState=COMPLETED "*"ExitCode=0:0 "*) ;;
+  *) fail "b) job $jobid did not complete with exit code 0: $record (output above)" ;;
+esac
+# A failed step also prints srun's, slurmstepd's or lowbit's "error:" lines; a successful run ends
+# with rank 0's "finished" line.
+if grep -qE "error:" "$out_file"; then
   fail "b) job $jobid reported errors (output above)"
 fi
 grep -q "lowbit: slurm_smoke finished" "$out_file" || fail "b) job $jobid: no 'finished' line in $out_file"
