@@ -63,6 +63,10 @@ struct KernelResult {
   // Floating-point operations of one call (multiply-add = 2), 0 where not counted.
   double flops = 0.0;
 
+  // Collectives: nccl-tests' bus bandwidth, busbw = algbw * 2(n-1)/n for an all-reduce of n
+  // ranks (algbw = bytes / time: gb_per_s()), 0 for other kernels.
+  double bus_factor = 0.0;
+
   double gb_per_s() const;     // 0 when bytes == 0
   double gflop_per_s() const;  // 0 when flops == 0
 };
@@ -108,6 +112,7 @@ struct TrainOptions {
   std::string quantizer = "lsq";
   int64_t bits = 4;
   uint64_t seed = 0;
+  double bucket_mb = 25.0;  // data-parallel gradient buckets (train/ddp.h)
 };
 
 struct TrainResult {
@@ -121,6 +126,11 @@ struct TrainResult {
   // optimizer state, activations). CPU: the process's peak resident set size (getrusage).
   int64_t peak_mem_bytes = 0;
   std::string peak_mem_kind;  // "cuda caching allocator peak" / "peak RSS"
+  // Data-parallel runs (mpirun -np N lowbit bench train): images/s above are global (every
+  // rank's batch); comm_wait_share is the part of the step rank 0 spent waiting for gradient
+  // all-reduces that backward did not hide.
+  int world_size = 1;
+  double comm_wait_share = 0.0;
 };
 
 // Full training steps: forward, cross-entropy, backward, SGD (momentum 0.9, weight decay 5e-4,

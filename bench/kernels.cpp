@@ -20,6 +20,7 @@
 #include "bench/bench.h"
 #include "core/autograd.h"
 #include "core/ops.h"
+#include "dist/process_group.h"
 #include "layers/batchnorm.h"
 #include "layers/conv2d.h"
 #include "quant/fake_quant.h"
@@ -265,6 +266,40 @@ std::vector<KernelResult> bench_adamw(const KernelOptions& o) {
   })};
 }
 
+// --- all-reduce --------------------------------------------------------------------------------
+
+constexpr const char* kAllReduceSize =
+    "ELEMENTS,... (f32 elements per rank; default a sweep from 1K to 16M elements = 4 KiB to 64 MiB)";
+
+void allreduce_sizes(const KernelOptions& o) {
+  LOWBIT_CHECK_INPUT(o.dtype == DType::f32, "bench kernel allreduce: --dtype must be f32");
+  for (int64_t n : o.size) LOWBIT_CHECK_INPUT(n >= 1, "bench kernel allreduce: --size wants element counts >= 1");
+}
+
+// The world's all-reduce (sum) on the device's group: mpi (CPU), nccl (CUDA), or a world of one
+// (identity, bus factor 0). Run under mpirun -np N for anything to move.
+std::vector<KernelResult> bench_allreduce(const KernelOptions& o) {
+  std::vector<int64_t> sizes = o.size;
+  if (sizes.empty()) {
+    for (int64_t n = 1024; n <= (int64_t(1) << 24); n *= 4) sizes.push_back(n);
+  }
+  dist::ProcessGroup& group = dist::process_group(o.device);
+  const double n = double(group.size());
+  std::vector<KernelResult> out;
+  for (int64_t elements : sizes) {
+    Tensor t = ones({elements}, TensorOptions(DType::f32, o.device));
+    group.barrier();
+    KernelResult r = make_result("allreduce", o, {elements},
+                                 str_cat(elements * 4, " bytes, ", group.size(), " rank(s), ", group.backend(),
+                                         group.size() == 1 ? " (a world of one: nothing moves; run under mpirun)" : ""));
+    r.timing = time_calls(o.device, o.warmup, o.iters, [&] { group.all_reduce(t, dist::ReduceOp::sum); });
+    r.bytes = group.size() > 1 ? double(elements) * 4.0 : 0.0;
+    r.bus_factor = 2.0 * (n - 1.0) / n;
+    out.push_back(r);
+  }
+  return out;
+}
+
 // --- cross-entropy -----------------------------------------------------------------------------
 
 constexpr const char* kCrossEntropySize = "N,CLASSES (default 256,1000)";
@@ -404,6 +439,9 @@ const std::vector<KernelBench>& kernel_benches() {
        [](Opts o) { optimizer_sizes(o, "adamw"); }},
       {"cross_entropy", kCrossEntropySize, "cross-entropy forward and backward",
        bench_cross_entropy, [](Opts o) { cross_entropy_sizes(o); }},
+      {"allreduce", kAllReduceSize,
+       "all-reduce (sum) of the world's ranks: algorithm and bus bandwidth (nccl-tests' busbw)",
+       bench_allreduce, [](Opts o) { allreduce_sizes(o); }},
       {"fake_quant", kFakeQuantSize,
        "4-bit fake quantization forward and backward: uniform and LSQ, per tensor and per channel",
        bench_fake_quant, [](Opts o) { fake_quant_sizes(o); }},

@@ -17,10 +17,12 @@
 #include "core/autograd.h"
 #include "core/random.h"
 #include "cuda/caching_allocator.h"
+#include "dist/process_group.h"
 #include "layers/basic.h"
 #include "layers/conv2d.h"
 #include "models/registry.h"
 #include "quant/convert.h"
+#include "train/ddp.h"
 #include "train/loss.h"
 #include "train/optimizer.h"
 
@@ -72,18 +74,27 @@ TrainResult run_train_bench(const TrainOptions& o) {
   Tensor images = randn({o.batch, o.hw, o.hw, o.cin}, TensorOptions(DType::f32, dev));
   const Tensor labels = randint(0, o.classes, {o.batch}, TensorOptions(DType::i64, dev));
 
+  // Data-parallel under mpirun: rank 0's weights everywhere, gradients averaged in buckets
+  // (a world of one: no hooks, the plain step).
+  dist::ProcessGroup& group = dist::process_group(dev);
+  train::broadcast_module(*model, group);
+  train::GradientReducer reducer(params, group, int64_t(o.bucket_mb * 1024 * 1024));
+
   Tensor loss;
   auto step = [&] {
     Tensor logits = model->forward(images);
     loss = train::cross_entropy(train::loss_precision(logits), labels);
     opt.zero_grad();
     loss.backward();
+    reducer.finish();
     opt.step();
     if (qat) quant::clamp_quantizer_parameters(*model);
   };
 
   for (int64_t i = 0; i < o.warmup; ++i) step();
   synchronize(dev);
+  group.barrier();
+  const double wait0 = reducer.wait_seconds();
   const auto t0 = std::chrono::steady_clock::now();
   for (int64_t i = 0; i < o.steps; ++i) step();
   synchronize(dev);
@@ -95,7 +106,9 @@ TrainResult run_train_bench(const TrainOptions& o) {
   r.threads = threads();
   r.params = model->num_parameters();
   r.ms_per_step = 1e3 * seconds / double(o.steps);
-  r.images_per_s = double(o.batch * o.steps) / seconds;
+  r.world_size = group.size();
+  r.images_per_s = double(o.batch * o.steps * group.size()) / seconds;
+  r.comm_wait_share = (reducer.wait_seconds() - wait0) / seconds;
   r.final_loss = loss.item();
   if (dev.is_cuda()) {
     r.peak_mem_bytes = cuda::device_allocator(dev.index).stats().peak_allocated_bytes;

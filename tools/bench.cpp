@@ -11,6 +11,7 @@
 
 #include "bench/bench.h"
 #include "core/error.h"
+#include "dist/world.h"
 #include "layers/conv2d.h"
 #include "train/trainer.h"
 
@@ -37,7 +38,7 @@ const char* kTrainHelp =
     "usage: lowbit bench train [--model NAME] [--batch B] [--hw H] [--cin C] [--classes K]\n"
     "                          [--steps N] [--warmup W] [--device auto|cpu|cuda|cuda:N]\n"
     "                          [--mode fp32|bf16|qat] [--quantizer Q] [--bits B]\n"
-    "                          [--threads T] [--cpu-conv A] [--seed S] [--json]\n"
+    "                          [--threads T] [--cpu-conv A] [--seed S] [--bucket-mb M] [--json]\n"
     "\n"
     "Times N training steps (after W untimed ones) of model NAME on one synthetic batch of B\n"
     "images of HxHxC (randn) with labels in [0, K) (randint): forward, cross-entropy, backward,\n"
@@ -64,9 +65,15 @@ const char* kTrainHelp =
     "                 Winograd F(4x4, 3x3) wherever it applies), winograd_f4 (lowbit's, as auto)\n"
     "                 or winograd_f2 (lowbit's F(2x2, 3x3): slower, 5-10x less rounding error)\n"
     "  --seed S       seed of the weights and the synthetic batch (default 0)\n"
+    "  --bucket-mb M  data-parallel gradient buckets in MiB (default 25; docs/distributed.md)\n"
     "  --json         print one JSON object: model, batch, hw, cin, classes, mode, device,\n"
     "                 threads, cpu_conv, steps, warmup, params, images_per_s, ms_per_step,\n"
-    "                 peak_mem_bytes, peak_mem_kind, final_loss; qat adds quantizer, bits\n"
+    "                 peak_mem_bytes, peak_mem_kind, final_loss, world_size, comm_wait_share;\n"
+    "                 qat adds quantizer, bits\n"
+    "\n"
+    "Under mpirun -np N (or srun -n N) every rank runs batch B data-parallel: images/s is global\n"
+    "(N*B per step) and comm_wait_share the part of the step spent waiting for the gradient\n"
+    "all-reduces that backward did not hide.\n"
     "\n"
     "Peak memory: on CUDA the caching allocator's peak of bytes in use during the benchmark;\n"
     "on the CPU the process's peak resident set size (getrusage).\n";
@@ -179,6 +186,7 @@ json kernel_json(const bench::KernelResult& r, const bench::KernelOptions& o, do
          {"warmup", o.warmup},       {"ms", r.timing.median_ms}, {"ms_min", r.timing.min_ms},
          {"copy_gb_per_s", copy_gbs}};
   if (r.kernel.rfind("conv", 0) == 0) j["cpu_conv"] = layers::cpu_conv_algo_name(layers::cpu_conv_algo());
+  if (r.bus_factor > 0) j["busbw_gb_per_s"] = r.gb_per_s() * r.bus_factor;
   if (r.bytes > 0) {
     j["bytes"] = r.bytes;
     j["gb_per_s"] = r.gb_per_s();
@@ -197,10 +205,11 @@ std::string kernel_line(const bench::KernelResult& r, double copy_gbs) {
      << fixed(r.timing.median_ms, r.timing.median_ms < 1 ? 4 : 3) << " ms";
   if (r.bytes > 0) {
     os << std::setw(10) << fixed(r.gb_per_s(), 1) << " GB/s";
-    if (r.kernel != "copy" && copy_gbs > 0) {
+    if (r.kernel != "copy" && r.kernel != "allreduce" && copy_gbs > 0) {
       os << " (" << fixed(100 * r.gb_per_s() / copy_gbs, 0) << "% of copy)";
     }
   }
+  if (r.bus_factor > 0) os << "  busbw " << fixed(r.gb_per_s() * r.bus_factor, 2) << " GB/s";
   if (r.flops > 0) os << std::setw(10) << fixed(r.gflop_per_s(), 1) << " GFLOP/s";
   os << "   " << r.shape;
   return os.str();
@@ -296,7 +305,7 @@ int run_train(int argc, char** argv, std::ostream& out) {
   int threads = 0;
   ArgWalker{argc, argv, 3, "bench train"}.walk(
       {"--model", "--batch", "--hw", "--cin", "--classes", "--steps", "--warmup", "--device",
-       "--mode", "--threads", "--cpu-conv", "--seed", "--quantizer", "--bits"},
+       "--mode", "--threads", "--cpu-conv", "--seed", "--quantizer", "--bits", "--bucket-mb"},
       {"--json", "--help", "-h"},
       [&](const std::string& f, const std::string& v) {
         if (f == "--model")
@@ -327,6 +336,8 @@ int run_train(int argc, char** argv, std::ostream& out) {
           o.quantizer = v;
         else if (f == "--bits")
           o.bits = parse_int(f, v);
+        else if (f == "--bucket-mb")
+          o.bucket_mb = double(parse_int(f, v));
         else if (f == "--json")
           as_json = true;
         else
@@ -363,7 +374,9 @@ int run_train(int argc, char** argv, std::ostream& out) {
            {"ms_per_step", r.ms_per_step},
            {"peak_mem_bytes", r.peak_mem_bytes},
            {"peak_mem_kind", r.peak_mem_kind},
-           {"final_loss", r.final_loss}};
+           {"final_loss", r.final_loss},
+           {"world_size", r.world_size},
+           {"comm_wait_share", r.comm_wait_share}};
     if (o.mode == "qat") {
       j["quantizer"] = o.quantizer;
       j["bits"] = o.bits;
@@ -377,13 +390,20 @@ int run_train(int argc, char** argv, std::ostream& out) {
         << " ms/step over " << o.steps << " steps after " << o.warmup << " warm-up\n"
         << "  peak memory " << fixed(double(r.peak_mem_bytes) / double(1 << 20), 1) << " MiB ("
         << r.peak_mem_kind << "), last loss " << fixed(r.final_loss, 4) << "\n";
+    if (r.world_size > 1) {
+      out << "  " << r.world_size << " ranks (global images/s), " << fixed(100 * r.comm_wait_share, 1)
+          << "% of the step waiting for gradient all-reduces\n";
+    }
   }
   return 0;
 }
 
 }  // namespace
 
-int run_bench(int argc, char** argv, std::ostream& out) {
+int run_bench(int argc, char** argv, std::ostream& out_all) {
+  // Under mpirun every rank runs the benchmark (collectives need them all); rank 0 reports.
+  std::ostringstream discard;
+  std::ostream& out = dist::is_root() ? out_all : discard;
   if (argc < 3 || is_help(argv[2])) {
     out << kBenchHelp;
     return argc < 3 ? 2 : 0;

@@ -92,6 +92,10 @@ struct GradientReducer::State {
   bool active = true;  // false once the reducer is gone (hooks stay registered on the leaves)
   double wait_s = 0.0;
 
+  // The local group of a world of one has nothing to reduce. (A one-rank nccl group still runs
+  // every bucket: the GPU test of the reducer.)
+  bool plain() const { return group->size() == 1 && std::string(group->backend()) == "local"; }
+
   void launch(Bucket& b) {
     autograd::NoGradGuard guard;
     for (size_t k = 0; k < b.params.size(); ++k) {
@@ -156,7 +160,7 @@ GradientReducer::GradientReducer(std::vector<Tensor> params, dist::ProcessGroup&
     cur_bytes += p.nbytes();
   }
   close();
-  if (group.size() == 1) return;  // nothing to reduce: no hooks, plain training
+  if (s.plain()) return;  // a world of one: no hooks, plain training
   std::weak_ptr<State> weak = state_;
   for (size_t k = 0; k < s.params.size(); ++k) {
     s.params[k].register_post_accumulate_grad_hook([weak, k](const Tensor&) {
@@ -171,7 +175,7 @@ void GradientReducer::set_sync(bool sync) { state_->sync = sync; }
 
 void GradientReducer::finish() {
   State& s = *state_;
-  if (!s.sync || s.group->size() == 1) return;
+  if (!s.sync || s.plain()) return;
   // Buckets whose parameters did not all get a gradient: launched now, in order.
   for (auto& b : s.buckets) b.ready = int64_t(b.params.size());
   s.launch_ready();

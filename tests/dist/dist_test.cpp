@@ -266,5 +266,56 @@ TEST(DataParallel, ChecksThatRanksAgree) {
               HasSubstr("the config differs between rank 0 and rank(s) 1"));
 }
 
+// --- GPU (label gpu): the nccl backend with one rank, on a local bootstrap ---------------------
+
+TEST(DistGpu, NcclOneRankCollectives) {
+  LOWBIT_SKIP_WITHOUT_GPU();
+  auto boot = dist::detail::make_local_group();
+  auto nccl = dist::detail::make_nccl_group(0, *boot);
+  EXPECT_STREQ(nccl->backend(), "nccl");
+  const Device gpu = Device::cuda(0);
+  Tensor x = rank_tensor(DType::f32, 7).to(gpu);
+  for (dist::ReduceOp op : {dist::ReduceOp::sum, dist::ReduceOp::mean, dist::ReduceOp::min, dist::ReduceOp::max}) {
+    nccl->all_reduce(x, op);
+    EXPECT_EQ(values_of(x), values_of(rank_tensor(DType::f32, 7))) << dist::reduce_op_name(op);
+  }
+  nccl->broadcast(x, 0);
+  Tensor g = nccl->all_gather(x);
+  EXPECT_EQ(g.shape(), (Shape{1, 7}));
+  EXPECT_EQ(values_of(g), values_of(x));
+  nccl->barrier();
+  EXPECT_THAT(error_of([&] { nccl->all_reduce(zeros({2})); }), HasSubstr("nccl group of cuda:0"));
+}
+
+TEST(DistGpu, OneRankDataParallelOnNcclEqualsPlainTraining) {
+  // Every bucket goes through NCCL (mean over one rank): the steps must be bit for bit those
+  // of plain training.
+  LOWBIT_SKIP_WITHOUT_GPU();
+  auto boot = dist::detail::make_local_group();
+  auto nccl = dist::detail::make_nccl_group(0, *boot);
+  const Device gpu = Device::cuda(0);
+  manual_seed(3);
+  auto a = small_net(true), b = small_net(true);
+  b->load_state_dict(a->state_dict());
+  a->to(gpu);
+  b->to(gpu);
+  train::SGD oa({train::ParamGroup(a->parameters(), 0.1)}, {0.9, 0.0, false});
+  train::SGD ob({train::ParamGroup(b->parameters(), 0.1)}, {0.9, 0.0, false});
+  train::GradientReducer reducer(a->parameters(), *nccl, 600);
+  EXPECT_GT(reducer.num_buckets(), 2);
+  for (int step = 0; step < 3; ++step) {
+    Tensor x = randn({8, 8, 8, 3}, TensorOptions(DType::f32, gpu));
+    Tensor y = randint(0, 5, {8}, TensorOptions(DType::i64, gpu));
+    oa.zero_grad();
+    train::cross_entropy(a->forward(x), y).backward();
+    reducer.finish();
+    oa.step();
+    ob.zero_grad();
+    train::cross_entropy(b->forward(x), y).backward();
+    ob.step();
+  }
+  EXPECT_EQ(train::hash_module(*a), train::hash_module(*b));
+}
+
 }  // namespace
 }  // namespace lowbit

@@ -6,7 +6,9 @@
 #     (the trainer checks the structure and the parameters across ranks and fails otherwise);
 #   - a rank killed mid-epoch, a rank that throws and a rank that hangs end the job non-zero
 #     within the timeout, naming the rank; `--resume` after the kill equals the uninterrupted run;
-#   - bad launches: configs that differ between ranks, a world larger than the data.
+#   - a 2-rank checkpoint resumed by one process continues (and says so);
+#   - bad launches: configs that differ between ranks, a world larger than the data, CUDA asked
+#     for with fewer GPUs than ranks (none here).
 # usage: mpi_cli_test.sh LOWBIT MPIRUN [MPIRUN ARGS...]
 set -uo pipefail
 lowbit=$1
@@ -84,6 +86,14 @@ grep -q "rank 1" "$work/b.log" || { cat "$work/b.log"; fail "killed rank: rank 1
   { cat "$work/b2.log"; fail "resume"; }
 cmp "$work/a/model.safetensors" "$work/b/model.safetensors" || fail "resumed 2-rank run differs from the uninterrupted one"
 
+echo "== --resume with another world size: continues and says so"
+LOWBIT_FAULT=kill:1:2:5 timeout 120 "${mpirun[@]}" -np 2 -x LOWBIT_FAULT "$lowbit" train "$work/small.yaml" \
+  --out "$work/g" --no-progress >"$work/g.log" 2>&1 && fail "killed rank (g): exit 0"
+"$lowbit" train "$work/small.yaml" --out "$work/g" --resume --no-progress >"$work/g2.log" 2>&1 ||
+  { cat "$work/g2.log"; fail "resume of a 2-rank run on 1 process"; }
+grep -q "written by a run of 2 rank(s), this run has 1" "$work/g2.log" || { cat "$work/g2.log"; fail "resume: no message"; }
+[ "$(json "$work/g/summary.json" '["epochs"]')" = 2 ] || fail "resume on 1 process: epochs"
+
 echo "== a rank that throws"
 LOWBIT_FAULT=throw:1:1:3 timeout 120 "${mpirun[@]}" -np 2 -x LOWBIT_FAULT "$lowbit" train "$work/small.yaml" \
   --out "$work/c" --no-progress >"$work/c.log" 2>&1 && fail "throwing rank: exit 0"
@@ -103,4 +113,7 @@ grep -q "differs between rank 0 and rank(s) 1" "$work/e.log" || { cat "$work/e.l
 "${mpirun[@]}" -np 2 "$lowbit" train "$work/small.yaml" --out "$work/f" --set data.max_train_samples=1 >"$work/f.log" 2>&1 &&
   fail "world larger than the data: exit 0"
 grep -q "fewer than the 2 ranks" "$work/f.log" || { cat "$work/f.log"; fail "world larger than the data: message"; }
+"${mpirun[@]}" -np 2 "$lowbit" train "$work/small.yaml" --out "$work/h" --device cuda >"$work/h.log" 2>&1 &&
+  fail "cuda with fewer GPUs than ranks: exit 0"
+grep -q "CUDA device(s) are visible" "$work/h.log" || { cat "$work/h.log"; fail "cuda with fewer GPUs than ranks: message"; }
 echo "PASS"
