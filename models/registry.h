@@ -26,7 +26,6 @@ using ModelFactory = std::function<layers::ModulePtr(const ModelOptions&)>;
 // Builds a registered model; throws InputError listing the known names otherwise.
 layers::ModulePtr create_model(const std::string& name, const ModelOptions& opts);
 std::vector<std::string> model_names();
-bool has_model(const std::string& name);
 
 struct ModelRegistrar {
   ModelRegistrar(const std::string& name, ModelFactory factory);

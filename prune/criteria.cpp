@@ -8,6 +8,7 @@
 #include "core/autograd.h"
 #include "core/error.h"
 #include "core/ops.h"
+#include "core/registry.h"
 #include "layers/batchnorm.h"
 #include "layers/conv2d.h"
 
@@ -15,8 +16,8 @@ namespace lowbit::prune {
 
 namespace {
 
-std::map<std::string, Criterion>& registry() {
-  static std::map<std::string, Criterion> r;
+Registry<Criterion>& registry() {
+  static Registry<Criterion> r("pruning method");
   return r;
 }
 
@@ -160,22 +161,12 @@ void PruneOptions::validate() const {
 
 void register_criterion(const std::string& name, Criterion c) {
   LOWBIT_CHECK(c.select != nullptr, "pruning criterion '", name, "' has no select function");
-  LOWBIT_CHECK(registry().emplace(name, std::move(c)).second, "pruning criterion '", name,
-               "' registered twice");
+  registry().add(name, std::move(c));
 }
 
-const Criterion& find_criterion(const std::string& name) {
-  auto it = registry().find(name);
-  LOWBIT_CHECK_INPUT(it != registry().end(), "unknown pruning method '", name,
-                     "'; known: ", join(criterion_names()));
-  return it->second;
-}
+const Criterion& find_criterion(const std::string& name) { return registry().get(name); }
 
-std::vector<std::string> criterion_names() {
-  std::vector<std::string> out;
-  for (const auto& [n, c] : registry()) out.push_back(n);
-  return out;
-}
+std::vector<std::string> criterion_names() { return registry().names(); }
 
 std::vector<BnChannelStats> bn_channel_stats(const GraphLayer& l) {
   layers::BatchNorm2d* bn = l.bn();

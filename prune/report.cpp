@@ -6,6 +6,7 @@
 #include <sstream>
 #include <string>
 
+#include "prune/criteria.h"
 #include "prune/prune.h"
 
 namespace lowbit::prune {
@@ -29,7 +30,7 @@ nlohmann::json num(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlo
 std::string PruneReport::table() const {
   std::ostringstream os;
   os << "pruning: method " << options.method << ", mode " << options.mode;
-  if (options.method == "pfq") {
+  if (find_criterion(options.method).folds) {  // PfQ's options; the ratio criteria's below
     os << ", var_threshold "
        << (options.var_threshold < 0 ? std::string("BN eps") : fmt("%g", options.var_threshold))
        << ", border " << options.border << ", constant " << options.constant << ", residual "

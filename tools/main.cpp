@@ -10,6 +10,7 @@
 #include "tools/bench.h"
 #include "tools/info.h"
 #include "train/config.h"
+#include "train/registries.h"
 #include "train/trainer.h"
 
 namespace {
@@ -39,10 +40,12 @@ const char* kTrainHelp =
     "  summary.json            test_top1, test_top5, params, model_bytes, wall_s, images_per_s, ...\n"
     "\n"
     "  --resume     continue from DIR/checkpoint.safetensors (same weights as an uninterrupted run)\n"
+    "  --set K=V    override a config key, e.g. --set stages.0.epochs=2 --set data.batch_size=64\n"
     "\n"
     "Data-parallel on N processes: mpirun -np N lowbit train CONFIG, or srun -n N lowbit train\n"
     "CONFIG (docs/distributed.md). Rank 0 writes DIR; data.batch_size is per rank.\n"
-    "  --set K=V    override a config key, e.g. --set stages.0.epochs=2 --set data.batch_size=64\n";
+    "\n"
+    "Registered choices (docs/config.md):\n";
 
 const char* kEvalHelp =
     "usage: lowbit eval CONFIG --checkpoint FILE [--device ...] [--set key.path=value]...\n"
@@ -97,7 +100,7 @@ Args parse(int argc, char** argv, const char* cmd, bool allow_train_flags) {
 
 int run_train(int argc, char** argv) {
   if (argc > 2 && is_help(argv[2])) {
-    std::cout << kTrainHelp;
+    std::cout << kTrainHelp << lowbit::train::registered_choices();
     return 0;
   }
   Args a = parse(argc, argv, "train", true);

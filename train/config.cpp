@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "train/registries.h"
 
 namespace lowbit::train {
 
@@ -120,7 +121,7 @@ const int64_t kBig = int64_t(1) << 40;
 
 OptimizerConfig parse_optimizer(Section s) {
   OptimizerConfig o;
-  o.name = s.str("name", o.name, {"sgd", "adamw"});
+  o.name = s.str("name", o.name, optimizer_registry().names());
   o.lr = s.num("lr", o.lr, 0.0, 100.0);
   o.momentum = s.num("momentum", o.momentum, 0.0, 1.0);
   o.nesterov = s.boolean("nesterov", o.nesterov);
@@ -136,7 +137,7 @@ OptimizerConfig parse_optimizer(Section s) {
 
 ScheduleConfig parse_schedule(Section s) {
   ScheduleConfig c;
-  c.name = s.str("name", c.name, {"constant", "step", "multistep", "cosine", "onecycle"});
+  c.name = s.str("name", c.name, schedule_registry().names());
   c.warmup_epochs = s.num("warmup_epochs", c.warmup_epochs, 0.0, 1e6);
   c.warmup_start_factor = s.num("warmup_start_factor", c.warmup_start_factor, 0.0, 1.0);
   c.step_epochs = s.num("step_epochs", c.step_epochs, 1e-6, 1e6);
@@ -157,10 +158,12 @@ ScheduleConfig parse_schedule(Section s) {
 StageConfig parse_stage(Section s, size_t index) {
   StageConfig st;
   st.name = s.str("name", "stage" + std::to_string(index));
-  st.kind = s.str("kind", st.kind, {"train", "qat", "prune"});
+  st.kind = s.str("kind", st.kind, stage_kind_registry().names());
   st.epochs = s.integer("epochs", st.epochs, 0, 100000);
   st.quantize = s.str("quantize", st.quantize, {"weights", "all"});
-  if (st.kind != "qat" && s.has("quantize")) s.fail("quantize", "applies to kind: qat stages only");
+  if (!stage_kind_registry().get(st.kind).quantizes && s.has("quantize")) {
+    s.fail("quantize", "applies to stage kinds that quantize (qat) only");
+  }
   st.init = s.str("init", st.init);
   st.optimizer = parse_optimizer(s.sub("optimizer"));
   st.schedule = parse_schedule(s.sub("schedule"));
@@ -316,7 +319,7 @@ ExperimentConfig parse_config(const std::string& yaml_text, const std::string& f
 
   Section d = top.sub("data");
   DataConfig& dc = c.data;
-  dc.dataset = d.str("dataset", dc.dataset, {"fashion_mnist", "mnist", "cifar10", "cifar100", "imagenet", "synthetic"});
+  dc.dataset = d.str("dataset", dc.dataset, dataset_registry().names());
   dc.root = d.str("root", dc.root);
   dc.batch_size = d.integer("batch_size", dc.batch_size, 1, 1 << 20);
   dc.eval_batch_size = d.integer("eval_batch_size", dc.eval_batch_size, 1, 1 << 20);
@@ -371,8 +374,8 @@ ExperimentConfig parse_config(const std::string& yaml_text, const std::string& f
     top.raw("quant");
   }
   for (size_t i = 0; i < c.stages.size(); ++i) {
-    if (c.stages[i].kind == "qat" && !c.has_quant) {
-      throw InputError(str_cat(c.file, ": stages.", i, ".kind: qat needs a top-level quant: section"));
+    if (stage_kind_registry().get(c.stages[i].kind).needs_quant && !c.has_quant) {
+      throw InputError(str_cat(c.file, ": stages.", i, ".kind: ", c.stages[i].kind, " needs a top-level quant: section"));
     }
   }
   if (top.has("prune") && !top.get("prune").IsNull()) {
@@ -399,8 +402,8 @@ ExperimentConfig parse_config(const std::string& yaml_text, const std::string& f
     top.raw("prune");
   }
   for (size_t i = 0; i < c.stages.size(); ++i) {
-    if (c.stages[i].kind == "prune" && !c.has_prune) {
-      throw InputError(str_cat(c.file, ": stages.", i, ".kind: prune needs a top-level prune: section"));
+    if (stage_kind_registry().get(c.stages[i].kind).needs_prune && !c.has_prune) {
+      throw InputError(str_cat(c.file, ": stages.", i, ".kind: ", c.stages[i].kind, " needs a top-level prune: section"));
     }
   }
   top.finish();

@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "dist/world.h"
+#include "train/registries.h"
 
 namespace lowbit::train {
 
@@ -36,39 +37,75 @@ data::DatasetPtr limit(data::DatasetPtr d, int64_t n) {
 
 std::vector<float> as_floats(const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); }
 
+// data.dataset (train/registries.h): the readers, normalisation and geometry of each dataset.
+const bool kDatasetsRegistered = [] {
+  using Cfg = const ExperimentConfig&;
+  using Norm = std::pair<std::vector<float>, std::vector<float>>;
+  auto& r = dataset_registry();
+  DatasetSpec fmnist;
+  fmnist.open = [](Cfg c) {
+    return std::make_pair(data::open_fashion_mnist(c.data.root, true), data::open_fashion_mnist(c.data.root, false));
+  };
+  fmnist.normalisation = [](const DataConfig&) { return Norm{data::kFashionMnistMean, data::kFashionMnistStd}; };
+  fmnist.geometry = [](const DataConfig&) { return DatasetGeometry{28, 1, 10}; };
+  r.add("fashion_mnist", fmnist);
+  DatasetSpec mnist = fmnist;  // the same IDX reader; no default folder
+  mnist.open = [](Cfg c) {
+    LOWBIT_CHECK_INPUT(!c.data.root.empty(), c.file, ": data.root: mnist needs the folder of its IDX files");
+    return std::make_pair(data::open_fashion_mnist(c.data.root, true), data::open_fashion_mnist(c.data.root, false));
+  };
+  mnist.normalisation = [](const DataConfig&) { return Norm{{0.1307f}, {0.3081f}}; };
+  r.add("mnist", mnist);
+  for (auto [name, kind] : {std::make_pair("cifar10", data::CifarKind::cifar10),
+                            std::make_pair("cifar100", data::CifarKind::cifar100)}) {
+    DatasetSpec cifar;
+    const data::CifarKind k = kind;
+    cifar.open = [k](Cfg c) {
+      return std::make_pair(data::open_cifar(c.data.root, k, true), data::open_cifar(c.data.root, k, false));
+    };
+    cifar.normalisation = [k](const DataConfig&) {
+      return k == data::CifarKind::cifar10 ? Norm{data::kCifar10Mean, data::kCifar10Std}
+                                           : Norm{{0.5071f, 0.4865f, 0.4409f}, {0.2673f, 0.2564f, 0.2762f}};
+    };
+    cifar.geometry = [k](const DataConfig&) {
+      return DatasetGeometry{32, 3, k == data::CifarKind::cifar10 ? 10 : 100};
+    };
+    r.add(name, cifar);
+  }
+  DatasetSpec imagenet;
+  imagenet.open = [](Cfg c) {
+    return std::make_pair(data::open_image_folder(c.data.root + "/train"), data::open_image_folder(c.data.root + "/val"));
+  };
+  imagenet.normalisation = [](const DataConfig&) { return Norm{data::kImageNetMean, data::kImageNetStd}; };
+  imagenet.geometry = [](const DataConfig& d) { return DatasetGeometry{d.image_size > 0 ? d.image_size : 224, 3, 1000}; };
+  imagenet.crops = true;
+  r.add("imagenet", imagenet);
+  DatasetSpec synthetic;
+  synthetic.open = [](Cfg c) {
+    const DataConfig& d = c.data;
+    return std::make_pair(
+        data::synthetic(d.synthetic_size, d.synthetic_hw, d.synthetic_hw, d.synthetic_channels, d.synthetic_classes,
+                        c.seed),
+        data::synthetic(std::max<int64_t>(d.synthetic_size / 4, 1), d.synthetic_hw, d.synthetic_hw,
+                        d.synthetic_channels, d.synthetic_classes, c.seed + 1));
+  };
+  synthetic.normalisation = [](const DataConfig& d) {
+    return Norm{std::vector<float>(size_t(d.synthetic_channels), 0.5f), std::vector<float>(size_t(d.synthetic_channels), 0.25f)};
+  };
+  synthetic.geometry = [](const DataConfig& d) {
+    return DatasetGeometry{d.synthetic_hw, d.synthetic_channels, d.synthetic_classes};
+  };
+  r.add("synthetic", synthetic);
+  return true;
+}();
+
 }  // namespace
 
 DataSource make_data(const ExperimentConfig& cfg, Device device) {
   const DataConfig& d = cfg.data;
-  data::DatasetPtr train, test;
-  std::vector<float> mean, stddev;
-  if (d.dataset == "fashion_mnist" || d.dataset == "mnist") {
-    if (d.dataset == "mnist" && d.root.empty()) {
-      throw InputError(str_cat(cfg.file, ": data.root: mnist needs the folder of its IDX files"));
-    }
-    train = data::open_fashion_mnist(d.root, true);
-    test = data::open_fashion_mnist(d.root, false);
-    mean = d.dataset == "mnist" ? std::vector<float>{0.1307f} : data::kFashionMnistMean;
-    stddev = d.dataset == "mnist" ? std::vector<float>{0.3081f} : data::kFashionMnistStd;
-  } else if (d.dataset == "cifar10" || d.dataset == "cifar100") {
-    const auto kind = d.dataset == "cifar10" ? data::CifarKind::cifar10 : data::CifarKind::cifar100;
-    train = data::open_cifar(d.root, kind, true);
-    test = data::open_cifar(d.root, kind, false);
-    mean = d.dataset == "cifar10" ? data::kCifar10Mean : std::vector<float>{0.5071f, 0.4865f, 0.4409f};
-    stddev = d.dataset == "cifar10" ? data::kCifar10Std : std::vector<float>{0.2673f, 0.2564f, 0.2762f};
-  } else if (d.dataset == "imagenet") {
-    train = data::open_image_folder(d.root + "/train");
-    test = data::open_image_folder(d.root + "/val");
-    mean = data::kImageNetMean;
-    stddev = data::kImageNetStd;
-  } else {
-    train = data::synthetic(d.synthetic_size, d.synthetic_hw, d.synthetic_hw, d.synthetic_channels,
-                            d.synthetic_classes, cfg.seed);
-    test = data::synthetic(std::max<int64_t>(d.synthetic_size / 4, 1), d.synthetic_hw, d.synthetic_hw,
-                           d.synthetic_channels, d.synthetic_classes, cfg.seed + 1);
-    mean.assign(size_t(d.synthetic_channels), 0.5f);
-    stddev.assign(size_t(d.synthetic_channels), 0.25f);
-  }
+  const DatasetSpec& spec = dataset_registry().get(d.dataset);
+  auto [train, test] = spec.open(cfg);
+  auto [mean, stddev] = spec.normalisation(d);
   train = limit(train, d.max_train_samples);
   test = limit(test, d.max_test_samples);
   if (!d.mean.empty()) {
@@ -84,7 +121,7 @@ DataSource make_data(const ExperimentConfig& cfg, Device device) {
 
   std::vector<data::TransformPtr> train_steps, test_steps;
   int64_t size = shape[0];
-  if (d.dataset == "imagenet") {
+  if (spec.crops) {
     const int64_t s = d.image_size > 0 ? d.image_size : 224;
     train_steps.push_back(d.random_resized_crop ? data::random_resized_crop(s, s) : data::center_crop(s, s));
     if (d.resize > 0) test_steps.push_back(data::resize_shorter(d.resize));

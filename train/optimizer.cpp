@@ -10,6 +10,7 @@
 #include "core/autograd.h"
 #include "core/ops.h"
 #include "core/parallel.h"
+#include "train/registries.h"
 
 namespace lowbit::train {
 
@@ -410,5 +411,21 @@ Tensor clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
   }
   return total;
 }
+
+namespace {
+
+// stages[].optimizer.name (train/registries.h).
+const bool kOptimizersRegistered = [] {
+  optimizer_registry().add("sgd", [](std::vector<ParamGroup> groups, const OptimizerConfig& c) {
+    return std::unique_ptr<Optimizer>(std::make_unique<SGD>(std::move(groups), SgdOptions{c.momentum, 0.0, c.nesterov}));
+  });
+  optimizer_registry().add("adamw", [](std::vector<ParamGroup> groups, const OptimizerConfig& c) {
+    return std::unique_ptr<Optimizer>(
+        std::make_unique<AdamW>(std::move(groups), AdamWOptions{c.beta1, c.beta2, c.eps}));
+  });
+  return true;
+}();
+
+}  // namespace
 
 }  // namespace lowbit::train

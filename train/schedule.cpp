@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "train/registries.h"
 
 namespace lowbit::train {
 
@@ -136,5 +137,29 @@ double LinearWarmup::lr_at(int64_t step) const {
   }
   return inner_->lr_at(step) * factor;
 }
+
+namespace {
+
+// stages[].schedule.name (train/registries.h); epochs in the config become optimizer steps.
+const bool kSchedulesRegistered = [] {
+  using Ctx = const ScheduleContext&;
+  using Cfg = const ScheduleConfig&;
+  using Ptr = std::shared_ptr<LrSchedule>;
+  auto& r = schedule_registry();
+  r.add("constant", [](Cfg, Ctx x) -> Ptr { return std::make_shared<ConstantLr>(x.base_lr); });
+  r.add("step", [](Cfg c, Ctx x) -> Ptr { return std::make_shared<StepLr>(x.base_lr, x.steps(c.step_epochs), c.gamma); });
+  r.add("multistep", [](Cfg c, Ctx x) -> Ptr {
+    std::vector<int64_t> m;
+    for (double e : c.milestones) m.push_back(x.steps(e));
+    return std::make_shared<MultiStepLr>(x.base_lr, m, c.gamma);
+  });
+  r.add("cosine", [](Cfg c, Ctx x) -> Ptr { return std::make_shared<CosineLr>(x.base_lr, x.total_steps, c.eta_min); });
+  r.add("onecycle", [](Cfg c, Ctx x) -> Ptr {
+    return std::make_shared<OneCycleLr>(x.base_lr, x.total_steps, c.pct_start, c.div_factor, c.final_div_factor);
+  });
+  return true;
+}();
+
+}  // namespace
 
 }  // namespace lowbit::train

@@ -36,6 +36,7 @@
 #include "train/loss.h"
 #include "train/optimizer.h"
 #include "train/progress.h"
+#include "train/registries.h"
 #include "train/safetensors.h"
 #include "train/schedule.h"
 
@@ -71,26 +72,12 @@ Device resolve_device(const std::string& spec) {
 
 namespace {
 
-std::shared_ptr<LrSchedule> make_schedule(const ScheduleConfig& c, double base_lr,
-                                          int64_t steps_per_epoch, int64_t epochs) {
-  const int64_t total = std::max<int64_t>(1, steps_per_epoch * epochs);
-  const auto steps = [&](double ep) { return std::max<int64_t>(1, int64_t(ep * double(steps_per_epoch) + 0.5)); };
-  std::shared_ptr<LrSchedule> s;
-  if (c.name == "constant") {
-    s = std::make_shared<ConstantLr>(base_lr);
-  } else if (c.name == "step") {
-    s = std::make_shared<StepLr>(base_lr, steps(c.step_epochs), c.gamma);
-  } else if (c.name == "multistep") {
-    std::vector<int64_t> m;
-    for (double e : c.milestones) m.push_back(steps(e));
-    s = std::make_shared<MultiStepLr>(base_lr, m, c.gamma);
-  } else if (c.name == "cosine") {
-    s = std::make_shared<CosineLr>(base_lr, total, c.eta_min);
-  } else {
-    s = std::make_shared<OneCycleLr>(base_lr, total, c.pct_start, c.div_factor, c.final_div_factor);
-  }
+std::shared_ptr<LrSchedule> make_schedule(const ScheduleConfig& c, double base_lr, int64_t steps_per_epoch,
+                                          int64_t epochs) {
+  ScheduleContext ctx{base_lr, steps_per_epoch, std::max<int64_t>(1, steps_per_epoch * epochs)};
+  std::shared_ptr<LrSchedule> s = schedule_registry().get(c.name)(c, ctx);
   if (c.warmup_epochs > 0) {
-    s = std::make_shared<LinearWarmup>(s, steps(c.warmup_epochs), c.warmup_start_factor);
+    s = std::make_shared<LinearWarmup>(s, ctx.steps(c.warmup_epochs), c.warmup_start_factor);
   }
   return s;
 }
@@ -101,9 +88,7 @@ std::unique_ptr<Optimizer> make_optimizer(const OptimizerConfig& c, layers::Modu
   for (auto& [name, p] : model.named_parameters()) {
     (c.no_decay_bn_bias && p.dim() <= 1 ? no_decay : decay).params.push_back(p);
   }
-  std::vector<ParamGroup> groups{decay, no_decay};
-  if (c.name == "adamw") return std::make_unique<AdamW>(groups, AdamWOptions{c.beta1, c.beta2, c.eps});
-  return std::make_unique<SGD>(groups, SgdOptions{c.momentum, 0.0, c.nesterov});
+  return optimizer_registry().get(c.name)({decay, no_decay}, c);
 }
 
 // Fault injection for the failure tests of distributed runs (docs/distributed.md): the
@@ -300,14 +285,20 @@ EvalResult evaluate(layers::Module& model, DataSource& data, Device dev) {
   return r;
 }
 
-layers::ModulePtr build_model(const ExperimentConfig& cfg, const DataSource& data) {
+// The model section's options; what it leaves at 0 comes from the data's geometry.
+models::ModelOptions model_options(const ExperimentConfig& cfg, const DatasetGeometry& g) {
   models::ModelOptions mo;
-  mo.num_classes = cfg.model.num_classes > 0 ? cfg.model.num_classes : data.num_classes;
-  mo.in_channels = cfg.model.in_channels > 0 ? cfg.model.in_channels : data.channels;
-  mo.input_size = cfg.model.input_size > 0 ? cfg.model.input_size : data.image_size;
+  mo.num_classes = cfg.model.num_classes > 0 ? cfg.model.num_classes : g.classes;
+  mo.in_channels = cfg.model.in_channels > 0 ? cfg.model.in_channels : g.channels;
+  mo.input_size = cfg.model.input_size > 0 ? cfg.model.input_size : g.hw;
   mo.width_mult = cfg.model.width_mult;
   mo.shortcut = cfg.model.shortcut;
   mo.dropout = cfg.model.dropout;
+  return mo;
+}
+
+layers::ModulePtr build_model(const ExperimentConfig& cfg, const DataSource& data) {
+  const models::ModelOptions mo = model_options(cfg, DatasetGeometry{data.image_size, data.channels, data.num_classes});
   LOWBIT_CHECK_INPUT(mo.in_channels == data.channels, cfg.file, ": model.in_channels ", mo.in_channels,
                      " does not match the dataset's ", data.channels, " channels");
   return models::create_model(cfg.model.name, mo);
@@ -331,57 +322,110 @@ void write_prune_report(const prune::PruneReport& rep, const fs::path& out, cons
   std::ofstream(out / ("prune_report_" + stage + ".json")) << rep.to_json().dump(2) << "\n";
 }
 
-void prepare_stage(const ExperimentConfig& cfg, int64_t s, layers::Module& model, ModelState* ms,
-                   DataSource& data, Device dev, int64_t global_epoch, const fs::path& out_dir, bool progress,
-                   dist::ProcessGroup& group) {
-  const StageConfig& st = cfg.stages[size_t(s)];
-  if (!st.init.empty()) {
-    SafetensorsFile f = load_safetensors(st.init);
-    apply_structure_meta(model, ms, f, st.init);
-    model.to(dev);
-    load_weights(model, f, st.init);
-  }
-  const auto batches = [&](int64_t n) {
+}  // namespace
+
+// What a stage kind's prepare() works on (train/registries.h).
+struct StageContext {
+  const ExperimentConfig& cfg;
+  int64_t stage;
+  layers::Module& model;
+  ModelState& ms;
+  DataSource& data;
+  Device dev;
+  int64_t global_epoch;
+  const fs::path& out_dir;
+  bool progress;
+  dist::ProcessGroup& group;
+
+  const StageConfig& config() const { return cfg.stages[size_t(stage)]; }
+  // A source of the first n training batches of this epoch's order (calibration).
+  std::function<bool(Tensor&)> batches(int64_t n) {
     data.train->set_epoch(global_epoch);
     data.train->reset();
-    return [&data, n, i = int64_t(0)](Tensor& x) mutable {
+    DataLoader* loader = data.train.get();
+    return [loader, n, i = int64_t(0)](Tensor& x) mutable {
       Batch b;
-      if (i++ >= n || !data.train->next(b)) return false;
+      if (i++ >= n || !loader->next(b)) return false;
       x = b.images;
       return true;
     };
-  };
-  if (st.kind == "prune") {
-    LOWBIT_CHECK_INPUT(!ms->quantized, cfg.file, ": stage ", st.name,
-                       ": pruning runs on the float model; put prune stages before qat stages");
-    const Shape sample{data.image_size, data.image_size, data.channels};
-    prune::PruneReport rep = prune::prune_model(model, cfg.prune, sample, batches(cfg.prune_calibration_batches));
-    model.to(dev);
-    ms->pruned = true;
-    if (dist::is_root()) write_prune_report(rep, out_dir, st.name, progress);
-    return;
   }
-  if (st.kind != "qat") return;
+};
+
+namespace {
+
+// kind: prune (METHODS 5.5 step 2): prunes the float model with the prune: section at the start.
+void prepare_prune_stage(StageContext& c) {
+  const Shape sample{c.data.image_size, c.data.image_size, c.data.channels};
+  prune::PruneReport rep = prune::prune_model(c.model, c.cfg.prune, sample, c.batches(c.cfg.prune_calibration_batches));
+  c.model.to(c.dev);
+  c.ms.pruned = true;
+  if (dist::is_root()) write_prune_report(rep, c.out_dir, c.config().name, c.progress);
+}
+
+// kind: qat: the first one converts the model with the quant: rules; calibrates the quantizers
+// this stage turns on for the first time (weights when the model was just converted; activations
+// when the previous stage did not quantize them).
+void prepare_qat_stage(StageContext& c) {
+  const StageConfig& st = c.config();
   bool calibrate_weights = false;
-  if (!ms->quantized) {
+  if (!c.ms.quantized) {
     Tensor probe;
-    auto next = batches(1);
-    LOWBIT_CHECK_INPUT(next(probe), cfg.file, ": the training set is empty");
+    auto next = c.batches(1);
+    LOWBIT_CHECK_INPUT(next(probe), c.cfg.file, ": the training set is empty");
     // The probe decides structure (signed or unsigned activation quantizers): rank 0's for all.
     probe = probe.contiguous();
-    group.broadcast(probe, 0);
-    ms->plan = quant::quantize_model(model, cfg.quant, probe);
-    ms->quantized = true;
-    model.to(dev);
+    c.group.broadcast(probe, 0);
+    c.ms.plan = quant::quantize_model(c.model, c.cfg.quant, probe);
+    c.ms.quantized = true;
+    c.model.to(c.dev);
     calibrate_weights = true;
   }
-  const StageConfig* prev = s > 0 ? &cfg.stages[size_t(s - 1)] : nullptr;
-  const bool acts_were_on = prev && prev->kind == "qat" && prev->quantize == "all";
+  const StageConfig* prev = c.stage > 0 ? &c.cfg.stages[size_t(c.stage - 1)] : nullptr;
+  const bool acts_were_on = prev && stage_kind_registry().get(prev->kind).quantizes && prev->quantize == "all";
   const bool calibrate_acts = st.quantize == "all" && !acts_were_on;
-  if ((calibrate_weights || calibrate_acts) && cfg.quant.calibration_batches > 0) {
-    quant::calibrate_model(model, batches(cfg.quant.calibration_batches), cfg.quant.calibration_batches,
-                           calibrate_weights, calibrate_acts);
+  const int64_t n = c.cfg.quant.calibration_batches;
+  if ((calibrate_weights || calibrate_acts) && n > 0) {
+    quant::calibrate_model(c.model, c.batches(n), n, calibrate_weights, calibrate_acts);
   }
+}
+
+// stages[].kind (train/registries.h).
+const bool kStageKindsRegistered = [] {
+  auto& r = stage_kind_registry();
+  StageKind train;
+  train.what = "train the model as it is (float, or quantized after a qat stage)";
+  train.prepare = [](StageContext&) {};
+  r.add("train", train);
+  StageKind qat;
+  qat.what = "quantization-aware training; the first converts the model with the quant: rules";
+  qat.quantizes = true;
+  qat.needs_quant = true;
+  qat.prepare = prepare_qat_stage;
+  r.add("qat", qat);
+  StageKind prune;
+  prune.what = "prune the float model with the prune: section at the start, then train `epochs`";
+  prune.needs_prune = true;
+  prune.before_quantization = true;
+  prune.prepare = prepare_prune_stage;
+  r.add("prune", prune);
+  return true;
+}();
+
+// The start of stage s (not when resuming in its middle): load its init weights, then what its
+// kind prepares. Decisions depend on the config only, so a resumed run makes the same ones.
+void prepare_stage(StageContext& c) {
+  const StageConfig& st = c.config();
+  const StageKind& kind = stage_kind_registry().get(st.kind);
+  if (!st.init.empty()) {
+    SafetensorsFile f = load_safetensors(st.init);
+    apply_structure_meta(c.model, &c.ms, f, st.init);
+    c.model.to(c.dev);
+    load_weights(c.model, f, st.init);
+  }
+  LOWBIT_CHECK_INPUT(!kind.before_quantization || !c.ms.quantized, c.cfg.file, ": stage ", st.name, ": kind ",
+                     st.kind, " runs on the float model; put it before the stages that quantize");
+  kind.prepare(c);
 }
 
 }  // namespace
@@ -471,8 +515,10 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
     const int64_t accumulate = st.accumulate_steps;
     const int64_t steps_per_epoch = (batches_per_epoch + accumulate - 1) / accumulate;  // optimizer steps
     const bool stage_start = !(resuming && s == pos.stage && pos.epoch > 0);
+    const StageKind& kind = stage_kind_registry().get(st.kind);
     if (stage_start) {
-      prepare_stage(cfg, s, *model, &ms, data, dev, pos.global_epoch, out, progress, group);
+      StageContext ctx{cfg, s, *model, ms, data, dev, pos.global_epoch, out, progress, group};
+      prepare_stage(ctx);
     }
     if (world.size > 1) {
       // Identical structure on every rank (pruning and quantization decisions), then rank 0's
@@ -481,7 +527,7 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
                               st.name, "'"), host_group, false);
       broadcast_module(*model, group);
     }
-    if (st.kind == "qat") quant::set_activation_quantization(*model, st.quantize == "all");
+    if (kind.quantizes) quant::set_activation_quantization(*model, st.quantize == "all");
     if (world.size > 1) layers::set_sync_batch_norm(*model, cfg.dist.sync_bn);
     auto opt = make_optimizer(st.optimizer, *model);
     auto sched = make_schedule(st.schedule, st.optimizer.lr, steps_per_epoch, st.epochs);
@@ -494,7 +540,7 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
     }
     for (int64_t e = first_epoch; e < st.epochs; ++e) {
       // METHODS 4: BN statistics and quantizer ranges freeze after configurable epochs of QAT.
-      const bool qat = st.kind == "qat";
+      const bool qat = kind.quantizes;
       const auto& qc = cfg.quant;
       quant::freeze_bn_statistics(*model, qat && qc.freeze_bn_epoch >= 0 && e >= qc.freeze_bn_epoch);
       if (ms.quantized) {
@@ -735,28 +781,8 @@ PruneRunResult run_prune(const ExperimentConfig& cfg, const std::string& checkpo
 }
 
 layers::ModulePtr build_model_offline(const ExperimentConfig& cfg, Shape* sample_hwc) {
-  const DataConfig& d = cfg.data;
-  int64_t hw = 28, c = 1, classes = 10;
-  if (d.dataset == "cifar10" || d.dataset == "cifar100") {
-    hw = 32;
-    c = 3;
-    classes = d.dataset == "cifar10" ? 10 : 100;
-  } else if (d.dataset == "imagenet") {
-    hw = d.image_size > 0 ? d.image_size : 224;
-    c = 3;
-    classes = 1000;
-  } else if (d.dataset == "synthetic") {
-    hw = d.synthetic_hw;
-    c = d.synthetic_channels;
-    classes = d.synthetic_classes;
-  }
-  models::ModelOptions mo;
-  mo.num_classes = cfg.model.num_classes > 0 ? cfg.model.num_classes : classes;
-  mo.in_channels = cfg.model.in_channels > 0 ? cfg.model.in_channels : c;
-  mo.input_size = cfg.model.input_size > 0 ? cfg.model.input_size : hw;
-  mo.width_mult = cfg.model.width_mult;
-  mo.shortcut = cfg.model.shortcut;
-  mo.dropout = cfg.model.dropout;
+  const DatasetGeometry g = dataset_registry().get(cfg.data.dataset).geometry(cfg.data);
+  const models::ModelOptions mo = model_options(cfg, g);
   *sample_hwc = Shape{mo.input_size, mo.input_size, mo.in_channels};
   return models::create_model(cfg.model.name, mo);
 }

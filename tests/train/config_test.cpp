@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "train/config.h"
+#include "train/registries.h"
 #include "tests/common/test_util.h"
 
 namespace lowbit::train {
@@ -85,7 +86,7 @@ TEST(Config, CpuConvSwitch) {
 TEST(Config, OutOfRangeAndChoices) {
   EXPECT_THAT(error_of(kMinimal, {"data.batch_size=0"}), HasSubstr("data.batch_size: 0 is out of range [1, "));
   EXPECT_THAT(error_of(kMinimal, {"stages.0.optimizer.name=sgdd"}),
-              HasSubstr("stages.0.optimizer.name: 'sgdd' is not allowed; allowed: sgd, adamw"));
+              HasSubstr("stages.0.optimizer.name: 'sgdd' is not allowed; allowed: adamw, sgd"));
   EXPECT_THAT(error_of(kMinimal, {"device=tpu"}), HasSubstr("device: 'tpu' is not allowed"));
   EXPECT_THAT(error_of(kMinimal, {"data.mean=[0.5, 0.5]", "data.std=[1]"}), HasSubstr("data.std: has 1 values but mean has 2"));
   EXPECT_THAT(error_of(kMinimal, {"stages.0.optimizer.momentum=0", "stages.0.optimizer.nesterov=true"}),
@@ -155,6 +156,35 @@ TEST(Config, ShippedConfigsParse) {
     ++n;
   }
   EXPECT_GE(n, 40);  // configs/ and configs/qat/
+}
+
+TEST(Registries, EveryRegisteredChoiceIsValidatedAndDocumented) {
+  // The names of each registry are what config validation allows, and docs/config.md names each
+  // of them (as `name`): a new optimizer, schedule, dataset or stage kind cannot land undocumented.
+  std::ifstream in(std::string(LOWBIT_SOURCE_DIR) + "/docs/config.md");
+  ASSERT_TRUE(in.good());
+  const std::string doc((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::vector<std::pair<std::string, std::vector<std::string>>> kinds = {
+      {"stages.0.kind", stage_kind_registry().names()},
+      {"stages.0.optimizer.name", optimizer_registry().names()},
+      {"stages.0.schedule.name", schedule_registry().names()},
+      {"data.dataset", dataset_registry().names()}};
+  for (const auto& [key, names] : kinds) {
+    ASSERT_GE(names.size(), 2u) << key;
+    for (const std::string& n : names) EXPECT_NE(doc.find("`" + n + "`"), std::string::npos) << key << " " << n;
+    EXPECT_THAT(error_of(kMinimal, {key + "=no_such_thing"}), HasSubstr("allowed: " + names.front()));
+  }
+  EXPECT_THAT(registered_choices(), HasSubstr("optimizers:    adamw, sgd"));
+}
+
+TEST(Registries, RefuseTwiceAndNameWhatIsRegistered) {
+  Registry<int> r("widget");
+  r.add("b", 2);
+  r.add("a", 1);
+  EXPECT_EQ(r.get("a"), 1);
+  EXPECT_EQ(r.names(), (std::vector<std::string>{"a", "b"}));
+  EXPECT_THAT(testing::error_of([&] { r.add("a", 3); }), HasSubstr("widget 'a' registered twice"));
+  EXPECT_THAT(testing::error_of([&] { r.get("c"); }), HasSubstr("unknown widget 'c'; allowed: a, b"));
 }
 
 }  // namespace
