@@ -430,292 +430,363 @@ void prepare_stage(StageContext& c) {
 
 }  // namespace
 
-RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts) {
-  const auto t0 = std::chrono::steady_clock::now();
-  const dist::WorldInfo& world = dist::world();
-  const bool root = world.rank == 0;  // rank 0 alone writes the run folder and the console
-  const bool progress = opts.progress && root;
-  dist::set_timeout(cfg.dist.timeout_s);
-  const Device dev = resolve_device(opts.device.empty() ? cfg.device : opts.device);
-  dist::ProcessGroup& group = dist::process_group(dev);
-  dist::ProcessGroup& host_group = dist::process_group(Device::cpu());
-  // Every rank must run the same experiment: a different config or --set is a bad launch.
-  check_same_on_all_ranks(std::hash<std::string>()(cfg.raw_yaml), str_cat(cfg.file, ": the config (after --set)"),
-                          host_group, true);
-  apply_cpu_settings(cfg);
-  AutocastGuard amp(amp_dtype(cfg));
-  fs::path out(opts.out_dir);
-  std::error_code ec;
-  if (root) fs::create_directories(out, ec);
-  LOWBIT_CHECK_INPUT(!root || (!ec && fs::is_directory(out)), opts.out_dir,
-                     ": cannot create the output folder: ", ec.message());
+namespace {
 
-  manual_seed(cfg.seed);
-  DataSource data = make_data(cfg, dev);
-  layers::ModulePtr model = build_model(cfg, data);
-  model->to(dev);
-  model->train();
+// One run of run_training, in the phases of its life: set up (device, world, data, model),
+// resume, open the run folder, run each stage (prepare, then epochs of steps), write the results.
+class TrainingRun {
+ public:
+  TrainingRun(const ExperimentConfig& cfg, const TrainerOptions& opts)
+      : cfg_(cfg),
+        opts_(opts),
+        t0_(std::chrono::steady_clock::now()),
+        world_(dist::world()),
+        root_(world_.rank == 0),
+        progress_(opts.progress && root_),
+        dev_(resolve_device(opts.device.empty() ? cfg.device : opts.device)),
+        group_(dist::process_group(dev_)),
+        host_group_(dist::process_group(Device::cpu())),
+        out_(opts.out_dir) {}
 
-  Position pos;
-  ModelState ms;
-  SafetensorsFile resume_file;
-  const fs::path ckpt = out / kCheckpoint;
-  // Every rank reads the checkpoint (the run folder must be on a filesystem they share).
-  const bool resuming = opts.resume && fs::exists(ckpt);
-  if (opts.resume && !resuming && root) {
-    std::fprintf(stderr, "lowbit: --resume: no %s yet, starting from scratch\n", ckpt.c_str());
+  RunSummary run() {
+    dist::set_timeout(cfg_.dist.timeout_s);
+    // Every rank must run the same experiment: a different config or --set is a bad launch.
+    check_same_on_all_ranks(std::hash<std::string>()(cfg_.raw_yaml), str_cat(cfg_.file, ": the config (after --set)"),
+                            host_group_, true);
+    apply_cpu_settings(cfg_);
+    AutocastGuard amp(amp_dtype(cfg_));
+    set_up();
+    resume();
+    open_run_folder();
+    const Fault fault = parse_fault();
+    for (int64_t s = pos_.stage; s < int64_t(cfg_.stages.size()) && !stopped_; ++s) run_stage(s, fault);
+    finish();
+    // The other ranks wait until rank 0 has written everything, so the job ends complete.
+    host_group_.barrier();
+    return summary_;
   }
-  if (resuming) {
-    resume_file = load_safetensors(ckpt.string());
-    auto& m = resume_file.metadata;
-    LOWBIT_CHECK_INPUT(m.count("stage") && m.count("epoch") && m.count("global_epoch"),
-                       ckpt.string(), ": not a lowbit training checkpoint (no position metadata)");
-    pos.stage = std::stoll(m["stage"]);
-    pos.epoch = std::stoll(m["epoch"]);
-    pos.global_epoch = std::stoll(m["global_epoch"]);
-    apply_structure_meta(*model, &ms, resume_file, ckpt.string());
-    model->to(dev);
-    load_weights(*model, resume_file, ckpt.string());
+
+ private:
+  // Per-stage state of the loop.
+  struct Stage {
+    const StageConfig& st;
+    const StageKind& kind;
+    int64_t index;
+    int64_t steps_per_epoch;  // optimizer steps
+    std::unique_ptr<Optimizer> opt;
+    std::shared_ptr<LrSchedule> sched;
+    std::unique_ptr<GradientReducer> reducer;
+  };
+
+  void set_up() {
+    manual_seed(cfg_.seed);
+    data_ = make_data(cfg_, dev_);
+    model_ = build_model(cfg_, data_);
+    model_->to(dev_);
+    model_->train();
+    sample_ = Shape{data_.image_size, data_.image_size, data_.channels};
+    batches_per_epoch_ = data_.train->size();
+    LOWBIT_CHECK_INPUT(batches_per_epoch_ > 0, cfg_.file, ": an epoch has no training batch on rank ", world_.rank);
+    summary_.device = dev_.str();
+  }
+
+  // --resume: the position, structure, weights and RNG of the checkpoint. Every rank reads it
+  // (the run folder must be on a filesystem they share).
+  void resume() {
+    const fs::path ckpt = out_ / kCheckpoint;
+    resuming_ = opts_.resume && fs::exists(ckpt);
+    if (opts_.resume && !resuming_ && root_) {
+      std::fprintf(stderr, "lowbit: --resume: no %s yet, starting from scratch\n", ckpt.c_str());
+    }
+    if (!resuming_) return;
+    resume_file_ = load_safetensors(ckpt.string());
+    auto& m = resume_file_.metadata;
+    LOWBIT_CHECK_INPUT(m.count("stage") && m.count("epoch") && m.count("global_epoch"), ckpt.string(),
+                       ": not a lowbit training checkpoint (no position metadata)");
+    pos_.stage = std::stoll(m["stage"]);
+    pos_.epoch = std::stoll(m["epoch"]);
+    pos_.global_epoch = std::stoll(m["global_epoch"]);
+    apply_structure_meta(*model_, &ms_, resume_file_, ckpt.string());
+    model_->to(dev_);
+    load_weights(*model_, resume_file_, ckpt.string());
     restore_generator(m["rng_cpu"], default_generator(Device::cpu()));
-    if (dev.is_cuda() && m.count("rng_device")) restore_generator(m["rng_device"], default_generator(dev));
+    if (dev_.is_cuda() && m.count("rng_device")) restore_generator(m["rng_device"], default_generator(dev_));
     const int64_t saved_world = m.count("world_size") ? std::stoll(m["world_size"]) : 1;
-    if (saved_world != world.size && root) {
+    if (saved_world != world_.size && root_) {
       std::fprintf(stderr,
                    "lowbit: --resume: %s was written by a run of %lld rank(s), this run has %d: weights,"
                    " optimizer and schedule are restored, the data is re-sharded over %d rank(s)\n",
-                   ckpt.c_str(), static_cast<long long>(saved_world), world.size, world.size);
+                   ckpt.c_str(), static_cast<long long>(saved_world), world_.size, world_.size);
     }
   }
-  if (!resuming && root) {
-    // A fresh run starts a fresh log.
-    fs::remove(out / "log.jsonl", ec);
-  }
-  std::unique_ptr<JsonlLog> log;
-  if (root) {
-    log = std::make_unique<JsonlLog>((out / "log.jsonl").string());
-    std::ofstream cfg_out(out / "config.yaml");
-    cfg_out << cfg.raw_yaml << "\n";
-  }
-  const auto write_log = [&](const json& j) {
-    if (log) log->write(j.dump());
-  };
 
-  RunSummary summary;
-  summary.device = dev.str();
-  const Shape sample{data.image_size, data.image_size, data.channels};
-  int64_t images_seen = 0;
-  double train_seconds = 0.0, comm_wait_seconds = 0.0;
-  const int64_t batches_per_epoch = data.train->size();
-  LOWBIT_CHECK_INPUT(batches_per_epoch > 0, cfg.file, ": an epoch has no training batch on rank ", world.rank);
+  // Rank 0's run folder: a fresh log unless resuming, and the config as run.
+  void open_run_folder() {
+    if (!root_) return;
+    std::error_code ec;
+    fs::create_directories(out_, ec);
+    LOWBIT_CHECK_INPUT(!ec && fs::is_directory(out_), opts_.out_dir, ": cannot create the output folder: ",
+                       ec.message());
+    if (!resuming_) fs::remove(out_ / "log.jsonl", ec);
+    log_ = std::make_unique<JsonlLog>((out_ / "log.jsonl").string());
+    std::ofstream cfg_out(out_ / "config.yaml");
+    cfg_out << cfg_.raw_yaml << "\n";
+  }
 
-  const Fault fault = parse_fault();
-  bool stopped = false;
-  for (int64_t s = pos.stage; s < int64_t(cfg.stages.size()) && !stopped; ++s) {
-    const StageConfig& st = cfg.stages[size_t(s)];
-    const int64_t accumulate = st.accumulate_steps;
-    const int64_t steps_per_epoch = (batches_per_epoch + accumulate - 1) / accumulate;  // optimizer steps
-    const bool stage_start = !(resuming && s == pos.stage && pos.epoch > 0);
-    const StageKind& kind = stage_kind_registry().get(st.kind);
-    if (stage_start) {
-      StageContext ctx{cfg, s, *model, ms, data, dev, pos.global_epoch, out, progress, group};
+  void write_log(const json& j) {
+    if (log_) log_->write(j.dump());
+  }
+
+  void run_stage(int64_t s, const Fault& fault) {
+    const StageConfig& st = cfg_.stages[size_t(s)];
+    Stage stage{st, stage_kind_registry().get(st.kind), s, 0, nullptr, nullptr, nullptr};
+    stage.steps_per_epoch = (batches_per_epoch_ + st.accumulate_steps - 1) / st.accumulate_steps;
+    const bool mid_stage_resume = resuming_ && s == pos_.stage && pos_.epoch > 0;
+    if (!mid_stage_resume) {
+      StageContext ctx{cfg_, s, *model_, ms_, data_, dev_, pos_.global_epoch, out_, progress_, group_};
       prepare_stage(ctx);
     }
-    if (world.size > 1) {
+    if (world_.size > 1) {
       // Identical structure on every rank (pruning and quantization decisions), then rank 0's
       // values everywhere (per-rank calibration data, per-rank BN statistics).
-      check_same_on_all_ranks(hash_module(*model, false), str_cat("the model's structure at the start of stage '",
-                              st.name, "'"), host_group, false);
-      broadcast_module(*model, group);
+      check_same_on_all_ranks(hash_module(*model_, false),
+                              str_cat("the model's structure at the start of stage '", st.name, "'"), host_group_, false);
+      broadcast_module(*model_, group_);
+      layers::set_sync_batch_norm(*model_, cfg_.dist.sync_bn);
     }
-    if (kind.quantizes) quant::set_activation_quantization(*model, st.quantize == "all");
-    if (world.size > 1) layers::set_sync_batch_norm(*model, cfg.dist.sync_bn);
-    auto opt = make_optimizer(st.optimizer, *model);
-    auto sched = make_schedule(st.schedule, st.optimizer.lr, steps_per_epoch, st.epochs);
-    GradientReducer reducer(model->parameters(), group, int64_t(cfg.dist.bucket_mb * 1024 * 1024));
+    if (stage.kind.quantizes) quant::set_activation_quantization(*model_, st.quantize == "all");
+    stage.opt = make_optimizer(st.optimizer, *model_);
+    stage.sched = make_schedule(st.schedule, st.optimizer.lr, stage.steps_per_epoch, st.epochs);
+    stage.reducer = std::make_unique<GradientReducer>(model_->parameters(), group_,
+                                                      int64_t(cfg_.dist.bucket_mb * 1024 * 1024));
     int64_t first_epoch = 0;
-    if (resuming && s == pos.stage) {
-      first_epoch = pos.epoch;
-      auto ostate = with_prefix(resume_file.tensors, "optim.");
-      if (!ostate.empty() && first_epoch > 0) opt->load_state_dict(ostate);
+    if (resuming_ && s == pos_.stage) {
+      first_epoch = pos_.epoch;
+      auto ostate = with_prefix(resume_file_.tensors, "optim.");
+      if (!ostate.empty() && first_epoch > 0) stage.opt->load_state_dict(ostate);
     }
-    for (int64_t e = first_epoch; e < st.epochs; ++e) {
-      // METHODS 4: BN statistics and quantizer ranges freeze after configurable epochs of QAT.
-      const bool qat = kind.quantizes;
-      const auto& qc = cfg.quant;
-      quant::freeze_bn_statistics(*model, qat && qc.freeze_bn_epoch >= 0 && e >= qc.freeze_bn_epoch);
-      if (ms.quantized) {
-        quant::set_quantizers_frozen(*model, qat && qc.freeze_quantizers_epoch >= 0 && e >= qc.freeze_quantizers_epoch);
-      }
-      data.train->set_epoch(pos.global_epoch);
-      data.train->reset();
-      ProgressBar bar(str_cat(st.name, " epoch ", e + 1, "/", st.epochs), batches_per_epoch);
-      Tensor loss_sum = zeros({}, TensorOptions(DType::f64, dev));
-      Tensor correct = zeros({}, TensorOptions(DType::f64, dev));
-      int64_t seen = 0, batch_in_epoch = 0;
-      const double wait0 = reducer.wait_seconds();
-      const auto e0 = std::chrono::steady_clock::now();
-      Batch b;
-      std::string metrics;
-      // Loss and accuracy over every rank's samples since the epoch began (a collective: all
-      // ranks call it at the same batches).
-      const auto global_sums = [&] {
-        std::vector<double> v{loss_sum.item(), correct.item(), double(seen)};
-        all_reduce_sums(v);
-        return v;
-      };
-      // A diverged run stops at the first loss it reads (log points, epoch end) that is not
-      // finite; the last epoch's checkpoint stays as it was, for a resume with other settings.
-      auto check_finite = [&](double l, int64_t step) {
-        if (!std::isfinite(l)) {
-          throw Error(str_cat("stage '", st.name, "' epoch ", e + 1, " step ", step + 1, ": the training loss is ",
-                              l, " (diverged); lower optimizer.lr, set clip_grad_norm, or check the data; the"
-                              " last checkpoint in ", out.string(), " is from before this epoch"));
-        }
-      };
-      while (data.train->next(b)) {
-        maybe_fault(fault, pos.global_epoch + 1, batch_in_epoch + 1);
-        // Micro-batch `micro` of the optimizer step `step`; the epoch's last group may be short.
-        const int64_t micro = batch_in_epoch % accumulate;
-        const int64_t step = e * steps_per_epoch + batch_in_epoch / accumulate;
-        const int64_t group_size = std::min(accumulate, batches_per_epoch - (batch_in_epoch - micro));
-        const bool step_now = micro == group_size - 1;
-        if (micro == 0) {
-          opt->set_lr(sched->lr_at(step));
-          opt->zero_grad();
-        }
-        Tensor logits = loss_precision(model->forward(b.images));
-        Tensor loss = cross_entropy(logits, b.labels, st.label_smoothing);
-        reducer.set_sync(step_now);
-        if (group_size > 1) {
-          (loss / double(group_size)).backward();
-        } else {
-          loss.backward();
-        }
-        if (step_now) {
-          reducer.finish();
-          if (st.clip_grad_norm > 0) clip_grad_norm(model->parameters(), st.clip_grad_norm);
-          opt->step();
-          if (ms.quantized) quant::clamp_quantizer_parameters(*model);
-        }
-        {
-          autograd::NoGradGuard g;
-          const int64_t n = b.labels.size(0);
-          loss_sum = loss_sum + loss.detach().to(DType::f64) * double(n);
-          correct = correct + topk_correct(logits.detach(), b.labels, 1).to(DType::f64);
-          seen += n;
-        }
-        ++batch_in_epoch;
-        const bool log_now = batch_in_epoch % cfg.log_interval == 0 || batch_in_epoch == batches_per_epoch;
-        if (log_now || progress) {
-          // Reading the sums is the host sync; do it only when something is printed or logged.
-          const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - e0).count();
-          if (log_now) {
-            const auto v = global_sums();
-            const double l = v[0] / v[2], a = v[1] / v[2];
-            check_finite(l, step);
-            metrics = str_cat("loss ", fmt(l, 4), " acc ", fmt(100 * a, 2), "% ", fmt(v[2] / el, 0), " img/s");
-            write_log(json{{"kind", "step"}, {"stage", st.name}, {"epoch", pos.global_epoch + 1},
-                           {"step", step}, {"lr", sched->lr_at(step)}, {"train_loss", l},
-                           {"train_top1", a}, {"images_per_s", v[2] / el}, {"elapsed_s", el}});
-          }
-          if (progress) bar.update(batch_in_epoch, metrics);
-        }
-      }
-      const double epoch_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - e0).count();
-      const double epoch_wait_s = reducer.wait_seconds() - wait0;
-      const auto v = global_sums();
-      train_seconds += epoch_s;
-      comm_wait_seconds += epoch_wait_s;
-      images_seen += int64_t(v[2]);
-      const double train_loss = v[2] > 0 ? v[0] / v[2] : 0.0;
-      const double train_acc = v[2] > 0 ? v[1] / v[2] : 0.0;
-      check_finite(train_loss, e * steps_per_epoch + steps_per_epoch - 1);
-      // The reduced gradients keep the ranks' parameters identical; a difference is a bug.
-      if (world.size > 1) {
-        check_same_on_all_ranks(hash_parameters(*model), str_cat("the parameters after epoch ", pos.global_epoch + 1),
-                                host_group, false);
-      }
-      // Per-rank BN statistics (and anything else a rank kept for itself) become rank 0's, as
-      // PyTorch DDP's broadcast_buffers: every rank evaluates and saves the same model.
-      broadcast_module(*model, group);
-      EvalResult ev = evaluate(*model, data, dev);
-      const std::string epoch_metrics = str_cat("train loss ", fmt(train_loss, 4), " acc ", fmt(100 * train_acc, 2),
-                                                "% | test loss ", fmt(ev.loss, 4), " top1 ", fmt(100 * ev.top1, 2),
-                                                "% top5 ", fmt(100 * ev.top5, 2), "% | ",
-                                                fmt(v[2] / epoch_s, 0), " img/s");
-      if (progress) bar.finish(epoch_metrics);
-      json rec{{"kind", "epoch"}, {"stage", st.name}, {"epoch", pos.global_epoch + 1},
-               {"train_loss", train_loss}, {"train_top1", train_acc}, {"test_loss", ev.loss},
-               {"test_top1", ev.top1}, {"test_top5", ev.top5}, {"epoch_s", epoch_s},
-               {"images_per_s", v[2] / epoch_s}, {"time", now_iso()}};
-      if (world.size > 1) {
-        rec["world_size"] = world.size;
-        rec["comm_wait_s"] = epoch_wait_s;
-      }
-      write_log(rec);
-      pos.stage = s;
-      pos.epoch = e + 1;
-      pos.global_epoch += 1;
-      summary.test = ev;
-      if (root) save_checkpoint(out, *model, opt.get(), pos, cfg, dev, ms);
-      if (opts.stop_after_epochs >= 0 && pos.global_epoch >= opts.stop_after_epochs) {
-        stopped = true;
-        break;
-      }
-    }
-    if (!stopped) {
+    for (int64_t e = first_epoch; e < st.epochs && !stopped_; ++e) run_epoch(stage, e, fault);
+    if (!stopped_) {
       // The next stage starts at its epoch 0 with a fresh optimizer.
-      pos.stage = s + 1;
-      pos.epoch = 0;
+      pos_.stage = s + 1;
+      pos_.epoch = 0;
     }
   }
-  summary.params = quant::account_model(*model, sample).params;
-  summary.epochs_done = pos.global_epoch;
-  summary.finished = !stopped;
-  summary.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  summary.images_per_s = train_seconds > 0 ? double(images_seen) / train_seconds : 0.0;
-  if (summary.finished) {
-    if (summary.test.samples == 0) summary.test = evaluate(*model, data, dev);
-    const quant::ModelAccount account = quant::account_model(*model, sample);
-    summary.model_bytes = account.model_bytes;
+
+  // Loss and accuracy sums of an epoch on this rank.
+  struct EpochSums {
+    Tensor loss_sum, correct;
+    int64_t seen = 0;
+  };
+
+  // Over every rank's samples since the epoch began: {loss sum, correct, samples} (a
+  // collective: all ranks call it at the same batches).
+  std::vector<double> global_sums(const EpochSums& sums) {
+    std::vector<double> v{sums.loss_sum.item(), sums.correct.item(), double(sums.seen)};
+    all_reduce_sums(v);
+    return v;
   }
-  if (summary.finished && root) {
-    std::map<std::string, std::string> meta{{"format", "pt"}, {"model", cfg.model.name}};
-    add_structure_meta(ms, &meta);
-    save_safetensors((out / "model.safetensors").string(), model->state_dict(layers::Layout::pytorch), meta);
-    const quant::ModelAccount account = quant::account_model(*model, sample);
-    json sj{{"name", cfg.name},
-            {"test_top1", summary.test.top1},
-            {"test_top5", summary.test.top5},
-            {"test_loss", summary.test.loss},
-            {"params", summary.params},
-            {"model_bytes", summary.model_bytes},
+
+  // A diverged run stops at the first loss it reads (log points, epoch end) that is not finite;
+  // the last epoch's checkpoint stays as it was, for a resume with other settings.
+  void check_finite(double l, const Stage& stage, int64_t e, int64_t step) const {
+    if (std::isfinite(l)) return;
+    throw Error(str_cat("stage '", stage.st.name, "' epoch ", e + 1, " step ", step + 1, ": the training loss is ", l,
+                        " (diverged); lower optimizer.lr, set clip_grad_norm, or check the data; the last checkpoint in ",
+                        out_.string(), " is from before this epoch"));
+  }
+
+  void run_epoch(Stage& stage, int64_t e, const Fault& fault) {
+    const StageConfig& st = stage.st;
+    // METHODS 4: BN statistics and quantizer ranges freeze after configurable epochs of QAT.
+    const bool qat = stage.kind.quantizes;
+    const auto& qc = cfg_.quant;
+    quant::freeze_bn_statistics(*model_, qat && qc.freeze_bn_epoch >= 0 && e >= qc.freeze_bn_epoch);
+    if (ms_.quantized) {
+      quant::set_quantizers_frozen(*model_, qat && qc.freeze_quantizers_epoch >= 0 && e >= qc.freeze_quantizers_epoch);
+    }
+    data_.train->set_epoch(pos_.global_epoch);
+    data_.train->reset();
+    ProgressBar bar(str_cat(st.name, " epoch ", e + 1, "/", st.epochs), batches_per_epoch_);
+    EpochSums sums{zeros({}, TensorOptions(DType::f64, dev_)), zeros({}, TensorOptions(DType::f64, dev_)), 0};
+    const double wait0 = stage.reducer->wait_seconds();
+    const auto e0 = std::chrono::steady_clock::now();
+    const int64_t accumulate = st.accumulate_steps;
+    int64_t batch_in_epoch = 0;
+    Batch b;
+    std::string metrics;
+    while (data_.train->next(b)) {
+      maybe_fault(fault, pos_.global_epoch + 1, batch_in_epoch + 1);
+      // Micro-batch `micro` of the optimizer step `step`; the epoch's last group may be short.
+      const int64_t micro = batch_in_epoch % accumulate;
+      const int64_t step = e * stage.steps_per_epoch + batch_in_epoch / accumulate;
+      const int64_t group_size = std::min(accumulate, batches_per_epoch_ - (batch_in_epoch - micro));
+      train_step(stage, b, sums, step, micro, group_size);
+      ++batch_in_epoch;
+      const bool log_now = batch_in_epoch % cfg_.log_interval == 0 || batch_in_epoch == batches_per_epoch_;
+      if (!log_now && !progress_) continue;
+      // Reading the sums is the host sync; do it only when something is printed or logged.
+      const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - e0).count();
+      if (log_now) {
+        const auto v = global_sums(sums);
+        const double l = v[0] / v[2], a = v[1] / v[2];
+        check_finite(l, stage, e, step);
+        metrics = str_cat("loss ", fmt(l, 4), " acc ", fmt(100 * a, 2), "% ", fmt(v[2] / el, 0), " img/s");
+        write_log(json{{"kind", "step"}, {"stage", st.name}, {"epoch", pos_.global_epoch + 1}, {"step", step},
+                       {"lr", stage.sched->lr_at(step)}, {"train_loss", l}, {"train_top1", a},
+                       {"images_per_s", v[2] / el}, {"elapsed_s", el}});
+      }
+      if (progress_) bar.update(batch_in_epoch, metrics);
+    }
+    const double epoch_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - e0).count();
+    end_epoch(stage, e, global_sums(sums), epoch_s, stage.reducer->wait_seconds() - wait0, bar);
+  }
+
+  // One micro-batch: forward, backward (loss / group_size when accumulating) and, on the last
+  // micro-batch of its group, the all-reduce and the optimizer step.
+  void train_step(Stage& stage, const Batch& b, EpochSums& sums, int64_t step, int64_t micro, int64_t group_size) {
+    const bool step_now = micro == group_size - 1;
+    if (micro == 0) {
+      stage.opt->set_lr(stage.sched->lr_at(step));
+      stage.opt->zero_grad();
+    }
+    Tensor logits = loss_precision(model_->forward(b.images));
+    Tensor loss = cross_entropy(logits, b.labels, stage.st.label_smoothing);
+    stage.reducer->set_sync(step_now);
+    if (group_size > 1) {
+      (loss / double(group_size)).backward();
+    } else {
+      loss.backward();
+    }
+    if (step_now) {
+      stage.reducer->finish();
+      if (stage.st.clip_grad_norm > 0) clip_grad_norm(model_->parameters(), stage.st.clip_grad_norm);
+      stage.opt->step();
+      if (ms_.quantized) quant::clamp_quantizer_parameters(*model_);
+    }
+    autograd::NoGradGuard g;
+    const int64_t n = b.labels.size(0);
+    sums.loss_sum = sums.loss_sum + loss.detach().to(DType::f64) * double(n);
+    sums.correct = sums.correct + topk_correct(logits.detach(), b.labels, 1).to(DType::f64);
+    sums.seen += n;
+  }
+
+  // The end of an epoch: divergence check, the ranks' agreement, evaluation, the epoch record
+  // and the checkpoint. v: the epoch's global {loss sum, correct, samples}.
+  void end_epoch(Stage& stage, int64_t e, const std::vector<double>& v, double epoch_s, double wait_s,
+                 ProgressBar& bar) {
+    train_seconds_ += epoch_s;
+    comm_wait_seconds_ += wait_s;
+    images_seen_ += int64_t(v[2]);
+    const double train_loss = v[2] > 0 ? v[0] / v[2] : 0.0;
+    const double train_acc = v[2] > 0 ? v[1] / v[2] : 0.0;
+    check_finite(train_loss, stage, e, e * stage.steps_per_epoch + stage.steps_per_epoch - 1);
+    if (world_.size > 1) {
+      // The reduced gradients keep the ranks' parameters identical; a difference is a bug.
+      check_same_on_all_ranks(hash_parameters(*model_), str_cat("the parameters after epoch ", pos_.global_epoch + 1),
+                              host_group_, false);
+    }
+    // Per-rank BN statistics (and anything else a rank kept for itself) become rank 0's, as
+    // PyTorch DDP's broadcast_buffers: every rank evaluates and saves the same model.
+    broadcast_module(*model_, group_);
+    const EvalResult ev = evaluate(*model_, data_, dev_);
+    if (progress_) {
+      bar.finish(str_cat("train loss ", fmt(train_loss, 4), " acc ", fmt(100 * train_acc, 2), "% | test loss ",
+                         fmt(ev.loss, 4), " top1 ", fmt(100 * ev.top1, 2), "% top5 ", fmt(100 * ev.top5, 2), "% | ",
+                         fmt(v[2] / epoch_s, 0), " img/s"));
+    }
+    json rec{{"kind", "epoch"},        {"stage", stage.st.name}, {"epoch", pos_.global_epoch + 1},
+             {"train_loss", train_loss}, {"train_top1", train_acc}, {"test_loss", ev.loss},
+             {"test_top1", ev.top1},     {"test_top5", ev.top5},   {"epoch_s", epoch_s},
+             {"images_per_s", v[2] / epoch_s}, {"time", now_iso()}};
+    if (world_.size > 1) {
+      rec["world_size"] = world_.size;
+      rec["comm_wait_s"] = wait_s;
+    }
+    write_log(rec);
+    pos_.stage = stage.index;
+    pos_.epoch = e + 1;
+    pos_.global_epoch += 1;
+    summary_.test = ev;
+    if (root_) save_checkpoint(out_, *model_, stage.opt.get(), pos_, cfg_, dev_, ms_);
+    if (opts_.stop_after_epochs >= 0 && pos_.global_epoch >= opts_.stop_after_epochs) stopped_ = true;
+  }
+
+  // The summary; when every stage ran, the final model and summary.json (rank 0).
+  void finish() {
+    summary_.params = quant::account_model(*model_, sample_).params;
+    summary_.epochs_done = pos_.global_epoch;
+    summary_.finished = !stopped_;
+    summary_.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    summary_.images_per_s = train_seconds_ > 0 ? double(images_seen_) / train_seconds_ : 0.0;
+    if (!summary_.finished) return;
+    if (summary_.test.samples == 0) summary_.test = evaluate(*model_, data_, dev_);
+    const quant::ModelAccount account = quant::account_model(*model_, sample_);
+    summary_.model_bytes = account.model_bytes;
+    if (!root_) return;
+    std::map<std::string, std::string> meta{{"format", "pt"}, {"model", cfg_.model.name}};
+    add_structure_meta(ms_, &meta);
+    save_safetensors((out_ / "model.safetensors").string(), model_->state_dict(layers::Layout::pytorch), meta);
+    json sj{{"name", cfg_.name},
+            {"test_top1", summary_.test.top1},
+            {"test_top5", summary_.test.top5},
+            {"test_loss", summary_.test.loss},
+            {"params", summary_.params},
+            {"model_bytes", summary_.model_bytes},
             {"float_bytes", account.float_bytes},
             {"compression_ratio", account.compression_ratio},
             {"bops", account.bops},
             {"macs", account.macs},
             {"account", account.to_json()},
-            {"wall_s", summary.wall_s},
-            {"images_per_s", summary.images_per_s},
-            {"device", summary.device},
-            {"world_size", world.size},
-            {"comm_wait_s", comm_wait_seconds},
-            {"epochs", summary.epochs_done},
-            {"config", cfg.raw_yaml},
-            {"config_file", cfg.file},
+            {"wall_s", summary_.wall_s},
+            {"images_per_s", summary_.images_per_s},
+            {"device", summary_.device},
+            {"world_size", world_.size},
+            {"comm_wait_s", comm_wait_seconds_},
+            {"epochs", summary_.epochs_done},
+            {"config", cfg_.raw_yaml},
+            {"config_file", cfg_.file},
             {"git_commit", LOWBIT_GIT_COMMIT},
             {"finished_at", now_iso()}};
-    const fs::path tmp = out / "summary.json.tmp";
+    const fs::path tmp = out_ / "summary.json.tmp";
     {
       std::ofstream f(tmp);
       f << sj.dump(2) << "\n";
       LOWBIT_CHECK(f.good(), tmp.string(), ": write failed");
     }
-    fs::rename(tmp, out / "summary.json");
+    fs::rename(tmp, out_ / "summary.json");
   }
-  // The other ranks wait until rank 0 has written everything, so the job ends complete.
-  host_group.barrier();
-  return summary;
+
+  const ExperimentConfig& cfg_;
+  const TrainerOptions& opts_;
+  const std::chrono::steady_clock::time_point t0_;
+  const dist::WorldInfo& world_;
+  const bool root_;      // rank 0 alone writes the run folder and the console
+  const bool progress_;  // the progress bar (rank 0)
+  const Device dev_;
+  dist::ProcessGroup& group_;       // the device's collectives
+  dist::ProcessGroup& host_group_;  // host values (metrics, hashes)
+  const fs::path out_;
+
+  DataSource data_;
+  layers::ModulePtr model_;
+  Shape sample_;
+  int64_t batches_per_epoch_ = 0;
+  Position pos_;
+  ModelState ms_;
+  SafetensorsFile resume_file_;
+  bool resuming_ = false;
+  bool stopped_ = false;
+  std::unique_ptr<JsonlLog> log_;
+  RunSummary summary_;
+  int64_t images_seen_ = 0;
+  double train_seconds_ = 0.0, comm_wait_seconds_ = 0.0;
+};
+
+}  // namespace
+
+RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts) {
+  return TrainingRun(cfg, opts).run();
 }
 
 namespace {
