@@ -80,15 +80,18 @@ TrainResult run_train_bench(const TrainOptions& o) {
   train::broadcast_module(*model, group);
   train::GradientReducer reducer(params, group, int64_t(o.bucket_mb * 1024 * 1024));
 
-  Tensor loss;
+  // The loss stays inside the step, so each step's graph is freed before the next forward
+  // (as in the trainer); only its value is kept.
+  Tensor last_loss;
   auto step = [&] {
     Tensor logits = model->forward(images);
-    loss = train::cross_entropy(train::loss_precision(logits), labels);
+    Tensor loss = train::cross_entropy(train::loss_precision(logits), labels);
     opt.zero_grad();
     loss.backward();
     reducer.finish();
     opt.step();
     if (qat) quant::clamp_quantizer_parameters(*model);
+    last_loss = loss.detach();
   };
 
   for (int64_t i = 0; i < o.warmup; ++i) step();
@@ -109,7 +112,7 @@ TrainResult run_train_bench(const TrainOptions& o) {
   r.world_size = group.size();
   r.images_per_s = double(o.batch * o.steps * group.size()) / seconds;
   r.comm_wait_share = (reducer.wait_seconds() - wait0) / seconds;
-  r.final_loss = loss.item();
+  r.final_loss = last_loss.item();
   if (dev.is_cuda()) {
     r.peak_mem_bytes = cuda::device_allocator(dev.index).stats().peak_allocated_bytes;
     r.peak_mem_kind = "cuda caching allocator peak";

@@ -214,8 +214,16 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
     }
   }
 
-  // Ready nodes in decreasing creation order: deterministic, and later ops first.
-  auto later = [](Node* a, Node* b) { return a->sequence_nr() < b->sequence_nr(); };
+  // Ready nodes run newest first (reverse order of the forward). Leaves' AccumulateGrad nodes go
+  // before everything else, as in PyTorch: a gradient lands in .grad (and its post-accumulate
+  // hooks, e.g. a data-parallel bucket launch, run) as soon as it is complete, not when its
+  // node's creation order comes up (an AccumulateGrad outlives graphs and keeps the sequence
+  // number of the first one).
+  auto later = [](Node* a, Node* b) {
+    const bool acc_a = dynamic_cast<AccumulateGrad*>(a) != nullptr, acc_b = dynamic_cast<AccumulateGrad*>(b) != nullptr;
+    if (acc_a != acc_b) return acc_b;
+    return a->sequence_nr() < b->sequence_nr();
+  };
   std::priority_queue<Node*, std::vector<Node*>, decltype(later)> ready(later);
   for (auto& [node, alive] : keep_alive) {
     if (dependencies[node] == 0) ready.push(node);

@@ -14,6 +14,7 @@
 #include <deque>
 #include <exception>
 #include <functional>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -42,7 +43,11 @@ namespace {
 
 double initial_timeout() {
   const char* v = std::getenv("LOWBIT_DIST_TIMEOUT_S");
-  return v && *v ? std::atof(v) : 300.0;
+  if (!v || !*v) return 300.0;
+  char* end = nullptr;
+  const double t = std::strtod(v, &end);
+  LOWBIT_CHECK_INPUT(end && *end == '\0' && t > 0, "LOWBIT_DIST_TIMEOUT_S='", v, "': wants a number of seconds > 0");
+  return t;
 }
 
 std::atomic<double>& timeout_slot() {
@@ -137,6 +142,14 @@ MPI_Op mpi_op(ReduceOp op) {
   return MPI_SUM;
 }
 
+// MPI counts are ints: large tensors go in pieces of at most INT_MAX elements.
+template <typename Fn>
+void for_chunks(const Tensor& t, Fn fn) {
+  const int64_t n = t.numel(), step = std::numeric_limits<int>::max();
+  char* base = static_cast<char*>(t.raw_data());
+  for (int64_t off = 0; off < n; off += step) fn(base + off * t.element_size(), int(std::min(step, n - off)));
+}
+
 void mpi_check(int rc, const char* what) {
   if (rc == MPI_SUCCESS) return;
   char msg[MPI_MAX_ERROR_STRING];
@@ -172,6 +185,7 @@ class MpiGroup : public ProcessGroup {
     comm_thread_ = std::thread([this] { run_jobs(); });
     watchdog_ = std::thread([this] { watch(); });
   }
+  // The communication thread finishes its queue first, still watched; then the watchdog stops.
   ~MpiGroup() override {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -179,6 +193,11 @@ class MpiGroup : public ProcessGroup {
     }
     cv_.notify_all();
     comm_thread_.join();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_watch_ = true;
+    }
+    cv_.notify_all();
     watchdog_.join();
   }
 
@@ -186,26 +205,31 @@ class MpiGroup : public ProcessGroup {
 
   WorkPtr all_reduce_async(const Tensor& t, ReduceOp op) override {
     detail::check_reduce(t, op);
-    LOWBIT_CHECK(!t.is_cuda(), "all_reduce: the mpi backend takes CPU tensors, got one on ", t.device().str());
+    check_host(t, "all_reduce");
     const MPI_Datatype type = mpi_type(t.dtype(), "all_reduce");
     return submit(str_cat("all_reduce(", reduce_op_name(op), ") of ", t.nbytes(), " bytes"), [t, type, op, this] {
-      mpi_check(MPI_Allreduce(MPI_IN_PLACE, t.raw_data(), int(t.numel()), type, mpi_op(op), MPI_COMM_WORLD),
-                "MPI_Allreduce");
+      for_chunks(t, [&](void* p, int n) {
+        mpi_check(MPI_Allreduce(MPI_IN_PLACE, p, n, type, mpi_op(op), MPI_COMM_WORLD), "MPI_Allreduce");
+      });
       if (op == ReduceOp::mean) divide(t, double(size_));
     });
   }
 
   void broadcast(const Tensor& t, int root) override {
     detail::check_tensor(t, "broadcast");
+    check_host(t, "broadcast");
     LOWBIT_CHECK(root >= 0 && root < size_, "broadcast: root ", root, " outside [0, ", size_, ")");
     const MPI_Datatype type = mpi_type(t.dtype(), "broadcast");
     submit(str_cat("broadcast of ", t.nbytes(), " bytes from rank ", root), [t, type, root] {
-      mpi_check(MPI_Bcast(t.raw_data(), int(t.numel()), type, root, MPI_COMM_WORLD), "MPI_Bcast");
+      for_chunks(t, [&](void* p, int n) { mpi_check(MPI_Bcast(p, n, type, root, MPI_COMM_WORLD), "MPI_Bcast"); });
     })->wait();
   }
 
   Tensor all_gather(const Tensor& t) override {
     detail::check_tensor(t, "all_gather");
+    check_host(t, "all_gather");
+    LOWBIT_CHECK(t.numel() <= std::numeric_limits<int>::max(), "all_gather: ", t.numel(),
+                 " elements per rank; the mpi backend gathers at most INT_MAX");
     const MPI_Datatype type = mpi_type(t.dtype(), "all_gather");
     Shape s{size_};
     s.insert(s.end(), t.shape().begin(), t.shape().end());
@@ -228,6 +252,10 @@ class MpiGroup : public ProcessGroup {
     std::function<void()> fn;
     std::shared_ptr<JobState> state;
   };
+
+  static void check_host(const Tensor& t, const char* collective) {
+    LOWBIT_CHECK(!t.is_cuda(), collective, ": the mpi backend takes CPU tensors, got one on ", t.device().str());
+  }
 
   static void divide(const Tensor& t, double n) {
     if (t.dtype() == DType::f32) {
@@ -284,7 +312,7 @@ class MpiGroup : public ProcessGroup {
 
   void watch() {
     std::unique_lock<std::mutex> lock(mu_);
-    while (!stop_) {
+    while (!stop_watch_) {
       cv_.wait_for(lock, std::chrono::milliseconds(100));
       if (!busy_) continue;
       const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
@@ -299,7 +327,8 @@ class MpiGroup : public ProcessGroup {
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Job> jobs_;
-  bool stop_ = false;
+  bool stop_ = false;        // the communication thread: finish the queue and return
+  bool stop_watch_ = false;  // the watchdog
   bool busy_ = false;
   std::string running_;
   int64_t count_ = 0;
@@ -329,10 +358,37 @@ std::unique_ptr<ProcessGroup> make_nccl_group(int, ProcessGroup&) {
 }  // namespace detail
 #endif
 
+namespace {
+
+// The groups by device, created on first use. world() is initialised before this map exists, so
+// MPI_Finalize (registered with atexit by world()) runs after the map's destructor at exit.
+struct Groups {
+  std::mutex mu;
+  std::map<std::string, std::unique_ptr<ProcessGroup>> by_device;
+};
+
+Groups& groups() {
+  (void)world();
+  static Groups g;
+  return g;
+}
+
+}  // namespace
+
+void shutdown() {
+  Groups& g = groups();
+  std::lock_guard<std::mutex> lock(g.mu);
+  // CUDA groups first: their communicators were bootstrapped over the mpi group.
+  for (auto it = g.by_device.begin(); it != g.by_device.end();) {
+    it = it->first == "cpu" || it->first == "local" ? std::next(it) : g.by_device.erase(it);
+  }
+  g.by_device.clear();
+}
+
 ProcessGroup& process_group(Device device) {
-  static std::mutex mu;
-  static std::map<std::string, std::unique_ptr<ProcessGroup>> groups;
-  std::lock_guard<std::mutex> lock(mu);
+  Groups& all = groups();
+  std::lock_guard<std::mutex> lock(all.mu);
+  auto& groups = all.by_device;
   const WorldInfo& w = world();
   const std::string key = w.size == 1 ? "local" : device.is_cuda() ? device.str() : "cpu";
   auto it = groups.find(key);

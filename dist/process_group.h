@@ -17,7 +17,7 @@
 // a job never hangs. A rank that throws ends the job through the CLI's abort_job as well.
 //
 // Tensors are contiguous and stay where they are (in place). dtypes: f32, f64, i32, i64 and u8
-// (mpi; mean only for floating types), plus bf16 and f16 (nccl).
+// (mpi; mean only for floating types), plus i8, bf16 and f16 (nccl).
 #pragma once
 
 #include <cstdint>
@@ -70,6 +70,10 @@ class ProcessGroup {
 // The world's group for tensors on `device` (created on first use): local in a world of one,
 // else mpi for the CPU and nccl for a CUDA device.
 ProcessGroup& process_group(Device device);
+
+// Destroys the groups (nccl before mpi) while the CUDA runtime and MPI are still up; the CLI calls
+// it before returning from main. Later process_group() calls create them again.
+void shutdown();
 
 // Seconds a collective may wait for its peers before the watchdog ends the job.
 void set_timeout(double seconds);

@@ -70,16 +70,20 @@ WorldInfo init_world() {
                "): its communication thread and watchdog call MPI beside the main thread");
   // Errors come back as codes, which process_group.cpp turns into lowbit::Error.
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
-  MPI_Comm_rank(MPI_COMM_WORLD, &w.rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &w.size);
   MPI_Comm local;
-  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, w.rank, MPI_INFO_NULL, &local);
+  const bool ok = MPI_Comm_rank(MPI_COMM_WORLD, &w.rank) == MPI_SUCCESS &&
+                  MPI_Comm_size(MPI_COMM_WORLD, &w.size) == MPI_SUCCESS &&
+                  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, w.rank, MPI_INFO_NULL, &local) ==
+                      MPI_SUCCESS;
+  LOWBIT_CHECK(ok, "MPI could not tell this process's rank, world size or host (launcher ", w.launcher, ")");
   int local_rank = 0;
   MPI_Comm_rank(local, &local_rank);
   MPI_Comm_size(local, &w.local_size);
   MPI_Comm_free(&local);
-  // The launcher's own numbering wins where it gives one (it is what users see in its docs).
-  w.local_rank = env_int("OMPI_COMM_WORLD_LOCAL_RANK", env_int("SLURM_LOCALID", local_rank));
+  // The launcher's own numbering wins where it gives one (it is what users see in its docs);
+  // SLURM_LOCALID only inside an srun step (an sbatch script's environment has it too).
+  const int slurm_local = w.launcher == "srun" ? env_int("SLURM_LOCALID", local_rank) : local_rank;
+  w.local_rank = env_int("OMPI_COMM_WORLD_LOCAL_RANK", slurm_local);
   w.mpi = true;
   if (w.launcher == "none") w.launcher = "mpi";
 #else

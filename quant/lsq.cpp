@@ -5,6 +5,8 @@
 
 #include "core/autograd.h"
 #include "core/ops.h"
+#include "dist/process_group.h"
+#include "dist/world.h"
 
 namespace lowbit::quant {
 
@@ -68,9 +70,16 @@ void LsqQuantizer::accumulate(const Tensor& x) {
     observer_->observe(x.detach().contiguous(), l, min_val_, max_val_);
     return;
   }
-  Tensor s = sum(abs(x.detach().contiguous().reshape(layout_shape(l)).to(DType::f64)), {0, 2});
+  Tensor s = sum(abs(x.detach().contiguous().reshape(layout_shape(l)).to(DType::f64)), {0, 2}).contiguous();
+  int64_t n = l.outer * l.inner;
+  if (dist::is_distributed()) {
+    // Data-parallel: the mean |x| of the global batch, so every rank starts from the same scale
+    // (all ranks call this together; their training and calibration shards are equally long).
+    dist::process_group(s.device()).all_reduce(s, dist::ReduceOp::sum);
+    n *= dist::world_size();
+  }
   abs_sum_ = abs_sum_.defined() ? abs_sum_ + s : s;
-  count_ += l.outer * l.inner;
+  count_ += n;
   // s0 = 2 * mean|x| / sqrt(Qp), at least 1e-8 (METHODS 3.1).
   const double k = 2.0 / std::sqrt(double(std::max<int64_t>(spec().range.qmax, 1)));
   set_scale(abs_sum_ * (k / double(std::max<int64_t>(count_, 1))));

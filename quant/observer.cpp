@@ -55,10 +55,15 @@ std::pair<Tensor, Tensor> batch_min_max(const Tensor& x, const ChannelLayout& l)
   Tensor mn = amin(v, {0, 2}).to(DType::f32).contiguous(), mx = amax(v, {0, 2}).to(DType::f32).contiguous();
   if (dist::is_distributed()) {
     // Every rank observes its shard of the global batch at the same step: the extremes of the
-    // global batch keep the ranges (and so the models) identical across ranks.
-    dist::ProcessGroup& g = dist::process_group(mn.device());
-    g.all_reduce(mn, dist::ReduceOp::min);
-    g.all_reduce(mx, dist::ReduceOp::max);
+    // global batch keep the ranges (and so the models) identical across ranks. One collective:
+    // the max of (-min, max).
+    const int64_t c = mn.numel();
+    Tensor both = empty({2 * c}, TensorOptions(DType::f32, mn.device()));
+    both.narrow(0, 0, c).copy_(neg(mn));
+    both.narrow(0, c, c).copy_(mx);
+    dist::process_group(mn.device()).all_reduce(both, dist::ReduceOp::max);
+    mn = neg(both.narrow(0, 0, c)).contiguous();
+    mx = both.narrow(0, c, c).contiguous();
   }
   return {mn, mx};
 }

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "dist/process_group.h"
 #include "dist/world.h"
 #include "tools/bench.h"
 #include "tools/info.h"
@@ -203,7 +204,10 @@ int main(int argc, char** argv) {
   int code = 0;
   std::string message;
   try {
-    return run(argc, argv);
+    code = run(argc, argv);
+    // Communicators go while CUDA and MPI are still up (not in static destruction).
+    lowbit::dist::shutdown();
+    return code;
   } catch (const lowbit::InputError& e) {
     code = 2;
     message = e.what();

@@ -345,7 +345,7 @@ ExperimentConfig parse_config(const std::string& yaml_text, const std::string& f
 
   Section ds = top.sub("dist");
   c.dist.bucket_mb = ds.num("bucket_mb", c.dist.bucket_mb, 1e-6, 1 << 20);
-  c.dist.timeout_s = ds.num("timeout_s", c.dist.timeout_s, 0.1, 1e7);
+  c.dist.timeout_s = ds.num("timeout_s", c.dist.timeout_s, 0.0, 1e7);
   c.dist.sync_bn = ds.boolean("sync_bn", c.dist.sync_bn);
   ds.finish();
 

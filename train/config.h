@@ -94,7 +94,7 @@ struct StageConfig {
 // Data-parallel training (docs/distributed.md); read only when the run has several ranks.
 struct DistConfig {
   double bucket_mb = 25.0;   // gradient all-reduce buckets (MB = 2^20 bytes)
-  double timeout_s = 300.0;  // a collective waiting longer ends the job (dist/process_group.h)
+  double timeout_s = 0.0;    // a collective waiting longer ends the job; 0: LOWBIT_DIST_TIMEOUT_S or 300
   bool sync_bn = false;      // BatchNorm batch statistics over the global batch (SyncBN)
 };
 

@@ -145,7 +145,7 @@ DataSource make_data(const ExperimentConfig& cfg, Device device) {
   const dist::WorldInfo& w = dist::world();
   lo.rank = w.rank;
   lo.world_size = w.size;
-  LOWBIT_CHECK_INPUT(train->size() >= w.size, cfg.file, ": the training set has ", train->size(),
+  LOWBIT_CHECK_INPUT(w.size == 1 || train->size() >= w.size, cfg.file, ": the training set has ", train->size(),
                      " samples, fewer than the ", w.size, " ranks of this run; use fewer ranks or more data");
   out.train = std::make_unique<DataLoader>(train, lo, data::Pipeline(train_steps, data::to_tensor_normalize(mean, stddev)));
   data::LoaderOptions eo = lo;

@@ -14,6 +14,7 @@
 #include <fstream>
 #include <iomanip>
 #include <sstream>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -55,12 +56,18 @@ Device resolve_device(const std::string& spec) {
   // A data-parallel rank takes the GPU of its local rank (one GPU per rank).
   const bool per_rank = w.size > 1 && (spec == "cuda" || ((spec.empty() || spec == "auto") && n > 0));
   if (per_rank) {
+    // One GPU visible to several local ranks means the launcher gave each its own
+    // (CUDA_VISIBLE_DEVICES per task): it is cuda:0 for every rank.
+    if (n == 1 && w.local_size > 1) return Device::cuda(0);
     LOWBIT_CHECK_INPUT(w.local_rank < n, "device '", spec, "': rank ", w.rank, " is local rank ", w.local_rank,
                        " of ", w.local_size, " on this host but only ", n,
                        " CUDA device(s) are visible; start at most one rank per GPU (mpirun -np / srun"
                        " --ntasks-per-node), or use --device cpu");
     return Device::cuda(w.local_rank);
   }
+  LOWBIT_CHECK_INPUT(w.size == 1 || spec.rfind("cuda:", 0) != 0, "device '", spec, "' with ", w.size,
+                     " ranks would put every rank on one GPU; use --device cuda (each rank takes the GPU of"
+                     " its local rank)");
   if (spec.empty() || spec == "auto") return n > 0 ? Device::cuda(0) : Device::cpu();
   Device d = Device::parse(spec);
   if (d.is_cuda()) {
@@ -231,10 +238,15 @@ std::string fmt(double v, int prec) {
 // oversubscribe the machine N times over (OpenMP's spinning threads then crawl).
 void apply_cpu_settings(const ExperimentConfig& cfg) {
   const dist::WorldInfo& w = dist::world();
+  const char* omp_env = std::getenv("OMP_NUM_THREADS");
   if (cfg.threads > 0) {
     omp_set_num_threads(int(cfg.threads));
-  } else if (w.local_size > 1) {
-    omp_set_num_threads(std::max(1, omp_get_num_procs() / w.local_size));
+  } else if (w.local_size > 1 && !(omp_env && *omp_env)) {
+    // A rank bound to some cores (mpirun's default, srun --cpus-per-task) uses those; an unbound
+    // one takes its share of the host.
+    const int procs = omp_get_num_procs();
+    const bool bound = procs < int(std::thread::hardware_concurrency());
+    omp_set_num_threads(bound ? procs : std::max(1, procs / w.local_size));
   }
   layers::set_cpu_conv_algo(layers::parse_cpu_conv_algo(cfg.cpu_conv, cfg.file + ": cpu_conv"));
 }
@@ -384,7 +396,17 @@ void prepare_qat_stage(StageContext& c) {
   const StageConfig* prev = c.stage > 0 ? &c.cfg.stages[size_t(c.stage - 1)] : nullptr;
   const bool acts_were_on = prev && stage_kind_registry().get(prev->kind).quantizes && prev->quantize == "all";
   const bool calibrate_acts = st.quantize == "all" && !acts_were_on;
-  const int64_t n = c.cfg.quant.calibration_batches;
+  int64_t n = c.cfg.quant.calibration_batches;
+  if (n == 0 && dist::is_distributed() && (calibrate_weights || calibrate_acts)) {
+    // Quantizers left to initialise on their first training batch would each see their own
+    // rank's shard (percentile and MSE observers); one calibration batch, then rank 0's ranges
+    // for all (broadcast at the stage start), keeps the ranks identical.
+    n = 1;
+    if (dist::is_root()) {
+      std::fprintf(stderr, "lowbit: quant.calibration_batches: 0 with %d ranks: calibrating on 1 batch so every"
+                   " rank starts from the same ranges\n", dist::world_size());
+    }
+  }
   if ((calibrate_weights || calibrate_acts) && n > 0) {
     quant::calibrate_model(c.model, c.batches(n), n, calibrate_weights, calibrate_acts);
   }
@@ -444,19 +466,36 @@ class TrainingRun {
         root_(world_.rank == 0),
         progress_(opts.progress && root_),
         dev_(resolve_device(opts.device.empty() ? cfg.device : opts.device)),
-        group_(dist::process_group(dev_)),
         host_group_(dist::process_group(Device::cpu())),
         out_(opts.out_dir) {}
 
   RunSummary run() {
-    dist::set_timeout(cfg_.dist.timeout_s);
-    // Every rank must run the same experiment: a different config or --set is a bad launch.
-    check_same_on_all_ranks(std::hash<std::string>()(cfg_.raw_yaml), str_cat(cfg_.file, ": the config (after --set)"),
-                            host_group_, true);
+    if (cfg_.dist.timeout_s > 0) dist::set_timeout(cfg_.dist.timeout_s);
+    // Every rank must run the same experiment on the same kind of device: a different config,
+    // --set or device is a bad launch (and would pair mismatched collectives below).
+    check_same_on_all_ranks(std::hash<std::string>()(cfg_.raw_yaml + (dev_.is_cuda() ? "/cuda" : "/cpu")),
+                            str_cat(cfg_.file, ": the config (after --set) or the device kind"), host_group_, true);
+    group_ = &dist::process_group(dev_);
     apply_cpu_settings(cfg_);
     AutocastGuard amp(amp_dtype(cfg_));
     set_up();
     resume();
+    if (world_.size > 1) {
+      // The ranks must agree on where they start and on how many batches they take, or their
+      // collectives would not pair up.
+      const std::string where = str_cat(resuming_, "/", pos_.stage, "/", pos_.epoch, "/", pos_.global_epoch, "/",
+                                        data_.train->dataset().size(), "/", data_.test->dataset().size(), "/",
+                                        batches_per_epoch_);
+      check_same_on_all_ranks(std::hash<std::string>()(where),
+                              "the resume position or the data sizes (is the run folder or the data set not the same"
+                              " on every node?)", host_group_, true);
+      // Different dropout masks on every rank, as one process draws them for the global batch
+      // (rank 0 keeps the single-process stream; the offsets advance alike on every rank).
+      for (Device d : {Device::cpu(), dev_}) {
+        Generator& g = default_generator(d);
+        g.set_state(g.seed() ^ (uint64_t(world_.rank) * 0x9e3779b97f4a7c15ULL), g.offset());
+      }
+    }
     open_run_folder();
     const Fault fault = parse_fault();
     for (int64_t s = pos_.stage; s < int64_t(cfg_.stages.size()) && !stopped_; ++s) run_stage(s, fault);
@@ -543,7 +582,7 @@ class TrainingRun {
     stage.steps_per_epoch = (batches_per_epoch_ + st.accumulate_steps - 1) / st.accumulate_steps;
     const bool mid_stage_resume = resuming_ && s == pos_.stage && pos_.epoch > 0;
     if (!mid_stage_resume) {
-      StageContext ctx{cfg_, s, *model_, ms_, data_, dev_, pos_.global_epoch, out_, progress_, group_};
+      StageContext ctx{cfg_, s, *model_, ms_, data_, dev_, pos_.global_epoch, out_, progress_, *group_};
       prepare_stage(ctx);
     }
     if (world_.size > 1) {
@@ -551,13 +590,13 @@ class TrainingRun {
       // values everywhere (per-rank calibration data, per-rank BN statistics).
       check_same_on_all_ranks(hash_module(*model_, false),
                               str_cat("the model's structure at the start of stage '", st.name, "'"), host_group_, false);
-      broadcast_module(*model_, group_);
+      broadcast_module(*model_, *group_);
       layers::set_sync_batch_norm(*model_, cfg_.dist.sync_bn);
     }
     if (stage.kind.quantizes) quant::set_activation_quantization(*model_, st.quantize == "all");
     stage.opt = make_optimizer(st.optimizer, *model_);
     stage.sched = make_schedule(st.schedule, st.optimizer.lr, stage.steps_per_epoch, st.epochs);
-    stage.reducer = std::make_unique<GradientReducer>(model_->parameters(), group_,
+    stage.reducer = std::make_unique<GradientReducer>(model_->parameters(), *group_,
                                                       int64_t(cfg_.dist.bucket_mb * 1024 * 1024));
     int64_t first_epoch = 0;
     if (resuming_ && s == pos_.stage) {
@@ -688,7 +727,7 @@ class TrainingRun {
     }
     // Per-rank BN statistics (and anything else a rank kept for itself) become rank 0's, as
     // PyTorch DDP's broadcast_buffers: every rank evaluates and saves the same model.
-    broadcast_module(*model_, group_);
+    broadcast_module(*model_, *group_);
     const EvalResult ev = evaluate(*model_, data_, dev_);
     if (progress_) {
       bar.finish(str_cat("train loss ", fmt(train_loss, 4), " acc ", fmt(100 * train_acc, 2), "% | test loss ",
@@ -764,8 +803,8 @@ class TrainingRun {
   const bool root_;      // rank 0 alone writes the run folder and the console
   const bool progress_;  // the progress bar (rank 0)
   const Device dev_;
-  dist::ProcessGroup& group_;       // the device's collectives
-  dist::ProcessGroup& host_group_;  // host values (metrics, hashes)
+  dist::ProcessGroup* group_ = nullptr;  // the device's collectives (after the device check)
+  dist::ProcessGroup& host_group_;       // host values (metrics, hashes)
   const fs::path out_;
 
   DataSource data_;
@@ -810,6 +849,8 @@ layers::ModulePtr load_trained(const ExperimentConfig& cfg, const std::string& c
 PruneRunResult run_prune(const ExperimentConfig& cfg, const std::string& checkpoint, const std::string& out_dir,
                          const std::string& device_override, bool print) {
   LOWBIT_CHECK_INPUT(cfg.has_prune, cfg.file, ": lowbit prune needs a prune: section in the config");
+  LOWBIT_CHECK_INPUT(!dist::is_distributed(), "lowbit prune runs in one process (it is fast and writes one"
+                     " folder); in a distributed run, prune with a kind: prune stage");
   const Device dev = resolve_device(device_override.empty() ? cfg.device : device_override);
   apply_cpu_settings(cfg);
   AutocastGuard amp(amp_dtype(cfg));
