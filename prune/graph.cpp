@@ -210,22 +210,6 @@ LayerKind kind_of(layers::Module* m) {
 
 }  // namespace
 
-const char* layer_kind_name(LayerKind k) {
-  switch (k) {
-    case LayerKind::conv:
-      return "conv";
-    case LayerKind::depthwise:
-      return "depthwise";
-    case LayerKind::grouped:
-      return "grouped";
-    case LayerKind::batchnorm:
-      return "batchnorm";
-    case LayerKind::linear:
-      return "linear";
-  }
-  return "?";
-}
-
 layers::Conv2d* GraphLayer::conv() const { return dynamic_cast<layers::Conv2d*>(module); }
 layers::BatchNorm2d* GraphLayer::bn() const { return dynamic_cast<layers::BatchNorm2d*>(module); }
 layers::Linear* GraphLayer::linear() const { return dynamic_cast<layers::Linear*>(module); }
@@ -280,51 +264,42 @@ std::string ChannelGraph::str() const {
   return os.str();
 }
 
-ChannelGraph trace_channel_graph(layers::Module& model, const Shape& sample_hwc) {
-  LOWBIT_CHECK_INPUT(
-      sample_hwc.size() == 3 && sample_hwc[0] > 0 && sample_hwc[1] > 0 && sample_hwc[2] > 0,
-      "trace_channel_graph: the sample shape must be {H, W, C}, got ", shape_str(sample_hwc));
+namespace {
+
+// Parameters off requires_grad (the graph then hangs off the input only), eval mode and grad
+// mode on for the trace; everything restored when the trace ends.
+class TraceMode {
+ public:
+  explicit TraceMode(layers::Module& model)
+      : model_(model), training_(model.is_training()), grad_(autograd::grad_enabled()) {
+    for (auto& [n, p] : model.named_parameters()) {
+      if (p.requires_grad()) params_.push_back(p);
+    }
+    for (auto& p : params_) p.autograd_meta().requires_grad = false;
+    model.eval();
+    autograd::set_grad_enabled(true);
+  }
+  ~TraceMode() {
+    for (auto& p : params_) p.autograd_meta().requires_grad = true;
+    model_.train(training_);
+    autograd::set_grad_enabled(grad_);
+  }
+  TraceMode(const TraceMode&) = delete;
+  TraceMode& operator=(const TraceMode&) = delete;
+
+ private:
+  layers::Module& model_;
+  std::vector<Tensor> params_;
+  bool training_, grad_;
+};
+
+// The graph's layers (Conv2d, BatchNorm2d, Linear) in call order, their outputs as walk sources.
+// layer_inputs receives each layer's input tensor.
+void collect_layers(layers::Module& model, const TraceRecorder& rec, ChannelGraph& g, Walker& w,
+                    std::vector<Tensor>& layer_inputs) {
   std::map<const layers::Module*, std::string> names;
   for (auto& [name, m] : model.named_modules()) names.emplace(m.get(), name);
-
-  // Parameters off requires_grad: the graph then hangs off the input only.
-  std::vector<Tensor> grad_params;
-  for (auto& [n, p] : model.named_parameters()) {
-    if (p.requires_grad()) grad_params.push_back(p);
-  }
-  const bool was_training = model.is_training();
-  const bool grad_was = autograd::grad_enabled();
-  struct Restore {
-    std::vector<Tensor>& params;
-    layers::Module& model;
-    bool training, grad;
-    ~Restore() {
-      for (auto& p : params) p.autograd_meta().requires_grad = true;
-      model.train(training);
-      autograd::set_grad_enabled(grad);
-    }
-  } restore{grad_params, model, was_training, grad_was};
-  for (auto& p : grad_params) p.autograd_meta().requires_grad = false;
-  model.eval();
-  autograd::set_grad_enabled(true);
-
-  TraceRecorder rec;
-  Tensor x = zeros({1, sample_hwc[0], sample_hwc[1], sample_hwc[2]},
-                   TensorOptions(DType::f32, model.device()));
-  x.requires_grad_(true);
-  Tensor y;
-  {
-    layers::RecordForward guard(&rec);
-    y = model.forward(x);
-  }
-  LOWBIT_CHECK_INPUT(y.defined() && y.requires_grad(),
-                     "trace_channel_graph: the model output does not depend on its input");
-
-  ChannelGraph g;
-  g.sample_hwc = sample_hwc;
-  Walker w;
   std::set<const layers::Module*> seen_modules;
-  std::vector<Tensor> layer_inputs;
   for (const Call& c : rec.calls) {
     if (!dynamic_cast<layers::Conv2d*>(c.module) && !dynamic_cast<layers::BatchNorm2d*>(c.module) &&
         !dynamic_cast<layers::Linear*>(c.module)) {
@@ -351,99 +326,101 @@ ChannelGraph trace_channel_graph(layers::Module& model, const Shape& sample_hwc)
       w.shape_of[ko] = c.output.shape();
     }
   }
-  const Key kx = key_of(x);
-  w.source_of[kx] = -1;
-  w.shape_of[kx] = x.shape();
+}
 
-  // Shapes of every node output: gradient hooks during one backward pass.
-  {
-    auto shapes = std::make_shared<std::map<Key, Shape>>();
-    std::vector<autograd::Node*> stack{y.grad_fn().get()};
-    std::set<autograd::Node*> visited{y.grad_fn().get()};
-    while (!stack.empty()) {
-      autograd::Node* n = stack.back();
-      stack.pop_back();
-      for (int o = 0; o < std::max(1, n->num_outputs()); ++o) {
-        n->add_output_hook(uint32_t(o), [shapes, n, o](const Tensor& grad) {
-          (*shapes)[{n, uint32_t(o)}] = grad.shape();
-          return Tensor();
-        });
-      }
-      for (const auto& e : n->next_edges()) {
-        if (e.fn && visited.insert(e.fn.get()).second) stack.push_back(e.fn.get());
+// Shapes of every node output: gradient hooks during one backward pass from y.
+void record_shapes(const Tensor& y, Walker& w) {
+  auto shapes = std::make_shared<std::map<Key, Shape>>();
+  std::vector<autograd::Node*> stack{y.grad_fn().get()};
+  std::set<autograd::Node*> visited{y.grad_fn().get()};
+  while (!stack.empty()) {
+    autograd::Node* n = stack.back();
+    stack.pop_back();
+    for (int o = 0; o < std::max(1, n->num_outputs()); ++o) {
+      n->add_output_hook(uint32_t(o), [shapes, n, o](const Tensor& grad) {
+        (*shapes)[{n, uint32_t(o)}] = grad.shape();
+        return Tensor();
+      });
+    }
+    for (const auto& e : n->next_edges()) {
+      if (e.fn && visited.insert(e.fn.get()).second) stack.push_back(e.fn.get());
+    }
+  }
+  autograd::run_backward({y}, {ones_like(y)}, /*retain_graph=*/true);
+  for (auto& [k, sh] : *shapes) w.shape_of.emplace(k, sh);
+}
+
+// Channel spaces: one per layer output plus the model input (index n), tied together by sums,
+// per-channel layers and shifts; the ones that must keep their channels, and why.
+struct Spaces {
+  explicit Spaces(int layers) : n(layers), uf(layers + 1) {}
+  int n;
+  OffsetUnion uf;
+  std::set<int> residual, fixed;
+  std::map<int, std::string> fixed_why;
+  int of(int source) const { return source < 0 ? n : source; }
+  void fix(int sp, const std::string& why) {
+    if (fixed_why.emplace(sp, why).second) fixed.insert(sp);
+  }
+  // Sums tie their operands: channel c of ins[0] meets channel c + off0 - offa of ins[a].
+  void tie_sum(const std::vector<ChannelSource>& ins, const std::string& where) {
+    for (size_t a = 1; a < ins.size(); ++a) {
+      const int64_t delta = ins[0].offset - ins[a].offset;
+      residual.insert(of(ins[0].source));
+      residual.insert(of(ins[a].source));
+      if (!uf.unite(of(ins[0].source), of(ins[a].source), delta) && !where.empty()) {
+        fix(of(ins[0].source), "inconsistent channel offsets around " + where);
       }
     }
-    autograd::run_backward({y}, {ones_like(y)}, /*retain_graph=*/true);
-    for (auto& [k, s] : *shapes) w.shape_of.emplace(k, s);
   }
+};
 
-  // Inputs of every layer.
-  for (size_t i = 0; i < g.layers.size(); ++i) {
-    g.layers[i].inputs = w.walk(key_of(layer_inputs[i]));  // paths come out in forward order
-  }
-  std::vector<ChannelSource> output_sources = w.walk(key_of(y));
-
-  // Groups: one space per layer output plus the input (index n).
+Spaces tie_channel_spaces(ChannelGraph& g, const Walker& w, const std::vector<ChannelSource>& output_sources) {
   const int n = int(g.layers.size());
-  OffsetUnion uf(n + 1);
-  auto space = [n](int source) { return source < 0 ? n : source; };
-  std::set<int> residual_spaces, fixed_spaces;
-  std::map<int, std::string> fixed_why;
-  auto fix = [&](int sp, const std::string& why) {
-    if (fixed_why.emplace(sp, why).second) fixed_spaces.insert(sp);
-  };
+  Spaces sp(n);
   for (int i = 0; i < n; ++i) {
     GraphLayer& l = g.layers[size_t(i)];
     const auto& ins = l.inputs;
-    // Sums tie their operands.
-    for (size_t a = 1; a < ins.size(); ++a) {
-      // channel c of ins[0] meets channel c + off0 - offa of ins[a].
-      const int64_t delta = ins[0].offset - ins[a].offset;
-      residual_spaces.insert(space(ins[0].source));
-      residual_spaces.insert(space(ins[a].source));
-      if (!uf.unite(space(ins[0].source), space(ins[a].source), delta)) {
-        fix(space(ins[0].source), "inconsistent channel offsets around " + l.name);
-      }
-    }
+    sp.tie_sum(ins, l.name);
     if (l.kind == LayerKind::batchnorm || l.kind == LayerKind::depthwise) {
       for (const auto& s : ins) {
         if (s.spatial != 1) {
-          fix(space(s.source), l.name + " reads a flattened map");
+          sp.fix(sp.of(s.source), l.name + " reads a flattened map");
           continue;
         }
         // Output channel j = input channel j = source channel j - offset.
-        if (!uf.unite(i, space(s.source), -s.offset)) fix(i, "inconsistent offsets at " + l.name);
+        if (!sp.uf.unite(i, sp.of(s.source), -s.offset)) sp.fix(i, "inconsistent offsets at " + l.name);
       }
     }
     if (l.kind == LayerKind::grouped) {
-      for (const auto& s : ins) fix(space(s.source), "read by grouped conv " + l.name);
-      fix(i, "output of grouped conv " + l.name);
+      for (const auto& s : ins) sp.fix(sp.of(s.source), "read by grouped conv " + l.name);
+      sp.fix(i, "output of grouped conv " + l.name);
     }
-    if (l.kind == LayerKind::linear) fix(i, "Linear outputs are not pruned");
+    if (l.kind == LayerKind::linear) sp.fix(i, "Linear outputs are not pruned");
     // A per-channel layer behind an op the trace cannot follow: its channels are tied to
     // unknown ones (the sources upstream were fixed by the walk).
     if (ins.empty() && (l.kind == LayerKind::batchnorm || l.kind == LayerKind::depthwise)) {
-      fix(i, l.name + " reads its input through an op the trace cannot follow");
+      sp.fix(i, l.name + " reads its input through an op the trace cannot follow");
     }
   }
-  for (size_t a = 1; a < output_sources.size(); ++a) {
-    const int64_t delta = output_sources[0].offset - output_sources[a].offset;
-    residual_spaces.insert(space(output_sources[0].source));
-    residual_spaces.insert(space(output_sources[a].source));
-    uf.unite(space(output_sources[0].source), space(output_sources[a].source), delta);
-  }
-  for (const auto& s : output_sources) fix(space(s.source), "feeds the model output");
-  fix(n, "holds the model input");
-  for (int s : w.opaque_sources) {
+  sp.tie_sum(output_sources, "");
+  for (const auto& s : output_sources) sp.fix(sp.of(s.source), "feeds the model output");
+  sp.fix(n, "holds the model input");
+  for (int src : w.opaque_sources) {
     std::string ops;
     for (const auto& o : w.opaque_ops) ops += (ops.empty() ? "" : ", ") + o;
-    fix(space(s), "read through an op the trace cannot follow (" + ops + ")");
+    sp.fix(sp.of(src), "read through an op the trace cannot follow (" + ops + ")");
   }
+  return sp;
+}
 
-  // Number the groups in trace order.
+// Groups in trace order (one per connected set of spaces), their members, roots and flags;
+// returns the group of each union-find root.
+std::map<int, int> number_groups(ChannelGraph& g, Spaces& sp) {
+  const int n = sp.n;
   std::map<int, int> group_of_root;
-  auto group_id = [&](int sp) {
-    const int r = uf.find(sp);
+  auto group_id = [&](int space) {
+    const int r = sp.uf.find(space);
     auto it = group_of_root.find(r);
     if (it != group_of_root.end()) return it->second;
     const int id = int(g.groups.size());
@@ -457,39 +434,41 @@ ChannelGraph trace_channel_graph(layers::Module& model, const Shape& sample_hwc)
     GraphLayer& l = g.layers[size_t(i)];
     if (l.kind == LayerKind::linear) continue;
     l.group = group_id(i);
-    l.offset = uf.offset(i);
+    l.offset = sp.uf.offset(i);
     ChannelGroup& grp = g.groups[size_t(l.group)];
     grp.members.push_back(i);
     if (l.kind == LayerKind::conv || l.kind == LayerKind::grouped) grp.roots.push_back(i);
   }
   // The input joins a group only when tied to a layer output (e.g. an input added to one).
   for (auto& [r, id] : group_of_root) {
-    if (uf.find(n) == r) g.groups[size_t(id)].has_input = true;
+    if (sp.uf.find(n) == r) g.groups[size_t(id)].has_input = true;
   }
-  for (int sp = 0; sp <= n; ++sp) {
-    if (sp < n && g.layers[size_t(sp)].kind == LayerKind::linear) continue;
-    const int r = uf.find(sp);
-    auto it = group_of_root.find(r);
+  for (int space = 0; space <= n; ++space) {
+    if (space < n && g.layers[size_t(space)].kind == LayerKind::linear) continue;
+    auto it = group_of_root.find(sp.uf.find(space));
     if (it == group_of_root.end()) continue;
     ChannelGroup& grp = g.groups[size_t(it->second)];
-    if (residual_spaces.count(sp)) grp.residual = true;
-    if (fixed_spaces.count(sp) && grp.removable) {
+    if (sp.residual.count(space)) grp.residual = true;
+    if (sp.fixed.count(space) && grp.removable) {
       grp.removable = false;
-      grp.why_fixed = fixed_why.at(sp);
+      grp.why_fixed = sp.fixed_why.at(space);
     }
   }
-  // Consumers: dense convs and Linear layers.
-  for (int i = 0; i < n; ++i) {
+  return group_of_root;
+}
+
+// Consumers: the dense convs and Linear layers that read a group.
+void find_consumers(ChannelGraph& g, Spaces& sp, const std::map<int, int>& group_of_root) {
+  for (int i = 0; i < sp.n; ++i) {
     const GraphLayer& l = g.layers[size_t(i)];
     if (l.kind != LayerKind::conv && l.kind != LayerKind::linear) continue;
     if (l.inputs.empty()) continue;
-    const int sp0 = space(l.inputs[0].source);
-    const int r = uf.find(sp0);
-    auto it = group_of_root.find(r);
+    const int sp0 = sp.of(l.inputs[0].source);
+    auto it = group_of_root.find(sp.uf.find(sp0));
     if (it == group_of_root.end()) continue;  // reads only the model input
     Consumer c;
     c.layer = i;
-    c.offset = l.inputs[0].offset - uf.offset(sp0);
+    c.offset = l.inputs[0].offset - sp.uf.offset(sp0);
     c.spatial = l.inputs[0].spatial;
     if (l.inputs.size() == 1) {
       c.from = l.inputs[0].source;
@@ -497,7 +476,10 @@ ChannelGraph trace_channel_graph(layers::Module& model, const Shape& sample_hwc)
     }
     g.groups[size_t(it->second)].consumers.push_back(c);
   }
-  // Widths and the remaining removability conditions.
+}
+
+// Widths and the remaining removability conditions of each group.
+void finish_groups(ChannelGraph& g) {
   for (ChannelGroup& grp : g.groups) {
     int64_t lo = 0, hi = 0;
     bool first = true, aligned = true;
@@ -527,6 +509,45 @@ ChannelGraph trace_channel_graph(layers::Module& model, const Shape& sample_hwc)
       grp.why_fixed = "channels are shifted by pad_channels (option-A shortcut)";
     }
   }
+}
+
+}  // namespace
+
+ChannelGraph trace_channel_graph(layers::Module& model, const Shape& sample_hwc) {
+  LOWBIT_CHECK_INPUT(
+      sample_hwc.size() == 3 && sample_hwc[0] > 0 && sample_hwc[1] > 0 && sample_hwc[2] > 0,
+      "trace_channel_graph: the sample shape must be {H, W, C}, got ", shape_str(sample_hwc));
+  TraceMode mode(model);
+  // One forward of a zero sample, recording the layer calls.
+  TraceRecorder rec;
+  Tensor x = zeros({1, sample_hwc[0], sample_hwc[1], sample_hwc[2]},
+                   TensorOptions(DType::f32, model.device()));
+  x.requires_grad_(true);
+  Tensor y;
+  {
+    layers::RecordForward guard(&rec);
+    y = model.forward(x);
+  }
+  LOWBIT_CHECK_INPUT(y.defined() && y.requires_grad(),
+                     "trace_channel_graph: the model output does not depend on its input");
+
+  ChannelGraph g;
+  g.sample_hwc = sample_hwc;
+  Walker w;
+  std::vector<Tensor> layer_inputs;
+  collect_layers(model, rec, g, w, layer_inputs);
+  const Key kx = key_of(x);
+  w.source_of[kx] = -1;
+  w.shape_of[kx] = x.shape();
+  record_shapes(y, w);
+  // Inputs of every layer and of the output, as paths back to their sources (forward order).
+  for (size_t i = 0; i < g.layers.size(); ++i) g.layers[i].inputs = w.walk(key_of(layer_inputs[i]));
+  const std::vector<ChannelSource> output_sources = w.walk(key_of(y));
+
+  Spaces sp = tie_channel_spaces(g, w, output_sources);
+  const std::map<int, int> group_of_root = number_groups(g, sp);
+  find_consumers(g, sp, group_of_root);
+  finish_groups(g);
   return g;
 }
 

@@ -29,7 +29,6 @@ class Linear;
 namespace lowbit::prune {
 
 enum class LayerKind { conv, depthwise, grouped, batchnorm, linear };
-const char* layer_kind_name(LayerKind k);
 
 // Where a layer's input channels come from: output channels of layer `source` (-1: the model
 // input) after the ops `path` (node names in forward order, e.g. {"relu6"} or
