@@ -292,6 +292,91 @@ void apply_override(YAML::Node root, const std::string& file, const std::string&
 
 }  // namespace
 
+// data: (the dataset's name from its registry; every other key range-checked).
+DataConfig parse_data(Section d) {
+  DataConfig dc;
+  dc.dataset = d.str("dataset", dc.dataset, dataset_registry().names());
+  dc.root = d.str("root", dc.root);
+  dc.batch_size = d.integer("batch_size", dc.batch_size, 1, 1 << 20);
+  dc.eval_batch_size = d.integer("eval_batch_size", dc.eval_batch_size, 1, 1 << 20);
+  dc.num_workers = d.integer("num_workers", dc.num_workers, 0, 256);
+  dc.max_train_samples = d.integer("max_train_samples", dc.max_train_samples, 0, kBig);
+  dc.max_test_samples = d.integer("max_test_samples", dc.max_test_samples, 0, kBig);
+  dc.random_crop_padding = d.integer("random_crop_padding", dc.random_crop_padding, 0, 1024);
+  dc.hflip = d.boolean("hflip", dc.hflip);
+  dc.random_resized_crop = d.boolean("random_resized_crop", dc.random_resized_crop);
+  dc.image_size = d.integer("image_size", dc.image_size, 0, 1 << 16);
+  dc.resize = d.integer("resize", dc.resize, 0, 1 << 16);
+  dc.mean = d.numbers("mean");
+  dc.std = d.numbers("std");
+  if (dc.mean.size() != dc.std.size()) d.fail("std", str_cat("has ", dc.std.size(), " values but mean has ", dc.mean.size()));
+  for (double v : dc.std) {
+    if (!(v > 0)) d.fail("std", "values must be positive");
+  }
+  dc.synthetic_size = d.integer("synthetic_size", dc.synthetic_size, 1, kBig);
+  dc.synthetic_hw = d.integer("synthetic_hw", dc.synthetic_hw, 1, 1 << 16);
+  dc.synthetic_channels = d.integer("synthetic_channels", dc.synthetic_channels, 1, 1 << 16);
+  dc.synthetic_classes = d.integer("synthetic_classes", dc.synthetic_classes, 1, 1 << 20);
+  d.finish();
+  return dc;
+}
+
+ModelConfig parse_model(Section m) {
+  ModelConfig mc;
+  mc.name = m.str("name", mc.name);
+  mc.num_classes = m.integer("num_classes", mc.num_classes, 0, 1 << 24);
+  mc.in_channels = m.integer("in_channels", mc.in_channels, 0, 1 << 16);
+  mc.input_size = m.integer("input_size", mc.input_size, 0, 1 << 16);
+  mc.width_mult = m.num("width_mult", mc.width_mult, 0.01, 16.0);
+  mc.shortcut = m.str("shortcut", mc.shortcut, {"A", "B"});
+  mc.dropout = m.num("dropout", mc.dropout, 0.0, 1.0);
+  m.finish();
+  return mc;
+}
+
+DistConfig parse_dist(Section ds) {
+  DistConfig dc;
+  dc.bucket_mb = ds.num("bucket_mb", dc.bucket_mb, 1e-6, 1 << 20);
+  dc.timeout_s = ds.num("timeout_s", dc.timeout_s, 0.0, 1e7);
+  dc.sync_bn = ds.boolean("sync_bn", dc.sync_bn);
+  ds.finish();
+  return dc;
+}
+
+// prune: (validated by PruneOptions::validate, messages prefixed with the file).
+void parse_prune(Section p, ExperimentConfig& c) {
+  prune::PruneOptions& o = c.prune;
+  o.method = p.str("method", o.method);
+  o.ratio = p.num("ratio", o.ratio, 0.0, 1.0);
+  o.scope = p.str("scope", o.scope, {"layer", "global"});
+  o.var_threshold = p.num("var_threshold", o.var_threshold, -1.0, 1e9);
+  o.out_std_threshold = p.num("out_std_threshold", o.out_std_threshold, 0.0, 1e9);
+  o.border = p.str("border", o.border, {"full", "exact"});
+  o.constant = p.str("constant", o.constant, {"beta", "data_mean"});
+  o.mode = p.str("mode", o.mode, {"structural", "mask"});
+  o.residual = p.str("residual", o.residual, {"mask", "skip"});
+  c.prune_calibration_batches = p.integer("calibration_batches", c.prune_calibration_batches, 1, kBig);
+  try {
+    o.validate();
+  } catch (const InputError& e) {
+    throw InputError(str_cat(c.file, ": prune: ", e.what()));
+  }
+  p.finish();
+}
+
+// Every stage's kind finds the top-level section it needs.
+void check_stage_sections(const ExperimentConfig& c) {
+  for (size_t i = 0; i < c.stages.size(); ++i) {
+    const StageKind& k = stage_kind_registry().get(c.stages[i].kind);
+    if (k.needs_quant && !c.has_quant) {
+      throw InputError(str_cat(c.file, ": stages.", i, ".kind: ", c.stages[i].kind, " needs a top-level quant: section"));
+    }
+    if (k.needs_prune && !c.has_prune) {
+      throw InputError(str_cat(c.file, ": stages.", i, ".kind: ", c.stages[i].kind, " needs a top-level prune: section"));
+    }
+  }
+}
+
 ExperimentConfig parse_config(const std::string& yaml_text, const std::string& file,
                               const std::vector<std::string>& overrides) {
   YAML::Node root;
@@ -317,48 +402,11 @@ ExperimentConfig parse_config(const std::string& yaml_text, const std::string& f
   c.amp = top.str("amp", c.amp, {"off", "bf16", "f16"});
   c.cpu_conv = top.str("cpu_conv", c.cpu_conv, {"auto", "direct", "winograd", "winograd_f2", "winograd_f4"});
 
-  Section d = top.sub("data");
-  DataConfig& dc = c.data;
-  dc.dataset = d.str("dataset", dc.dataset, dataset_registry().names());
-  dc.root = d.str("root", dc.root);
-  dc.batch_size = d.integer("batch_size", dc.batch_size, 1, 1 << 20);
-  dc.eval_batch_size = d.integer("eval_batch_size", dc.eval_batch_size, 1, 1 << 20);
-  dc.num_workers = d.integer("num_workers", dc.num_workers, 0, 256);
-  dc.max_train_samples = d.integer("max_train_samples", dc.max_train_samples, 0, kBig);
-  dc.max_test_samples = d.integer("max_test_samples", dc.max_test_samples, 0, kBig);
-  dc.random_crop_padding = d.integer("random_crop_padding", dc.random_crop_padding, 0, 1024);
-  dc.hflip = d.boolean("hflip", dc.hflip);
-  dc.random_resized_crop = d.boolean("random_resized_crop", dc.random_resized_crop);
-  dc.image_size = d.integer("image_size", dc.image_size, 0, 1 << 16);
-  dc.resize = d.integer("resize", dc.resize, 0, 1 << 16);
-  dc.mean = d.numbers("mean");
-  dc.std = d.numbers("std");
-  if (dc.mean.size() != dc.std.size()) d.fail("std", str_cat("has ", dc.std.size(), " values but mean has ", dc.mean.size()));
-  for (double v : dc.std) {
-    if (!(v > 0)) d.fail("std", "values must be positive");
-  }
-  dc.synthetic_size = d.integer("synthetic_size", dc.synthetic_size, 1, kBig);
-  dc.synthetic_hw = d.integer("synthetic_hw", dc.synthetic_hw, 1, 1 << 16);
-  dc.synthetic_channels = d.integer("synthetic_channels", dc.synthetic_channels, 1, 1 << 16);
-  dc.synthetic_classes = d.integer("synthetic_classes", dc.synthetic_classes, 1, 1 << 20);
-  d.finish();
+  c.data = parse_data(top.sub("data"));
 
-  Section ds = top.sub("dist");
-  c.dist.bucket_mb = ds.num("bucket_mb", c.dist.bucket_mb, 1e-6, 1 << 20);
-  c.dist.timeout_s = ds.num("timeout_s", c.dist.timeout_s, 0.0, 1e7);
-  c.dist.sync_bn = ds.boolean("sync_bn", c.dist.sync_bn);
-  ds.finish();
+  c.dist = parse_dist(top.sub("dist"));
 
-  Section m = top.sub("model");
-  ModelConfig& mc = c.model;
-  mc.name = m.str("name", mc.name);
-  mc.num_classes = m.integer("num_classes", mc.num_classes, 0, 1 << 24);
-  mc.in_channels = m.integer("in_channels", mc.in_channels, 0, 1 << 16);
-  mc.input_size = m.integer("input_size", mc.input_size, 0, 1 << 16);
-  mc.width_mult = m.num("width_mult", mc.width_mult, 0.01, 16.0);
-  mc.shortcut = m.str("shortcut", mc.shortcut, {"A", "B"});
-  mc.dropout = m.num("dropout", mc.dropout, 0.0, 1.0);
-  m.finish();
+  c.model = parse_model(top.sub("model"));
 
   YAML::Node stages = top.raw("stages");
   if (!stages || !stages.IsSequence() || stages.size() == 0) {
@@ -373,39 +421,13 @@ ExperimentConfig parse_config(const std::string& yaml_text, const std::string& f
   } else {
     top.raw("quant");
   }
-  for (size_t i = 0; i < c.stages.size(); ++i) {
-    if (stage_kind_registry().get(c.stages[i].kind).needs_quant && !c.has_quant) {
-      throw InputError(str_cat(c.file, ": stages.", i, ".kind: ", c.stages[i].kind, " needs a top-level quant: section"));
-    }
-  }
   if (top.has("prune") && !top.get("prune").IsNull()) {
     c.has_prune = true;
-    Section p = top.sub("prune");
-    prune::PruneOptions& o = c.prune;
-    o.method = p.str("method", o.method);
-    o.ratio = p.num("ratio", o.ratio, 0.0, 1.0);
-    o.scope = p.str("scope", o.scope, {"layer", "global"});
-    o.var_threshold = p.num("var_threshold", o.var_threshold, -1.0, 1e9);
-    o.out_std_threshold = p.num("out_std_threshold", o.out_std_threshold, 0.0, 1e9);
-    o.border = p.str("border", o.border, {"full", "exact"});
-    o.constant = p.str("constant", o.constant, {"beta", "data_mean"});
-    o.mode = p.str("mode", o.mode, {"structural", "mask"});
-    o.residual = p.str("residual", o.residual, {"mask", "skip"});
-    c.prune_calibration_batches = p.integer("calibration_batches", c.prune_calibration_batches, 1, kBig);
-    try {
-      o.validate();
-    } catch (const InputError& e) {
-      throw InputError(str_cat(c.file, ": prune: ", e.what()));
-    }
-    p.finish();
+    parse_prune(top.sub("prune"), c);
   } else {
     top.raw("prune");
   }
-  for (size_t i = 0; i < c.stages.size(); ++i) {
-    if (stage_kind_registry().get(c.stages[i].kind).needs_prune && !c.has_prune) {
-      throw InputError(str_cat(c.file, ": stages.", i, ".kind: ", c.stages[i].kind, " needs a top-level prune: section"));
-    }
-  }
+  check_stage_sections(c);
   top.finish();
   YAML::Emitter out;
   out << root;
