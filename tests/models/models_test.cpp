@@ -95,7 +95,8 @@ TEST(Models, ResNet20OptionBUsesProjections) {
   o.shortcut = "B";
   auto m = create_model("resnet20", o);
   EXPECT_TRUE(m->state_dict().count("layer2.0.shortcut.0.weight"));
-  EXPECT_GT(m->num_parameters(), 269722);
+  // Option A's 269,722 plus the two projections (1x1 conv without bias + BN): 16->32 and 32->64.
+  EXPECT_EQ(m->num_parameters(), 269722 + (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64));
 }
 
 }  // namespace

@@ -21,15 +21,7 @@ inline int64_t channel_of(const Shape& shape, int64_t axis, int64_t i) {
   return (i / inner) % shape[size_t(a)];
 }
 
-// The message of the lowbit::Error `f` throws, or "" when it throws nothing.
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+// One error_of for every suite (tests/common/test_util.h).
+using ::lowbit::testing::error_of;
 
 }  // namespace lowbit::quant::testing_util

@@ -42,16 +42,8 @@ std::pair<Tensor, Tensor> loss_and_grad(const Tensor& logits, const Tensor& targ
   return {loss.detach(), x.grad()};
 }
 
-// Message of the lowbit::Error that f throws ("" when it throws nothing).
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+// One error_of for every suite (tests/common/test_util.h).
+using ::lowbit::testing::error_of;
 
 template <typename F>
 void expect_error(F&& f, const std::string& needle) {

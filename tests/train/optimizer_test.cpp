@@ -33,15 +33,8 @@ void set_grad(const Tensor& p, const std::vector<double>& g) {
   p.set_grad(tensor_of(g, p.shape(), p.dtype()).to(p.device()));
 }
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+// One error_of for every suite (tests/common/test_util.h).
+using ::lowbit::testing::error_of;
 
 // --- SGD ----------------------------------------------------------------------------------------
 
