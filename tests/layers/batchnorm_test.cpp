@@ -220,11 +220,46 @@ TEST(BatchNorm2d, SingleValuePerChannelRefusedInTraining) {
   EXPECT_THROW(bn.forward(zeros({1, 1, 1, 2})), Error);
 }
 
+// 16-bit inputs (autocast feeds BN bf16): statistics and per-channel math in f32, the output
+// rounded once, so the result is the f32 one on the same rounded inputs up to that rounding.
+TEST(BatchNorm2d, HalfPrecisionMatchesFloatOnTheSameInputs) {
+  manual_seed(25);
+  for (DType t : {DType::bf16, DType::f16}) {
+    const double eps = t == DType::bf16 ? 1.0 / 64 : 1.0 / 512;  // a few ulps of the output
+    for (bool training : {true, false}) {
+      SCOPED_TRACE(std::string(dtype_name(t)) + (training ? " train" : " eval"));
+      Tensor x16 = (randn({8, 5, 5, 7}) * 3.0 + 1.0).to(t);
+      Tensor x32 = x16.to(DType::f32);
+      Tensor w = randn({7}), b = randn({7});
+      Tensor rm16 = randn({7}) * 0.1, rv16 = rand({7}) + 0.5;
+      Tensor rm32 = rm16.clone(), rv32 = rv16.clone();
+      Tensor a = x16.detach().requires_grad_(), c = x32.detach().requires_grad_();
+      Tensor wa = w.detach().requires_grad_(), wc = w.detach().requires_grad_();
+      Tensor ya = batch_norm(a, wa, b, rm16, rv16, training, 0.1, 1e-5, true);
+      Tensor yc = batch_norm(c, wc, b, rm32, rv32, training, 0.1, 1e-5, true);
+      ASSERT_EQ(ya.dtype(), t);
+      EXPECT_TENSOR_NEAR(ya, yc, eps, eps);
+      EXPECT_TENSOR_NEAR(rm16, rm32, 1e-6, 1e-6);  // the statistics are f32 on both
+      EXPECT_TENSOR_NEAR(rv16, rv32, 1e-6, 1e-6);
+      Tensor up = randn(yc.shape()).to(t).to(DType::f32);
+      sum(ya * up.to(t)).backward();
+      sum(yc * up).backward();
+      ASSERT_EQ(a.grad().dtype(), t);
+      EXPECT_TENSOR_NEAR(a.grad(), c.grad(), 4 * eps, 4 * eps);
+      EXPECT_TENSOR_NEAR(wa.grad(), wc.grad(), 4 * eps, 4 * eps);
+    }
+  }
+}
+
 TEST(BatchNorm2dGpu, MatchesCpu) {
   LOWBIT_SKIP_WITHOUT_GPU();
   manual_seed(24);
+  for (DType t : {DType::f32, DType::bf16, DType::f16})
   for (bool relu_on : {false, true}) {
-    Tensor x = randn({8, 5, 5, 7}) * 3.0 + 1.0;
+    SCOPED_TRACE(std::string(dtype_name(t)) + (relu_on ? " relu" : ""));
+    // 16-bit outputs: both backends round the same float math once; a few ulps apart at most.
+    const double h = t == DType::f32 ? 1.0 : t == DType::bf16 ? 1000.0 : 100.0;
+    Tensor x = (randn({8, 5, 5, 7}) * 3.0 + 1.0).to(t);
     Tensor w = randn({7}).requires_grad_(), b = randn({7}).requires_grad_();
     Tensor xc = x.detach().requires_grad_();
     Tensor xg = x.to(Device::cuda()).requires_grad_();
@@ -234,15 +269,15 @@ TEST(BatchNorm2dGpu, MatchesCpu) {
     Tensor rmg = rm.to(Device::cuda()), rvg = rv.to(Device::cuda());
     Tensor y = batch_norm(xc, w, b, rm, rv, true, 0.1, 1e-5, relu_on);
     Tensor yg = batch_norm(xg, wg, bg, rmg, rvg, true, 0.1, 1e-5, relu_on);
-    EXPECT_TENSOR_NEAR(yg, y, 1e-5, 1e-5);
+    EXPECT_TENSOR_NEAR(yg, y, 1e-5 * h, 1e-5 * h);
     EXPECT_TENSOR_NEAR(rmg, rm, 1e-6, 1e-6);
     EXPECT_TENSOR_NEAR(rvg, rv, 1e-6, 1e-6);
-    Tensor up = randn(y.shape());
+    Tensor up = randn(y.shape()).to(t);
     sum(y * up).backward();
     sum(yg * up.to(Device::cuda())).backward();
-    EXPECT_TENSOR_NEAR(xg.grad(), xc.grad(), 1e-4, 1e-5);
-    EXPECT_TENSOR_NEAR(wg.grad(), w.grad(), 1e-5, 1e-4);
-    EXPECT_TENSOR_NEAR(bg.grad(), b.grad(), 1e-5, 1e-4);
+    EXPECT_TENSOR_NEAR(xg.grad(), xc.grad(), 1e-4 * h, 1e-5 * h);
+    EXPECT_TENSOR_NEAR(wg.grad(), w.grad(), 1e-5 * h, 1e-4 * h);
+    EXPECT_TENSOR_NEAR(bg.grad(), b.grad(), 1e-5 * h, 1e-4 * h);
   }
 }
 

@@ -37,6 +37,33 @@ INSTANTIATE_TEST_SUITE_P(Shapes, PoolForward,
                                            PoolCase{1, 9, 9, 2, 3, 1, 1}, PoolCase{3, 5, 5, 4, 5, 5, 0},
                                            PoolCase{1, 1, 1, 7, 1, 1, 0}));
 
+// 16-bit floats (autocast feeds pooling bf16): the f32 result on the same rounded inputs, rounded
+// once; max pooling picks an input, so it is exact; averages within the output's rounding.
+TEST(Pool, HalfPrecisionMatchesFloatOnTheSameInputs) {
+  manual_seed(31);
+  for (DType t : {DType::bf16, DType::f16}) {
+    const double eps = t == DType::bf16 ? 1.0 / 128 : 1.0 / 1024;  // 2 ulps of the output
+    Tensor x16 = randn({2, 9, 7, 5}).to(t);
+    Tensor x32 = x16.to(DType::f32);
+    for (bool max : {true, false}) {
+      SCOPED_TRACE(std::string(dtype_name(t)) + (max ? " max" : " avg"));
+      Pool2dOptions o = Pool2dOptions::square(3, 2, 1);
+      Tensor a = x16.detach().requires_grad_(), b = x32.detach().requires_grad_();
+      Tensor ya = max ? max_pool2d(a, o) : avg_pool2d(a, o);
+      Tensor yb = max ? max_pool2d(b, o) : avg_pool2d(b, o);
+      ASSERT_EQ(ya.dtype(), t);
+      EXPECT_TENSOR_NEAR(ya, yb, max ? 0.0 : eps, max ? 0.0 : 1e-3);
+      Tensor up = randn(yb.shape()).to(t).to(DType::f32);
+      sum(ya * up.to(t)).backward();
+      sum(yb * up).backward();
+      ASSERT_EQ(a.grad().dtype(), t);
+      EXPECT_TENSOR_NEAR(a.grad(), b.grad(), eps, eps);
+    }
+    Tensor g16 = global_avg_pool2d(x16), g32 = global_avg_pool2d(x32);
+    EXPECT_TENSOR_NEAR(g16, g32, eps, 1e-3) << dtype_name(t);
+  }
+}
+
 TEST(Pool, AvgExcludingPadding) {
   Tensor x = ones({1, 3, 3, 1});
   Pool2dOptions o = Pool2dOptions::square(3, 1, 1);
@@ -80,17 +107,22 @@ TEST(Pool, GlobalAverage) {
 TEST(PoolGpu, MatchesCpu) {
   LOWBIT_SKIP_WITHOUT_GPU();
   manual_seed(33);
-  Tensor x = randn({2, 9, 7, 3});
-  for (bool max : {true, false}) {
-    Pool2dOptions o = Pool2dOptions::square(3, 2, 1);
-    Tensor xc = x.detach().requires_grad_(), xg = x.to(Device::cuda()).requires_grad_();
-    Tensor y = max ? max_pool2d(xc, o) : avg_pool2d(xc, o);
-    Tensor yg = max ? max_pool2d(xg, o) : avg_pool2d(xg, o);
-    EXPECT_TENSOR_NEAR(yg, y, 1e-6, 1e-6);
-    Tensor up = randn(y.shape());
-    sum(y * up).backward();
-    sum(yg * up.to(Device::cuda())).backward();
-    EXPECT_TENSOR_NEAR(xg.grad(), xc.grad(), 1e-5, 1e-6);
+  for (DType t : {DType::f32, DType::bf16, DType::f16}) {
+    // Both backends compute in float and round once: equal up to that rounding.
+    const double tol = t == DType::f32 ? 1e-6 : t == DType::bf16 ? 1.0 / 128 : 1.0 / 1024;
+    Tensor x = randn({2, 9, 7, 3}).to(t);
+    for (bool max : {true, false}) {
+      SCOPED_TRACE(std::string(dtype_name(t)) + (max ? " max" : " avg"));
+      Pool2dOptions o = Pool2dOptions::square(3, 2, 1);
+      Tensor xc = x.detach().requires_grad_(), xg = x.to(Device::cuda()).requires_grad_();
+      Tensor y = max ? max_pool2d(xc, o) : avg_pool2d(xc, o);
+      Tensor yg = max ? max_pool2d(xg, o) : avg_pool2d(xg, o);
+      EXPECT_TENSOR_NEAR(yg, y, tol, tol);
+      Tensor up = randn(y.shape()).to(t);
+      sum(y * up).backward();
+      sum(yg * up.to(Device::cuda())).backward();
+      EXPECT_TENSOR_NEAR(xg.grad(), xc.grad(), 10 * tol, tol);
+    }
   }
 }
 

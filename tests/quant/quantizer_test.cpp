@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -617,9 +618,10 @@ struct ParityCase {
   double grad_tol;  // input gradient
 };
 
-TEST(QuantizerGpu, EveryQuantizerMatchesCpu) {
-  LOWBIT_SKIP_WITHOUT_GPU();
-  const std::vector<ParityCase> cases = {
+// The CPU/CUDA parity cases: at least one per registered quantizer (checked below, on every
+// machine, so a new quantizer cannot land without its GPU case).
+std::vector<ParityCase> parity_cases() {
+  return {
       {"uniform", {{"observer", "ema"}}, {8, 6, 6, 16}, 0, 0},
       {"uniform",
        {{"role", "weight"}, {"per_channel", "true"}, {"channels", "16"}},
@@ -656,7 +658,20 @@ TEST(QuantizerGpu, EveryQuantizerMatchesCpu) {
       {"binary", {{"role", "activation"}}, {8, 6, 6, 16}, 0, 0},
       {"ternary", {{"per_channel", "true"}}, {16, 3, 3, 8}, 1e-6, 0},
   };
-  for (const ParityCase& pc : cases) {
+}
+
+TEST(Quantizers, EveryRegisteredQuantizerHasAGpuParityCase) {
+  std::set<std::string> covered;
+  for (const ParityCase& pc : parity_cases()) covered.insert(pc.name);
+  for (const std::string& name : quantizer_names()) {
+    EXPECT_TRUE(covered.count(name)) << "quantizer '" << name
+                                     << "' has no case in parity_cases() (QuantizerGpu.EveryQuantizerMatchesCpu)";
+  }
+}
+
+TEST(QuantizerGpu, EveryQuantizerMatchesCpu) {
+  LOWBIT_SKIP_WITHOUT_GPU();
+  for (const ParityCase& pc : parity_cases()) {
     SCOPED_TRACE(pc.name + " " + shape_str(pc.shape));
     manual_seed(80);
     Tensor x = randn(pc.shape) * 1.5 + 0.2;
