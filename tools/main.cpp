@@ -30,7 +30,7 @@ const char* kUsage =
     "Exit codes: 0 success, 1 runtime failure, 2 bad input (config, data, arguments).\n";
 
 const char* kTrainHelp =
-    "usage: lowbit train CONFIG [--out DIR] [--device auto|cpu|cuda|cuda:N] [--resume]\n"
+    "usage: lowbit train CONFIG [--out DIR] [--device auto|cpu|cuda|cuda:N] [--resume | --force]\n"
     "                    [--set key.path=value]... [--no-progress]\n"
     "\n"
     "Runs the stages of CONFIG (see docs/config.md). Writes to DIR (default runs/<name>):\n"
@@ -41,6 +41,8 @@ const char* kTrainHelp =
     "  summary.json            test_top1, test_top5, params, model_bytes, wall_s, images_per_s, ...\n"
     "\n"
     "  --resume     continue from DIR/checkpoint.safetensors (same weights as an uninterrupted run)\n"
+    "  --force      DIR holds another run (a different config.yaml): replace it (its run files are\n"
+    "               deleted); without it such a DIR is refused. Re-running the same config restarts.\n"
     "  --set K=V    override a config key, e.g. --set stages.0.epochs=2 --set data.batch_size=64\n"
     "\n"
     "Data-parallel on N processes: mpirun -np N lowbit train CONFIG, or srun -n N lowbit train\n"
@@ -71,7 +73,7 @@ bool is_help(const char* a) { return !std::strcmp(a, "--help") || !std::strcmp(a
 struct Args {
   std::string config;
   std::string out, device, checkpoint;
-  bool resume = false, progress = true;
+  bool resume = false, force = false, progress = true;
   std::vector<std::string> sets;
 };
 
@@ -79,7 +81,9 @@ Args parse(int argc, char** argv, const char* cmd, bool allow_train_flags) {
   Args a;
   auto need = [&](int& i, const char* flag) -> std::string {
     if (i + 1 >= argc) throw lowbit::InputError(lowbit::str_cat(cmd, ": ", flag, " needs a value"));
-    return argv[++i];
+    const std::string v = argv[++i];
+    if (v.empty()) throw lowbit::InputError(lowbit::str_cat(cmd, ": ", flag, " needs a value, got an empty one"));
+    return v;
   };
   for (int i = 2; i < argc; ++i) {
     const std::string s = argv[i];
@@ -88,6 +92,7 @@ Args parse(int argc, char** argv, const char* cmd, bool allow_train_flags) {
     else if (s.rfind("--set=", 0) == 0) a.sets.push_back(s.substr(6));
     else if (allow_train_flags && s == "--out") a.out = need(i, "--out");
     else if (allow_train_flags && s == "--resume") a.resume = true;
+    else if (allow_train_flags && s == "--force") a.force = true;
     else if (allow_train_flags && s == "--no-progress") a.progress = false;
     else if (!allow_train_flags && s == "--checkpoint") a.checkpoint = need(i, "--checkpoint");
     else if (!allow_train_flags && s == "--out" && std::string(cmd) == "prune") a.out = need(i, "--out");
@@ -110,6 +115,8 @@ int run_train(int argc, char** argv) {
   o.out_dir = a.out.empty() ? "runs/" + cfg.name : a.out;
   o.device = a.device;
   o.resume = a.resume;
+  o.force = a.force;
+  if (a.resume && a.force) throw lowbit::InputError("train: --resume continues a run and --force replaces it; give one");
   o.progress = a.progress;
   auto s = lowbit::train::run_training(cfg, o);
   if (!lowbit::dist::is_root()) return 0;

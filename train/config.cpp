@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -244,6 +245,35 @@ quant::QuantConfig parse_quant(Section q, const std::string& file) {
   return c;
 }
 
+// A key given twice in one mapping is refused (yaml-cpp keeps the first, PyYAML the last: either
+// way one of the user's values would be silently ignored).
+void refuse_duplicate_keys(const YAML::Node& node, const std::string& file, const std::string& path) {
+  if (node.IsSequence()) {
+    for (size_t i = 0; i < node.size(); ++i) refuse_duplicate_keys(node[i], file, str_cat(path, path.empty() ? "" : ".", i));
+    return;
+  }
+  if (!node.IsMap()) return;
+  std::map<std::string, int> first_line;
+  for (auto it = node.begin(); it != node.end(); ++it) {
+    const std::string key = it->first.Scalar();
+    const int line = it->first.Mark().line + 1;
+    const std::string where = path.empty() ? key : path + "." + key;
+    auto [prev, fresh] = first_line.emplace(key, line);
+    if (!fresh) {
+      throw InputError(str_cat(file, ":", line, ": key '", where, "' appears twice (first at line ", prev->second,
+                               "); remove one"));
+    }
+    refuse_duplicate_keys(it->second, file, where);
+  }
+}
+
+// parts[0..n) joined with dots ("(top level)" for none).
+std::string join_path(const std::vector<std::string>& parts, size_t n) {
+  std::string s;
+  for (size_t i = 0; i < n; ++i) s += (i ? "." : "") + parts[i];
+  return s.empty() ? "(top level)" : s;
+}
+
 void apply_override(YAML::Node root, const std::string& file, const std::string& spec) {
   const size_t eq = spec.find('=');
   if (eq == std::string::npos || eq == 0) {
@@ -259,34 +289,38 @@ void apply_override(YAML::Node root, const std::string& file, const std::string&
   std::vector<std::string> parts;
   std::stringstream ss(path);
   for (std::string p; std::getline(ss, p, '.');) parts.push_back(p);
+  LOWBIT_CHECK_INPUT(!parts.empty(), file, ": --set '", spec, "': wants key.path=value");
+  // The item a path part names in a list: a decimal index below its size.
+  const auto list_index = [&](const YAML::Node& list, const std::string& p, size_t depth) {
+    const std::string where = str_cat(file, ": --set ", path, ": ");
+    const bool digits = !p.empty() && p.size() < 10 && p.find_first_not_of("0123456789") == std::string::npos;
+    LOWBIT_CHECK_INPUT(digits, where, "'", join_path(parts, depth), "' is a list: '", p,
+                       "' must be an item index (0 to ", list.size() == 0 ? 0 : list.size() - 1, ")");
+    const size_t idx = size_t(std::stoul(p));
+    LOWBIT_CHECK_INPUT(idx < list.size(), where, "index ", idx, " is past the end of '", join_path(parts, depth),
+                       "' (", list.size(), " items)");
+    return idx;
+  };
   // yaml-cpp nodes are handles: walk down by reassigning a handle, creating maps as needed.
   std::vector<YAML::Node> chain{root};
-  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+  for (size_t i = 0; i < parts.size(); ++i) {
     YAML::Node cur = chain.back();
     const std::string& p = parts[i];
+    LOWBIT_CHECK_INPUT(!cur.IsScalar(), file, ": --set ", path, ": '", join_path(parts, i), "' is a value ('",
+                       cur.Scalar(), "'), not a mapping or list, so it has no '", p, "'");
+    const bool last = i + 1 == parts.size();
     if (cur.IsSequence()) {
-      size_t idx = 0;
-      try {
-        idx = std::stoul(p);
-      } catch (...) {
-        throw InputError(str_cat(file, ": --set ", path, ": '", p, "' must index the list"));
+      const size_t idx = list_index(cur, p, i);
+      if (last) {
+        cur[idx] = value;
+      } else {
+        chain.push_back(cur[idx]);
       }
-      if (idx >= cur.size()) {
-        throw InputError(str_cat(file, ": --set ", path, ": index ", idx, " is past the end (",
-                                 cur.size(), " items)"));
-      }
-      chain.push_back(cur[idx]);
+    } else if (last) {
+      cur[p] = value;
     } else {
       chain.push_back(cur[p]);
     }
-  }
-  YAML::Node parent = chain.back();
-  if (parent.IsSequence()) {
-    size_t idx = std::stoul(parts.back());
-    if (idx >= parent.size()) throw InputError(str_cat(file, ": --set ", path, ": index past the end"));
-    parent[idx] = value;
-  } else {
-    parent[parts.back()] = value;
   }
 }
 
@@ -386,6 +420,7 @@ ExperimentConfig parse_config(const std::string& yaml_text, const std::string& f
     throw InputError(str_cat(file, ": not valid YAML: ", e.what()));
   }
   if (!root || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  refuse_duplicate_keys(root, file, "");
   for (const auto& o : overrides) apply_override(root, file, o);
 
   ExperimentConfig c;
@@ -441,6 +476,51 @@ ExperimentConfig load_config(const std::string& path, const std::vector<std::str
   std::stringstream ss;
   ss << in.rdbuf();
   return parse_config(ss.str(), path, overrides);
+}
+
+namespace {
+
+// Every leaf of a YAML tree as "key.path" -> its text (flow style for non-scalars' leaves).
+void flatten(const YAML::Node& n, const std::string& path, std::map<std::string, std::string>& out) {
+  if (n.IsMap()) {
+    for (auto it = n.begin(); it != n.end(); ++it) {
+      flatten(it->second, path.empty() ? it->first.Scalar() : path + "." + it->first.Scalar(), out);
+    }
+  } else if (n.IsSequence()) {
+    for (size_t i = 0; i < n.size(); ++i) flatten(n[i], str_cat(path, path.empty() ? "" : ".", i), out);
+  } else {
+    out[path] = n.IsNull() ? "null" : n.Scalar();
+  }
+}
+
+std::map<std::string, std::string> flatten_text(const std::string& text) {
+  std::map<std::string, std::string> out;
+  try {
+    flatten(YAML::Load(text), "", out);
+  } catch (const YAML::Exception&) {
+    out["(config)"] = "(not valid YAML)";
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<std::string> config_differences(const std::string& before, const std::string& after) {
+  const auto a = flatten_text(before), b = flatten_text(after);
+  std::vector<std::string> out;
+  for (const auto& [k, v] : a) {
+    auto it = b.find(k);
+    if (it == b.end()) {
+      out.push_back(str_cat(k, ": ", v, " -> (absent)"));
+    } else if (it->second != v) {
+      out.push_back(str_cat(k, ": ", v, " -> ", it->second));
+    }
+  }
+  for (const auto& [k, v] : b) {
+    if (!a.count(k)) out.push_back(str_cat(k, ": (absent) -> ", v));
+  }
+  std::sort(out.begin(), out.end());
+  return out;
 }
 
 }  // namespace lowbit::train

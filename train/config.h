@@ -125,4 +125,8 @@ ExperimentConfig load_config(const std::string& path, const std::vector<std::str
 ExperimentConfig parse_config(const std::string& yaml_text, const std::string& file_label,
                               const std::vector<std::string>& overrides = {});
 
+// The keys whose values differ between two configs (YAML texts), one "key.path: a -> b" line
+// each, sorted; keys present in one only show "(absent)". For --resume with a changed config.
+std::vector<std::string> config_differences(const std::string& before, const std::string& after);
+
 }  // namespace lowbit::train

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <iomanip>
 #include <sstream>
 #include <thread>
@@ -107,6 +108,14 @@ struct Fault {
   int64_t rank = -1, epoch = -1, batch = -1;
 };
 
+// A non-negative integer read from a file or the environment; InputError naming where it came
+// from and the text otherwise (never std::stoll's bare "stoll").
+uint64_t parse_count(const std::string& text, const std::string& where) {
+  const bool digits = !text.empty() && text.size() <= 19 && text.find_first_not_of("0123456789") == std::string::npos;
+  LOWBIT_CHECK_INPUT(digits, where, " = '", text, "': wants a non-negative integer");
+  return std::stoull(text);
+}
+
 Fault parse_fault() {
   Fault f;
   const char* v = std::getenv("LOWBIT_FAULT");
@@ -117,9 +126,9 @@ Fault parse_fault() {
   LOWBIT_CHECK_INPUT(parts.size() == 4 && (parts[0] == "throw" || parts[0] == "kill" || parts[0] == "hang"),
                      "LOWBIT_FAULT='", v, "': wants ACTION:RANK:EPOCH:BATCH with ACTION throw, kill or hang");
   f.action = parts[0];
-  f.rank = std::stoll(parts[1]);
-  f.epoch = std::stoll(parts[2]);
-  f.batch = std::stoll(parts[3]);
+  f.rank = int64_t(parse_count(parts[1], "LOWBIT_FAULT rank"));
+  f.epoch = int64_t(parse_count(parts[2], "LOWBIT_FAULT epoch"));
+  f.batch = int64_t(parse_count(parts[3], "LOWBIT_FAULT batch"));
   return f;
 }
 
@@ -201,10 +210,10 @@ void save_checkpoint(const fs::path& out, layers::Module& model, const Optimizer
   save_safetensors((out / kCheckpoint).string(), t, meta);
 }
 
-void restore_generator(const std::string& s, Generator& g) {
+void restore_generator(const std::string& s, Generator& g, const std::string& where) {
   const size_t comma = s.find(',');
-  LOWBIT_CHECK_INPUT(comma != std::string::npos, "checkpoint: bad RNG state '", s, "'");
-  g.set_state(std::stoull(s.substr(0, comma)), std::stoull(s.substr(comma + 1)));
+  LOWBIT_CHECK_INPUT(comma != std::string::npos, where, " = '", s, "': wants SEED,OFFSET");
+  g.set_state(parse_count(s.substr(0, comma), where + " seed"), parse_count(s.substr(comma + 1), where + " offset"));
 }
 
 std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& all,
@@ -217,9 +226,24 @@ std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& a
 }
 
 // Loads model weights from a full checkpoint ("model." keys) or a weights-only file.
+// Weights with a NaN or an infinity are refused, naming the tensor: such a file comes from a
+// diverged run, and evaluating, pruning or training from it would only report nonsense later.
+void check_finite_weights(const std::map<std::string, Tensor>& w, const std::string& path) {
+  for (const auto& [name, t] : w) {
+    if (!is_floating(t.dtype())) continue;
+    const Tensor h = t.to(Device::cpu(), DType::f32).contiguous();
+    const float* p = h.data<float>();
+    for (int64_t i = 0; i < h.numel(); ++i) {
+      LOWBIT_CHECK_INPUT(std::isfinite(p[i]), path, ": tensor '", name, "' holds ", p[i], " at element ", i,
+                         " (of ", h.numel(), "); the weights are not usable (a diverged run?)");
+    }
+  }
+}
+
 void load_weights(layers::Module& model, const SafetensorsFile& f, const std::string& path) {
   auto w = with_prefix(f.tensors, "model.");
   if (w.empty()) w = f.tensors;
+  check_finite_weights(w, path);
   try {
     model.load_state_dict(w, true, layers::Layout::pytorch);
   } catch (const InputError& e) {
@@ -313,6 +337,9 @@ layers::ModulePtr build_model(const ExperimentConfig& cfg, const DataSource& dat
   const models::ModelOptions mo = model_options(cfg, DatasetGeometry{data.image_size, data.channels, data.num_classes});
   LOWBIT_CHECK_INPUT(mo.in_channels == data.channels, cfg.file, ": model.in_channels ", mo.in_channels,
                      " does not match the dataset's ", data.channels, " channels");
+  LOWBIT_CHECK_INPUT(mo.num_classes >= data.num_classes, cfg.file, ": model.num_classes ", mo.num_classes,
+                     " is smaller than the dataset's ", data.num_classes, " classes (labels up to ",
+                     data.num_classes - 1, ")");
   return models::create_model(cfg.model.name, mo);
 }
 
@@ -520,6 +547,7 @@ class TrainingRun {
   void set_up() {
     manual_seed(cfg_.seed);
     data_ = make_data(cfg_, dev_);
+    validate_stage_inputs();
     model_ = build_model(cfg_, data_);
     model_->to(dev_);
     model_->train();
@@ -527,6 +555,47 @@ class TrainingRun {
     batches_per_epoch_ = data_.train->size();
     LOWBIT_CHECK_INPUT(batches_per_epoch_ > 0, cfg_.file, ": an epoch has no training batch on rank ", world_.rank);
     summary_.device = dev_.str();
+  }
+
+  // What can fail hours later is checked before anything is trained or written: every stage's
+  // init: file exists, and the quant: rules convert the model (a dry run on a fresh CPU copy,
+  // rules added one at a time so an error names quant.rules.N). The RNG state is kept.
+  void validate_stage_inputs() const {
+    bool quantizes = false;
+    for (size_t i = 0; i < cfg_.stages.size(); ++i) {
+      const StageConfig& st = cfg_.stages[i];
+      quantizes = quantizes || stage_kind_registry().get(st.kind).quantizes;
+      if (st.init.empty()) continue;
+      std::error_code ec;
+      LOWBIT_CHECK_INPUT(fs::is_regular_file(st.init, ec), cfg_.file, ": stages.", i, ".init: '", st.init,
+                         "' is not a file");
+      std::ifstream probe(st.init, std::ios::binary);
+      LOWBIT_CHECK_INPUT(probe.good(), cfg_.file, ": stages.", i, ".init: '", st.init, "' cannot be read");
+    }
+    if (!quantizes || !cfg_.has_quant) return;
+    Generator& g = default_generator(Device::cpu());
+    const uint64_t seed = g.seed(), offset = g.offset();
+    const auto converts = [&](size_t rules) {
+      quant::QuantConfig q = cfg_.quant;
+      q.rules.resize(rules);
+      Shape sample;
+      layers::ModulePtr m = build_model_offline(cfg_, &sample);
+      try {
+        quant::quantize_model(*m, q, zeros({2, sample[0], sample[1], sample[2]}));
+      } catch (const InputError& e) {
+        return std::string(e.what());
+      }
+      return std::string();
+    };
+    std::string err = converts(cfg_.quant.rules.size());
+    if (!err.empty()) {
+      size_t n = 0;
+      while (n < cfg_.quant.rules.size() && converts(n).empty()) ++n;
+      const std::string where = n == 0 ? "quant" : str_cat("quant.rules.", n - 1);
+      g.set_state(seed, offset);
+      throw InputError(str_cat(cfg_.file, ": ", where, ": ", converts(n)));
+    }
+    g.set_state(seed, offset);
   }
 
   // --resume: the position, structure, weights and RNG of the checkpoint. Every rank reads it
@@ -542,15 +611,31 @@ class TrainingRun {
     auto& m = resume_file_.metadata;
     LOWBIT_CHECK_INPUT(m.count("stage") && m.count("epoch") && m.count("global_epoch"), ckpt.string(),
                        ": not a lowbit training checkpoint (no position metadata)");
-    pos_.stage = std::stoll(m["stage"]);
-    pos_.epoch = std::stoll(m["epoch"]);
-    pos_.global_epoch = std::stoll(m["global_epoch"]);
+    const auto meta = [&](const char* key) {
+      return int64_t(parse_count(m[key], str_cat(ckpt.string(), ": metadata ", key)));
+    };
+    pos_.stage = meta("stage");
+    pos_.epoch = meta("epoch");
+    pos_.global_epoch = meta("global_epoch");
+    LOWBIT_CHECK_INPUT(pos_.stage <= int64_t(cfg_.stages.size()), ckpt.string(), ": stage ", pos_.stage,
+                       " of a config with ", cfg_.stages.size(), " stages");
     apply_structure_meta(*model_, &ms_, resume_file_, ckpt.string());
     model_->to(dev_);
     load_weights(*model_, resume_file_, ckpt.string());
-    restore_generator(m["rng_cpu"], default_generator(Device::cpu()));
-    if (dev_.is_cuda() && m.count("rng_device")) restore_generator(m["rng_device"], default_generator(dev_));
-    const int64_t saved_world = m.count("world_size") ? std::stoll(m["world_size"]) : 1;
+    restore_generator(m["rng_cpu"], default_generator(Device::cpu()), ckpt.string() + ": metadata rng_cpu");
+    if (dev_.is_cuda() && m.count("rng_device")) {
+      restore_generator(m["rng_device"], default_generator(dev_), ckpt.string() + ": metadata rng_device");
+    }
+    if (root_ && m.count("config")) {
+      const std::vector<std::string> diff = config_differences(m["config"], cfg_.raw_yaml);
+      if (!diff.empty()) {
+        std::string lines;
+        for (const auto& d : diff) lines += "\n  " + d;
+        std::fprintf(stderr, "lowbit: --resume: the config differs from the checkpoint's (checkpoint -> now):%s\n",
+                     lines.c_str());
+      }
+    }
+    const int64_t saved_world = m.count("world_size") ? meta("world_size") : 1;
     if (saved_world != world_.size && root_) {
       std::fprintf(stderr,
                    "lowbit: --resume: %s was written by a run of %lld rank(s), this run has %d: weights,"
@@ -559,17 +644,72 @@ class TrainingRun {
     }
   }
 
-  // Rank 0's run folder: a fresh log unless resuming, and the config as run.
+  // Rank 0's run folder. A fresh run needs an empty folder or one of the same experiment (the
+  // same config.yaml), whose run files it clears; another run's folder is refused unless
+  // --force. A resumed run keeps its log up to the checkpoint (the records of the epoch it redoes
+  // are dropped). Stale temporary files of an interrupted write go.
   void open_run_folder() {
     if (!root_) return;
     std::error_code ec;
     fs::create_directories(out_, ec);
     LOWBIT_CHECK_INPUT(!ec && fs::is_directory(out_), opts_.out_dir, ": cannot create the output folder: ",
                        ec.message());
-    if (!resuming_) fs::remove(out_ / "log.jsonl", ec);
+    for (const auto& entry : fs::directory_iterator(out_, ec)) {
+      if (entry.path().filename().string().find(".tmp") != std::string::npos) fs::remove(entry.path(), ec);
+    }
+    if (!resuming_) {
+      const std::string previous = read_file_or_empty(out_ / "config.yaml");
+      const bool empty = fs::is_empty(out_, ec);
+      const bool same = !previous.empty() && previous == cfg_.raw_yaml + "\n";
+      LOWBIT_CHECK_INPUT(empty || same || opts_.force, opts_.out_dir, ": holds ",
+                         previous.empty() ? "files of something else" : "another run (a different config.yaml)",
+                         "; choose another --out, continue it with --resume, or replace it with --force");
+      if (!empty) clear_run_folder();
+    } else {
+      trim_log_to(pos_.global_epoch);
+    }
     log_ = std::make_unique<JsonlLog>((out_ / "log.jsonl").string());
     std::ofstream cfg_out(out_ / "config.yaml");
     cfg_out << cfg_.raw_yaml << "\n";
+  }
+
+  static std::string read_file_or_empty(const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return in ? std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()) : std::string();
+  }
+
+  // The files a run writes (and only those: a user's own files in the folder stay).
+  void clear_run_folder() {
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(out_, ec)) {
+      const std::string name = entry.path().filename().string();
+      const bool run_file = name == "config.yaml" || name == "log.jsonl" || name == kCheckpoint ||
+                            name == "model.safetensors" || name == "summary.json" ||
+                            name.rfind("prune_report", 0) == 0;
+      if (run_file) fs::remove(entry.path(), ec);
+    }
+  }
+
+  // Keeps the log's records of the epochs the checkpoint holds (epoch <= epochs), atomically.
+  void trim_log_to(int64_t epochs) {
+    const fs::path path = out_ / "log.jsonl";
+    std::ifstream in(path);
+    if (!in) return;
+    std::string kept, line;
+    while (std::getline(in, line)) {
+      if (line.empty()) continue;
+      json j = json::parse(line, nullptr, false);
+      if (j.is_object() && j.contains("epoch") && j["epoch"].is_number() && j["epoch"].get<int64_t>() > epochs) continue;
+      kept += line + "\n";
+    }
+    in.close();
+    const fs::path tmp = out_ / "log.jsonl.tmp";
+    {
+      std::ofstream out(tmp, std::ios::trunc);
+      out << kept;
+      LOWBIT_CHECK(out.good(), tmp.string(), ": write failed");
+    }
+    fs::rename(tmp, path);
   }
 
   void write_log(const json& j) {

@@ -20,6 +20,9 @@ struct TrainerOptions {
   std::string out_dir = "runs/experiment";
   std::string device;       // overrides the config's device when non-empty
   bool resume = false;
+  // A fresh run (no resume) in a folder holding another run (a different config.yaml) is refused
+  // unless force, which clears the folder's run files first (docs/training.md, "Run folders").
+  bool force = false;
   bool progress = true;     // the console progress bar / lines
   int64_t stop_after_epochs = -1;  // tests: stop (as if killed) after this many epochs in total
 };

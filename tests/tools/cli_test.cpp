@@ -5,9 +5,13 @@
 
 #include <array>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <string>
+
+#include <nlohmann/json.hpp>
 
 namespace {
 
@@ -136,6 +140,76 @@ TEST(Cli, BenchHelpAndBadArgumentsExitTwo) {
     EXPECT_EQ(r.code, 2) << c.args << "\n" << r.output;
     EXPECT_THAT(r.output, HasSubstr(c.message)) << c.args;
   }
+}
+
+TEST(Cli, RunFoldersAreNeverMixed) {
+  fs::path d = temp_dir() / "folders";
+  fs::create_directories(d);
+  std::ofstream(d / "c.yaml") << kTiny;
+  const std::string cfg = (d / "c.yaml").string(), out = (d / "out").string();
+  // An empty --out is refused like a missing one (it used to mean runs/<name>).
+  Result r = run("train " + cfg + " --out '' --no-progress");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("--out needs a value, got an empty one"));
+  ASSERT_EQ(run("train " + cfg + " --out " + out + " --no-progress").code, 0);
+  // The same experiment again restarts in place; another one is refused without --force.
+  r = run("train " + cfg + " --out " + out + " --no-progress");
+  EXPECT_EQ(r.code, 0) << r.output;
+  r = run("train " + cfg + " --out " + out + " --no-progress --set seed=7");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("holds another run (a different config.yaml)"));
+  std::ofstream(d / "out" / "notes.txt") << "mine";
+  std::ofstream(d / "out" / "checkpoint.safetensors.tmp.12345") << "half a write";
+  r = run("train " + cfg + " --out " + out + " --no-progress --set seed=7 --force");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(fs::exists(d / "out" / "notes.txt"));  // only run files are cleared
+  EXPECT_FALSE(fs::exists(d / "out" / "checkpoint.safetensors.tmp.12345"));
+  std::ifstream in(d / "out" / "config.yaml");
+  const std::string written((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_THAT(written, HasSubstr("seed: 7"));
+  // --resume with another config says what changed.
+  r = run("train " + cfg + " --out " + out + " --no-progress --resume --set seed=8 --set stages.0.epochs=2");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("the config differs from the checkpoint's"));
+  EXPECT_THAT(r.output, HasSubstr("seed: 7 -> 8"));
+  EXPECT_THAT(r.output, HasSubstr("stages.0.epochs: 1 -> 2"));
+  r = run("train " + cfg + " --out " + out + " --resume --force");
+  EXPECT_EQ(r.code, 2) << r.output;
+  fs::remove_all(d);
+}
+
+TEST(Cli, NonFiniteWeightsAreRefusedNamingTheTensor) {
+  fs::path d = temp_dir() / "nan";
+  fs::create_directories(d);
+  std::ofstream(d / "c.yaml") << kTiny;
+  const std::string cfg = (d / "c.yaml").string();
+  ASSERT_EQ(run("train " + cfg + " --out " + (d / "out").string() + " --no-progress").code, 0);
+  // The same file with one weight made NaN: the header says where the tensor's bytes are.
+  std::ifstream in(d / "out" / "model.safetensors", std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), {});
+  uint64_t header = 0;
+  std::memcpy(&header, bytes.data(), 8);
+  nlohmann::json h = nlohmann::json::parse(bytes.substr(8, header));
+  std::string name;
+  for (auto& [k, v] : h.items()) {
+    if (k != "__metadata__" && v["dtype"] == "F32") {
+      name = k;
+      const size_t at = 8 + header + v["data_offsets"][0].get<size_t>();
+      const float nan = std::numeric_limits<float>::quiet_NaN();
+      std::memcpy(&bytes[at], &nan, 4);
+      break;
+    }
+  }
+  ASSERT_FALSE(name.empty());
+  std::ofstream(d / "nan.safetensors", std::ios::binary) << bytes;
+  const std::string nan_file = (d / "nan.safetensors").string();
+  Result r = run("eval " + cfg + " --checkpoint " + nan_file);
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("tensor '" + name + "' holds nan"));
+  r = run("train " + cfg + " --out " + (d / "o2").string() + " --no-progress --set stages.0.init=" + nan_file);
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("holds nan"));
+  fs::remove_all(d);
 }
 
 }  // namespace

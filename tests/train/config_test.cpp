@@ -158,6 +158,28 @@ TEST(Config, ShippedConfigsParse) {
   EXPECT_GE(n, 40);  // configs/ and configs/qat/
 }
 
+TEST(Config, DuplicateKeysAreRefusedNamingTheLine) {
+  EXPECT_THAT(error_of("name: a\nseed: 1\nname: b\nstages: [{epochs: 1}]\n"),
+              HasSubstr("cfg.yaml:3: key 'name' appears twice (first at line 1)"));
+  EXPECT_THAT(error_of("stages:\n  - {epochs: 1, epochs: 2}\n"), HasSubstr("key 'stages.0.epochs' appears twice"));
+}
+
+TEST(Config, SetMistakesNameTheArgument) {
+  EXPECT_THAT(error_of(kMinimal, {"stages.epochs=3"}),
+              HasSubstr("--set stages.epochs: 'stages' is a list: 'epochs' must be an item index"));
+  EXPECT_THAT(error_of(kMinimal, {"name.sub=1"}), HasSubstr("'name' is a value"));
+  EXPECT_THAT(error_of(kMinimal, {"stages.7.epochs=1"}), HasSubstr("index 7 is past the end of 'stages'"));
+  EXPECT_THAT(error_of(kMinimal, {"stages.-1.epochs=1"}), HasSubstr("must be an item index"));
+  EXPECT_THAT(error_of(kMinimal, {"=3"}), HasSubstr("wants key.path=value"));
+}
+
+TEST(Config, DifferencesListChangedAddedAndRemovedKeys) {
+  const auto d = config_differences("a: 1\nb: {c: 2, d: 3}\nl: [1, 2]\n", "a: 1\nb: {c: 5}\nl: [1, 2, 4]\ne: x\n");
+  EXPECT_EQ(d, (std::vector<std::string>{"b.c: 2 -> 5", "b.d: 3 -> (absent)", "e: (absent) -> x",
+                                         "l.2: (absent) -> 4"}));
+  EXPECT_TRUE(config_differences("a: 1", "a: 1").empty());
+}
+
 TEST(Registries, EveryRegisteredChoiceIsValidatedAndDocumented) {
   // The names of each registry are what config validation allows, and docs/config.md names each
   // of them (as `name`): a new optimizer, schedule, dataset or stage kind cannot land undocumented.

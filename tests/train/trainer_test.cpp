@@ -266,6 +266,54 @@ TEST(Trainer, CorruptCheckpointIsAnInputError) {
   fs::remove_all(dir);
 }
 
+TEST(Trainer, WhatWouldFailLaterIsRefusedAtTheStart) {
+  // model.num_classes below the dataset's labels, a missing init: file, and a quant rule whose
+  // option is out of range, all before anything is trained or written.
+  fs::path out = fresh_dir("early");
+  const auto err = [&](const std::string& yaml, const std::vector<std::string>& sets) {
+    try {
+      run_training(parse_config(yaml, "tiny.yaml", sets), quiet(out));
+    } catch (const InputError& e) {
+      return std::string(e.what());
+    }
+    return std::string("<no error>");
+  };
+  EXPECT_THAT(err(kSynthetic, {"model.num_classes=3"}),
+              HasSubstr("model.num_classes 3 is smaller than the dataset's 4 classes"));
+  EXPECT_THAT(err(kSynthetic, {"stages.1.init=/no/such/file.safetensors"}),
+              HasSubstr("stages.1.init: '/no/such/file.safetensors' is not a file"));
+  EXPECT_THAT(err(kQat, {"quant.rules=[{match: '*', weight: {bits: 8}}, {match: '*', type: Conv2d, weight: {bits: 40}}]"}),
+              HasSubstr("tiny.yaml: quant.rules.1: "));
+  EXPECT_FALSE(fs::exists(out));  // nothing was written
+}
+
+TEST(Trainer, ResumeDropsTheLogRecordsOfTheRedoneEpoch) {
+  ExperimentConfig cfg = parse_config(kSynthetic, "tiny.yaml");
+  fs::path full = fresh_dir("logfull"), parts = fresh_dir("logparts");
+  run_training(cfg, quiet(full));
+  TrainerOptions o = quiet(parts);
+  o.stop_after_epochs = 1;
+  run_training(cfg, o);
+  // Records of an epoch the checkpoint does not hold (as a kill mid-epoch 2 leaves them).
+  std::ofstream(parts / "log.jsonl", std::ios::app) << R"({"kind":"step","epoch":2,"step":7})" << "\n";
+  o.resume = true;
+  o.stop_after_epochs = -1;
+  run_training(cfg, o);
+  const auto records = [](const fs::path& p) {
+    std::vector<std::string> r;
+    std::ifstream in(p / "log.jsonl");
+    for (std::string line; std::getline(in, line);) {
+      nlohmann::json j = nlohmann::json::parse(line);
+      r.push_back(str_cat(j["kind"].get<std::string>(), " ", j["epoch"].get<int64_t>(), " ",
+                          j.contains("step") ? j["step"].get<int64_t>() : -1));
+    }
+    return r;
+  };
+  EXPECT_EQ(records(parts), records(full));
+  fs::remove_all(full);
+  fs::remove_all(parts);
+}
+
 TEST(Trainer, CudaWithoutGpuIsAnInputError) {
   if (testing::gpu_available()) GTEST_SKIP() << "a GPU is present";
   EXPECT_THROW(resolve_device("cuda"), InputError);
