@@ -126,7 +126,7 @@ struct DataLoader::State {
     return opts.drop_last ? s / opts.batch_size : (s + opts.batch_size - 1) / opts.batch_size;
   }
 
-  void start_epoch(int64_t e) {
+  void start_epoch(int64_t e, int64_t first_batch = 0) {
     auto indices = std::make_shared<const std::vector<int64_t>>(
         shard_indices(dataset->size(), opts.shuffle, opts.seed, e, opts.rank, opts.world_size,
                       opts.pad_shards));
@@ -138,8 +138,8 @@ struct DataLoader::State {
       epoch = e;
       order = std::move(indices);
       num_batches = batches_per_epoch();
-      next_build = 0;
-      next_deliver = 0;
+      next_build = std::min(first_batch, num_batches);
+      next_deliver = next_build;
       started = true;
     }
     work_cv.notify_all();
@@ -315,6 +315,11 @@ void DataLoader::set_epoch(int64_t epoch) {
 }
 
 void DataLoader::reset() { state_->start_epoch(epoch()); }
+
+void DataLoader::seek(int64_t batch) {
+  LOWBIT_CHECK_INPUT(batch >= 0 && batch <= size(), "data loader: batch ", batch, " outside [0, ", size(), "]");
+  state_->start_epoch(epoch(), batch);
+}
 
 bool DataLoader::next(Batch& batch) {
   State& s = *state_;

@@ -86,6 +86,9 @@ class DataLoader {
   void set_epoch(int64_t epoch);
   // Restarts the current epoch from its first batch.
   void reset();
+  // Restarts the current epoch at batch `batch` (0 <= batch <= size()): the batches are those
+  // an uninterrupted epoch would deliver from there (a mid-epoch resume).
+  void seek(int64_t batch);
   // The next batch of the current epoch; false once the epoch is exhausted (until set_epoch or
   // reset). The first call starts epoch 0 unless set_epoch came first.
   bool next(Batch& batch);

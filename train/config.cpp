@@ -5,6 +5,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <map>
 #include <set>
@@ -398,6 +399,23 @@ void parse_prune(Section p, ExperimentConfig& c) {
   p.finish();
 }
 
+// checkpoint_every: N | "N steps" | "M min" | "M minutes" (0 = off).
+void parse_checkpoint_every(Section& top, ExperimentConfig& c) {
+  const std::string v = top.str("checkpoint_every", "0");
+  std::istringstream in(v);
+  double n = 0;
+  std::string unit, rest;
+  in >> n >> unit >> rest;
+  const bool steps = unit.empty() || unit == "steps" || unit == "step";
+  const bool minutes = unit == "min" || unit == "minutes" || unit == "minute";
+  if (in.fail() && !in.eof()) top.fail("checkpoint_every", str_cat("'", v, "': wants N, \"N steps\" or \"M min\""));
+  if (!(n >= 0) || !rest.empty() || !(steps || minutes) || (steps && n != std::floor(n))) {
+    top.fail("checkpoint_every", str_cat("'", v, "': wants N, \"N steps\" (whole steps) or \"M min\" (N, M >= 0)"));
+  }
+  if (steps) c.checkpoint_every_steps = int64_t(n);
+  if (minutes) c.checkpoint_every_minutes = n;
+}
+
 // Every stage's kind finds the top-level section it needs.
 void check_stage_sections(const ExperimentConfig& c) {
   for (size_t i = 0; i < c.stages.size(); ++i) {
@@ -436,6 +454,7 @@ ExperimentConfig parse_config(const std::string& yaml_text, const std::string& f
   c.threads = top.integer("threads", c.threads, 0, 1024);
   c.amp = top.str("amp", c.amp, {"off", "bf16", "f16"});
   c.cpu_conv = top.str("cpu_conv", c.cpu_conv, {"auto", "direct", "winograd", "winograd_f2", "winograd_f4"});
+  parse_checkpoint_every(top, c);
 
   c.data = parse_data(top.sub("data"));
 

@@ -106,6 +106,10 @@ struct ExperimentConfig {
   int64_t log_interval = 50;    // steps between log records
   int64_t threads = 0;          // CPU threads (0 = OpenMP's default)
   std::string amp = "off";      // mixed precision: off | bf16 | f16 (core/autocast.h)
+  // checkpoint_every: also checkpoint inside epochs, every N optimizer steps or M minutes ("500",
+  // "500 steps", "15 min"); 0 / "" = at epoch ends only.
+  int64_t checkpoint_every_steps = 0;
+  double checkpoint_every_minutes = 0.0;
   std::string cpu_conv = "auto";  // CPU 3x3 convolutions: auto | direct | winograd | winograd_f2 | winograd_f4 (layers/conv2d.h)
   DataConfig data;
   ModelConfig model;

@@ -146,6 +146,11 @@ struct Position {
   int64_t stage = 0;
   int64_t epoch = 0;        // epochs completed in `stage`
   int64_t global_epoch = 0; // epochs completed in the run (the loader's epoch counter)
+  // Inside the epoch in progress (checkpoint_every): batches done (0 at an epoch boundary), the
+  // last optimizer step done, and the epoch's sums over every rank so far.
+  int64_t batch = 0;
+  int64_t last_step = -1;
+  double loss_sum = 0.0, correct = 0.0, seen = 0.0, elapsed_s = 0.0;
 };
 
 const char* kCheckpoint = "checkpoint.safetensors";
@@ -199,6 +204,13 @@ void save_checkpoint(const fs::path& out, layers::Module& model, const Optimizer
   meta["epoch"] = std::to_string(pos.epoch);
   meta["global_epoch"] = std::to_string(pos.global_epoch);
   meta["world_size"] = std::to_string(dist::world_size());
+  if (pos.batch > 0) {
+    meta["batch"] = std::to_string(pos.batch);
+    meta["last_step"] = std::to_string(pos.last_step);
+    nlohmann::json sums{{"loss_sum", pos.loss_sum}, {"correct", pos.correct}, {"seen", pos.seen},
+                        {"elapsed_s", pos.elapsed_s}};
+    meta["epoch_sums"] = sums.dump();
+  }
   Generator& cpu = default_generator(Device::cpu());
   meta["rng_cpu"] = std::to_string(cpu.seed()) + "," + std::to_string(cpu.offset());
   if (dev.is_cuda()) {
@@ -511,6 +523,7 @@ class TrainingRun {
       // The ranks must agree on where they start and on how many batches they take, or their
       // collectives would not pair up.
       const std::string where = str_cat(resuming_, "/", pos_.stage, "/", pos_.epoch, "/", pos_.global_epoch, "/",
+                                        pos_.batch, "/",
                                         data_.train->dataset().size(), "/", data_.test->dataset().size(), "/",
                                         batches_per_epoch_);
       check_same_on_all_ranks(std::hash<std::string>()(where),
@@ -619,6 +632,21 @@ class TrainingRun {
     pos_.global_epoch = meta("global_epoch");
     LOWBIT_CHECK_INPUT(pos_.stage <= int64_t(cfg_.stages.size()), ckpt.string(), ": stage ", pos_.stage,
                        " of a config with ", cfg_.stages.size(), " stages");
+    if (m.count("batch")) {  // a checkpoint inside an epoch
+      pos_.batch = meta("batch");
+      pos_.last_step = meta("last_step");
+      nlohmann::json sums = nlohmann::json::parse(m["epoch_sums"], nullptr, false);
+      LOWBIT_CHECK_INPUT(sums.is_object() && sums.contains("seen"), ckpt.string(), ": metadata epoch_sums is not valid");
+      // Rank 0 carries the sums of every rank so far; the others start theirs at zero.
+      if (world_.rank == 0) {
+        pos_.loss_sum = sums["loss_sum"].get<double>();
+        pos_.correct = sums["correct"].get<double>();
+        pos_.seen = sums["seen"].get<double>();
+      }
+      pos_.elapsed_s = sums.value("elapsed_s", 0.0);
+      LOWBIT_CHECK_INPUT(pos_.batch < batches_per_epoch_, ckpt.string(), ": batch ", pos_.batch,
+                         " of an epoch that has ", batches_per_epoch_, " batches here (another batch size or data?)");
+    }
     apply_structure_meta(*model_, &ms_, resume_file_, ckpt.string());
     model_->to(dev_);
     load_weights(*model_, resume_file_, ckpt.string());
@@ -666,7 +694,7 @@ class TrainingRun {
                          "; choose another --out, continue it with --resume, or replace it with --force");
       if (!empty) clear_run_folder();
     } else {
-      trim_log_to(pos_.global_epoch);
+      trim_log_to(pos_);
     }
     log_ = std::make_unique<JsonlLog>((out_ / "log.jsonl").string());
     std::ofstream cfg_out(out_ / "config.yaml");
@@ -690,8 +718,9 @@ class TrainingRun {
     }
   }
 
-  // Keeps the log's records of the epochs the checkpoint holds (epoch <= epochs), atomically.
-  void trim_log_to(int64_t epochs) {
+  // Keeps the log's records of what the checkpoint holds, atomically: the epochs it completed
+  // and, inside the epoch in progress, the steps up to its last one.
+  void trim_log_to(const Position& pos) {
     const fs::path path = out_ / "log.jsonl";
     std::ifstream in(path);
     if (!in) return;
@@ -699,7 +728,12 @@ class TrainingRun {
     while (std::getline(in, line)) {
       if (line.empty()) continue;
       json j = json::parse(line, nullptr, false);
-      if (j.is_object() && j.contains("epoch") && j["epoch"].is_number() && j["epoch"].get<int64_t>() > epochs) continue;
+      if (j.is_object() && j.contains("epoch") && j["epoch"].is_number()) {
+        const int64_t epoch = j["epoch"].get<int64_t>();
+        const bool in_progress = epoch == pos.global_epoch + 1;
+        const int64_t step = j.contains("step") && j["step"].is_number() ? j["step"].get<int64_t>() : INT64_MAX;
+        if (epoch > pos.global_epoch + 1 || (in_progress && (pos.batch == 0 || step > pos.last_step))) continue;
+      }
       kept += line + "\n";
     }
     in.close();
@@ -720,7 +754,7 @@ class TrainingRun {
     const StageConfig& st = cfg_.stages[size_t(s)];
     Stage stage{st, stage_kind_registry().get(st.kind), s, 0, nullptr, nullptr, nullptr};
     stage.steps_per_epoch = (batches_per_epoch_ + st.accumulate_steps - 1) / st.accumulate_steps;
-    const bool mid_stage_resume = resuming_ && s == pos_.stage && pos_.epoch > 0;
+    const bool mid_stage_resume = resuming_ && s == pos_.stage && (pos_.epoch > 0 || pos_.batch > 0);
     if (!mid_stage_resume) {
       StageContext ctx{cfg_, s, *model_, ms_, data_, dev_, pos_.global_epoch, out_, progress_, *group_};
       prepare_stage(ctx);
@@ -742,7 +776,7 @@ class TrainingRun {
     if (resuming_ && s == pos_.stage) {
       first_epoch = pos_.epoch;
       auto ostate = with_prefix(resume_file_.tensors, "optim.");
-      if (!ostate.empty() && first_epoch > 0) stage.opt->load_state_dict(ostate);
+      if (!ostate.empty() && (first_epoch > 0 || pos_.batch > 0)) stage.opt->load_state_dict(ostate);
     }
     for (int64_t e = first_epoch; e < st.epochs && !stopped_; ++e) run_epoch(stage, e, fault);
     if (!stopped_) {
@@ -775,6 +809,36 @@ class TrainingRun {
                         out_.string(), " is from before this epoch"));
   }
 
+  // checkpoint_every: after every N optimizer steps, or M minutes since the last checkpoint
+  // (rank 0's clock decides for all ranks).
+  bool checkpoint_due(int64_t step) {
+    if (cfg_.checkpoint_every_steps > 0) return (step + 1) % cfg_.checkpoint_every_steps == 0;
+    if (cfg_.checkpoint_every_minutes <= 0) return false;
+    const double minutes =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - last_checkpoint_).count() / 60.0;
+    if (world_.size == 1) return minutes >= cfg_.checkpoint_every_minutes;
+    Tensor due = full({1}, minutes >= cfg_.checkpoint_every_minutes ? 1.0 : 0.0, TensorOptions(DType::i32));
+    host_group_.broadcast(due, 0);
+    return due.data<int32_t>()[0] != 0;
+  }
+
+  // A checkpoint inside the epoch: the position (batches done, the last step) and the epoch's
+  // sums over every rank, so a resume continues with the next batch, bit for bit.
+  void save_mid_epoch_checkpoint(Stage& stage, int64_t step, int64_t batches_done, const EpochSums& sums,
+                                 std::chrono::steady_clock::time_point e0) {
+    const auto v = global_sums(sums);
+    Position p = pos_;
+    p.stage = stage.index;
+    p.batch = batches_done;
+    p.last_step = step;
+    p.loss_sum = v[0];
+    p.correct = v[1];
+    p.seen = v[2];
+    p.elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - e0).count();
+    if (root_) save_checkpoint(out_, *model_, stage.opt.get(), p, cfg_, dev_, ms_);
+    last_checkpoint_ = std::chrono::steady_clock::now();
+  }
+
   void run_epoch(Stage& stage, int64_t e, const Fault& fault) {
     const StageConfig& st = stage.st;
     // METHODS 4: BN statistics and quantizer ranges freeze after configurable epochs of QAT.
@@ -785,13 +849,25 @@ class TrainingRun {
       quant::set_quantizers_frozen(*model_, qat && qc.freeze_quantizers_epoch >= 0 && e >= qc.freeze_quantizers_epoch);
     }
     data_.train->set_epoch(pos_.global_epoch);
-    data_.train->reset();
     ProgressBar bar(str_cat(st.name, " epoch ", e + 1, "/", st.epochs), batches_per_epoch_);
     EpochSums sums{zeros({}, TensorOptions(DType::f64, dev_)), zeros({}, TensorOptions(DType::f64, dev_)), 0};
     const double wait0 = stage.reducer->wait_seconds();
-    const auto e0 = std::chrono::steady_clock::now();
+    auto e0 = std::chrono::steady_clock::now();
     const int64_t accumulate = st.accumulate_steps;
     int64_t batch_in_epoch = 0;
+    if (pos_.batch > 0) {
+      // Resuming inside this epoch: its first batches and their sums are in the checkpoint.
+      batch_in_epoch = pos_.batch;
+      data_.train->seek(batch_in_epoch);
+      sums.loss_sum.fill_(pos_.loss_sum);
+      sums.correct.fill_(pos_.correct);
+      sums.seen = int64_t(pos_.seen);
+      e0 -= std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(pos_.elapsed_s));
+      pos_.batch = 0;
+    } else {
+      data_.train->reset();
+    }
+    last_checkpoint_ = std::chrono::steady_clock::now();
     Batch b;
     std::string metrics;
     while (data_.train->next(b)) {
@@ -802,6 +878,9 @@ class TrainingRun {
       const int64_t group_size = std::min(accumulate, batches_per_epoch_ - (batch_in_epoch - micro));
       train_step(stage, b, sums, step, micro, group_size);
       ++batch_in_epoch;
+      if (micro == group_size - 1 && batch_in_epoch < batches_per_epoch_ && checkpoint_due(step)) {
+        save_mid_epoch_checkpoint(stage, step, batch_in_epoch, sums, e0);
+      }
       const bool log_now = batch_in_epoch % cfg_.log_interval == 0 || batch_in_epoch == batches_per_epoch_;
       if (!log_now && !progress_) continue;
       // Reading the sums is the host sync; do it only when something is printed or logged.
@@ -886,6 +965,7 @@ class TrainingRun {
     pos_.stage = stage.index;
     pos_.epoch = e + 1;
     pos_.global_epoch += 1;
+    pos_.batch = 0;
     summary_.test = ev;
     if (root_) save_checkpoint(out_, *model_, stage.opt.get(), pos_, cfg_, dev_, ms_);
     if (opts_.stop_after_epochs >= 0 && pos_.global_epoch >= opts_.stop_after_epochs) stopped_ = true;
@@ -956,6 +1036,7 @@ class TrainingRun {
   SafetensorsFile resume_file_;
   bool resuming_ = false;
   bool stopped_ = false;
+  std::chrono::steady_clock::time_point last_checkpoint_;
   std::unique_ptr<JsonlLog> log_;
   RunSummary summary_;
   int64_t images_seen_ = 0;

@@ -314,6 +314,44 @@ TEST(Trainer, ResumeDropsTheLogRecordsOfTheRedoneEpoch) {
   fs::remove_all(parts);
 }
 
+TEST(Trainer, CheckpointsInsideAnEpochResumeBitForBit) {
+  // checkpoint_every: 2 steps; a failure at epoch 2 batch 4 loses only the batch after the
+  // checkpoint at batch 2, and the resumed run ends with the uninterrupted run's weights and log.
+  ExperimentConfig cfg = parse_config(kSynthetic, "tiny.yaml", {"checkpoint_every=2 steps"});
+  EXPECT_EQ(cfg.checkpoint_every_steps, 2);
+  fs::path full = fresh_dir("midfull"), parts = fresh_dir("midparts");
+  run_training(cfg, quiet(full));
+  ::setenv("LOWBIT_FAULT", "throw:0:2:4", 1);
+  EXPECT_THAT(testing::error_of([&] { run_training(cfg, quiet(parts)); }), HasSubstr("injected failure at epoch 2 batch 4"));
+  ::unsetenv("LOWBIT_FAULT");
+  SafetensorsFile ck = load_safetensors((parts / "checkpoint.safetensors").string());
+  EXPECT_EQ(ck.metadata["batch"], "2");
+  EXPECT_EQ(ck.metadata["global_epoch"], "1");
+  TrainerOptions o = quiet(parts);
+  o.resume = true;
+  EXPECT_TRUE(run_training(cfg, o).finished);
+  auto a = load_safetensors((full / "model.safetensors").string()).tensors;
+  auto b = load_safetensors((parts / "model.safetensors").string()).tensors;
+  for (auto& [k, v] : a) EXPECT_TENSOR_NEAR(b.at(k), v, 0, 0) << k;
+  const auto steps = [](const fs::path& p) {
+    std::vector<int64_t> r;
+    std::ifstream in(p / "log.jsonl");
+    for (std::string line; std::getline(in, line);) {
+      nlohmann::json j = nlohmann::json::parse(line);
+      if (j["kind"] == "step") r.push_back(j["step"].get<int64_t>());
+    }
+    return r;
+  };
+  EXPECT_EQ(steps(parts), steps(full));
+  for (const char* bad : {"3 hours", "-2", "1.5 steps", "2 steps extra"}) {
+    EXPECT_THAT(testing::error_of([&] { parse_config(kSynthetic, "tiny.yaml", {std::string("checkpoint_every=") + bad}); }),
+                HasSubstr("tiny.yaml: checkpoint_every: '")) << bad;
+  }
+  EXPECT_EQ(parse_config(kSynthetic, "tiny.yaml", {"checkpoint_every=15 min"}).checkpoint_every_minutes, 15.0);
+  fs::remove_all(full);
+  fs::remove_all(parts);
+}
+
 TEST(Trainer, CudaWithoutGpuIsAnInputError) {
   if (testing::gpu_available()) GTEST_SKIP() << "a GPU is present";
   EXPECT_THROW(resolve_device("cuda"), InputError);
