@@ -72,8 +72,6 @@ const T* ptr_or_null(const Tensor& t) {
   return t.defined() ? static_cast<const T*>(t.raw_data()) : nullptr;
 }
 
-}  // namespace
-
 void bn_column_sums_cuda(const Tensor& x, const Tensor& dy, const Tensor& y, const Tensor& mean,
                          const Tensor& invstd, bool backward, bool relu, const Tensor& sums) {
   const int dev = x.device().index;
@@ -141,5 +139,11 @@ void bn_grad_input_cuda(const Tensor& x, const Tensor& dy, const Tensor& y, cons
     }, cuda::stream_of(dev));
   });
 }
+
+}  // namespace
+
+LOWBIT_REGISTER_KERNEL(bn_column_sums_stub, cuda, bn_column_sums_cuda);
+LOWBIT_REGISTER_KERNEL(bn_affine_stub, cuda, bn_affine_cuda);
+LOWBIT_REGISTER_KERNEL(bn_grad_input_stub, cuda, bn_grad_input_cuda);
 
 }  // namespace lowbit::layers::detail

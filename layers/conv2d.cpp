@@ -430,15 +430,10 @@ void conv2d_backward_cpu(const ConvShape& s, const Tensor& x, const Tensor& w, c
   strm.wait();
 }
 
-#if !defined(LOWBIT_WITH_CUDA)
-void conv2d_forward_cuda(const ConvShape&, const Tensor&, const Tensor&, const Tensor&, const Tensor&) {
-  LOWBIT_FAIL("conv2d: a CUDA tensor was given but lowbit was built without CUDA");
-}
-void conv2d_backward_cuda(const ConvShape&, const Tensor&, const Tensor&, const Tensor&,
-                          const Tensor&, const Tensor&, const Tensor&) {
-  LOWBIT_FAIL("conv2d: a CUDA tensor was given but lowbit was built without CUDA");
-}
-#endif
+LOWBIT_DEFINE_STUB(conv2d_forward_stub);
+LOWBIT_DEFINE_STUB(conv2d_backward_stub);
+LOWBIT_REGISTER_KERNEL(conv2d_forward_stub, cpu, conv2d_forward_cpu);
+LOWBIT_REGISTER_KERNEL(conv2d_backward_stub, cpu, conv2d_backward_cpu);
 
 // ---------------------------------------------------------------------------- autograd
 
@@ -459,8 +454,7 @@ Tensor conv2d(const Tensor& x_arg, const Tensor& w_arg, const Tensor& b_in, cons
   Tensor w = w_in.detach().contiguous();
   Tensor b = b_in.defined() ? b_in.detach().to(x.dtype()).contiguous() : Tensor();
   Tensor y = empty({s.n, s.p, s.q, s.k}, TensorOptions(x.dtype(), dev));
-  if (dev.is_cuda()) conv2d_forward_cuda(s, x, w, b, y);
-  else conv2d_forward_cpu(s, x, w, b, y);
+  conv2d_forward_stub(dev, s, x, w, b, y);
 
   if (autograd::any_requires_grad({x_in, w_in, b_in})) {
     autograd::SavedTensor sx(x, "conv2d"), sw(w, "conv2d");
@@ -475,8 +469,7 @@ Tensor conv2d(const Tensor& x_arg, const Tensor& w_arg, const Tensor& b_in, cons
       Tensor dx = need_x ? empty(xs.shape(), opt) : Tensor();
       Tensor dw = (need_w || need_b) ? empty(ws.shape(), opt) : Tensor();
       Tensor db = need_b ? empty({s.k}, opt) : Tensor();
-      if (g.is_cuda()) conv2d_backward_cuda(s, xs, ws, g, dx, dw, db);
-      else conv2d_backward_cpu(s, xs, ws, g, dx, dw, db);
+      conv2d_backward_stub(g.device(), s, xs, ws, g, dx, dw, db);
       std::vector<Tensor> out{dx, need_w ? dw : Tensor()};
       if (b_in.defined()) out.push_back(db);
       return out;

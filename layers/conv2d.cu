@@ -155,8 +155,6 @@ const void* scale_ptr(const Scale& s, DType t) { return t == DType::f64 ? static
 // cudnnAddTensor / cudnnConvolutionBackwardBias, whose bf16 support is not documented.
 bool cudnn_bias(DType t) { return t == DType::f32 || t == DType::f64; }
 
-}  // namespace
-
 void conv2d_forward_cuda(const ConvShape& s, const Tensor& x, const Tensor& w, const Tensor& b,
                          const Tensor& y) {
   const int dev = x.device().index;
@@ -207,5 +205,10 @@ void conv2d_backward_cuda(const ConvShape& s, const Tensor& x, const Tensor& w, 
                                              scale_ptr(zero, t), c.b, db.raw_data()));
   }
 }
+
+}  // namespace
+
+LOWBIT_REGISTER_KERNEL(conv2d_forward_stub, cuda, conv2d_forward_cuda);
+LOWBIT_REGISTER_KERNEL(conv2d_backward_stub, cuda, conv2d_backward_cuda);
 
 }  // namespace lowbit::layers

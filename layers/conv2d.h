@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <string>
 
+#include "core/dispatch.h"
 #include "core/tensor.h"
 #include "layers/module.h"
 
@@ -78,16 +79,20 @@ const char* cpu_conv_algo_name(CpuConvAlgo algo);
 // "lowbit_wino_f4x4:avx512f", "lowbit_wino_f2x2:avx512f"), or with backward the data and weight gradients' joined by ", ".
 std::string conv2d_cpu_kernel(const ConvShape& s, bool with_bias, DType t, bool backward = false);
 
-
-// The kernels (CPU: oneDNN; CUDA: cuDNN). y is preallocated (N, P, Q, K); grads likewise.
+// The kernels: y is preallocated (N, P, Q, K); grads likewise (undefined ones are skipped).
+// The stubs pick the backend by device (core/dispatch.h): CPU through oneDNN (the _cpu functions,
+// also called directly by tests), CUDA through cuDNN (registered by conv2d.cu).
 void conv2d_forward_cpu(const ConvShape& s, const Tensor& x, const Tensor& w, const Tensor& b,
                         const Tensor& y);
 void conv2d_backward_cpu(const ConvShape& s, const Tensor& x, const Tensor& w, const Tensor& dy,
                          const Tensor& dx, const Tensor& dw, const Tensor& db);
-void conv2d_forward_cuda(const ConvShape& s, const Tensor& x, const Tensor& w, const Tensor& b,
-                         const Tensor& y);
-void conv2d_backward_cuda(const ConvShape& s, const Tensor& x, const Tensor& w, const Tensor& dy,
-                          const Tensor& dx, const Tensor& dw, const Tensor& db);
+using Conv2dForwardFn = void (*)(const ConvShape& s, const Tensor& x, const Tensor& w,
+                                 const Tensor& b, const Tensor& y);
+using Conv2dBackwardFn = void (*)(const ConvShape& s, const Tensor& x, const Tensor& w,
+                                  const Tensor& dy, const Tensor& dx, const Tensor& dw,
+                                  const Tensor& db);
+LOWBIT_DECLARE_STUB(conv2d_forward_stub, Conv2dForwardFn);
+LOWBIT_DECLARE_STUB(conv2d_backward_stub, Conv2dBackwardFn);
 
 class Conv2d : public Module {
  public:

@@ -435,5 +435,10 @@ TEST(Conv2dGpu, HalfPrecisionCloseToFloat) {
   }
 }
 
+TEST(Conv2d, StubsHoldTheKernelsOfThisBuild) {
+  EXPECT_TRUE(testing::has_kernels_of_this_build(conv2d_forward_stub));
+  EXPECT_TRUE(testing::has_kernels_of_this_build(conv2d_backward_stub));
+}
+
 }  // namespace
 }  // namespace lowbit::layers
