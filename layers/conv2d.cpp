@@ -42,13 +42,17 @@ ConvShape conv2d_shape(const Tensor& x, const Tensor& w, const Conv2dOptions& o)
   LOWBIT_CHECK(w.size(3) * o.groups == s.c, "conv2d: input has ", s.c,
                " channels but the weight ", w.shape(), " with groups ", o.groups, " expects ",
                w.size(3) * o.groups);
-  LOWBIT_CHECK(s.stride_h > 0 && s.stride_w > 0 && s.dil_h > 0 && s.dil_w > 0 && s.pad_h >= 0 &&
-                   s.pad_w >= 0,
-               "conv2d: stride and dilation must be positive and padding non-negative");
+  LOWBIT_CHECK(s.stride_h > 0 && s.stride_w > 0, "conv2d: stride ", s.stride_h, "x", s.stride_w,
+               " must be positive in both dims");
+  LOWBIT_CHECK(s.dil_h > 0 && s.dil_w > 0, "conv2d: dilation ", s.dil_h, "x", s.dil_w,
+               " must be positive in both dims");
+  LOWBIT_CHECK(s.pad_h >= 0 && s.pad_w >= 0, "conv2d: padding ", s.pad_h, "x", s.pad_w,
+               " must be non-negative in both dims");
   s.p = (s.h + 2 * s.pad_h - s.dil_h * (s.r - 1) - 1) / s.stride_h + 1;
   s.q = (s.w + 2 * s.pad_w - s.dil_w * (s.s - 1) - 1) / s.stride_w + 1;
-  LOWBIT_CHECK(s.p > 0 && s.q > 0, "conv2d: input ", x.shape(), " is too small for kernel ",
-               s.r, "x", s.s, " with padding ", s.pad_h, " and dilation ", s.dil_h);
+  LOWBIT_CHECK(s.p > 0 && s.q > 0, "conv2d: input ", x.shape(), " is too small for kernel ", s.r,
+               "x", s.s, " with padding ", s.pad_h, "x", s.pad_w, " and dilation ", s.dil_h, "x",
+               s.dil_w, " (output ", s.p, "x", s.q, ")");
   return s;
 }
 

@@ -435,6 +435,27 @@ TEST(Conv2dGpu, HalfPrecisionCloseToFloat) {
   }
 }
 
+// Bad geometry: each check names the values it got and what is allowed.
+TEST(Conv2d, GeometryErrorsNameTheValues) {
+  const Tensor x = zeros({1, 5, 5, 2}), w = zeros({4, 3, 3, 2});
+  const auto message = [&](const Conv2dOptions& o) {
+    return testing::error_of([&] { conv2d_shape(x, w, o); });
+  };
+  Conv2dOptions o(2, 4, 3);
+  o.stride = {1, 0};
+  EXPECT_THAT(message(o), HasSubstr("conv2d: stride 1x0 must be positive in both dims"));
+  o = Conv2dOptions(2, 4, 3);
+  o.dilation = {-1, 1};
+  EXPECT_THAT(message(o), HasSubstr("conv2d: dilation -1x1 must be positive in both dims"));
+  o = Conv2dOptions(2, 4, 3);
+  o.padding = {0, -2};
+  EXPECT_THAT(message(o), HasSubstr("conv2d: padding 0x-2 must be non-negative in both dims"));
+  o = Conv2dOptions(2, 4, 3);
+  o.dilation = {3, 1};
+  EXPECT_THAT(message(o), HasSubstr("conv2d: input [1, 5, 5, 2] is too small for kernel 3x3 with "
+                                    "padding 0x0 and dilation 3x1 (output -1x3)"));
+}
+
 TEST(Conv2d, StubsHoldTheKernelsOfThisBuild) {
   EXPECT_TRUE(testing::has_kernels_of_this_build(conv2d_forward_stub));
   EXPECT_TRUE(testing::has_kernels_of_this_build(conv2d_backward_stub));
