@@ -56,6 +56,19 @@ ConvShape conv2d_shape(const Tensor& x, const Tensor& w, const Conv2dOptions& o)
   return s;
 }
 
+std::string conv2d_shape_str(const ConvShape& s) {
+  return str_cat("N=", s.n, " H=", s.h, " W=", s.w, " C=", s.c, " -> K=", s.k, " R=", s.r,
+                 " S=", s.s, " stride=", s.stride_h, "x", s.stride_w, " padding=", s.pad_h, "x",
+                 s.pad_w, " dilation=", s.dil_h, "x", s.dil_w, " groups=", s.groups);
+}
+
+std::string conv2d_nondeterministic_note(const ConvShape& s, DType t, const char* direction,
+                                         const char* algo) {
+  return str_cat("conv2d (cuda): cuDNN has no deterministic ", direction, " algorithm for ",
+                 conv2d_shape_str(s), " (", dtype_name(t), "); using ", algo,
+                 ", which may differ from run to run");
+}
+
 // ---------------------------------------------------------------------------- oneDNN
 
 namespace {

@@ -94,6 +94,16 @@ using Conv2dBackwardFn = void (*)(const ConvShape& s, const Tensor& x, const Ten
 LOWBIT_DECLARE_STUB(conv2d_forward_stub, Conv2dForwardFn);
 LOWBIT_DECLARE_STUB(conv2d_backward_stub, Conv2dBackwardFn);
 
+// The geometry as one line, for logs and errors: "N=2 H=8 W=8 C=16 -> K=32 R=3 S=3 stride=1x1
+// padding=1x1 dilation=1x1 groups=1".
+std::string conv2d_shape_str(const ConvShape& s);
+// The stderr line (without "lowbit warning: ") conv2d.cu writes when cuDNN offers no
+// deterministic algorithm for a geometry, dtype and direction ("forward", "backward-data",
+// "backward-filter") and it runs the non-deterministic `algo` instead. Its choice is cached,
+// so this is logged once per geometry, dtype and direction.
+std::string conv2d_nondeterministic_note(const ConvShape& s, DType t, const char* direction,
+                                         const char* algo);
+
 class Conv2d : public Module {
  public:
   explicit Conv2d(const Conv2dOptions& o);
