@@ -107,7 +107,6 @@ std::vector<KernelResult> bench_conv(const KernelOptions& o) {
   Tensor y = empty({s.n, s.p, s.q, s.k}, opt);
   Tensor dy = random_input({s.n, s.p, s.q, s.k}, o);
   Tensor dx = empty(x.shape(), opt), dw = empty(wt.shape(), opt);
-  const bool cuda = o.device.is_cuda();
 
   std::ostringstream shape;
   shape << "N=" << n << " H=" << h << " W=" << w << " C=" << c << " K=" << k << " R=S=" << r
@@ -117,21 +116,14 @@ std::vector<KernelResult> bench_conv(const KernelOptions& o) {
 
   KernelResult f = make_result("conv_forward", o, v, shape.str());
   f.flops = fwd_flops;
-  f.timing = time_calls(o.device, o.warmup, o.iters, [&] {
-    if (cuda)
-      layers::conv2d_forward_cuda(s, x, wt, Tensor(), y);
-    else
-      layers::conv2d_forward_cpu(s, x, wt, Tensor(), y);
-  });
+  f.timing = time_calls(o.device, o.warmup, o.iters,
+                        [&] { layers::conv2d_forward_stub(o.device, s, x, wt, Tensor(), y); });
   // Backward: the data gradient and the weight gradient (no bias), each as many FLOPs as the
   // forward.
   KernelResult b = make_result("conv_backward", o, v, shape.str());
   b.flops = 2.0 * fwd_flops;
   b.timing = time_calls(o.device, o.warmup, o.iters, [&] {
-    if (cuda)
-      layers::conv2d_backward_cuda(s, x, wt, dy, dx, dw, Tensor());
-    else
-      layers::conv2d_backward_cpu(s, x, wt, dy, dx, dw, Tensor());
+    layers::conv2d_backward_stub(o.device, s, x, wt, dy, dx, dw, Tensor());
   });
   return {f, b};
 }

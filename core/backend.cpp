@@ -1,5 +1,6 @@
 #include "core/backend.h"
 
+#include "core/dispatch.h"
 #include "core/error.h"
 
 namespace lowbit::core {
@@ -22,8 +23,7 @@ int cuda_device_count() {
 
 DeviceBackend& cuda_backend(int device) {
   DeviceBackend* b = backend_slot();
-  LOWBIT_CHECK(b != nullptr, "a CUDA tensor was requested but lowbit was built without CUDA "
-               "(configure with -DLOWBIT_CUDA=ON on a machine with the CUDA toolkit)");
+  LOWBIT_CHECK(b != nullptr, "a CUDA tensor was requested but ", kBuiltWithoutCuda);
   if (device >= 0) {
     const int n = b->device_count();
     LOWBIT_CHECK(device < n, "CUDA device ", device, " requested but ", n,

@@ -1,12 +1,21 @@
 // DispatchStub: one function pointer per backend for each kernel entry point, as PyTorch's
-// DispatchStub. core/ defines the stub and fills the CPU slot; cuda/ fills the CUDA slot with a
-// static registrar. A stub is constant-initialised, so registration order cannot matter.
+// DispatchStub. The op's .cpp defines the stub and fills the CPU slot; its CUDA twin (cuda/*.cu
+// for core/, the op's own .cu elsewhere) fills the CUDA slot with a static registrar. A stub is
+// constant-initialised, so registration order cannot matter. Every CPU/CUDA choice of a kernel
+// goes through a stub: a CPU-only build compiles no .cu file, leaves the CUDA slots empty and
+// answers a CUDA tensor with kBuiltWithoutCuda, with no #if at the call site.
 #pragma once
 
 #include "core/device.h"
 #include "core/error.h"
 
 namespace lowbit::core {
+
+// The one wording of "this build has no CUDA", for the stubs and for the runtime plumbing
+// (core/backend.cpp, cuda/runtime.cpp, cuda/caching_allocator.cpp).
+inline constexpr const char kBuiltWithoutCuda[] =
+    "lowbit was built without CUDA (configure with -DLOWBIT_CUDA=ON where the CUDA toolkit is "
+    "installed)";
 
 template <typename Fn>
 struct DispatchStub {
@@ -19,8 +28,8 @@ struct DispatchStub {
 
   Fn get(Device d) const {
     Fn f = d.is_cuda() ? cuda : cpu;
-    LOWBIT_CHECK(f != nullptr, name, ": no kernel for device ", d,
-                 d.is_cuda() ? " (lowbit was built without CUDA)" : "");
+    LOWBIT_CHECK(f != nullptr, name, ": a tensor on ", d, " but ",
+                 d.is_cuda() ? kBuiltWithoutCuda : "no CPU kernel is registered");
     return f;
   }
   template <typename... Args>

@@ -1,9 +1,11 @@
 // gather, scatter_add, index_select and one_hot. Operands are made contiguous and viewed as
-// (outer, size along dim, inner). The CPU kernels validate every index and throw naming it;
+// (outer, size along dim, inner). The CPU kernels validate every index and throw naming it
+// (core/ops.h); gather and index_select share their element map with CUDA (core/index_math.h);
 // scatter_add runs serially per (outer, inner) column, so its sums are deterministic.
 #include <algorithm>
 
 #include "core/autograd.h"
+#include "core/index_math.h"
 #include "core/kernels.h"
 #include "core/ops.h"
 #include "core/parallel.h"
@@ -27,18 +29,20 @@ int64_t checked_index(const idx_t* index, int64_t pos, int64_t limit, const char
   return v;
 }
 
-void gather_cpu(const Tensor& out, const Tensor& in, const Tensor& index, const IndexArgs& a) {
-  LOWBIT_DISPATCH_ALL(in.dtype(), "gather", [&] {
-    LOWBIT_DISPATCH_INDEX(index.dtype(), "gather", [&] {
+// gather and index_select: the element map of core/index_math.h.
+template <bool kSelect>
+void index_gather_cpu(const Tensor& out, const Tensor& in, const Tensor& index,
+                      const IndexArgs& a) {
+  const char* op = index_gather_name<kSelect>();
+  LOWBIT_DISPATCH_ALL(in.dtype(), op, [&] {
+    LOWBIT_DISPATCH_INDEX(index.dtype(), op, [&] {
       const index_t* idx = static_cast<const index_t*>(index.raw_data());
       // Validated serially first: an exception must not escape the OpenMP region below.
-      for (int64_t p = 0; p < out.numel(); ++p) checked_index(idx, p, a.in_size, "gather");
-      const scalar_t* x = static_cast<const scalar_t*>(in.raw_data());
-      scalar_t* y = static_cast<scalar_t*>(out.raw_data());
-      for_each_index(out.numel(), [&](int64_t p) {
-        const int64_t i = p % a.inner, o = p / (a.inner * a.out_size);
-        y[p] = x[(o * a.in_size + int64_t(idx[p])) * a.inner + i];
-      });
+      for (int64_t p = 0; p < index.numel(); ++p) checked_index(idx, p, a.in_size, op);
+      for_each_index(out.numel(),
+                     IndexGather<scalar_t, index_t, kSelect>{
+                         static_cast<const scalar_t*>(in.raw_data()), idx,
+                         static_cast<scalar_t*>(out.raw_data()), a.inner, a.out_size, a.in_size});
     });
   });
 }
@@ -65,21 +69,6 @@ void scatter_add_cpu(const Tensor& out, const Tensor& index, const Tensor& src, 
   });
 }
 
-void index_select_cpu(const Tensor& out, const Tensor& in, const Tensor& index, const IndexArgs& a) {
-  LOWBIT_DISPATCH_ALL(in.dtype(), "index_select", [&] {
-    LOWBIT_DISPATCH_INDEX(index.dtype(), "index_select", [&] {
-      const index_t* idx = static_cast<const index_t*>(index.raw_data());
-      for (int64_t j = 0; j < a.out_size; ++j) checked_index(idx, j, a.in_size, "index_select");
-      const scalar_t* x = static_cast<const scalar_t*>(in.raw_data());
-      scalar_t* y = static_cast<scalar_t*>(out.raw_data());
-      for_each_index(out.numel(), [&](int64_t p) {
-        const int64_t i = p % a.inner, j = (p / a.inner) % a.out_size, o = p / (a.inner * a.out_size);
-        y[p] = x[(o * a.in_size + int64_t(idx[j])) * a.inner + i];
-      });
-    });
-  });
-}
-
 void one_hot_cpu(const Tensor& out, const Tensor& index, int64_t num_classes) {
   LOWBIT_DISPATCH_ALL(out.dtype(), "one_hot", [&] {
     LOWBIT_DISPATCH_INDEX(index.dtype(), "one_hot", [&] {
@@ -95,9 +84,9 @@ void one_hot_cpu(const Tensor& out, const Tensor& index, int64_t num_classes) {
 
 }  // namespace
 
-LOWBIT_REGISTER_KERNEL(gather_stub, cpu, gather_cpu);
+LOWBIT_REGISTER_KERNEL(gather_stub, cpu, index_gather_cpu<false>);
 LOWBIT_REGISTER_KERNEL(scatter_add_stub, cpu, scatter_add_cpu);
-LOWBIT_REGISTER_KERNEL(index_select_stub, cpu, index_select_cpu);
+LOWBIT_REGISTER_KERNEL(index_select_stub, cpu, index_gather_cpu<true>);
 LOWBIT_REGISTER_KERNEL(one_hot_stub, cpu, one_hot_cpu);
 
 }  // namespace core

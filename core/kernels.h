@@ -73,7 +73,7 @@ using SoftmaxBackwardFn = void (*)(const Tensor& grad_in, const Tensor& grad_out
 LOWBIT_DECLARE_STUB(softmax_backward_stub, SoftmaxBackwardFn);
 
 // All contiguous, viewed as (outer, size_along_dim, inner). index is i32 or i64; an index out of
-// range throws (CPU) or is reported by a device-side check (CUDA, as a launch error).
+// range throws (CPU) or gives 0 / is skipped (CUDA), as core/ops.h says.
 // gather:       out[o, j, i] = in[o, index[o, j, i], i]        (index and out share a shape)
 // scatter_add:  out[o, index[o, j, i], i] += src[o, j, i]      (out already holds self)
 // index_select: out[o, j, i] = in[o, index[j], i]              (index 1-D)

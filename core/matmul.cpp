@@ -76,7 +76,8 @@ Operand blas_operand(const Tensor& x, bool trans) {
 
 Tensor gemm_raw(const Tensor& a_in, const Tensor& b_in, bool ta, bool tb, const Tensor& c_init,
                 double alpha, double beta, const char* name) {
-  LOWBIT_CHECK(a_in.defined() && b_in.defined(), name, ": undefined tensor");
+  LOWBIT_CHECK(a_in.defined() && b_in.defined(), name, ": the ",
+               a_in.defined() ? "second" : "first", " operand is undefined");
   LOWBIT_CHECK(a_in.device() == b_in.device(), name, ": tensors on different devices, ",
                a_in.device(), " and ", b_in.device());
   LOWBIT_CHECK(a_in.dtype() == b_in.dtype(), name, ": dtypes differ, ", a_in.dtype(), " and ",
@@ -195,8 +196,10 @@ Tensor bmm(const Tensor& a, const Tensor& b, bool ta, bool tb) {
 
 Tensor addmm(const Tensor& c, const Tensor& a, const Tensor& b, double beta, double alpha, bool ta,
              bool tb) {
-  LOWBIT_CHECK(a.defined() && a.dim() == 2 && b.defined() && b.dim() == 2 && c.defined(),
-               "addmm: wants 2-D a and b and a defined c");
+  LOWBIT_CHECK(c.defined(), "addmm: the added tensor c is undefined");
+  LOWBIT_CHECK(a.defined() && a.dim() == 2 && b.defined() && b.dim() == 2,
+               "addmm: wants 2-D a and b, got ", a.defined() ? shape_str(a.shape()) : "undefined",
+               " and ", b.defined() ? shape_str(b.shape()) : "undefined");
   const int64_t m = ta ? a.size(1) : a.size(0);
   const int64_t n = tb ? b.size(0) : b.size(1);
   const Shape out_shape{m, n};

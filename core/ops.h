@@ -97,6 +97,13 @@ Tensor softmax(const Tensor& x, int64_t dim = -1);
 Tensor log_softmax(const Tensor& x, int64_t dim = -1);
 
 // --- indexing ---
+// Indices (i32 or i64) must lie in [0, size along dim). Out of range: on the CPU every index is
+// checked first and the op throws naming the first bad one and its position (nothing is
+// written). On CUDA checking would cost a device-to-host copy and a sync per call, so the
+// kernels define the result instead and never touch memory outside the tensors: gather and
+// index_select write 0 where the index is bad (the element map both backends share,
+// core/index_math.h), scatter_add and one_hot skip that element. Validate indices that come
+// from untrusted data on the CPU.
 // out[..., j, ...] = x[..., index[..., j, ...], ...] along dim; index has x's shape except
 // along dim.
 Tensor gather(const Tensor& x, int64_t dim, const Tensor& index);

@@ -6,6 +6,7 @@
 #include <memory>
 #include <vector>
 
+#include "core/dispatch.h"
 #include "core/error.h"
 #include "cuda/runtime.h"
 
@@ -47,7 +48,7 @@ CachingAllocator& device_allocator(int device) {
   }();
   return *(*allocators)[size_t(device)];
 #else
-  LOWBIT_FAIL("device_allocator: lowbit was built without CUDA");
+  LOWBIT_FAIL("device_allocator: ", core::kBuiltWithoutCuda);
 #endif
 }
 
@@ -68,7 +69,7 @@ CachingAllocator& pinned_host_allocator() {
       [](void* p) { CUDA_CHECK(cudaFreeHost(p)); }, "pinned host allocator");
   return *allocator;
 #else
-  LOWBIT_FAIL("pinned_host_allocator: lowbit was built without CUDA");
+  LOWBIT_FAIL("pinned_host_allocator: ", core::kBuiltWithoutCuda);
 #endif
 }
 

@@ -1,9 +1,10 @@
 // CUDA kernels of gather, scatter_add, index_select and one_hot (core/kernels.h); operands are
 // contiguous (outer, size along dim, inner) as on the CPU (core/index_ops.cpp).
-// Out-of-range indices: the CPU kernels validate and throw. Checking here would need a
-// device-to-host copy and a sync on every call, so the CUDA kernels never touch memory outside
-// the tensors instead: gather and index_select write 0 for a bad index, scatter_add and one_hot
-// skip it. Validate on the CPU (or with a debug check) when indices come from untrusted data.
+// Out-of-range indices (core/ops.h): the CPU kernels validate and throw. Checking here would need
+// a device-to-host copy and a sync on every call, so the CUDA kernels never touch memory outside
+// the tensors instead: gather and index_select write 0 for a bad index (the shared element map
+// of core/index_math.h), scatter_add and one_hot skip it. Validate on the CPU (or with a debug
+// check) when indices come from untrusted data.
 // scatter_add gives each (outer, inner) column to one thread, which adds its j's in order as the
 // CPU does: no atomics, deterministic, bit-identical to the CPU, every dtype. It is slow only
 // when there are few columns and many j (a 1-D scatter), which training does not do in bulk.
@@ -13,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "core/index_math.h"
 #include "core/kernels.h"
 #include "cuda/check.h"
 #include "cuda/launch.cuh"
@@ -24,42 +26,6 @@ namespace {
 
 void check_contiguous(const Tensor& t, const char* op, const char* what) {
   LOWBIT_CHECK(t.is_contiguous(), op, " kernel: ", what, " must be contiguous");
-}
-
-// out[o, j, i] = in[o, index[o, j, i], i], or 0 for an index outside [0, in_size).
-template <typename Bits, typename Index>
-void gather_typed_cuda(const Tensor& out, const Tensor& in, const Tensor& index,
-                       const core::IndexArgs& a, cudaStream_t s) {
-  const Index* idx = static_cast<const Index*>(index.raw_data());
-  const Bits* x = static_cast<const Bits*>(in.raw_data());
-  Bits* y = static_cast<Bits*>(out.raw_data());
-  const int64_t inner = a.inner, out_size = a.out_size, in_size = a.in_size;
-  launch_elementwise(
-      out.numel(),
-      [=] __device__(int64_t p) {
-        const int64_t i = p % inner, o = p / (inner * out_size);
-        const int64_t j = int64_t(idx[p]);
-        y[p] = (j >= 0 && j < in_size) ? x[(o * in_size + j) * inner + i] : Bits(0);
-      },
-      s);
-}
-
-// out[o, j, i] = in[o, index[j], i], or 0 for an index outside [0, in_size).
-template <typename Bits, typename Index>
-void index_select_typed_cuda(const Tensor& out, const Tensor& in, const Tensor& index,
-                             const core::IndexArgs& a, cudaStream_t s) {
-  const Index* idx = static_cast<const Index*>(index.raw_data());
-  const Bits* x = static_cast<const Bits*>(in.raw_data());
-  Bits* y = static_cast<Bits*>(out.raw_data());
-  const int64_t inner = a.inner, out_size = a.out_size, in_size = a.in_size;
-  launch_elementwise(
-      out.numel(),
-      [=] __device__(int64_t p) {
-        const int64_t i = p % inner, jo = (p / inner) % out_size, o = p / (inner * out_size);
-        const int64_t j = int64_t(idx[jo]);
-        y[p] = (j >= 0 && j < in_size) ? x[(o * in_size + j) * inner + i] : Bits(0);
-      },
-      s);
 }
 
 // out[o, index[o, j, i], i] += src[o, j, i], one thread per (o, i), j in order.
@@ -101,36 +67,27 @@ void one_hot_typed_cuda(const Tensor& out, const Tensor& index, int64_t num_clas
       s);
 }
 
-void gather_cuda(const Tensor& out, const Tensor& in, const Tensor& index,
-                 const core::IndexArgs& a) {
-  check_contiguous(out, "gather", "out");
-  check_contiguous(in, "gather", "in");
-  check_contiguous(index, "gather", "index");
-  LOWBIT_CHECK(out.dtype() == in.dtype(), "gather kernel: out ", out.dtype(), " vs in ",
-               in.dtype());
-  const int device = out.device().index;
-  DeviceGuard guard(device);
-  cudaStream_t s = stream_of(device);
-  dispatch_bits(in.element_size(), "gather", [&](auto bits) {
-    LOWBIT_DISPATCH_INDEX(index.dtype(), "gather", [&] {
-      gather_typed_cuda<decltype(bits), index_t>(out, in, index, a, s);
-    });
-  });
-}
-
-void index_select_cuda(const Tensor& out, const Tensor& in, const Tensor& index,
+// gather and index_select: the element map of core/index_math.h over bits of the element size.
+template <bool kSelect>
+void index_gather_cuda(const Tensor& out, const Tensor& in, const Tensor& index,
                        const core::IndexArgs& a) {
-  check_contiguous(out, "index_select", "out");
-  check_contiguous(in, "index_select", "in");
-  check_contiguous(index, "index_select", "index");
-  LOWBIT_CHECK(out.dtype() == in.dtype(), "index_select kernel: out ", out.dtype(), " vs in ",
-               in.dtype());
+  const char* op = core::index_gather_name<kSelect>();
+  check_contiguous(out, op, "out");
+  check_contiguous(in, op, "in");
+  check_contiguous(index, op, "index");
+  LOWBIT_CHECK(out.dtype() == in.dtype(), op, " kernel: out ", out.dtype(), " vs in ", in.dtype());
   const int device = out.device().index;
   DeviceGuard guard(device);
   cudaStream_t s = stream_of(device);
-  dispatch_bits(in.element_size(), "index_select", [&](auto bits) {
-    LOWBIT_DISPATCH_INDEX(index.dtype(), "index_select", [&] {
-      index_select_typed_cuda<decltype(bits), index_t>(out, in, index, a, s);
+  dispatch_bits(in.element_size(), op, [&](auto bits) {
+    using Bits = decltype(bits);
+    LOWBIT_DISPATCH_INDEX(index.dtype(), op, [&] {
+      launch_elementwise(out.numel(),
+                         core::IndexGather<Bits, index_t, kSelect>{
+                             static_cast<const Bits*>(in.raw_data()),
+                             static_cast<const index_t*>(index.raw_data()),
+                             static_cast<Bits*>(out.raw_data()), a.inner, a.out_size, a.in_size},
+                         s);
     });
   });
 }
@@ -171,9 +128,9 @@ void one_hot_cuda(const Tensor& out, const Tensor& index, int64_t num_classes) {
 
 }  // namespace
 
-LOWBIT_REGISTER_KERNEL(core::gather_stub, cuda, gather_cuda);
+LOWBIT_REGISTER_KERNEL(core::gather_stub, cuda, index_gather_cuda<false>);
 LOWBIT_REGISTER_KERNEL(core::scatter_add_stub, cuda, scatter_add_cuda);
-LOWBIT_REGISTER_KERNEL(core::index_select_stub, cuda, index_select_cuda);
+LOWBIT_REGISTER_KERNEL(core::index_select_stub, cuda, index_gather_cuda<true>);
 LOWBIT_REGISTER_KERNEL(core::one_hot_stub, cuda, one_hot_cuda);
 
 }  // namespace lowbit::cuda

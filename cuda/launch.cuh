@@ -25,6 +25,13 @@ inline cudaStream_t stream_of(int device) {
   return static_cast<cudaStream_t>(current_stream(device).handle());
 }
 
+// Blocks of `block` threads for one thread per element of n, with no grid-stride loop (small
+// passes over per-channel values, far below 2^31 blocks): ceil(n / block), at least 1.
+inline unsigned blocks_to_cover(int64_t n, int block) {
+  const int64_t need = (n + block - 1) / block;
+  return unsigned(need < 1 ? 1 : need);
+}
+
 // Blocks for n elements at `block` threads on the current device: enough to cover n, at most
 // kWaves waves of resident blocks.
 inline unsigned grid_for(int64_t n, int block) {

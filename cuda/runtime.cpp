@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/dispatch.h"
 #include "core/error.h"
 
 #if LOWBIT_WITH_CUDA
@@ -26,7 +27,7 @@ cudaStream_t as_stream(void* h) { return static_cast<cudaStream_t>(h); }
 cudaEvent_t as_event(void* h) { return static_cast<cudaEvent_t>(h); }
 #endif
 
-constexpr const char* kNoCuda = "lowbit was built without CUDA";
+constexpr const char* kNoCuda = core::kBuiltWithoutCuda;
 
 struct DeviceCountState {
   int count = 0;

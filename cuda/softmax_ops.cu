@@ -80,7 +80,8 @@ __global__ void softmax_backward_kernel(const T* g, const T* y, T* gi, int64_t m
 
 // (M, R) of a contiguous tensor whose last dim is the softmax dim.
 void rows_of(const Tensor& t, int64_t* m, int64_t* r) {
-  LOWBIT_CHECK(t.is_contiguous(), "softmax kernel: tensors must be contiguous");
+  LOWBIT_CHECK(t.is_contiguous(), "softmax kernel: tensors must be contiguous, got shape ",
+               t.shape(), " with strides ", t.strides());
   *r = t.dim() == 0 ? 1 : t.size(-1);
   *m = *r == 0 ? 0 : t.numel() / *r;
 }
@@ -89,7 +90,9 @@ void softmax_cuda(const Tensor& out, const Tensor& in, bool log) {
   int64_t m = 0, r = 0;
   rows_of(in, &m, &r);
   LOWBIT_CHECK(out.is_contiguous() && out.numel() == in.numel() && out.dtype() == in.dtype(),
-               "softmax kernel: output must match the input");
+               "softmax kernel: output ", out.shape(), " ", out.dtype(),
+               out.is_contiguous() ? "" : " (not contiguous)", " must match the input ", in.shape(),
+               " ", in.dtype(), " and be contiguous");
   if (m == 0) return;
   const int device = out.device().index;
   DeviceGuard guard(device);
@@ -110,7 +113,10 @@ void softmax_backward_cuda(const Tensor& grad_in, const Tensor& grad_out, const 
   LOWBIT_CHECK(grad_in.is_contiguous() && grad_out.is_contiguous() &&
                    grad_in.numel() == out.numel() && grad_out.numel() == out.numel() &&
                    grad_in.dtype() == out.dtype() && grad_out.dtype() == out.dtype(),
-               "softmax backward kernel: gradients must match the output");
+               "softmax backward kernel: gradients ", grad_in.shape(), " ", grad_in.dtype(),
+               grad_in.is_contiguous() ? "" : " (not contiguous)", " and ", grad_out.shape(), " ",
+               grad_out.dtype(), grad_out.is_contiguous() ? "" : " (not contiguous)",
+               " must match the output ", out.shape(), " ", out.dtype(), " and be contiguous");
   if (m == 0) return;
   const int device = out.device().index;
   DeviceGuard guard(device);

@@ -227,19 +227,12 @@ void bn_grad_input_cpu(const Tensor& x, const Tensor& dy, const Tensor& y, const
   });
 }
 
-#if !defined(LOWBIT_WITH_CUDA)
-void bn_column_sums_cuda(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                         bool, bool, const Tensor&) {
-  LOWBIT_FAIL("batch_norm: a CUDA tensor was given but lowbit was built without CUDA");
-}
-void bn_affine_cuda(const Tensor&, const Tensor&, const Tensor&, bool, const Tensor&) {
-  LOWBIT_FAIL("batch_norm: a CUDA tensor was given but lowbit was built without CUDA");
-}
-void bn_grad_input_cuda(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                        const Tensor&, const Tensor&, bool, const Tensor&) {
-  LOWBIT_FAIL("batch_norm: a CUDA tensor was given but lowbit was built without CUDA");
-}
-#endif
+LOWBIT_DEFINE_STUB(bn_column_sums_stub);
+LOWBIT_DEFINE_STUB(bn_affine_stub);
+LOWBIT_DEFINE_STUB(bn_grad_input_stub);
+LOWBIT_REGISTER_KERNEL(bn_column_sums_stub, cpu, bn_column_sums_cpu);
+LOWBIT_REGISTER_KERNEL(bn_affine_stub, cpu, bn_affine_cpu);
+LOWBIT_REGISTER_KERNEL(bn_grad_input_stub, cpu, bn_grad_input_cpu);
 
 }  // namespace detail
 
@@ -250,8 +243,7 @@ using namespace detail;
 Tensor column_sums(const Tensor& x, const Tensor& dy, const Tensor& y, const Tensor& mean,
                    const Tensor& invstd, bool backward, bool relu) {
   Tensor sums = empty({2, x.size(-1)}, TensorOptions(DType::f64, x.device()));
-  if (x.is_cuda()) bn_column_sums_cuda(x, dy, y, mean, invstd, backward, relu, sums);
-  else bn_column_sums_cpu(x, dy, y, mean, invstd, backward, relu, sums);
+  bn_column_sums_stub(x.device(), x, dy, y, mean, invstd, backward, relu, sums);
   return sums;
 }
 
@@ -327,8 +319,7 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
     a = (gamma * invstd).contiguous();
     Tensor b = (beta - mean * a).contiguous();
     y = empty(x.shape(), TensorOptions(x.dtype(), dev));
-    if (dev.is_cuda()) bn_affine_cuda(x, a, b, relu, y);
-    else bn_affine_cpu(x, a, b, relu, y);
+    bn_affine_stub(dev, x, a, b, relu, y);
   }
 
   std::vector<Tensor> inputs{x_in, weight, bias};
@@ -361,8 +352,7 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
         d2 = zeros({c}, f32);
       }
       Tensor dx = empty(xs.shape(), TensorOptions(xs.dtype(), xs.device()));
-      if (xs.is_cuda()) bn_grad_input_cuda(xs, g, yr, a, b2, d2, mean, relu, dx);
-      else bn_grad_input_cpu(xs, g, yr, a, b2, d2, mean, relu, dx);
+      bn_grad_input_stub(xs.device(), xs, g, yr, a, b2, d2, mean, relu, dx);
       return std::vector<Tensor>{dx, has_w ? g_gamma.to(wt) : Tensor(), has_b ? g_beta.to(bt) : Tensor()};
     });
   }

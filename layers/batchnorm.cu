@@ -15,6 +15,7 @@ namespace {
 constexpr int kTileC = 32;
 constexpr int kTileR = 8;
 constexpr int64_t kMaxRowBlocks = 256;
+constexpr int kFinishBlock = 256;  // threads per block of the pass that adds the partials
 
 template <typename T, typename A = bn_acc_t<T>>
 __global__ void bn_column_partials_kernel(const T* __restrict__ x, const T* __restrict__ dy,
@@ -72,8 +73,6 @@ const T* ptr_or_null(const Tensor& t) {
   return t.defined() ? static_cast<const T*>(t.raw_data()) : nullptr;
 }
 
-}  // namespace
-
 void bn_column_sums_cuda(const Tensor& x, const Tensor& dy, const Tensor& y, const Tensor& mean,
                          const Tensor& invstd, bool backward, bool relu, const Tensor& sums) {
   const int dev = x.device().index;
@@ -92,8 +91,7 @@ void bn_column_sums_cuda(const Tensor& x, const Tensor& dy, const Tensor& y, con
         static_cast<double*>(partial.raw_data()));
     LOWBIT_LAUNCH_CHECK();
   });
-  const int threads = 256;
-  bn_column_finish_kernel<<<unsigned((2 * c + threads - 1) / threads), threads, 0, s>>>(
+  bn_column_finish_kernel<<<cuda::blocks_to_cover(2 * c, kFinishBlock), kFinishBlock, 0, s>>>(
       static_cast<const double*>(partial.raw_data()), row_blocks, c,
       static_cast<double*>(sums.raw_data()));
   LOWBIT_LAUNCH_CHECK();
@@ -141,5 +139,11 @@ void bn_grad_input_cuda(const Tensor& x, const Tensor& dy, const Tensor& y, cons
     }, cuda::stream_of(dev));
   });
 }
+
+}  // namespace
+
+LOWBIT_REGISTER_KERNEL(bn_column_sums_stub, cuda, bn_column_sums_cuda);
+LOWBIT_REGISTER_KERNEL(bn_affine_stub, cuda, bn_affine_cuda);
+LOWBIT_REGISTER_KERNEL(bn_grad_input_stub, cuda, bn_grad_input_cuda);
 
 }  // namespace lowbit::layers::detail

@@ -11,6 +11,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "core/dispatch.h"
 #include "core/hd.h"
 #include "core/tensor.h"
 #include "layers/module.h"
@@ -127,12 +128,19 @@ void bn_affine_cpu(const Tensor& x, const Tensor& a, const Tensor& b, bool relu,
 void bn_grad_input_cpu(const Tensor& x, const Tensor& dy, const Tensor& y, const Tensor& a,
                        const Tensor& b, const Tensor& d, const Tensor& mean, bool relu,
                        const Tensor& dx);
-void bn_column_sums_cuda(const Tensor& x, const Tensor& dy, const Tensor& y, const Tensor& mean,
-                         const Tensor& invstd, bool backward, bool relu, const Tensor& sums);
-void bn_affine_cuda(const Tensor& x, const Tensor& a, const Tensor& b, bool relu, const Tensor& y);
-void bn_grad_input_cuda(const Tensor& x, const Tensor& dy, const Tensor& y, const Tensor& a,
-                        const Tensor& b, const Tensor& d, const Tensor& mean, bool relu,
-                        const Tensor& dx);
+// The stubs batch_norm calls, by device (core/dispatch.h): the _cpu functions above (which tests
+// also call directly), and the CUDA kernels of batchnorm.cu.
+using BnColumnSumsFn = void (*)(const Tensor& x, const Tensor& dy, const Tensor& y,
+                                const Tensor& mean, const Tensor& invstd, bool backward, bool relu,
+                                const Tensor& sums);
+using BnAffineFn = void (*)(const Tensor& x, const Tensor& a, const Tensor& b, bool relu,
+                            const Tensor& y);
+using BnGradInputFn = void (*)(const Tensor& x, const Tensor& dy, const Tensor& y, const Tensor& a,
+                               const Tensor& b, const Tensor& d, const Tensor& mean, bool relu,
+                               const Tensor& dx);
+LOWBIT_DECLARE_STUB(bn_column_sums_stub, BnColumnSumsFn);
+LOWBIT_DECLARE_STUB(bn_affine_stub, BnAffineFn);
+LOWBIT_DECLARE_STUB(bn_grad_input_stub, BnGradInputFn);
 
 }  // namespace detail
 

@@ -42,14 +42,31 @@ ConvShape conv2d_shape(const Tensor& x, const Tensor& w, const Conv2dOptions& o)
   LOWBIT_CHECK(w.size(3) * o.groups == s.c, "conv2d: input has ", s.c,
                " channels but the weight ", w.shape(), " with groups ", o.groups, " expects ",
                w.size(3) * o.groups);
-  LOWBIT_CHECK(s.stride_h > 0 && s.stride_w > 0 && s.dil_h > 0 && s.dil_w > 0 && s.pad_h >= 0 &&
-                   s.pad_w >= 0,
-               "conv2d: stride and dilation must be positive and padding non-negative");
+  LOWBIT_CHECK(s.stride_h > 0 && s.stride_w > 0, "conv2d: stride ", s.stride_h, "x", s.stride_w,
+               " must be positive in both dims");
+  LOWBIT_CHECK(s.dil_h > 0 && s.dil_w > 0, "conv2d: dilation ", s.dil_h, "x", s.dil_w,
+               " must be positive in both dims");
+  LOWBIT_CHECK(s.pad_h >= 0 && s.pad_w >= 0, "conv2d: padding ", s.pad_h, "x", s.pad_w,
+               " must be non-negative in both dims");
   s.p = (s.h + 2 * s.pad_h - s.dil_h * (s.r - 1) - 1) / s.stride_h + 1;
   s.q = (s.w + 2 * s.pad_w - s.dil_w * (s.s - 1) - 1) / s.stride_w + 1;
-  LOWBIT_CHECK(s.p > 0 && s.q > 0, "conv2d: input ", x.shape(), " is too small for kernel ",
-               s.r, "x", s.s, " with padding ", s.pad_h, " and dilation ", s.dil_h);
+  LOWBIT_CHECK(s.p > 0 && s.q > 0, "conv2d: input ", x.shape(), " is too small for kernel ", s.r,
+               "x", s.s, " with padding ", s.pad_h, "x", s.pad_w, " and dilation ", s.dil_h, "x",
+               s.dil_w, " (output ", s.p, "x", s.q, ")");
   return s;
+}
+
+std::string conv2d_shape_str(const ConvShape& s) {
+  return str_cat("N=", s.n, " H=", s.h, " W=", s.w, " C=", s.c, " -> K=", s.k, " R=", s.r,
+                 " S=", s.s, " stride=", s.stride_h, "x", s.stride_w, " padding=", s.pad_h, "x",
+                 s.pad_w, " dilation=", s.dil_h, "x", s.dil_w, " groups=", s.groups);
+}
+
+std::string conv2d_nondeterministic_note(const ConvShape& s, DType t, const char* direction,
+                                         const char* algo) {
+  return str_cat("conv2d (cuda): cuDNN has no deterministic ", direction, " algorithm for ",
+                 conv2d_shape_str(s), " (", dtype_name(t), "); using ", algo,
+                 ", which may differ from run to run");
 }
 
 // ---------------------------------------------------------------------------- oneDNN
@@ -430,15 +447,10 @@ void conv2d_backward_cpu(const ConvShape& s, const Tensor& x, const Tensor& w, c
   strm.wait();
 }
 
-#if !defined(LOWBIT_WITH_CUDA)
-void conv2d_forward_cuda(const ConvShape&, const Tensor&, const Tensor&, const Tensor&, const Tensor&) {
-  LOWBIT_FAIL("conv2d: a CUDA tensor was given but lowbit was built without CUDA");
-}
-void conv2d_backward_cuda(const ConvShape&, const Tensor&, const Tensor&, const Tensor&,
-                          const Tensor&, const Tensor&, const Tensor&) {
-  LOWBIT_FAIL("conv2d: a CUDA tensor was given but lowbit was built without CUDA");
-}
-#endif
+LOWBIT_DEFINE_STUB(conv2d_forward_stub);
+LOWBIT_DEFINE_STUB(conv2d_backward_stub);
+LOWBIT_REGISTER_KERNEL(conv2d_forward_stub, cpu, conv2d_forward_cpu);
+LOWBIT_REGISTER_KERNEL(conv2d_backward_stub, cpu, conv2d_backward_cpu);
 
 // ---------------------------------------------------------------------------- autograd
 
@@ -459,8 +471,7 @@ Tensor conv2d(const Tensor& x_arg, const Tensor& w_arg, const Tensor& b_in, cons
   Tensor w = w_in.detach().contiguous();
   Tensor b = b_in.defined() ? b_in.detach().to(x.dtype()).contiguous() : Tensor();
   Tensor y = empty({s.n, s.p, s.q, s.k}, TensorOptions(x.dtype(), dev));
-  if (dev.is_cuda()) conv2d_forward_cuda(s, x, w, b, y);
-  else conv2d_forward_cpu(s, x, w, b, y);
+  conv2d_forward_stub(dev, s, x, w, b, y);
 
   if (autograd::any_requires_grad({x_in, w_in, b_in})) {
     autograd::SavedTensor sx(x, "conv2d"), sw(w, "conv2d");
@@ -475,8 +486,7 @@ Tensor conv2d(const Tensor& x_arg, const Tensor& w_arg, const Tensor& b_in, cons
       Tensor dx = need_x ? empty(xs.shape(), opt) : Tensor();
       Tensor dw = (need_w || need_b) ? empty(ws.shape(), opt) : Tensor();
       Tensor db = need_b ? empty({s.k}, opt) : Tensor();
-      if (g.is_cuda()) conv2d_backward_cuda(s, xs, ws, g, dx, dw, db);
-      else conv2d_backward_cpu(s, xs, ws, g, dx, dw, db);
+      conv2d_backward_stub(g.device(), s, xs, ws, g, dx, dw, db);
       std::vector<Tensor> out{dx, need_w ? dw : Tensor()};
       if (b_in.defined()) out.push_back(db);
       return out;

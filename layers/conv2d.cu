@@ -4,12 +4,17 @@
 // allowed for 16-bit inputs and, for f32, only when TF32 is switched on (set_allow_tf32).
 // Among the heuristics' answers the first deterministic algorithm wins (cuDNN's backward
 // algorithms 0 and 3 add with atomics; lowbit's reductions are deterministic everywhere else);
+// where none is, the best non-deterministic one runs and a "lowbit warning" line on stderr says
+// so, once per geometry and direction (conv2d_nondeterministic_note);
 // each direction has its own convolution descriptor carrying the math type its algorithm was
 // ranked with, as PyTorch does.
 #include "layers/conv2d.h"
 
+#include <cstdio>
+#include <iterator>
 #include <map>
 #include <mutex>
+#include <string>
 #include <tuple>
 
 #include "core/ops.h"
@@ -60,30 +65,66 @@ struct CudnnConv {
 using Key = std::tuple<int, int, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                        int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t>;
 
+// cuDNN's names of its algorithms, for the log line of pick(). The enums are numbered 0 to
+// *_COUNT - 1 (cudnn_ops.h); the static_asserts tie each table to its enum.
+template <size_t N>
+std::string algo_name(const char* prefix, const char* const (&names)[N], int algo) {
+  return algo >= 0 && algo < int(N) ? str_cat(prefix, names[algo]) : str_cat(prefix, algo);
+}
+std::string algo_name(cudnnConvolutionFwdAlgo_t a) {
+  static constexpr const char* kNames[] = {
+      "IMPLICIT_GEMM", "IMPLICIT_PRECOMP_GEMM", "GEMM", "DIRECT", "FFT", "FFT_TILING",
+      "WINOGRAD",      "WINOGRAD_NONFUSED",
+  };
+  static_assert(std::size(kNames) == CUDNN_CONVOLUTION_FWD_ALGO_COUNT, "one name per algorithm");
+  return algo_name("CUDNN_CONVOLUTION_FWD_ALGO_", kNames, int(a));
+}
+std::string algo_name(cudnnConvolutionBwdDataAlgo_t a) {
+  static constexpr const char* kNames[] = {"0",          "1",        "FFT",
+                                           "FFT_TILING", "WINOGRAD", "WINOGRAD_NONFUSED"};
+  static_assert(std::size(kNames) == CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
+                "one name per algorithm");
+  return algo_name("CUDNN_CONVOLUTION_BWD_DATA_ALGO_", kNames, int(a));
+}
+std::string algo_name(cudnnConvolutionBwdFilterAlgo_t a) {
+  static constexpr const char* kNames[] = {
+      "0", "1", "FFT", "3", "WINOGRAD", "WINOGRAD_NONFUSED", "FFT_TILING"};
+  static_assert(std::size(kNames) == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
+                "one name per algorithm");
+  return algo_name("CUDNN_CONVOLUTION_BWD_FILTER_ALGO_", kNames, int(a));
+}
+
 // The first answer of cuDNN's ranked list that can run, preferring deterministic ones; its
-// math type goes onto the direction's descriptor `conv`. Fails naming the direction when none
-// can run.
+// math type goes onto the direction's descriptor `conv`. Taking a non-deterministic one is
+// logged (one stderr line; get_conv caches the choice, so once per geometry and direction).
+// Fails naming the direction when none can run.
 template <typename Perf>
-Perf pick(const Perf* perf, int returned, cudnnConvolutionDescriptor_t conv, const char* what) {
+Perf pick(const Perf* perf, int returned, cudnnConvolutionDescriptor_t conv, const char* what,
+          const ConvShape& s, DType t) {
   for (bool need_det : {true, false}) {
     for (int i = 0; i < returned; ++i) {
       if (perf[i].status != CUDNN_STATUS_SUCCESS) continue;
       if (need_det && perf[i].determinism != CUDNN_DETERMINISTIC) continue;
       CUDNN_CHECK(cudnnSetConvolutionMathType(conv, perf[i].mathType));
+      if (!need_det) {
+        const std::string note =
+            conv2d_nondeterministic_note(s, t, what, algo_name(perf[i].algo).c_str());
+        std::fprintf(stderr, "lowbit warning: %s\n", note.c_str());
+      }
       return perf[i];
     }
   }
-  LOWBIT_FAIL("conv2d (cuda): cuDNN has no ", what, " algorithm for this geometry");
+  LOWBIT_FAIL("conv2d (cuda): cuDNN has no ", what, " algorithm for ", conv2d_shape_str(s), " (",
+              dtype_name(t), ")");
 }
-
-std::mutex g_mu;
 
 CudnnConv& get_conv(const ConvShape& s, DType t, int device) {
   static std::map<Key, std::unique_ptr<CudnnConv>> cache;
+  static std::mutex mu;  // guards cache
   const bool tf32 = allow_tf32();
   Key key{device, int(t), tf32, s.n, s.h, s.w, s.c, s.k, s.r, s.s, s.stride_h, s.stride_w,
           s.pad_h, s.pad_w, s.dil_h, s.dil_w, s.groups};
-  std::lock_guard<std::mutex> lock(g_mu);
+  std::lock_guard<std::mutex> lock(mu);
   auto& slot = cache[key];
   if (slot) return *slot;
   auto c = std::make_unique<CudnnConv>();
@@ -118,20 +159,20 @@ CudnnConv& get_conv(const ConvShape& s, DType t, int device) {
   cudnnConvolutionFwdAlgoPerf_t fwd[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
   CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, c->x, c->w, c->conv, c->y,
                                                      CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, fwd));
-  c->fwd_algo = pick(fwd, returned, c->conv, "forward").algo;
+  c->fwd_algo = pick(fwd, returned, c->conv, "forward", s, t).algo;
   CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(h, c->x, c->w, c->conv, c->y, c->fwd_algo, &c->fwd_ws));
 
   cudnnConvolutionBwdDataAlgoPerf_t bd[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
   CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
       h, c->w, c->y, c->conv_bd, c->x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &returned, bd));
-  c->bwd_data_algo = pick(bd, returned, c->conv_bd, "backward-data").algo;
+  c->bwd_data_algo = pick(bd, returned, c->conv_bd, "backward-data", s, t).algo;
   CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(h, c->w, c->y, c->conv_bd, c->x,
                                                            c->bwd_data_algo, &c->bwd_data_ws));
 
   cudnnConvolutionBwdFilterAlgoPerf_t bf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
   CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
       h, c->x, c->y, c->conv_bf, c->w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &returned, bf));
-  c->bwd_filter_algo = pick(bf, returned, c->conv_bf, "backward-filter").algo;
+  c->bwd_filter_algo = pick(bf, returned, c->conv_bf, "backward-filter", s, t).algo;
   CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(h, c->x, c->y, c->conv_bf, c->w,
                                                              c->bwd_filter_algo, &c->bwd_filter_ws));
   slot = std::move(c);
@@ -154,8 +195,6 @@ const void* scale_ptr(const Scale& s, DType t) { return t == DType::f64 ? static
 // reduction (f32 math, rounded once, as the CPU path) rather than cuDNN's legacy
 // cudnnAddTensor / cudnnConvolutionBackwardBias, whose bf16 support is not documented.
 bool cudnn_bias(DType t) { return t == DType::f32 || t == DType::f64; }
-
-}  // namespace
 
 void conv2d_forward_cuda(const ConvShape& s, const Tensor& x, const Tensor& w, const Tensor& b,
                          const Tensor& y) {
@@ -207,5 +246,10 @@ void conv2d_backward_cuda(const ConvShape& s, const Tensor& x, const Tensor& w, 
                                              scale_ptr(zero, t), c.b, db.raw_data()));
   }
 }
+
+}  // namespace
+
+LOWBIT_REGISTER_KERNEL(conv2d_forward_stub, cuda, conv2d_forward_cuda);
+LOWBIT_REGISTER_KERNEL(conv2d_backward_stub, cuda, conv2d_backward_cuda);
 
 }  // namespace lowbit::layers

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <string>
 
+#include "core/dispatch.h"
 #include "core/tensor.h"
 #include "layers/module.h"
 
@@ -78,16 +79,30 @@ const char* cpu_conv_algo_name(CpuConvAlgo algo);
 // "lowbit_wino_f4x4:avx512f", "lowbit_wino_f2x2:avx512f"), or with backward the data and weight gradients' joined by ", ".
 std::string conv2d_cpu_kernel(const ConvShape& s, bool with_bias, DType t, bool backward = false);
 
-
-// The kernels (CPU: oneDNN; CUDA: cuDNN). y is preallocated (N, P, Q, K); grads likewise.
+// The kernels: y is preallocated (N, P, Q, K); grads likewise (undefined ones are skipped).
+// The stubs pick the backend by device (core/dispatch.h): CPU through oneDNN (the _cpu functions,
+// also called directly by tests), CUDA through cuDNN (registered by conv2d.cu).
 void conv2d_forward_cpu(const ConvShape& s, const Tensor& x, const Tensor& w, const Tensor& b,
                         const Tensor& y);
 void conv2d_backward_cpu(const ConvShape& s, const Tensor& x, const Tensor& w, const Tensor& dy,
                          const Tensor& dx, const Tensor& dw, const Tensor& db);
-void conv2d_forward_cuda(const ConvShape& s, const Tensor& x, const Tensor& w, const Tensor& b,
-                         const Tensor& y);
-void conv2d_backward_cuda(const ConvShape& s, const Tensor& x, const Tensor& w, const Tensor& dy,
-                          const Tensor& dx, const Tensor& dw, const Tensor& db);
+using Conv2dForwardFn = void (*)(const ConvShape& s, const Tensor& x, const Tensor& w,
+                                 const Tensor& b, const Tensor& y);
+using Conv2dBackwardFn = void (*)(const ConvShape& s, const Tensor& x, const Tensor& w,
+                                  const Tensor& dy, const Tensor& dx, const Tensor& dw,
+                                  const Tensor& db);
+LOWBIT_DECLARE_STUB(conv2d_forward_stub, Conv2dForwardFn);
+LOWBIT_DECLARE_STUB(conv2d_backward_stub, Conv2dBackwardFn);
+
+// The geometry as one line, for logs and errors: "N=2 H=8 W=8 C=16 -> K=32 R=3 S=3 stride=1x1
+// padding=1x1 dilation=1x1 groups=1".
+std::string conv2d_shape_str(const ConvShape& s);
+// The stderr line (without "lowbit warning: ") conv2d.cu writes when cuDNN offers no
+// deterministic algorithm for a geometry, dtype and direction ("forward", "backward-data",
+// "backward-filter") and it runs the non-deterministic `algo` instead. Its choice is cached,
+// so this is logged once per geometry, dtype and direction.
+std::string conv2d_nondeterministic_note(const ConvShape& s, DType t, const char* direction,
+                                         const char* algo);
 
 class Conv2d : public Module {
  public:

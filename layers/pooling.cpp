@@ -1,4 +1,5 @@
-// Pooling: geometry, CPU launches of the shared kernels, autograd and dispatch.
+// Pooling: geometry, CPU launches of the shared kernels (registered on the stubs of pooling.h),
+// autograd and dispatch.
 #include "layers/pooling.h"
 
 #include <sstream>
@@ -49,6 +50,13 @@ PoolGeom pool_geom(const Tensor& x, const Pool2dOptions& o, const char* op) {
 
 namespace detail {
 
+LOWBIT_DEFINE_STUB(max_pool_forward_stub);
+LOWBIT_DEFINE_STUB(max_pool_backward_stub);
+LOWBIT_DEFINE_STUB(avg_pool_forward_stub);
+LOWBIT_DEFINE_STUB(avg_pool_backward_stub);
+
+namespace {
+
 void max_pool_forward_cpu(const PoolGeom& g, const Tensor& x, const Tensor& y, const Tensor& argmax) {
   LOWBIT_DISPATCH_FLOATING(x.dtype(), "max_pool2d", [&] {
     MaxPoolForward<scalar_t> k{g, static_cast<const scalar_t*>(x.raw_data()),
@@ -80,15 +88,12 @@ void avg_pool_backward_cpu(const PoolGeom& g, const Tensor& dy, const Tensor& dx
   });
 }
 
-#if !defined(LOWBIT_WITH_CUDA)
-#define LOWBIT_NO_CUDA(...) \
-  LOWBIT_FAIL("pooling: a CUDA tensor was given but lowbit was built without CUDA")
-void max_pool_forward_cuda(const PoolGeom&, const Tensor&, const Tensor&, const Tensor&) { LOWBIT_NO_CUDA(); }
-void max_pool_backward_cuda(const PoolGeom&, const Tensor&, const Tensor&, const Tensor&) { LOWBIT_NO_CUDA(); }
-void avg_pool_forward_cuda(const PoolGeom&, const Tensor&, const Tensor&) { LOWBIT_NO_CUDA(); }
-void avg_pool_backward_cuda(const PoolGeom&, const Tensor&, const Tensor&) { LOWBIT_NO_CUDA(); }
-#undef LOWBIT_NO_CUDA
-#endif
+}  // namespace
+
+LOWBIT_REGISTER_KERNEL(max_pool_forward_stub, cpu, max_pool_forward_cpu);
+LOWBIT_REGISTER_KERNEL(max_pool_backward_stub, cpu, max_pool_backward_cpu);
+LOWBIT_REGISTER_KERNEL(avg_pool_forward_stub, cpu, avg_pool_forward_cpu);
+LOWBIT_REGISTER_KERNEL(avg_pool_backward_stub, cpu, avg_pool_backward_cpu);
 
 }  // namespace detail
 
@@ -98,13 +103,11 @@ Tensor max_pool2d(const Tensor& x_in, const Pool2dOptions& o) {
   const TensorOptions opt(x.dtype(), x.device());
   Tensor y = empty({g.n, g.p, g.q, g.c}, opt);
   Tensor argmax = empty(y.shape(), TensorOptions(DType::i64, x.device()));
-  if (x.is_cuda()) detail::max_pool_forward_cuda(g, x, y, argmax);
-  else detail::max_pool_forward_cpu(g, x, y, argmax);
+  detail::max_pool_forward_stub(x.device(), g, x, y, argmax);
   autograd::record("max_pool2d", {x_in}, y, [g, argmax, opt](const Tensor& dy) {
     Tensor dx = empty({g.n, g.h, g.w, g.c}, opt);
     Tensor d = dy.contiguous();
-    if (d.is_cuda()) detail::max_pool_backward_cuda(g, d, argmax, dx);
-    else detail::max_pool_backward_cpu(g, d, argmax, dx);
+    detail::max_pool_backward_stub(d.device(), g, d, argmax, dx);
     return std::vector<Tensor>{dx};
   });
   return y;
@@ -115,13 +118,11 @@ Tensor avg_pool2d(const Tensor& x_in, const Pool2dOptions& o) {
   Tensor x = x_in.detach().contiguous();
   const TensorOptions opt(x.dtype(), x.device());
   Tensor y = empty({g.n, g.p, g.q, g.c}, opt);
-  if (x.is_cuda()) detail::avg_pool_forward_cuda(g, x, y);
-  else detail::avg_pool_forward_cpu(g, x, y);
+  detail::avg_pool_forward_stub(x.device(), g, x, y);
   autograd::record("avg_pool2d", {x_in}, y, [g, opt](const Tensor& dy) {
     Tensor dx = empty({g.n, g.h, g.w, g.c}, opt);
     Tensor d = dy.contiguous();
-    if (d.is_cuda()) detail::avg_pool_backward_cuda(g, d, dx);
-    else detail::avg_pool_backward_cpu(g, d, dx);
+    detail::avg_pool_backward_stub(d.device(), g, d, dx);
     return std::vector<Tensor>{dx};
   });
   return y;

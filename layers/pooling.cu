@@ -1,4 +1,5 @@
-// Pooling on CUDA: the kernels of pooling_kernels.h launched over a grid-stride loop.
+// Pooling on CUDA: the kernels of pooling_kernels.h launched over a grid-stride loop, registered
+// on the stubs of pooling.h.
 #include "core/dtype.h"
 #include "cuda/launch.cuh"
 #include "layers/pooling_kernels.h"
@@ -6,13 +7,13 @@
 namespace lowbit::layers::detail {
 
 namespace {
+
 template <typename K>
 void launch(const Tensor& ref, int64_t n, const K& k) {
   const int dev = ref.device().index;
   cuda::DeviceGuard guard(dev);
   cuda::launch_elementwise(n, [k] __device__(int64_t i) { k(i); }, cuda::stream_of(dev));
 }
-}  // namespace
 
 void max_pool_forward_cuda(const PoolGeom& g, const Tensor& x, const Tensor& y, const Tensor& argmax) {
   LOWBIT_DISPATCH_FLOATING(x.dtype(), "max_pool2d (cuda)", [&] {
@@ -40,5 +41,12 @@ void avg_pool_backward_cuda(const PoolGeom& g, const Tensor& dy, const Tensor& d
                                                      static_cast<scalar_t*>(dx.raw_data())});
   });
 }
+
+}  // namespace
+
+LOWBIT_REGISTER_KERNEL(max_pool_forward_stub, cuda, max_pool_forward_cuda);
+LOWBIT_REGISTER_KERNEL(max_pool_backward_stub, cuda, max_pool_backward_cuda);
+LOWBIT_REGISTER_KERNEL(avg_pool_forward_stub, cuda, avg_pool_forward_cuda);
+LOWBIT_REGISTER_KERNEL(avg_pool_backward_stub, cuda, avg_pool_backward_cuda);
 
 }  // namespace lowbit::layers::detail

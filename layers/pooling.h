@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 
+#include "core/dispatch.h"
 #include "core/hd.h"
 #include "core/tensor.h"
 #include "layers/module.h"
@@ -106,15 +107,18 @@ LOWBIT_HD int64_t avg_divisor(const PoolGeom& g, int64_t p, int64_t q) {
 }
 
 // Kernels: x (N, H, W, C) and y (N, P, Q, C) contiguous; argmax (N, P, Q, C) i64 holds the flat
-// input index (h * W + w) of each maximum.
-void max_pool_forward_cpu(const PoolGeom& g, const Tensor& x, const Tensor& y, const Tensor& argmax);
-void max_pool_backward_cpu(const PoolGeom& g, const Tensor& dy, const Tensor& argmax, const Tensor& dx);
-void avg_pool_forward_cpu(const PoolGeom& g, const Tensor& x, const Tensor& y);
-void avg_pool_backward_cpu(const PoolGeom& g, const Tensor& dy, const Tensor& dx);
-void max_pool_forward_cuda(const PoolGeom& g, const Tensor& x, const Tensor& y, const Tensor& argmax);
-void max_pool_backward_cuda(const PoolGeom& g, const Tensor& dy, const Tensor& argmax, const Tensor& dx);
-void avg_pool_forward_cuda(const PoolGeom& g, const Tensor& x, const Tensor& y);
-void avg_pool_backward_cuda(const PoolGeom& g, const Tensor& dy, const Tensor& dx);
+// input index (h * W + w) of each maximum. CPU kernels in pooling.cpp, CUDA in pooling.cu, each
+// registered on its stub (core/dispatch.h).
+using MaxPoolForwardFn = void (*)(const PoolGeom& g, const Tensor& x, const Tensor& y,
+                                  const Tensor& argmax);
+using MaxPoolBackwardFn = void (*)(const PoolGeom& g, const Tensor& dy, const Tensor& argmax,
+                                   const Tensor& dx);
+// avg_pool forward (x, y) and backward (dy, dx) share the signature.
+using AvgPoolFn = void (*)(const PoolGeom& g, const Tensor& in, const Tensor& out);
+LOWBIT_DECLARE_STUB(max_pool_forward_stub, MaxPoolForwardFn);
+LOWBIT_DECLARE_STUB(max_pool_backward_stub, MaxPoolBackwardFn);
+LOWBIT_DECLARE_STUB(avg_pool_forward_stub, AvgPoolFn);
+LOWBIT_DECLARE_STUB(avg_pool_backward_stub, AvgPoolFn);
 
 }  // namespace detail
 

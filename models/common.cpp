@@ -10,6 +10,12 @@ layers::ModulePtr activation(Act act) {
   return nullptr;
 }
 
+std::shared_ptr<layers::BatchNorm2d> bn_relu(int64_t channels) {
+  layers::BatchNormOptions bn{channels};
+  bn.fuse_relu = true;
+  return std::make_shared<layers::BatchNorm2d>(bn);
+}
+
 std::shared_ptr<layers::Sequential> conv_bn_act(int64_t in, int64_t out, int64_t k, int64_t stride,
                                                 int64_t groups, Act act) {
   auto seq = std::make_shared<layers::Sequential>();
@@ -20,9 +26,7 @@ std::shared_ptr<layers::Sequential> conv_bn_act(int64_t in, int64_t out, int64_t
   o.bias = false;
   seq->add(std::make_shared<layers::Conv2d>(o));
   // A ReLU is fused into the BN (one pass); an Identity keeps torchvision's child indices.
-  layers::BatchNormOptions bn{out};
-  bn.fuse_relu = act == Act::relu;
-  seq->add(std::make_shared<layers::BatchNorm2d>(bn));
+  seq->add(act == Act::relu ? bn_relu(out) : std::make_shared<layers::BatchNorm2d>(out));
   if (act == Act::relu) seq->add(std::make_shared<layers::Identity>());
   else if (auto a = activation(act)) seq->add(a);
   return seq;

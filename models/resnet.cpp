@@ -68,7 +68,7 @@ class BasicBlock : public Module {
  public:
   BasicBlock(int64_t in, int64_t planes, int64_t stride, ModulePtr shortcut, const char* shortcut_name) {
     conv1_ = register_child("conv1", conv(in, planes, 3, stride));
-    bn1_ = register_module("bn1", std::make_shared<BatchNorm2d>(layers::BatchNormOptions{planes, 1e-5, 0.1, true, true, true}));
+    bn1_ = register_module("bn1", bn_relu(planes));
     conv2_ = register_child("conv2", conv(planes, planes, 3, 1));
     bn2_ = register_module("bn2", std::make_shared<BatchNorm2d>(planes));
     if (shortcut) shortcut_ = register_child(shortcut_name, shortcut);
@@ -91,9 +91,9 @@ class Bottleneck : public Module {
  public:
   Bottleneck(int64_t in, int64_t planes, int64_t stride, ModulePtr downsample) {
     conv1_ = register_child("conv1", conv(in, planes, 1, 1));
-    bn1_ = register_module("bn1", std::make_shared<BatchNorm2d>(layers::BatchNormOptions{planes, 1e-5, 0.1, true, true, true}));
+    bn1_ = register_module("bn1", bn_relu(planes));
     conv2_ = register_child("conv2", conv(planes, planes, 3, stride));
-    bn2_ = register_module("bn2", std::make_shared<BatchNorm2d>(layers::BatchNormOptions{planes, 1e-5, 0.1, true, true, true}));
+    bn2_ = register_module("bn2", bn_relu(planes));
     conv3_ = register_child("conv3", conv(planes, planes * 4, 1, 1));
     bn3_ = register_module("bn3", std::make_shared<BatchNorm2d>(planes * 4));
     if (downsample) downsample_ = register_child("downsample", downsample);
@@ -127,7 +127,7 @@ class CifarResNet : public Module {
                        o.shortcut, "'");
     const int64_t n = (depth - 2) / 6;
     conv1_ = register_child("conv1", conv(o.in_channels, 16, 3, 1));
-    bn1_ = register_module("bn1", std::make_shared<BatchNorm2d>(layers::BatchNormOptions{16, 1e-5, 0.1, true, true, true}));
+    bn1_ = register_module("bn1", bn_relu(16));
     int64_t in = 16;
     const int64_t widths[3] = {16, 32, 64};
     for (int s = 0; s < 3; ++s) {
@@ -165,7 +165,7 @@ class ImageNetResNet : public Module {
  public:
   ImageNetResNet(bool bottleneck, std::vector<int> blocks, const ModelOptions& o) {
     conv1_ = register_child("conv1", conv(o.in_channels, 64, 7, 2));
-    bn1_ = register_module("bn1", std::make_shared<BatchNorm2d>(layers::BatchNormOptions{64, 1e-5, 0.1, true, true, true}));
+    bn1_ = register_module("bn1", bn_relu(64));
     maxpool_ = register_module("maxpool", std::make_shared<layers::MaxPool2d>(layers::Pool2dOptions::square(3, 2, 1)));
     const int64_t expansion = bottleneck ? 4 : 1;
     int64_t in = 64;

@@ -36,7 +36,7 @@ class Vgg16Bn : public Module {
         continue;
       }
       features_->add(std::make_shared<layers::Conv2d>(layers::Conv2dOptions(in, c, 3).with_padding(1)));
-      features_->add(std::make_shared<layers::BatchNorm2d>(layers::BatchNormOptions{c, 1e-5, 0.1, true, true, true}));
+      features_->add(bn_relu(c));
       features_->add(std::make_shared<layers::Identity>());  // the ReLU, fused into the BN
       in = c;
     }

@@ -49,7 +49,8 @@ ChannelLayout param_layout(const Tensor& x, int64_t numel, int64_t axis, const c
 
 Tensor prepare_param(const Tensor& p, const Tensor& x, const ChannelLayout& l, DType dtype,
                      const char* op, const char* what) {
-  LOWBIT_CHECK(p.defined(), op, ": ", what, " is undefined");
+  LOWBIT_CHECK(p.defined(), op, ": ", what, " is undefined; want a tensor of ", l.channels,
+               l.channels == 1 ? " element (per-tensor)" : " elements (per-channel)");
   LOWBIT_CHECK(p.device() == x.device(), op, ": ", what, " is on ", p.device(), " but x is on ",
                x.device());
   LOWBIT_CHECK(p.numel() == l.channels, op, ": ", what, " has ", p.numel(), " elements (shape ",
@@ -76,7 +77,7 @@ void check_positive(const Tensor& p, const char* op, const char* what) {
 namespace {
 
 void check_input(const Tensor& x, const char* op) {
-  LOWBIT_CHECK(x.defined(), op, ": x is undefined");
+  LOWBIT_CHECK(x.defined(), op, ": x is undefined; want a floating tensor (f32, f64, bf16, f16)");
   LOWBIT_CHECK(is_floating(x.dtype()), op, ": x must be floating (f32, f64, bf16, f16), got ",
                x.dtype());
 }
@@ -96,6 +97,11 @@ Tensor prepare_zero_point(const Tensor& zp, const Tensor& x, const ChannelLayout
   return z;
 }
 
+void check_range(QuantRange range, const char* op) {
+  LOWBIT_CHECK(range.qmin < range.qmax, op, ": empty code range [", range.qmin, ", ", range.qmax,
+               "]; want qmin < qmax");
+}
+
 // Upstream gradient as a contiguous tensor of x's dtype.
 Tensor grad_like(const Tensor& g, const Tensor& x) { return g.to(x.dtype()).contiguous(); }
 
@@ -105,8 +111,7 @@ Tensor fake_quantize(const Tensor& x_in, const Tensor& scale, const Tensor& zero
                      QuantRange range, int64_t axis) {
   const char* op = "fake_quantize";
   check_input(x_in, op);
-  LOWBIT_CHECK(range.qmin < range.qmax, op, ": empty code range [", range.qmin, ", ", range.qmax,
-               "]");
+  check_range(range, op);
   const ChannelLayout l = detail::param_layout(x_in, scale.defined() ? scale.numel() : 0, axis, op);
   detail::check_positive(scale, op, "scale");
   const DType acc = acc_dtype(x_in.dtype());
@@ -129,9 +134,7 @@ Tensor fake_quantize(const Tensor& x_in, const Tensor& scale, const Tensor& zero
 
 Tensor fake_quantize(const Tensor& x, double scale, int64_t zero_point, QuantRange range) {
   LOWBIT_CHECK(scale > 0.0 && std::isfinite(scale),
-               "fake_quantize: scale must be positive and "
-               "finite, got ",
-               scale);
+               "fake_quantize: scale must be positive and finite, got ", scale);
   check_input(x, "fake_quantize");
   return fake_quantize(x, full({1}, scale, TensorOptions(DType::f32, x.device())),
                        full({1}, double(zero_point), TensorOptions(DType::i32, x.device())), range,
@@ -145,8 +148,7 @@ template <template <typename> class Op>
 Tensor lsq_common(const char* op, const Tensor& x_in, const Tensor& scale, const Tensor& offset,
                   QuantRange range, double grad_scale, int64_t axis) {
   check_input(x_in, op);
-  LOWBIT_CHECK(range.qmin < range.qmax, op, ": empty code range [", range.qmin, ", ", range.qmax,
-               "]");
+  check_range(range, op);
   LOWBIT_CHECK(std::isfinite(grad_scale), op, ": grad_scale must be finite, got ", grad_scale);
   const bool has_offset = Op<float>::kTerms == 2;
   const ChannelLayout l = detail::param_layout(x_in, scale.defined() ? scale.numel() : 0, axis, op);
@@ -198,11 +200,14 @@ Tensor lsq_plus_quantize(const Tensor& x, const Tensor& scale, const Tensor& off
 
 std::pair<Tensor, Tensor> calc_qparams(const Tensor& min_val, const Tensor& max_val,
                                        QuantRange range, bool symmetric) {
-  LOWBIT_CHECK(min_val.defined() && max_val.defined() && min_val.numel() == max_val.numel() &&
-                   min_val.device() == max_val.device(),
-               "calc_qparams: min_val and max_val must have the same size and device");
-  LOWBIT_CHECK(range.qmin < range.qmax, "calc_qparams: empty code range [", range.qmin, ", ",
-               range.qmax, "]");
+  LOWBIT_CHECK(min_val.defined() && max_val.defined(), "calc_qparams: min_val is ",
+               min_val.defined() ? "defined" : "undefined", " and max_val is ",
+               max_val.defined() ? "defined" : "undefined", "; want two tensors of one size");
+  LOWBIT_CHECK(min_val.numel() == max_val.numel() && min_val.device() == max_val.device(),
+               "calc_qparams: min_val ", min_val.shape(), " on ", min_val.device(), " and max_val ",
+               max_val.shape(), " on ", max_val.device(),
+               " must have the same number of elements and device");
+  check_range(range, "calc_qparams");
   autograd::NoGradGuard guard;
   const Device dev = min_val.device();
   const int64_t c = min_val.numel();

@@ -65,6 +65,13 @@ struct QParams {
   int32_t zero_point = 0;
 };
 constexpr float kQParamsEps = 1.1920929e-07f;  // fp32 machine epsilon
+// The asymmetric zero-point for scale s of a range starting at x_min (METHODS 2.3), in fp32:
+// z = clamp(qmin - round(min(x_min, 0) / s), qmin, qmax).
+LOWBIT_HD int32_t affine_zero_point(float x_min, float s, int64_t qmin, int64_t qmax) {
+  const float mn = x_min < 0.0f ? x_min : 0.0f;  // the range always contains 0
+  return int32_t(
+      qmath::clamp(float(qmin) - qmath::round_half_even(mn / s), float(qmin), float(qmax)));
+}
 LOWBIT_HD QParams calc_qparams(float x_min, float x_max, int64_t qmin, int64_t qmax,
                                bool symmetric) {
   QParams out;
@@ -80,10 +87,8 @@ LOWBIT_HD QParams calc_qparams(float x_min, float x_max, int64_t qmin, int64_t q
   }
   const float s0 = (mx - mn) / float(qmax - qmin);
   const float s = s0 > kQParamsEps ? s0 : kQParamsEps;
-  const float z =
-      qmath::clamp(float(qmin) - qmath::round_half_even(mn / s), float(qmin), float(qmax));
   out.scale = s;
-  out.zero_point = int32_t(z);
+  out.zero_point = affine_zero_point(x_min, s, qmin, qmax);
   return out;
 }
 

@@ -24,7 +24,10 @@ namespace lowbit::quant {
 
 namespace detail {
 
+// Threads per block of every fused kernel, the small per-channel passes included.
 constexpr int kFusedBlock = 256;
+// Backward with parameter gradients: elements per thread a channel's slice aims for.
+constexpr int64_t kSliceElemsPerThread = 4;
 
 template <typename T, typename Op>
 __global__ void fused_forward_kernel(int64_t n, const T* __restrict__ x, T* __restrict__ y,
@@ -61,7 +64,7 @@ __global__ void fused_backward_reduce_kernel(const T* __restrict__ x, const T* _
                                              Op op, double* __restrict__ partial) {
   using A = quant_acc_t<T>;
   constexpr int K = Op::kTerms;
-  __shared__ double smem[32];
+  __shared__ double smem[cuda::kWarpSize];  // cuda::block_reduce: one value per warp
   const int64_t c = int64_t(blockIdx.x) / slices;
   const int64_t slice = int64_t(blockIdx.x) % slices;
   const int64_t m = l.outer * l.inner;  // elements of channel c
@@ -142,7 +145,8 @@ struct CudaLaunch {
       // resident blocks (at least one slice per channel).
       const int64_t cap =
           int64_t(cuda::device_info(dev).sm_count) * (cuda::kThreadsPerSm / block) * cuda::kWaves;
-      const int64_t want = (m + int64_t(block) * 4 - 1) / (int64_t(block) * 4);
+      const int64_t per_slice = int64_t(block) * detail::kSliceElemsPerThread;
+      const int64_t want = (m + per_slice - 1) / per_slice;
       const int64_t slices =
           std::max<int64_t>(1, std::min<int64_t>(want, std::max<int64_t>(1, cap / l.channels)));
       Tensor partial = empty({l.channels * slices * K}, TensorOptions(DType::f64, x.device()));
@@ -151,7 +155,7 @@ struct CudaLaunch {
           <<<unsigned(l.channels * slices), block, 0, s>>>(px, pg, pdx, l, slices, op, pp);
       LOWBIT_LAUNCH_CHECK();
       const int64_t total = K * l.channels;
-      detail::fused_finish_kernel<A, Op><<<unsigned((total + 255) / 256), 256, 0, s>>>(
+      detail::fused_finish_kernel<A, Op><<<cuda::blocks_to_cover(total, block), block, 0, s>>>(
           pp, slices, l.channels, op, static_cast<A*>(grads.raw_data()));
       LOWBIT_LAUNCH_CHECK();
     }
@@ -161,8 +165,8 @@ struct CudaLaunch {
   static void channels(Device device, int64_t n, const Op& op) {
     const int dev = device.index;
     cuda::DeviceGuard guard(dev);
-    detail::channel_op_kernel<Op>
-        <<<unsigned((n + 255) / 256), 256, 0, cuda::stream_of(dev)>>>(n, op);
+    detail::channel_op_kernel<Op><<<cuda::blocks_to_cover(n, detail::kFusedBlock),
+                                    detail::kFusedBlock, 0, cuda::stream_of(dev)>>>(n, op);
     LOWBIT_LAUNCH_CHECK();
   }
 

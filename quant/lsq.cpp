@@ -18,8 +18,40 @@ QuantizerTraits lsq_traits() {
 }
 }  // namespace
 
-LsqQuantizer::LsqQuantizer(OptionReader& r) : Quantizer(r, lsq_traits()) {
+// ------------------------------------------------------------------------ LsqQuantizerBase
+
+LsqQuantizerBase::LsqQuantizerBase(OptionReader& r) : Quantizer(r, lsq_traits()) {
   grad_scale_mode_ = r.get_choice("grad_scale", "auto", {"auto", "elements", "none"});
+  scale_ = ones(param_shape());
+  initialized_ = zeros({}, DType::i64);
+}
+
+bool LsqQuantizerBase::initialized() {
+  if (!init_host_) init_host_ = initialized_.item() != 0.0;  // once, e.g. after loading
+  return init_host_;
+}
+
+void LsqQuantizerBase::mark_initialized() {
+  initialized_.fill_(1.0);
+  init_host_ = true;
+}
+
+double LsqQuantizerBase::grad_scale(const Tensor& x) const {
+  if (grad_scale_mode_ == "none") return 1.0;
+  const ChannelLayout l = layout_of(x);
+  const int64_t n =
+      grad_scale_mode_ == "elements" ? std::max<int64_t>(x.numel() / l.channels, 1) : lsq_count(x);
+  return lsq_grad_scale(n, spec().range.qmax);
+}
+
+void LsqQuantizerBase::clamp_parameters() {
+  autograd::NoGradGuard guard;
+  scale_.copy_(clamp(scale_, kMinLearnedScale, INFINITY));
+}
+
+// ------------------------------------------------------------------------ LsqQuantizer
+
+LsqQuantizer::LsqQuantizer(OptionReader& r) : LsqQuantizerBase(r) {
   std::vector<std::string> inits = observer_names();
   inits.insert(inits.begin(), "lsq");
   init_ = r.get_choice("init", "lsq", inits);
@@ -28,23 +60,8 @@ LsqQuantizer::LsqQuantizer(OptionReader& r) : Quantizer(r, lsq_traits()) {
     // range starting at 0 have z = 0 too. mse scores its candidates with these qparams.
     observer_ = create_observer(init_, r, ObserverContext{spec().range, signed_range()});
   }
-  scale_ = ones(param_shape());
-  initialized_ = zeros({}, DType::i64);
   register_parameter("scale", &scale_);
   register_buffer("initialized", &initialized_);
-}
-
-bool LsqQuantizer::initialized() {
-  if (!init_host_) init_host_ = initialized_.item() != 0.0;  // once, e.g. after loading
-  return init_host_;
-}
-
-double LsqQuantizer::grad_scale(const Tensor& x) const {
-  if (grad_scale_mode_ == "none") return 1.0;
-  const ChannelLayout l = layout_of(x);
-  const int64_t n =
-      grad_scale_mode_ == "elements" ? std::max<int64_t>(x.numel() / l.channels, 1) : lsq_count(x);
-  return lsq_grad_scale(n, spec().range.qmax);
 }
 
 bool LsqQuantizer::signed_range() const { return spec().range.qmin < 0; }
@@ -55,8 +72,7 @@ std::string LsqQuantizer::options_repr() const {
 
 void LsqQuantizer::set_scale(const Tensor& s0) {
   scale_.copy_(clamp(s0, kMinLearnedScale, INFINITY).reshape(param_shape()));
-  initialized_.fill_(1.0);
-  init_host_ = true;
+  mark_initialized();
 }
 
 void LsqQuantizer::accumulate(const Tensor& x) {
@@ -101,11 +117,6 @@ void LsqQuantizer::end_calibration() {
   }
   abs_sum_ = Tensor();
   count_ = 0;
-}
-
-void LsqQuantizer::clamp_parameters() {
-  autograd::NoGradGuard guard;
-  scale_.copy_(clamp(scale_, kMinLearnedScale, INFINITY));
 }
 
 Tensor LsqQuantizer::quantize(const Tensor& x) {

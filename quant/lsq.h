@@ -29,15 +29,33 @@ namespace lowbit::quant {
 
 constexpr double kMinLearnedScale = 1e-8;  // METHODS 3.1: clamp s >= 1e-8 after each step
 
-class LsqQuantizer : public Quantizer {
+// What LSQ and LSQ+ share: the learned scale (C), clamped by clamp_parameters(); the grad_scale
+// option and the g it gives; the "initialized" flag (a buffer, so loading a state dict carries
+// it) with a host mirror that saves a device sync per step. Both default to 4 bits. Subclasses
+// register scale_ and initialized_ themselves, keeping their state-dict order.
+class LsqQuantizerBase : public Quantizer {
  public:
-  explicit LsqQuantizer(OptionReader& r);
-  std::string type_name() const override { return "LsqQuantizer"; }
   Tensor& scale() { return scale_; }
   bool initialized();
   // g of METHODS 3.1 for input x.
   double grad_scale(const Tensor& x) const;
   void clamp_parameters() override;
+
+ protected:
+  explicit LsqQuantizerBase(OptionReader& r);
+  void mark_initialized();  // initialized_ = 1, host mirror included
+
+  Tensor scale_, initialized_;
+  std::string grad_scale_mode_;
+
+ private:
+  bool init_host_ = false;  // host mirror of initialized_
+};
+
+class LsqQuantizer : public LsqQuantizerBase {
+ public:
+  explicit LsqQuantizer(OptionReader& r);
+  std::string type_name() const override { return "LsqQuantizer"; }
 
  protected:
   Tensor quantize(const Tensor& x) override;
@@ -50,9 +68,6 @@ class LsqQuantizer : public Quantizer {
   void set_scale(const Tensor& s0);
   bool signed_range() const;  // s0 (C) -> scale, marks it initialised
 
-  Tensor scale_, initialized_;
-  std::string grad_scale_mode_;
-  bool init_host_ = false;  // host mirror of initialized_, avoids syncs
   Tensor abs_sum_;          // f64 (C): sum of |x| over the calibration batches
   int64_t count_ = 0;       // elements per channel in abs_sum_
   std::string init_;                   // "lsq" or an observer name

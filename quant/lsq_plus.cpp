@@ -11,20 +11,9 @@
 
 namespace lowbit::quant {
 
-namespace {
-QuantizerTraits lsq_plus_traits() {
-  QuantizerTraits t;
-  t.default_bits = 4;
-  return t;
-}
-}  // namespace
-
-LsqPlusQuantizer::LsqPlusQuantizer(OptionReader& r) : Quantizer(r, lsq_plus_traits()) {
-  grad_scale_mode_ = r.get_choice("grad_scale", "auto", {"auto", "elements", "none"});
+LsqPlusQuantizer::LsqPlusQuantizer(OptionReader& r) : LsqQuantizerBase(r) {
   learn_offset_ = r.get_bool("learn_offset", role() == QuantRole::activation);
-  scale_ = ones(param_shape());
   offset_ = zeros(param_shape());
-  initialized_ = zeros({}, DType::i64);
   register_parameter("scale", &scale_);
   if (learn_offset_)
     register_parameter("offset", &offset_);
@@ -36,19 +25,6 @@ LsqPlusQuantizer::LsqPlusQuantizer(OptionReader& r) : Quantizer(r, lsq_plus_trai
 std::string LsqPlusQuantizer::options_repr() const {
   return str_cat("grad_scale=", grad_scale_mode_,
                  ", learn_offset=", learn_offset_ ? "true" : "false");
-}
-
-bool LsqPlusQuantizer::initialized() {
-  if (!init_host_) init_host_ = initialized_.item() != 0.0;
-  return init_host_;
-}
-
-double LsqPlusQuantizer::grad_scale(const Tensor& x) const {
-  if (grad_scale_mode_ == "none") return 1.0;
-  const ChannelLayout l = layout_of(x);
-  const int64_t n =
-      grad_scale_mode_ == "elements" ? std::max<int64_t>(x.numel() / l.channels, 1) : lsq_count(x);
-  return lsq_grad_scale(n, spec().range.qmax);
 }
 
 void LsqPlusQuantizer::initialize_from(const Tensor& x) {
@@ -72,8 +48,7 @@ void LsqPlusQuantizer::initialize_from(const Tensor& x) {
   }
   scale_.copy_(s.reshape(param_shape()));
   offset_.copy_(beta.reshape(param_shape()));
-  initialized_.fill_(1.0);
-  init_host_ = true;
+  mark_initialized();
 }
 
 void LsqPlusQuantizer::calibrate(const Tensor& x) {
@@ -83,11 +58,6 @@ void LsqPlusQuantizer::calibrate(const Tensor& x) {
 void LsqPlusQuantizer::end_calibration() {
   run_min_ = Tensor();
   run_max_ = Tensor();
-}
-
-void LsqPlusQuantizer::clamp_parameters() {
-  autograd::NoGradGuard guard;
-  scale_.copy_(clamp(scale_, kMinLearnedScale, INFINITY));
 }
 
 Tensor LsqPlusQuantizer::quantize(const Tensor& x) {

@@ -15,20 +15,17 @@
 
 #include <string>
 
-#include "quant/quantizer.h"
+#include "quant/lsq.h"
 
 namespace lowbit::quant {
 
-class LsqPlusQuantizer : public Quantizer {
+class LsqPlusQuantizer : public LsqQuantizerBase {
  public:
   explicit LsqPlusQuantizer(OptionReader& r);
   std::string type_name() const override { return "LsqPlusQuantizer"; }
-  Tensor& scale() { return scale_; }
   Tensor& offset() { return offset_; }
-  bool initialized();
-  double grad_scale(const Tensor& x) const;
-  int64_t inference_scalars() const override { return 2 * Quantizer::inference_scalars(); }  // s, beta
-  void clamp_parameters() override;
+  // s and beta.
+  int64_t inference_scalars() const override { return 2 * Quantizer::inference_scalars(); }
 
  protected:
   Tensor quantize(const Tensor& x) override;
@@ -39,10 +36,8 @@ class LsqPlusQuantizer : public Quantizer {
  private:
   void initialize_from(const Tensor& x);
 
-  Tensor scale_, offset_, initialized_;
-  std::string grad_scale_mode_;
+  Tensor offset_;
   bool learn_offset_ = false;
-  bool init_host_ = false;
   Tensor run_min_, run_max_;  // activations: the range over the calibration batches
 };
 

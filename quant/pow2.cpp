@@ -12,12 +12,12 @@ LOWBIT_REGISTER_CHANNEL_OP(Pow2ScaleOp, cpu, CpuLaunch);
 std::pair<Tensor, Tensor> Pow2Quantizer::compute_qparams(const Tensor& min_val,
                                                          const Tensor& max_val) {
   auto [scale, zero_point] = UniformQuantizer::compute_qparams(min_val, max_val);
-  Pow2ScaleArgs a{min_val.reshape({min_val.numel()}).contiguous(),
-                  max_val.reshape({max_val.numel()}).contiguous(),
-                  scale,
-                  zero_point,
-                  spec().range,
-                  symmetric()};
+  CalcQParamsArgs a{min_val.reshape({min_val.numel()}).contiguous(),
+                    max_val.reshape({max_val.numel()}).contiguous(),
+                    scale,
+                    zero_point,
+                    spec().range,
+                    symmetric()};
   channel_map<Pow2ScaleOp>(scale.device(), scale.numel(), a);
   return {scale, zero_point};
 }

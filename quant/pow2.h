@@ -30,37 +30,16 @@ LOWBIT_HD A round_pow2(A s) {
   return qmath::ldexp(A(1), double(f) > 0.70710678118654752440 ? e : e - 1);
 }
 
-struct Pow2ScaleArgs {
-  Tensor min_val;     // (C) f32, the observed range
-  Tensor max_val;     // (C) f32
-  Tensor scale;       // (C) f32, rounded in place
-  Tensor zero_point;  // (C) i32, recomputed in place unless symmetric
-  QuantRange range;
-  bool symmetric = false;
-};
-struct Pow2ScaleOp {
-  using Params = Pow2ScaleArgs;
+// Params: calc_qparams' (min_val, max_val, scale and zero_point (C), range, symmetric), with
+// scale and zero_point rounded / recomputed in place.
+struct Pow2ScaleOp : CalcQParamsOp {
   static constexpr const char* kName = "pow2_scale";
-  const float* min_val;
-  const float* max_val;
-  float* scale;
-  int32_t* zero_point;
-  float qmin, qmax;
-  bool symmetric;
-  explicit Pow2ScaleOp(const Params& p)
-      : min_val(p.min_val.data<float>()),
-        max_val(p.max_val.data<float>()),
-        scale(p.scale.data<float>()),
-        zero_point(p.zero_point.data<int32_t>()),
-        qmin(float(p.range.qmin)),
-        qmax(float(p.range.qmax)),
-        symmetric(p.symmetric) {}
+  using CalcQParamsOp::CalcQParamsOp;
   LOWBIT_HD void operator()(int64_t c) const {
     const float s = round_pow2(scale[c]);
     scale[c] = s;
     if (symmetric || !(min_val[c] <= max_val[c])) return;  // nothing observed: keep (1, 0)
-    const float mn = min_val[c] < 0.0f ? min_val[c] : 0.0f;
-    zero_point[c] = int32_t(qmath::clamp(qmin - qmath::round_half_even(mn / s), qmin, qmax));
+    zero_point[c] = affine_zero_point(min_val[c], s, qmin, qmax);
   }
 };
 

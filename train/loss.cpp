@@ -1,5 +1,5 @@
 // cross_entropy and top-k accuracy: argument checks, the CPU loops over the shared row math of
-// loss.h, autograd recording, and dispatch to the CUDA launchers of loss.cu.
+// loss.h (registered on its stubs), autograd recording, and dispatch by device.
 #include "train/loss.h"
 
 #include <algorithm>
@@ -11,13 +11,13 @@
 
 namespace lowbit::train {
 
-namespace {
+namespace detail {
+LOWBIT_DEFINE_STUB(cross_entropy_forward_stub);
+LOWBIT_DEFINE_STUB(cross_entropy_backward_stub);
+LOWBIT_DEFINE_STUB(topk_hit_stub);
+}  // namespace detail
 
-#if !defined(LOWBIT_WITH_CUDA)
-[[noreturn]] void built_without_cuda(const char* op, const Tensor& t) {
-  LOWBIT_FAIL(op, ": tensor on ", t.device(), " but lowbit was built without CUDA");
-}
-#endif
+namespace {
 
 // Checks logits (N, C) and target (N); sets *n and *c.
 void check_inputs(const char* op, const Tensor& logits, const Tensor& target, int64_t* n_out,
@@ -56,8 +56,8 @@ DType acc_dtype(DType logits) { return logits == DType::f64 ? DType::f64 : DType
 int64_t row_grain(int64_t c) { return std::max<int64_t>(1, core::kParallelGrain / c); }
 
 template <typename T, typename I>
-void cross_entropy_forward_cpu(const Tensor& logits, const Tensor& target, double eps,
-                               const Tensor& row_loss, const Tensor& row_lse) {
+void cross_entropy_forward_typed(const Tensor& logits, const Tensor& target, double eps,
+                                 const Tensor& row_loss, const Tensor& row_lse) {
   using A = opmath_t<T>;
   const int64_t n = logits.size(0), c = logits.size(1);
   const T* x = static_cast<const T*>(logits.raw_data());
@@ -78,8 +78,8 @@ void cross_entropy_forward_cpu(const Tensor& logits, const Tensor& target, doubl
 }
 
 template <typename T, typename I>
-void cross_entropy_backward_cpu(const Tensor& logits, const Tensor& target, const Tensor& row_lse,
-                                const Tensor& grad_out, double eps, const Tensor& grad_logits) {
+void cross_entropy_backward_typed(const Tensor& logits, const Tensor& target, const Tensor& row_lse,
+                                  const Tensor& grad_out, double eps, const Tensor& grad_logits) {
   using A = opmath_t<T>;
   const int64_t n = logits.size(0), c = logits.size(1);
   detail::CrossEntropyBackward<T, I> f{static_cast<const T*>(logits.raw_data()),
@@ -93,29 +93,58 @@ void cross_entropy_backward_cpu(const Tensor& logits, const Tensor& target, cons
   core::for_each_index(n * c, f);
 }
 
+void cross_entropy_forward_cpu(const Tensor& logits, const Tensor& target, double eps,
+                               const Tensor& row_loss, const Tensor& row_lse) {
+  const char* op = "cross_entropy";
+  check_targets_cpu(op, target, logits.size(1));
+  LOWBIT_DISPATCH_FLOATING(logits.dtype(), op, [&] {
+    LOWBIT_DISPATCH_INDEX(target.dtype(), op, [&] {
+      cross_entropy_forward_typed<scalar_t, index_t>(logits, target, eps, row_loss, row_lse);
+    });
+  });
+}
+
+void cross_entropy_backward_cpu(const Tensor& logits, const Tensor& target, const Tensor& row_lse,
+                                const Tensor& grad_out, double eps, const Tensor& grad_logits) {
+  LOWBIT_DISPATCH_FLOATING(logits.dtype(), "cross_entropy backward", [&] {
+    LOWBIT_DISPATCH_INDEX(target.dtype(), "cross_entropy backward", [&] {
+      cross_entropy_backward_typed<scalar_t, index_t>(logits, target, row_lse, grad_out, eps,
+                                                      grad_logits);
+    });
+  });
+}
+
+void topk_hit_cpu(const Tensor& logits, const Tensor& target, int64_t k, const Tensor& hit) {
+  const char* op = "topk_correct";
+  const int64_t n = logits.size(0), c = logits.size(1);
+  check_targets_cpu(op, target, c);
+  LOWBIT_DISPATCH_FLOATING(logits.dtype(), op, [&] {
+    LOWBIT_DISPATCH_INDEX(target.dtype(), op, [&] {
+      detail::TopkHit<scalar_t, index_t> f{static_cast<const scalar_t*>(logits.raw_data()),
+                                           static_cast<const index_t*>(target.raw_data()),
+                                           hit.data<int64_t>(), c, k};
+      core::for_each_index(n, f, row_grain(c));
+    });
+  });
+}
+
 Tensor cross_entropy_backward(const Tensor& logits, const Tensor& target, const Tensor& row_lse,
                               const Tensor& grad, double eps) {
   const Tensor g = grad.detach().to(logits.device(), logits.dtype()).contiguous();
   LOWBIT_CHECK(g.numel() == 1, "cross_entropy backward: gradient of shape ", g.shape(),
                " for a scalar loss");
   Tensor dx = empty(logits.shape(), TensorOptions(logits.dtype(), logits.device()));
-  if (logits.is_cuda()) {
-#if defined(LOWBIT_WITH_CUDA)
-    detail::cross_entropy_backward_cuda(logits, target, row_lse, g, eps, dx);
-#else
-    built_without_cuda("cross_entropy backward", logits);
-#endif
-    return dx;
-  }
-  LOWBIT_DISPATCH_FLOATING(logits.dtype(), "cross_entropy backward", [&] {
-    LOWBIT_DISPATCH_INDEX(target.dtype(), "cross_entropy backward", [&] {
-      cross_entropy_backward_cpu<scalar_t, index_t>(logits, target, row_lse, g, eps, dx);
-    });
-  });
+  detail::cross_entropy_backward_stub(logits.device(), logits, target, row_lse, g, eps, dx);
   return dx;
 }
 
 }  // namespace
+
+namespace detail {
+LOWBIT_REGISTER_KERNEL(cross_entropy_forward_stub, cpu, cross_entropy_forward_cpu);
+LOWBIT_REGISTER_KERNEL(cross_entropy_backward_stub, cpu, cross_entropy_backward_cpu);
+LOWBIT_REGISTER_KERNEL(topk_hit_stub, cpu, topk_hit_cpu);
+}  // namespace detail
 
 Tensor cross_entropy(const Tensor& logits_in, const Tensor& target_in, double label_smoothing) {
   const char* op = "cross_entropy";
@@ -128,21 +157,8 @@ Tensor cross_entropy(const Tensor& logits_in, const Tensor& target_in, double la
   const DType acc = acc_dtype(logits.dtype());
   Tensor row_loss = empty({n}, TensorOptions(acc, logits.device()));
   Tensor row_lse = empty({n}, TensorOptions(acc, logits.device()));
-  if (logits.is_cuda()) {
-#if defined(LOWBIT_WITH_CUDA)
-    detail::cross_entropy_forward_cuda(logits, target, label_smoothing, row_loss, row_lse);
-#else
-    built_without_cuda(op, logits);
-#endif
-  } else {
-    check_targets_cpu(op, target, c);
-    LOWBIT_DISPATCH_FLOATING(logits.dtype(), op, [&] {
-      LOWBIT_DISPATCH_INDEX(target.dtype(), op, [&] {
-        cross_entropy_forward_cpu<scalar_t, index_t>(logits, target, label_smoothing, row_loss,
-                                                     row_lse);
-      });
-    });
-  }
+  detail::cross_entropy_forward_stub(logits.device(), logits, target, label_smoothing, row_loss,
+                                     row_lse);
   Tensor loss;
   {
     autograd::NoGradGuard guard;  // the row losses are internal: never part of the graph
@@ -170,23 +186,7 @@ Tensor topk_correct(const Tensor& logits_in, const Tensor& target_in, int64_t k)
   const Tensor logits = logits_in.detach().contiguous();
   const Tensor target = target_in.detach().contiguous();
   Tensor hit = empty({n}, TensorOptions(DType::i64, logits.device()));
-  if (logits.is_cuda()) {
-#if defined(LOWBIT_WITH_CUDA)
-    detail::topk_hit_cuda(logits, target, k, hit);
-#else
-    built_without_cuda(op, logits);
-#endif
-  } else {
-    check_targets_cpu(op, target, c);
-    LOWBIT_DISPATCH_FLOATING(logits.dtype(), op, [&] {
-      LOWBIT_DISPATCH_INDEX(target.dtype(), op, [&] {
-        detail::TopkHit<scalar_t, index_t> f{static_cast<const scalar_t*>(logits.raw_data()),
-                                             static_cast<const index_t*>(target.raw_data()),
-                                             hit.data<int64_t>(), c, k};
-        core::for_each_index(n, f, row_grain(c));
-      });
-    });
-  }
+  detail::topk_hit_stub(logits.device(), logits, target, k, hit);
   return sum(hit);
 }
 

@@ -52,8 +52,6 @@ __global__ void cross_entropy_forward_kernel(const T* x, const I* target, opmath
   }
 }
 
-}  // namespace
-
 void cross_entropy_forward_cuda(const Tensor& logits, const Tensor& target, double eps,
                                 const Tensor& row_loss, const Tensor& row_lse) {
   const int64_t n = logits.size(0), c = logits.size(1);
@@ -110,5 +108,11 @@ void topk_hit_cuda(const Tensor& logits, const Tensor& target, int64_t k, const 
     });
   });
 }
+
+}  // namespace
+
+LOWBIT_REGISTER_KERNEL(cross_entropy_forward_stub, cuda, cross_entropy_forward_cuda);
+LOWBIT_REGISTER_KERNEL(cross_entropy_backward_stub, cuda, cross_entropy_backward_cuda);
+LOWBIT_REGISTER_KERNEL(topk_hit_stub, cuda, topk_hit_cuda);
 
 }  // namespace lowbit::train::detail

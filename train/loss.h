@@ -19,6 +19,7 @@
 
 #include <cstdint>
 
+#include "core/dispatch.h"
 #include "core/hd.h"
 #include "core/math.h"
 #include "core/tensor.h"
@@ -148,14 +149,21 @@ struct TopkHit {
   }
 };
 
-// CUDA launchers (loss.cu); called by loss.cpp with shapes and dtypes already checked, all
-// tensors contiguous on one CUDA device.
+// The kernels, by device (core/dispatch.h): CPU loops in loss.cpp (which validate the targets
+// first), CUDA launchers in loss.cu. Called by loss.cpp with shapes and dtypes already checked,
+// all tensors contiguous on one device.
 // row_loss, row_lse: (N) of the accumulation dtype (f64 for f64 logits, else f32).
-void cross_entropy_forward_cuda(const Tensor& logits, const Tensor& target, double eps,
-                                const Tensor& row_loss, const Tensor& row_lse);
-void cross_entropy_backward_cuda(const Tensor& logits, const Tensor& target, const Tensor& row_lse,
-                                 const Tensor& grad_out, double eps, const Tensor& grad_logits);
-void topk_hit_cuda(const Tensor& logits, const Tensor& target, int64_t k, const Tensor& hit);
+using CrossEntropyForwardFn = void (*)(const Tensor& logits, const Tensor& target, double eps,
+                                       const Tensor& row_loss, const Tensor& row_lse);
+using CrossEntropyBackwardFn = void (*)(const Tensor& logits, const Tensor& target,
+                                        const Tensor& row_lse, const Tensor& grad_out, double eps,
+                                        const Tensor& grad_logits);
+// hit: (N) i64, 1 where the target is among the k largest logits of its row.
+using TopkHitFn = void (*)(const Tensor& logits, const Tensor& target, int64_t k,
+                           const Tensor& hit);
+LOWBIT_DECLARE_STUB(cross_entropy_forward_stub, CrossEntropyForwardFn);
+LOWBIT_DECLARE_STUB(cross_entropy_backward_stub, CrossEntropyBackwardFn);
+LOWBIT_DECLARE_STUB(topk_hit_stub, TopkHitFn);
 
 }  // namespace detail
 

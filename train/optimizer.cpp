@@ -1,5 +1,6 @@
 // Optimizer bookkeeping (groups, state, state_dict), SGD and AdamW building their per-tensor
-// functors, the CPU loop and the dispatch to the fused CUDA launch, and clip_grad_norm.
+// functors, the CPU loop and the dispatch by device to it or the fused CUDA launch, and
+// clip_grad_norm.
 #include "train/optimizer.h"
 
 #include <cmath>
@@ -22,6 +23,17 @@ struct TensorUpdate {
   Tensor param, grad, state0, state1;  // states undefined when unused
   Op op;
 };
+
+// The CPU slot of the update stubs: one core::for_each_index loop per tensor.
+struct CpuUpdate {
+  template <typename T, typename Op>
+  static void run(Device, const std::vector<detail::UpdateEntry<T, Op>>& entries) {
+    for (const auto& e : entries) {
+      core::for_each_index(e.numel, [&e](int64_t i) { detail::update_element(e, i); });
+    }
+  }
+};
+const detail::UpdateRegistrar<CpuUpdate> register_cpu_updates(DeviceType::cpu);
 
 template <typename T>
 T* data_or_null(const Tensor& t) {
@@ -55,18 +67,7 @@ void apply_updates(const std::string& optimizer, const std::vector<TensorUpdate<
                            data_or_null<scalar_t>(u->state0), data_or_null<scalar_t>(u->state1),
                            u->param.numel(), u->op});
       }
-      if (head.is_cuda()) {
-#if defined(LOWBIT_WITH_CUDA)
-        detail::multi_tensor_update_cuda<scalar_t, Op>(head.device().index, entries);
-#else
-        LOWBIT_FAIL(optimizer, ": parameters on ", head.device(),
-                    " but lowbit was built without CUDA");
-#endif
-      } else {
-        for (const auto& e : entries) {
-          core::for_each_index(e.numel, [&e](int64_t i) { detail::update_element(e, i); });
-        }
-      }
+      detail::multi_tensor_update_stub<scalar_t, Op>()(head.device(), head.device(), entries);
     });
   }
   // Saved tensors of any graph that still refers to these must notice the change.

@@ -60,10 +60,15 @@ class PinnedBuffer {
   void* ptr_;
 };
 
-}  // namespace
+// The CUDA slot of the update stubs (optimizer.h).
+struct CudaUpdate {
+  template <typename T, typename Op>
+  static void run(Device d, const std::vector<UpdateEntry<T, Op>>& entries);
+};
 
 template <typename T, typename Op>
-void multi_tensor_update_cuda(int device, const std::vector<UpdateEntry<T, Op>>& entries) {
+void CudaUpdate::run(Device d, const std::vector<UpdateEntry<T, Op>>& entries) {
+  const int device = d.index;
   using Entry = UpdateEntry<T, Op>;
   static_assert(std::is_trivially_copyable<Entry>::value, "the table is copied bytewise");
   static_assert(sizeof(Entry) % alignof(ChunkRef) == 0, "chunk refs follow the entries");
@@ -101,15 +106,8 @@ void multi_tensor_update_cuda(int device, const std::vector<UpdateEntry<T, Op>>&
   LOWBIT_LAUNCH_CHECK();
 }
 
-#define LOWBIT_INSTANTIATE_UPDATE(T)                       \
-  template void multi_tensor_update_cuda<T, SgdUpdate>(    \
-      int, const std::vector<UpdateEntry<T, SgdUpdate>>&); \
-  template void multi_tensor_update_cuda<T, AdamWUpdate>(  \
-      int, const std::vector<UpdateEntry<T, AdamWUpdate>>&);
-LOWBIT_INSTANTIATE_UPDATE(float)
-LOWBIT_INSTANTIATE_UPDATE(double)
-LOWBIT_INSTANTIATE_UPDATE(::lowbit::bf16)
-LOWBIT_INSTANTIATE_UPDATE(::lowbit::f16)
-#undef LOWBIT_INSTANTIATE_UPDATE
+const UpdateRegistrar<CudaUpdate> register_cuda_updates(DeviceType::cuda);
+
+}  // namespace
 
 }  // namespace lowbit::train::detail

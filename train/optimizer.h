@@ -29,6 +29,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/dispatch.h"
 #include "core/hd.h"
 #include "core/math.h"
 #include "core/tensor.h"
@@ -117,10 +118,38 @@ LOWBIT_HD void update_element(const UpdateEntry<T, Op>& e, int64_t i) {
   if (e.state1) e.state1[i] = T(s1);
 }
 
-// Applies every entry with one kernel launch on CUDA device `device` (optimizer.cu); all
-// pointers are on that device. Instantiated for T in {float, double, bf16, f16} and both updates.
+// Applies every entry of one bucket; all pointers are on `device`. By device (core/dispatch.h):
+// a CPU loop per tensor (optimizer.cpp) or one CUDA launch (optimizer.cu). One stub per (T, Op);
+// each backend fills its slot of all of them with an UpdateRegistrar.
 template <typename T, typename Op>
-void multi_tensor_update_cuda(int device, const std::vector<UpdateEntry<T, Op>>& entries);
+using MultiTensorUpdateFn = void (*)(Device device, const std::vector<UpdateEntry<T, Op>>& entries);
+// A function-local static of an inline function: one object across every translation unit,
+// constant-initialised, so registration order cannot matter.
+template <typename T, typename Op>
+core::DispatchStub<MultiTensorUpdateFn<T, Op>>& multi_tensor_update_stub() {
+  static core::DispatchStub<MultiTensorUpdateFn<T, Op>> stub{"optimizer update"};
+  return stub;
+}
+// Fills the `type` slot of the stubs of T in {float, double, bf16, f16} and both updates with
+// Launch::run<T, Op>; one static object per backend.
+template <typename Launch>
+struct UpdateRegistrar {
+  explicit UpdateRegistrar(DeviceType type) {
+    add<float>(type);
+    add<double>(type);
+    add<bf16>(type);
+    add<f16>(type);
+  }
+
+ private:
+  template <typename T>
+  static void add(DeviceType type) {
+    core::StubRegistrar(multi_tensor_update_stub<T, SgdUpdate>(), type,
+                        &Launch::template run<T, SgdUpdate>);
+    core::StubRegistrar(multi_tensor_update_stub<T, AdamWUpdate>(), type,
+                        &Launch::template run<T, AdamWUpdate>);
+  }
+};
 
 }  // namespace detail
 

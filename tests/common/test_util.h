@@ -18,6 +18,22 @@ namespace lowbit::testing {
 
 inline bool gpu_available() { return core::cuda_device_count() > 0; }
 
+// Success when a DispatchStub (core/dispatch.h) has its CPU kernel, and its CUDA kernel exactly
+// when this binary was built with CUDA (the CUDA backend registered itself): the .cu registrars
+// were linked in, and a CPU-only build leaves the slot empty.
+template <typename Stub>
+::testing::AssertionResult has_kernels_of_this_build(const Stub& stub) {
+  const bool with_cuda = core::cuda_backend_or_null() != nullptr;
+  if (stub.cpu == nullptr) return ::testing::AssertionFailure() << stub.name << ": no CPU kernel";
+  if ((stub.cuda != nullptr) != with_cuda) {
+    return ::testing::AssertionFailure()
+           << stub.name
+           << (with_cuda ? ": no CUDA kernel in a CUDA build (registrar not linked?)"
+                         : ": a CUDA kernel in a CPU-only build");
+  }
+  return ::testing::AssertionSuccess();
+}
+
 // Compares two tensors of the same shape (any dtypes/devices) elementwise in double:
 // |a - b| <= atol + rtol * |b|. On failure names the worst index, both values and the error.
 ::testing::AssertionResult tensor_near(const char* a_expr, const char* b_expr, const char*,

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "core/index_math.h"
 #include "core/ops.h"
 #include "core/random.h"
 #include "tests/common/test_util.h"
@@ -261,6 +262,44 @@ TEST(IndexErrors, BadIndexDTypesAndDimsAreNamed) {
               AllOf(HasSubstr("gather"), HasSubstr("dim 2")));
   EXPECT_THAT(error_message([&] { index_select(x, -3, zeros({1}, DType::i64)); }),
               AllOf(HasSubstr("index_select"), HasSubstr("dim -3")));
+}
+
+// The CPU names the bad index, where it is and the valid range (core/ops.h).
+TEST(IndexErrors, OutOfRangeIndexNamesPositionAndRange) {
+  Tensor x = zeros({3, 4});
+  EXPECT_THAT(error_message([&] {
+                gather(x, 1, tensor_of({0, 1, 2, 3, 5, 0}, {3, 2}, DType::i64));
+              }),
+              HasSubstr("gather: index 5 at position 4 is out of range [0, 4)"));
+  EXPECT_THAT(error_message([&] {
+                index_select(x, 0, tensor_of({2, 0, 3}, {3}, DType::i32));
+              }),
+              HasSubstr("index_select: index 3 at position 2 is out of range [0, 3)"));
+}
+
+// The element map both backends run (core/index_math.h), here on the host: an out-of-range index
+// writes a zero element, which is what the CUDA kernels give (the CPU ops throw before).
+TEST(IndexGatherMap, OutOfRangeIndexWritesZero) {
+  const float in[6] = {1, 2, 3, 4, 5, 6};         // (outer 2, in_size 3, inner 1)
+  const int64_t gather_index[4] = {2, -1, 3, 0};  // index shaped like out: (2, 2, 1)
+  float out[4] = {-9, -9, -9, -9};
+  const core::IndexGather<float, int64_t, false> gather_map{in, gather_index, out, 1, 2, 3};
+  for (int64_t p = 0; p < 4; ++p) gather_map(p);
+  EXPECT_EQ(std::vector<float>(out, out + 4), (std::vector<float>{3, 0, 0, 4}));
+
+  const int32_t select_index[2] = {1, 7};  // 1-D, out_size 2, shared by both outer rows
+  const core::IndexGather<float, int32_t, true> select_map{in, select_index, out, 1, 2, 3};
+  for (int64_t p = 0; p < 4; ++p) select_map(p);
+  EXPECT_EQ(std::vector<float>(out, out + 4), (std::vector<float>{2, 0, 5, 0}));
+}
+
+TEST(IndexOpsGpu, OutOfRangeIndexWritesZero) {
+  LOWBIT_SKIP_WITHOUT_GPU();
+  Tensor x = tensor_of({1, 2, 3, 4, 5, 6}, {2, 3}).to(Device::cuda());
+  Tensor g = gather(x, 1, tensor_of({2, -1, 3, 0}, {2, 2}, DType::i64).to(Device::cuda()));
+  EXPECT_TENSOR_NEAR(g, tensor_of({3, 0, 0, 4}, {2, 2}), 0, 0);
+  Tensor s = index_select(x, 1, tensor_of({1, 7}, {2}, DType::i32).to(Device::cuda()));
+  EXPECT_TENSOR_NEAR(s, tensor_of({2, 0, 5, 0}, {2, 2}), 0, 0);
 }
 
 }  // namespace

@@ -271,6 +271,25 @@ TEST(MatmulErrors, BadRanksAndBiasShapesNameTheShapes) {
               AllOf(HasSubstr("addmm"), HasSubstr("[3]"), HasSubstr("[2, 4]")));
 }
 
+TEST(MatmulErrors, AddmmNamesItsOperands) {
+  EXPECT_THAT(error_message([] {
+                addmm(zeros({2, 4}), zeros({2, 3, 1}), zeros({3, 4}));
+              }),
+              HasSubstr("addmm: wants 2-D a and b, got [2, 3, 1] and [3, 4]"));
+  EXPECT_THAT(error_message([] {
+                addmm(zeros({2, 4}), zeros({2, 3}), Tensor());
+              }),
+              HasSubstr("addmm: wants 2-D a and b, got [2, 3] and undefined"));
+  EXPECT_THAT(error_message([] {
+                addmm(Tensor(), zeros({2, 3}), zeros({3, 4}));
+              }),
+              HasSubstr("addmm: the added tensor c is undefined"));
+  EXPECT_THAT(error_message([] {
+                bmm(zeros({2, 3, 4}), Tensor());
+              }),
+              HasSubstr("bmm: wants 3-D operands (B, M, K), got [2, 3, 4] and undefined"));
+}
+
 TEST(MatmulErrors, UnsupportedDTypesAreNamed) {
   for (DType dt : {DType::i32, DType::i64, DType::u8, DType::i8}) {
     EXPECT_THAT(error_message([dt] {

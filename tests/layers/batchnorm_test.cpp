@@ -281,5 +281,11 @@ TEST(BatchNorm2dGpu, MatchesCpu) {
   }
 }
 
+TEST(BatchNorm2d, StubsHoldTheKernelsOfThisBuild) {
+  EXPECT_TRUE(testing::has_kernels_of_this_build(detail::bn_column_sums_stub));
+  EXPECT_TRUE(testing::has_kernels_of_this_build(detail::bn_affine_stub));
+  EXPECT_TRUE(testing::has_kernels_of_this_build(detail::bn_grad_input_stub));
+}
+
 }  // namespace
 }  // namespace lowbit::layers

@@ -435,5 +435,46 @@ TEST(Conv2dGpu, HalfPrecisionCloseToFloat) {
   }
 }
 
+// Bad geometry: each check names the values it got and what is allowed.
+TEST(Conv2d, GeometryErrorsNameTheValues) {
+  const Tensor x = zeros({1, 5, 5, 2}), w = zeros({4, 3, 3, 2});
+  const auto message = [&](const Conv2dOptions& o) {
+    return testing::error_of([&] { conv2d_shape(x, w, o); });
+  };
+  Conv2dOptions o(2, 4, 3);
+  o.stride = {1, 0};
+  EXPECT_THAT(message(o), HasSubstr("conv2d: stride 1x0 must be positive in both dims"));
+  o = Conv2dOptions(2, 4, 3);
+  o.dilation = {-1, 1};
+  EXPECT_THAT(message(o), HasSubstr("conv2d: dilation -1x1 must be positive in both dims"));
+  o = Conv2dOptions(2, 4, 3);
+  o.padding = {0, -2};
+  EXPECT_THAT(message(o), HasSubstr("conv2d: padding 0x-2 must be non-negative in both dims"));
+  o = Conv2dOptions(2, 4, 3);
+  o.dilation = {3, 1};
+  EXPECT_THAT(message(o), HasSubstr("conv2d: input [1, 5, 5, 2] is too small for kernel 3x3 with "
+                                    "padding 0x0 and dilation 3x1 (output -1x3)"));
+}
+
+// The line conv2d.cu logs when cuDNN has only non-deterministic algorithms for a geometry: it
+// names the direction, the whole geometry, the dtype and the algorithm.
+TEST(Conv2d, NonDeterministicNoteNamesShapeAndAlgorithm) {
+  Conv2dOptions o(16, 32, 3);
+  o.with_stride(2).with_padding(1);
+  const ConvShape s = conv2d_shape(zeros({2, 8, 8, 16}), zeros({32, 3, 3, 16}), o);
+  const std::string note = conv2d_nondeterministic_note(s, DType::bf16, "backward-filter",
+                                                        "CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0");
+  EXPECT_EQ(note,
+            "conv2d (cuda): cuDNN has no deterministic backward-filter algorithm for N=2 H=8 W=8 "
+            "C=16 -> K=32 R=3 S=3 stride=2x2 padding=1x1 dilation=1x1 groups=1 (bf16); using "
+            "CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0, which may differ from run to run");
+  EXPECT_EQ(note.find('\n'), std::string::npos);  // one line
+}
+
+TEST(Conv2d, StubsHoldTheKernelsOfThisBuild) {
+  EXPECT_TRUE(testing::has_kernels_of_this_build(conv2d_forward_stub));
+  EXPECT_TRUE(testing::has_kernels_of_this_build(conv2d_backward_stub));
+}
+
 }  // namespace
 }  // namespace lowbit::layers

@@ -126,5 +126,12 @@ TEST(PoolGpu, MatchesCpu) {
   }
 }
 
+TEST(Pool, StubsHoldTheKernelsOfThisBuild) {
+  EXPECT_TRUE(testing::has_kernels_of_this_build(detail::max_pool_forward_stub));
+  EXPECT_TRUE(testing::has_kernels_of_this_build(detail::max_pool_backward_stub));
+  EXPECT_TRUE(testing::has_kernels_of_this_build(detail::avg_pool_forward_stub));
+  EXPECT_TRUE(testing::has_kernels_of_this_build(detail::avg_pool_backward_stub));
+}
+
 }  // namespace
 }  // namespace lowbit::layers

@@ -2,8 +2,12 @@
 // backward pass on small inputs.
 #include <gmock/gmock.h>
 
+#include <map>
+#include <string>
+
 #include "core/ops.h"
 #include "core/random.h"
+#include "layers/batchnorm.h"
 #include "models/registry.h"
 #include "tests/common/test_util.h"
 
@@ -97,6 +101,33 @@ TEST(Models, ResNet20OptionBUsesProjections) {
   EXPECT_TRUE(m->state_dict().count("layer2.0.shortcut.0.weight"));
   // Option A's 269,722 plus the two projections (1x1 conv without bias + BN): 16->32 and 32->64.
   EXPECT_EQ(m->num_parameters(), 269722 + (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64));
+}
+
+// Which BatchNorms carry the ReLU that follows them (models/common.h, bn_relu): a ResNet block's
+// first BN and the stem's, every VGG BN; the BN before the residual add does not.
+TEST(Models, BatchNormsFuseTheFollowingRelu) {
+  const auto fused = [](const std::string& model, const ModelOptions& o) {
+    std::map<std::string, bool> out;
+    for (const auto& [name, m] : create_model(model, o)->named_modules()) {
+      if (auto* bn = dynamic_cast<layers::BatchNorm2d*>(m.get())) {
+        out[name] = bn->options().fuse_relu;
+        EXPECT_EQ(bn->options().eps, 1e-5) << model << " " << name;
+        EXPECT_EQ(bn->options().momentum, 0.1) << model << " " << name;
+      }
+    }
+    return out;
+  };
+  const auto r20 = fused("resnet20", ModelOptions());
+  EXPECT_TRUE(r20.at("bn1"));
+  EXPECT_TRUE(r20.at("layer1.0.bn1"));
+  EXPECT_FALSE(r20.at("layer1.0.bn2"));
+  const auto r50 = fused("resnet50", ModelOptions());
+  EXPECT_TRUE(r50.at("bn1"));
+  EXPECT_TRUE(r50.at("layer1.0.bn1"));
+  EXPECT_TRUE(r50.at("layer1.0.bn2"));
+  EXPECT_FALSE(r50.at("layer1.0.bn3"));
+  EXPECT_FALSE(r50.at("layer1.0.downsample.1"));
+  for (const auto& [name, on] : fused("vgg16_bn", ModelOptions())) EXPECT_TRUE(on) << name;
 }
 
 }  // namespace

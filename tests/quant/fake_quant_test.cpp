@@ -158,6 +158,32 @@ TEST(FakeQuant, ZeroOrNegativeScaleRejectedNamingTheValue) {
   EXPECT_THROW(fake_quantize(zeros({2}, DType::i32), 1.0, 0, r), Error);
 }
 
+TEST(FakeQuant, ArgumentErrorsNameTheValueAndWhatIsAllowed) {
+  const QuantRange r = quant_range(8, true);
+  const QuantRange empty_range{5, 5};
+  Tensor x = tensor_of({1.0, 2.0}, {2});
+  EXPECT_THAT(error_of([&] { fake_quantize(x, 0.1, 0, empty_range); }),
+              HasSubstr("fake_quantize: empty code range [5, 5]; want qmin < qmax"));
+  EXPECT_THAT(error_of([&] { lsq_quantize(x, ones({1}), empty_range, 1.0); }),
+              HasSubstr("lsq_quantize: empty code range [5, 5]; want qmin < qmax"));
+  EXPECT_THAT(error_of([&] {
+                calc_qparams(zeros({2}), ones({2}), QuantRange{3, 1}, false);
+              }),
+              HasSubstr("calc_qparams: empty code range [3, 1]; want qmin < qmax"));
+  EXPECT_THAT(error_of([&] { calc_qparams(zeros({2}), ones({3}), r, false); }),
+              HasSubstr("calc_qparams: min_val [2] on cpu and max_val [3] on cpu must have the "
+                        "same number of elements and device"));
+  EXPECT_THAT(error_of([&] { calc_qparams(zeros({2}), Tensor(), r, false); }),
+              HasSubstr("min_val is defined and max_val is undefined"));
+  EXPECT_THAT(error_of([&] { fake_quantize(Tensor(), 0.1, 0, r); }),
+              HasSubstr("x is undefined; want a floating tensor"));
+  EXPECT_THAT(error_of([&] { lsq_plus_quantize(x, ones({1}), Tensor(), r, 1.0); }),
+              HasSubstr("lsq_plus_quantize: offset is undefined; want a tensor of 1 element "
+                        "(per-tensor)"));
+  EXPECT_THAT(error_of([&] { fake_quantize(x, INFINITY, 0, r); }),
+              HasSubstr("fake_quantize: scale must be positive and finite, got inf"));
+}
+
 TEST(FakeQuant, OneBitUnsignedAndSixteenBit) {
   const QuantRange r1 = quant_range(1, false);  // codes {0, 1}
   Tensor y1 = fake_quantize(tensor_of({-0.6, 0.2, 0.5, 0.7, 1.4, 3.0}, {6}), 1.0, 0, r1);

@@ -281,6 +281,31 @@ TEST(LsqPlusQuantizer, InitialisationRules) {
   EXPECT_EQ(w->offset().item(), 0.0);
 }
 
+// LSQ and LSQ+ share LsqQuantizerBase: the same g for the same options and input, the same
+// "initialized" flag (set by the first forward, carried by the state dict), the same clamp.
+TEST(LsqPlusQuantizer, SharesGradScaleAndInitialisationFlagWithLsq) {
+  const Tensor x = zeros({2, 4, 4, 3});
+  for (const char* mode : {"auto", "elements", "none"}) {
+    auto lsq = make<LsqQuantizer>("lsq", {{"grad_scale", mode}});
+    auto plus = make<LsqPlusQuantizer>("lsq_plus", {{"grad_scale", mode}});
+    EXPECT_DOUBLE_EQ(plus->grad_scale(x), lsq->grad_scale(x)) << mode;
+  }
+  auto q = make<LsqPlusQuantizer>("lsq_plus", {{"bits", "2"}});
+  EXPECT_FALSE(q->initialized());
+  q->forward(tensor_of({-0.6, 0.3, 2.4}, {3}));
+  EXPECT_TRUE(q->initialized());
+  EXPECT_EQ(q->state_dict().at("initialized").item(), 1.0);
+  auto loaded = make<LsqPlusQuantizer>("lsq_plus", {{"bits", "2"}});
+  loaded->load_state_dict(q->state_dict());
+  EXPECT_TRUE(loaded->initialized());
+  {
+    autograd::NoGradGuard guard;
+    q->scale().fill_(-1.0);
+  }
+  q->clamp_parameters();
+  EXPECT_FLOAT_EQ(float(q->scale().item()), float(kMinLearnedScale));
+}
+
 // --- PACT -------------------------------------------------------------------------------------
 
 TEST(Pact, ForwardAndBackwardMatchReference) {

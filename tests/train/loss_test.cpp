@@ -290,5 +290,11 @@ TEST(AccuracyGpu, MatchesCpu) {
   }
 }
 
+TEST(CrossEntropy, StubsHoldTheKernelsOfThisBuild) {
+  EXPECT_TRUE(testing::has_kernels_of_this_build(detail::cross_entropy_forward_stub));
+  EXPECT_TRUE(testing::has_kernels_of_this_build(detail::cross_entropy_backward_stub));
+  EXPECT_TRUE(testing::has_kernels_of_this_build(detail::topk_hit_stub));
+}
+
 }  // namespace
 }  // namespace lowbit::train

@@ -513,5 +513,16 @@ TEST(OptimizerGpu, ClipGradNormMatchesCpu) {
   }
 }
 
+TEST(Optimizer, UpdateStubsHoldTheKernelsOfThisBuild) {
+  EXPECT_TRUE(
+      testing::has_kernels_of_this_build(detail::multi_tensor_update_stub<float, SgdUpdate>()));
+  EXPECT_TRUE(
+      testing::has_kernels_of_this_build(detail::multi_tensor_update_stub<f16, AdamWUpdate>()));
+  EXPECT_TRUE(
+      testing::has_kernels_of_this_build(detail::multi_tensor_update_stub<double, AdamWUpdate>()));
+  EXPECT_TRUE(
+      testing::has_kernels_of_this_build(detail::multi_tensor_update_stub<bf16, SgdUpdate>()));
+}
+
 }  // namespace
 }  // namespace lowbit::train
