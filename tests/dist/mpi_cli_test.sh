@@ -2,7 +2,8 @@
 # `lowbit` under `mpirun -np 2` on real Fashion-MNIST (ctest dist_cli_mpi2, label mpi):
 #   - training writes one run folder (rank 0) that records the world size;
 #   - `lowbit eval` of 2 ranks prints exactly the top-1 of one process;
-#   - a QAT stage (LSQ W4A4, EMA activation observers) and a PfQ stage keep the ranks identical
+#   - a QAT stage (LSQ W4A4, activation steps initialised by EMA observers) and a PfQ stage keep
+#     the ranks identical
 #     (the trainer checks the structure and the parameters across ranks and fails otherwise);
 #   - a rank killed mid-epoch, a rank that throws and a rank that hangs end the job non-zero
 #     within the timeout, naming the rank; `--resume` after the kill equals the uninterrupted run;
@@ -66,7 +67,7 @@ model: {name: resnet20}
 prune: {method: pfq}
 quant:
   weight: {quantizer: lsq, bits: 4}
-  activation: {quantizer: uniform, bits: 4, observer: ema}
+  activation: {quantizer: lsq, bits: 4, init: ema}
 stages:
   - {name: float, epochs: 1, optimizer: {lr: 0.1}}
   - {name: pfq, kind: prune, epochs: 0}
