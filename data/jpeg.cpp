@@ -84,11 +84,15 @@ bool start(Decompressor& d, const uint8_t* data, size_t size) {
   return true;
 }
 
-bool read_scanlines(Decompressor& d, uint8_t* out, size_t row_bytes) {
+// Appends each decoded row to `out` (whose capacity the caller reserved for the whole image), so
+// only the rows that decode are ever written: a corrupt file claiming a huge size fails after
+// touching a row or two instead of clearing hundreds of megabytes first.
+bool read_scanlines(Decompressor& d, std::vector<uint8_t>& out, size_t row_bytes) {
   if (setjmp(d.err.jump)) return false;
   jpeg_start_decompress(&d.cinfo);
   while (d.cinfo.output_scanline < d.cinfo.output_height) {
-    JSAMPROW row = out + size_t(d.cinfo.output_scanline) * row_bytes;
+    out.resize(out.size() + row_bytes);  // within the reserved capacity: no reallocation
+    JSAMPROW row = out.data() + out.size() - row_bytes;
     jpeg_read_scanlines(&d.cinfo, &row, 1);
   }
   jpeg_finish_decompress(&d.cinfo);
@@ -109,8 +113,9 @@ DecodedImage decode_jpeg(const uint8_t* data, size_t size, const std::string& na
   DecodedImage img;
   img.height = h;
   img.width = w;
-  std::vector<uint8_t> buffer(size_t(h * w * comps));
-  LOWBIT_CHECK_INPUT(read_scanlines(d, buffer.data(), size_t(w * comps)), name,
+  std::vector<uint8_t> buffer;
+  buffer.reserve(size_t(h * w * comps));
+  LOWBIT_CHECK_INPUT(read_scanlines(d, buffer, size_t(w * comps)), name,
                      ": corrupt or truncated JPEG: ", d.err.message);
   if (comps == 3) {
     img.pixels = std::move(buffer);
