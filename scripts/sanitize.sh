@@ -6,7 +6,8 @@
 #
 # By default the build is the one scripts/fuzz.sh uses (clang-16, LOWBIT_FUZZ=ON: the same
 # ASan+UBSan flags plus libFuzzer's coverage instrumentation) in build-fuzz/, so CI compiles lowbit
-# once for both; the script builds everything but the fuzz targets. --separate builds a plain
+# once for both; the script builds everything, the fuzz targets included (scripts/fuzz.sh then
+only runs them), and ctest replays each fuzz target's corpus (tests <target>_corpus, label fuzz). --separate builds a plain
 # LOWBIT_SANITIZE=ON tree with the default compiler in build-asan/ instead.
 #
 # Left out, and why:
@@ -40,7 +41,7 @@ else
 fi
 
 t0=$(date +%s)
-cmake --build "$build_dir" -j "$jobs"  # `all`: the fuzz targets are not part of it
+cmake --build "$build_dir" -j "$jobs"
 t1=$(date +%s)
 echo "sanitize: built $build_dir in $((t1 - t0)) s"
 
