@@ -40,12 +40,14 @@ namespace {
 // Inflates every gzip member of `in` (gzip allows concatenated members, as `cat a.gz b.gz`).
 std::vector<uint8_t> gunzip(const std::vector<uint8_t>& in, const std::string& path) {
   std::vector<uint8_t> out;
-  // The last 4 bytes of a single-member gzip hold the uncompressed size mod 2^32: a good hint.
+  // The last 4 bytes of a single-member gzip hold the uncompressed size mod 2^32: a good hint,
+  // but only a hint: a corrupt trailer must not reserve gigabytes for a few bytes of input
+  // (tests/fuzz/fuzz_idx found that), so it is capped by deflate's best ratio, 1032:1.
   if (in.size() >= 18) {
     const size_t n = in.size();
     const uint32_t isize = uint32_t(in[n - 4]) | uint32_t(in[n - 3]) << 8 |
                            uint32_t(in[n - 2]) << 16 | uint32_t(in[n - 1]) << 24;
-    out.reserve(std::min<size_t>(isize, size_t(1) << 32));
+    out.reserve(std::min<size_t>(isize, n * 1032));
   }
   size_t pos = 0;  // start of the current gzip member
   while (pos < in.size()) {

@@ -35,10 +35,16 @@ void on_error_exit(j_common_ptr cinfo) {
 }
 
 // Level -1 is a warning; >= 0 are trace messages. A premature end of data is a truncated file,
-// which we refuse rather than train on a gray-filled image.
+// which we refuse rather than train on a gray-filled image: the end of the file (JWRN_JPEG_EOF)
+// or a marker where the image data should go on (JWRN_HIT_MARKER, "premature end of data
+// segment": a cut file that still ends with an EOI marker). libjpeg fills the rest with gray
+// either way, for as many rows as the header claims: tests/fuzz/fuzz_jpeg found a 150-byte file
+// claiming 13417x17457 pixels that took seconds and 700 MB to decode into nothing.
 void on_emit_message(j_common_ptr cinfo, int level) {
   if (level >= 0) return;
-  if (cinfo->err->msg_code == JWRN_JPEG_EOF) on_error_exit(cinfo);
+  if (cinfo->err->msg_code == JWRN_JPEG_EOF || cinfo->err->msg_code == JWRN_HIT_MARKER) {
+    on_error_exit(cinfo);
+  }
   cinfo->err->num_warnings++;
 }
 
@@ -78,11 +84,15 @@ bool start(Decompressor& d, const uint8_t* data, size_t size) {
   return true;
 }
 
-bool read_scanlines(Decompressor& d, uint8_t* out, size_t row_bytes) {
+// Appends each decoded row to `out` (whose capacity the caller reserved for the whole image), so
+// only the rows that decode are ever written: a corrupt file claiming a huge size fails after
+// touching a row or two instead of clearing hundreds of megabytes first.
+bool read_scanlines(Decompressor& d, std::vector<uint8_t>& out, size_t row_bytes) {
   if (setjmp(d.err.jump)) return false;
   jpeg_start_decompress(&d.cinfo);
   while (d.cinfo.output_scanline < d.cinfo.output_height) {
-    JSAMPROW row = out + size_t(d.cinfo.output_scanline) * row_bytes;
+    out.resize(out.size() + row_bytes);  // within the reserved capacity: no reallocation
+    JSAMPROW row = out.data() + out.size() - row_bytes;
     jpeg_read_scanlines(&d.cinfo, &row, 1);
   }
   jpeg_finish_decompress(&d.cinfo);
@@ -103,8 +113,9 @@ DecodedImage decode_jpeg(const uint8_t* data, size_t size, const std::string& na
   DecodedImage img;
   img.height = h;
   img.width = w;
-  std::vector<uint8_t> buffer(size_t(h * w * comps));
-  LOWBIT_CHECK_INPUT(read_scanlines(d, buffer.data(), size_t(w * comps)), name,
+  std::vector<uint8_t> buffer;
+  buffer.reserve(size_t(h * w * comps));
+  LOWBIT_CHECK_INPUT(read_scanlines(d, buffer, size_t(w * comps)), name,
                      ": corrupt or truncated JPEG: ", d.err.message);
   if (comps == 3) {
     img.pixels = std::move(buffer);

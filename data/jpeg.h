@@ -1,6 +1,7 @@
 // JPEG decoding with libjpeg-turbo into uint8 RGB HWC. Grayscale decodes to 3 equal channels and
 // CMYK/YCCK (Adobe) to RGB, so every image of a folder has 3 channels. Any libjpeg error, and a
-// truncated file ("Premature end of JPEG file", only a warning to libjpeg), throws
+// truncated file ("Premature end of JPEG file", or "premature end of data segment" when the
+// cut file still ends with a marker; only warnings to libjpeg), throws
 // lowbit::InputError naming `name` and libjpeg's message. Other libjpeg warnings (extraneous
 // bytes before a marker, common in ImageNet) are ignored, as PIL does.
 #pragma once

@@ -110,9 +110,15 @@ void transpose(const float* src, int64_t src_stride, float* dst, int64_t dst_str
 
 // ------------------------------------------------------------------ AVX-512 (runtime-checked)
 // Only these functions are compiled for AVX-512F; they use raw pointers and intrinsics only, so
-// no template shared with the rest of the program is instantiated with AVX-512 code.
+// no template shared with the rest of the program is instantiated with AVX-512 code. Clang
+// ignores GCC's target pragma (scripts/fuzz.sh builds with clang): its attribute pragma does the
+// same, lambdas' call operators included.
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx512f")
+#endif
 
 // sum_n c[n] * x[n * xs] for N constant coefficients (the compiler folds the tests once the loop
 // is unrolled): zero terms dropped, the first +1 term starts the sum, other +-1 terms are an add
@@ -435,7 +441,11 @@ void weight_blocks(const float* x, const float* dy, const Geo& g, int64_t cin, i
   }
 }
 
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
 // The tile size's kernels, chosen once per call.
 struct Kernels {

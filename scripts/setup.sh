@@ -19,6 +19,9 @@ packages=(
   slurmctld slurmd slurm-client munge
   nlohmann-json3-dev
   dataset-fashion-mnist
+  # scripts/fuzz.sh and scripts/sanitize.sh: libFuzzer and the ASan/UBSan runtimes of clang 16,
+  # its OpenMP runtime, and llvm-symbolizer-16 for readable sanitizer stacks.
+  clang-16 libclang-rt-16-dev libomp-16-dev llvm-16
 )
 # Only the test suites need these (the PyTorch reference tests); quickstart skips them.
 torch_packages=(python3-torch python3-numpy python3-venv)

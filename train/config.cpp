@@ -104,7 +104,9 @@ class Section {
     if (!node_ || !node_.IsMap()) return;
     std::set<std::string> ok(allowed_.begin(), allowed_.end());
     for (auto it = node_.begin(); it != node_.end(); ++it) {
-      const std::string k = it->first.as<std::string>();
+      // A list or mapping as a key ({[a]: 1}) is valid YAML but names nothing here.
+      if (!it->first.IsScalar()) fail("", "has a list or mapping as a key; keys are plain names");
+      const std::string k = it->first.Scalar();
       if (!ok.count(k)) {
         std::vector<std::string> sorted(ok.begin(), ok.end());
         fail(k, str_cat("unknown key; allowed here: ", join(sorted)));
@@ -185,7 +187,10 @@ quant::QuantizerChoice parse_quantizer_choice(const YAML::Node& n, const std::st
   if (!n || n.IsNull()) return c;
   if (!n.IsMap()) throw InputError(str_cat(file, ": ", path, ": must be a mapping like {quantizer: lsq, bits: 4}"));
   for (auto it = n.begin(); it != n.end(); ++it) {
-    const std::string k = it->first.as<std::string>();
+    if (!it->first.IsScalar()) {
+      throw InputError(str_cat(file, ": ", path, ": has a list or mapping as a key; keys are option names"));
+    }
+    const std::string k = it->first.Scalar();
     if (!it->second.IsScalar()) throw InputError(str_cat(file, ": ", path, ".", k, ": wants a scalar value"));
     const std::string v = it->second.Scalar();
     if (k == "quantizer") {
@@ -246,11 +251,29 @@ quant::QuantConfig parse_quant(Section q, const std::string& file) {
   return c;
 }
 
+// YAML aliases (*name) make a document a graph: a node may contain itself (&a [*a]) or expand
+// exponentially (nested lists of aliases, "billion laughs"). Configs need neither, and every walk
+// over the tree (the checks here, --resume's config_differences) recurses, so a document deeper
+// than kMaxYamlDepth or with more than kMaxYamlNodes nodes (aliases counted as expanded) is
+// refused before a walk could overflow the stack or run for hours.
+constexpr int kMaxYamlDepth = 64;
+constexpr int64_t kMaxYamlNodes = int64_t(1) << 20;
+
 // A key given twice in one mapping is refused (yaml-cpp keeps the first, PyYAML the last: either
-// way one of the user's values would be silently ignored).
-void refuse_duplicate_keys(const YAML::Node& node, const std::string& file, const std::string& path) {
+// way one of the user's values would be silently ignored). Also enforces the limits above.
+void refuse_duplicate_keys(const YAML::Node& node, const std::string& file, const std::string& path,
+                           int depth = 0, int64_t* visited = nullptr) {
+  int64_t count = 0;
+  if (visited == nullptr) visited = &count;
+  if (depth > kMaxYamlDepth || ++*visited > kMaxYamlNodes) {
+    throw InputError(str_cat(file, ": ", path.empty() ? "(top level)" : path, ": nested deeper than ", kMaxYamlDepth,
+                             " levels or more than ", kMaxYamlNodes,
+                             " values with aliases expanded (a recursive or exponential alias?)"));
+  }
   if (node.IsSequence()) {
-    for (size_t i = 0; i < node.size(); ++i) refuse_duplicate_keys(node[i], file, str_cat(path, path.empty() ? "" : ".", i));
+    for (size_t i = 0; i < node.size(); ++i) {
+      refuse_duplicate_keys(node[i], file, str_cat(path, path.empty() ? "" : ".", i), depth + 1, visited);
+    }
     return;
   }
   if (!node.IsMap()) return;
@@ -264,7 +287,8 @@ void refuse_duplicate_keys(const YAML::Node& node, const std::string& file, cons
       throw InputError(str_cat(file, ":", line, ": key '", where, "' appears twice (first at line ", prev->second,
                                "); remove one"));
     }
-    refuse_duplicate_keys(it->second, file, where);
+    refuse_duplicate_keys(it->first, file, where + " (key)", depth + 1, visited);
+    refuse_duplicate_keys(it->second, file, where, depth + 1, visited);
   }
 }
 
@@ -409,8 +433,10 @@ void parse_checkpoint_every(Section& top, ExperimentConfig& c) {
   const bool steps = unit.empty() || unit == "steps" || unit == "step";
   const bool minutes = unit == "min" || unit == "minutes" || unit == "minute";
   if (in.fail() && !in.eof()) top.fail("checkpoint_every", str_cat("'", v, "': wants N, \"N steps\" or \"M min\""));
-  if (!(n >= 0) || !rest.empty() || !(steps || minutes) || (steps && n != std::floor(n))) {
-    top.fail("checkpoint_every", str_cat("'", v, "': wants N, \"N steps\" (whole steps) or \"M min\" (N, M >= 0)"));
+  // The bound keeps int64_t(n) defined (a UBSan report for 1e300 steps otherwise).
+  if (!(n >= 0 && n <= double(kBig)) || !rest.empty() || !(steps || minutes) || (steps && n != std::floor(n))) {
+    top.fail("checkpoint_every", str_cat("'", v, "': wants N, \"N steps\" (whole steps) or \"M min\" (0 <= N, M <= ",
+                                         kBig, ")"));
   }
   if (steps) c.checkpoint_every_steps = int64_t(n);
   if (minutes) c.checkpoint_every_minutes = n;
@@ -440,6 +466,8 @@ ExperimentConfig parse_config(const std::string& yaml_text, const std::string& f
   if (!root || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
   refuse_duplicate_keys(root, file, "");
   for (const auto& o : overrides) apply_override(root, file, o);
+  // An override's value may hold aliases of its own.
+  if (!overrides.empty()) refuse_duplicate_keys(root, file, "");
 
   ExperimentConfig c;
   c.file = file;
@@ -499,14 +527,24 @@ ExperimentConfig load_config(const std::string& path, const std::vector<std::str
 
 namespace {
 
-// Every leaf of a YAML tree as "key.path" -> its text (flow style for non-scalars' leaves).
-void flatten(const YAML::Node& n, const std::string& path, std::map<std::string, std::string>& out) {
+// Every leaf of a YAML tree as "key.path" -> its text (flow style for non-scalars' leaves). The
+// text may come from a corrupt checkpoint: the alias limits of refuse_duplicate_keys apply, and a
+// tree past them compares as "(too deep or too large)".
+void flatten(const YAML::Node& n, const std::string& path, std::map<std::string, std::string>& out, int depth,
+             int64_t* visited) {
+  if (depth > kMaxYamlDepth || ++*visited > kMaxYamlNodes) {
+    out["(config)"] = "(too deep or too large to compare)";
+    return;
+  }
   if (n.IsMap()) {
     for (auto it = n.begin(); it != n.end(); ++it) {
-      flatten(it->second, path.empty() ? it->first.Scalar() : path + "." + it->first.Scalar(), out);
+      flatten(it->second, path.empty() ? it->first.Scalar() : path + "." + it->first.Scalar(), out, depth + 1,
+              visited);
     }
   } else if (n.IsSequence()) {
-    for (size_t i = 0; i < n.size(); ++i) flatten(n[i], str_cat(path, path.empty() ? "" : ".", i), out);
+    for (size_t i = 0; i < n.size(); ++i) {
+      flatten(n[i], str_cat(path, path.empty() ? "" : ".", i), out, depth + 1, visited);
+    }
   } else {
     out[path] = n.IsNull() ? "null" : n.Scalar();
   }
@@ -515,7 +553,8 @@ void flatten(const YAML::Node& n, const std::string& path, std::map<std::string,
 std::map<std::string, std::string> flatten_text(const std::string& text) {
   std::map<std::string, std::string> out;
   try {
-    flatten(YAML::Load(text), "", out);
+    int64_t visited = 0;
+    flatten(YAML::Load(text), "", out, 0, &visited);
   } catch (const YAML::Exception&) {
     out["(config)"] = "(not valid YAML)";
   }

@@ -217,21 +217,26 @@ TensorEntry parse_entry(const ReadFile& file, const std::string& name, const nlo
   }
   const nlohmann::json& shape = v["shape"];
   if (!shape.is_array()) file.fail(who + ": shape " + shape.dump() + " is not an array");
-  uint64_t numel = 1;
-  bool overflow = false;
+  // span: the product of the sizes with 0 counted as 1, which is what the strides of the tensor
+  // reach. It must fit in int64_t even when a 0 makes the tensor empty: [0, 2^62, 2^62] has no
+  // elements, but its strides would overflow.
+  const uint64_t max = uint64_t(std::numeric_limits<int64_t>::max());
+  uint64_t span = 1;
+  bool overflow = false, empty_tensor = false;
   for (const auto& d : shape) {
     if (!d.is_number_unsigned()) {
       file.fail(who + ": shape " + shape.dump() + " holds something other than sizes >= 0");
     }
     const uint64_t n = d.get<uint64_t>();
-    if (n > uint64_t(std::numeric_limits<int64_t>::max())) overflow = true;
-    if (n != 0 && numel > uint64_t(std::numeric_limits<int64_t>::max()) / n) overflow = true;
-    numel = overflow ? numel : numel * n;
-    e.shape.push_back(
-        int64_t(std::min<uint64_t>(n, uint64_t(std::numeric_limits<int64_t>::max()))));
+    const uint64_t m = std::max<uint64_t>(n, 1);
+    if (n > max || span > max / m) overflow = true;
+    span = overflow ? span : span * m;
+    empty_tensor = empty_tensor || n == 0;
+    e.shape.push_back(int64_t(std::min<uint64_t>(n, max)));
   }
+  const uint64_t numel = empty_tensor ? 0 : span;
   const uint64_t esize = uint64_t(dtype_size(e.dtype));
-  if (overflow || numel > uint64_t(std::numeric_limits<int64_t>::max()) / esize) {
+  if (overflow || numel > max / esize) {
     file.fail(who + ": shape " + shape.dump() + " is too large");
   }
   const nlohmann::json& off = v["data_offsets"];

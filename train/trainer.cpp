@@ -14,6 +14,7 @@
 #include <fstream>
 #include <iterator>
 #include <iomanip>
+#include <limits>
 #include <sstream>
 #include <thread>
 
@@ -33,6 +34,7 @@
 #include "prune/surgery.h"
 #include "quant/accounting.h"
 #include "quant/convert.h"
+#include "train/checkpoint_meta.h"
 #include "train/data_setup.h"
 #include "train/ddp.h"
 #include "train/loss.h"
@@ -108,14 +110,6 @@ struct Fault {
   int64_t rank = -1, epoch = -1, batch = -1;
 };
 
-// A non-negative integer read from a file or the environment; InputError naming where it came
-// from and the text otherwise (never std::stoll's bare "stoll").
-uint64_t parse_count(const std::string& text, const std::string& where) {
-  const bool digits = !text.empty() && text.size() <= 19 && text.find_first_not_of("0123456789") == std::string::npos;
-  LOWBIT_CHECK_INPUT(digits, where, " = '", text, "': wants a non-negative integer");
-  return std::stoull(text);
-}
-
 Fault parse_fault() {
   Fault f;
   const char* v = std::getenv("LOWBIT_FAULT");
@@ -126,9 +120,10 @@ Fault parse_fault() {
   LOWBIT_CHECK_INPUT(parts.size() == 4 && (parts[0] == "throw" || parts[0] == "kill" || parts[0] == "hang"),
                      "LOWBIT_FAULT='", v, "': wants ACTION:RANK:EPOCH:BATCH with ACTION throw, kill or hang");
   f.action = parts[0];
-  f.rank = int64_t(parse_count(parts[1], "LOWBIT_FAULT rank"));
-  f.epoch = int64_t(parse_count(parts[2], "LOWBIT_FAULT epoch"));
-  f.batch = int64_t(parse_count(parts[3], "LOWBIT_FAULT batch"));
+  const uint64_t max = uint64_t(std::numeric_limits<int64_t>::max());
+  f.rank = int64_t(parse_count(parts[1], "LOWBIT_FAULT rank", max));
+  f.epoch = int64_t(parse_count(parts[2], "LOWBIT_FAULT epoch", max));
+  f.batch = int64_t(parse_count(parts[3], "LOWBIT_FAULT batch", max));
   return f;
 }
 
@@ -220,12 +215,6 @@ void save_checkpoint(const fs::path& out, layers::Module& model, const Optimizer
   meta["config"] = cfg.raw_yaml;
   add_structure_meta(ms, &meta);
   save_safetensors((out / kCheckpoint).string(), t, meta);
-}
-
-void restore_generator(const std::string& s, Generator& g, const std::string& where) {
-  const size_t comma = s.find(',');
-  LOWBIT_CHECK_INPUT(comma != std::string::npos, where, " = '", s, "': wants SEED,OFFSET");
-  g.set_state(parse_count(s.substr(0, comma), where + " seed"), parse_count(s.substr(comma + 1), where + " offset"));
 }
 
 std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& all,
@@ -622,37 +611,31 @@ class TrainingRun {
     if (!resuming_) return;
     resume_file_ = load_safetensors(ckpt.string());
     auto& m = resume_file_.metadata;
-    LOWBIT_CHECK_INPUT(m.count("stage") && m.count("epoch") && m.count("global_epoch"), ckpt.string(),
-                       ": not a lowbit training checkpoint (no position metadata)");
-    const auto meta = [&](const char* key) {
-      return int64_t(parse_count(m[key], str_cat(ckpt.string(), ": metadata ", key)));
-    };
-    pos_.stage = meta("stage");
-    pos_.epoch = meta("epoch");
-    pos_.global_epoch = meta("global_epoch");
+    const CheckpointMeta cm = parse_checkpoint_meta(m, ckpt.string());
+    pos_.stage = cm.stage;
+    pos_.epoch = cm.epoch;
+    pos_.global_epoch = cm.global_epoch;
     LOWBIT_CHECK_INPUT(pos_.stage <= int64_t(cfg_.stages.size()), ckpt.string(), ": stage ", pos_.stage,
                        " of a config with ", cfg_.stages.size(), " stages");
-    if (m.count("batch")) {  // a checkpoint inside an epoch
-      pos_.batch = meta("batch");
-      pos_.last_step = meta("last_step");
-      nlohmann::json sums = nlohmann::json::parse(m["epoch_sums"], nullptr, false);
-      LOWBIT_CHECK_INPUT(sums.is_object() && sums.contains("seen"), ckpt.string(), ": metadata epoch_sums is not valid");
+    if (cm.mid_epoch) {  // a checkpoint inside an epoch
+      pos_.batch = cm.batch;
+      pos_.last_step = cm.last_step;
       // Rank 0 carries the sums of every rank so far; the others start theirs at zero.
       if (world_.rank == 0) {
-        pos_.loss_sum = sums["loss_sum"].get<double>();
-        pos_.correct = sums["correct"].get<double>();
-        pos_.seen = sums["seen"].get<double>();
+        pos_.loss_sum = cm.loss_sum;
+        pos_.correct = cm.correct;
+        pos_.seen = cm.seen;
       }
-      pos_.elapsed_s = sums.value("elapsed_s", 0.0);
+      pos_.elapsed_s = cm.elapsed_s;
       LOWBIT_CHECK_INPUT(pos_.batch < batches_per_epoch_, ckpt.string(), ": batch ", pos_.batch,
                          " of an epoch that has ", batches_per_epoch_, " batches here (another batch size or data?)");
     }
     apply_structure_meta(*model_, &ms_, resume_file_, ckpt.string());
     model_->to(dev_);
     load_weights(*model_, resume_file_, ckpt.string());
-    restore_generator(m["rng_cpu"], default_generator(Device::cpu()), ckpt.string() + ": metadata rng_cpu");
-    if (dev_.is_cuda() && m.count("rng_device")) {
-      restore_generator(m["rng_device"], default_generator(dev_), ckpt.string() + ": metadata rng_device");
+    default_generator(Device::cpu()).set_state(cm.rng_cpu_seed, cm.rng_cpu_offset);
+    if (dev_.is_cuda() && cm.has_rng_device) {
+      default_generator(dev_).set_state(cm.rng_device_seed, cm.rng_device_offset);
     }
     if (root_ && m.count("config")) {
       const std::vector<std::string> diff = config_differences(m["config"], cfg_.raw_yaml);
@@ -663,7 +646,7 @@ class TrainingRun {
                      lines.c_str());
       }
     }
-    const int64_t saved_world = m.count("world_size") ? meta("world_size") : 1;
+    const int64_t saved_world = cm.world_size;
     if (saved_world != world_.size && root_) {
       std::fprintf(stderr,
                    "lowbit: --resume: %s was written by a run of %lld rank(s), this run has %d: weights,"

@@ -115,6 +115,21 @@ TEST(ImageFolderErrors, LayoutProblems) {
   EXPECT_INPUT_ERROR(data::open_image_folder(dir.path()), dir.file("b"), "no .jpg/.jpeg files");
 }
 
+TEST(Jpeg, CutFileEndingWithAMarkerIsRefused) {
+  // The first half of a JPEG followed by an EOI marker: libjpeg only warns ("premature end of
+  // data segment") and fills the rest with gray for as many rows as the header claims, so a
+  // short file claiming a huge size took seconds and gigabytes (found by tests/fuzz/fuzz_jpeg,
+  // corpus regress-huge-dims-hit-marker). It is a truncated file: refused.
+  std::vector<uint8_t> px(64 * 64 * 3);
+  for (size_t i = 0; i < px.size(); ++i) px[i] = uint8_t((i * 7919) % 251);
+  std::vector<uint8_t> jpg = testing::encode_jpeg(px, 64, 64, 3, 90);
+  jpg.resize(jpg.size() / 2);
+  jpg.push_back(0xff);
+  jpg.push_back(0xd9);
+  EXPECT_INPUT_ERROR(data::decode_jpeg(jpg.data(), jpg.size(), "cut.jpg"), "cut.jpg",
+                     "corrupt or truncated JPEG", "premature end of data segment");
+}
+
 TEST(Jpeg, DecodeMatchesEncodedColours) {
   // A 2-colour block image, quality 100 without subsampling: near-exact.
   std::vector<uint8_t> px;

@@ -49,7 +49,7 @@ TEST(Autocast, GuardScopesNestAndRestore) {
     EXPECT_FALSE(autocast_input(Tensor()).defined());
   }
   EXPECT_FALSE(autocast_dtype().has_value());
-  EXPECT_THROW(AutocastGuard(DType::f64), Error);
+  EXPECT_THROW(AutocastGuard{DType::f64}, Error);  // braces: a declaration to clang otherwise
 }
 
 // Under autocast a Conv2d module on f32 input equals the explicit bf16 convolution of the

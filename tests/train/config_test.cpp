@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/error.h"
 #include "train/config.h"
 #include "train/registries.h"
 #include "tests/common/test_util.h"
@@ -171,6 +172,37 @@ TEST(Config, SetMistakesNameTheArgument) {
   EXPECT_THAT(error_of(kMinimal, {"stages.7.epochs=1"}), HasSubstr("index 7 is past the end of 'stages'"));
   EXPECT_THAT(error_of(kMinimal, {"stages.-1.epochs=1"}), HasSubstr("must be an item index"));
   EXPECT_THAT(error_of(kMinimal, {"=3"}), HasSubstr("wants key.path=value"));
+}
+
+// Inputs that escaped as YAML exceptions, overflowed the stack or ran UB before (fuzz_config's
+// corpus keeps them as regress-*): each is an InputError naming the file now.
+TEST(Config, HostileYamlIsRefusedCleanly) {
+  // A list as a key: yaml-cpp's as<std::string>() threw YAML::BadConversion.
+  EXPECT_THAT(error_of(std::string(kMinimal) + "[a]: 1\n"),
+              AllOf(HasSubstr("cfg.yaml"), HasSubstr("list or mapping as a key")));
+  EXPECT_THAT(error_of(std::string(kMinimal) + "quant: {weight: {[bits]: 4}}\n"),
+              AllOf(HasSubstr("quant.weight"), HasSubstr("list or mapping as a key")));
+  // A list holding itself through an alias: unbounded recursion.
+  EXPECT_THAT(error_of(std::string(kMinimal) + "x: &a [*a]\n"),
+              AllOf(HasSubstr("cfg.yaml"), HasSubstr("nested deeper than")));
+  // Aliases that expand exponentially ("billion laughs"): 10^9 visits.
+  std::string laughs = std::string(kMinimal) + "l0: &l0 [x, x, x, x, x, x, x, x, x, x]\n";
+  for (int i = 1; i < 9; ++i) {
+    laughs += str_cat("l", i, ": &l", i, " [");
+    for (int k = 0; k < 10; ++k) laughs += str_cat(k ? ", " : "", "*l", i - 1);
+    laughs += "]\n";
+  }
+  EXPECT_THAT(error_of(laughs), HasSubstr("values with aliases expanded"));
+  // An override's value with a recursive alias.
+  EXPECT_THAT(error_of(kMinimal, {"data.mean=&a [*a]"}), HasSubstr("nested deeper than"));
+  // int64_t(1e300) was undefined behaviour.
+  EXPECT_THAT(error_of(std::string(kMinimal) + "checkpoint_every: 1e300\n"),
+              HasSubstr("checkpoint_every: '1e300'"));
+  EXPECT_EQ(parse_config(std::string(kMinimal) + "checkpoint_every: 1099511627776\n", "cfg.yaml")
+                .checkpoint_every_steps,
+            int64_t(1) << 40);
+  // --resume compares against a checkpoint's config text, which may be anything.
+  EXPECT_EQ(config_differences("x: &a [*a]\n", "x: 1\n").size(), 2u);
 }
 
 TEST(Config, DifferencesListChangedAddedAndRemovedKeys) {

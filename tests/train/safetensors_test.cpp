@@ -335,6 +335,20 @@ TEST(Safetensors, RefusesBadOffsets) {
       make_file(R"({"a":{"dtype":"F64","shape":[4294967296,4294967296],"data_offsets":[0,8]}})",
                 f12),
       "too large");
+  // Empty, but its strides would overflow int64_t (a UBSan report in contiguous_strides before;
+  // found by tests/fuzz/fuzz_safetensors, corpus regress-zero-size-huge-strides).
+  EXPECT_REFUSED(
+      make_file(R"({"a":{"dtype":"F32","shape":[0,4611686018427387904,4611686018427387904],)"
+                R"("data_offsets":[0,0]}})",
+                ""),
+      "too large");
+  // Empty tensors with sizes whose product fits still load.
+  write_bytes(dir.file("empty.safetensors"),
+              make_file(R"({"a":{"dtype":"F32","shape":[0,4611686018427387904],)"
+                        R"("data_offsets":[0,0]}})",
+                        ""));
+  const SafetensorsFile ok = load_safetensors(dir.file("empty.safetensors"));
+  EXPECT_EQ(ok.tensors.at("a").numel(), 0);
 }
 
 TEST(Safetensors, RefusesMissingFilesAndDirectories) {
