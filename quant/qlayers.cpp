@@ -126,8 +126,11 @@ void QConv2d::fold_bn(const std::shared_ptr<layers::BatchNorm2d>& bn) {
 Tensor QConv2d::fold_factor() const {
   auto bn = bn_.lock();
   LOWBIT_CHECK(bn != nullptr, "QConv2d: the folded BatchNorm2d no longer exists");
-  // sf = gamma / sqrt(var_r + eps): differentiable in gamma, running_var is a buffer.
-  return bn->weight() * rsqrt(bn->running_var().detach() + bn->options().eps);
+  // sf = gamma / sqrt(var_r + eps): differentiable in gamma, running_var is a buffer. Divided
+  // by the square root, as PyTorch's ConvBn2d, rather than times rsqrt: the largest weight of a
+  // channel lands exactly on code qmax + 1/2 of a symmetric range (METHODS 2.4), so one ulp of
+  // sf decides whether it rounds past qmax and loses its STE gradient.
+  return bn->weight() / sqrt(bn->running_var().detach() + bn->options().eps);
 }
 
 Tensor QConv2d::quantized_weight() {
