@@ -261,11 +261,13 @@ std::vector<KernelResult> bench_adamw(const KernelOptions& o) {
 // --- all-reduce --------------------------------------------------------------------------------
 
 constexpr const char* kAllReduceSize =
-    "ELEMENTS,... (f32 elements per rank; default a sweep from 1K to 16M elements = 4 KiB to 64 MiB)";
+    "ELEMENTS,... (f32 elements per rank; default a sweep from 1K to 16M elements = 4 KiB to 64 "
+    "MiB)";
 
 void allreduce_sizes(const KernelOptions& o) {
   LOWBIT_CHECK_INPUT(o.dtype == DType::f32, "bench kernel allreduce: --dtype must be f32");
-  for (int64_t n : o.size) LOWBIT_CHECK_INPUT(n >= 1, "bench kernel allreduce: --size wants element counts >= 1");
+  for (int64_t n : o.size)
+    LOWBIT_CHECK_INPUT(n >= 1, "bench kernel allreduce: --size wants element counts >= 1");
 }
 
 // The world's all-reduce (sum) on the device's group: mpi (CPU), nccl (CUDA), or a world of one
@@ -281,10 +283,12 @@ std::vector<KernelResult> bench_allreduce(const KernelOptions& o) {
   for (int64_t elements : sizes) {
     Tensor t = ones({elements}, TensorOptions(DType::f32, o.device));
     group.barrier();
-    KernelResult r = make_result("allreduce", o, {elements},
-                                 str_cat(elements * 4, " bytes, ", group.size(), " rank(s), ", group.backend(),
-                                         group.size() == 1 ? " (a world of one: nothing moves; run under mpirun)" : ""));
-    r.timing = time_calls(o.device, o.warmup, o.iters, [&] { group.all_reduce(t, dist::ReduceOp::sum); });
+    KernelResult r = make_result(
+        "allreduce", o, {elements},
+        str_cat(elements * 4, " bytes, ", group.size(), " rank(s), ", group.backend(),
+                group.size() == 1 ? " (a world of one: nothing moves; run under mpirun)" : ""));
+    r.timing =
+        time_calls(o.device, o.warmup, o.iters, [&] { group.all_reduce(t, dist::ReduceOp::sum); });
     r.bytes = group.size() > 1 ? double(elements) * 4.0 : 0.0;
     r.bus_factor = 2.0 * (n - 1.0) / n;
     out.push_back(r);
@@ -358,9 +362,11 @@ std::vector<KernelResult> bench_fake_quant(const KernelOptions& o) {
   for (const bool per_channel : {false, true}) {
     const int64_t k = per_channel ? c : 1;
     const std::string gran = per_channel ? "per_channel" : "per_tensor";
-    const std::string shape = str_cat(v[0] / c, "x", c, " 4-bit ", gran, per_channel ? " (axis 1)" : "");
+    const std::string shape =
+        str_cat(v[0] / c, "x", c, " 4-bit ", gran, per_channel ? " (axis 1)" : "");
     // uniform: x in N(0, 1), unsigned 4-bit over about [-2, 2]
-    const Tensor scale = full({k}, 0.25, f32), zp = full({k}, 8, TensorOptions(DType::i32, o.device));
+    const Tensor scale = full({k}, 0.25, f32),
+                 zp = full({k}, 8, TensorOptions(DType::i32, o.device));
     // lsq: signed 4-bit, learned scale
     const Tensor s_lsq = full({k}, 0.3, f32).requires_grad_();
     const double g = quant::lsq_grad_scale(v[0] / k, s4.qmax);

@@ -62,9 +62,11 @@ TrainResult run_train_bench(const TrainOptions& o) {
   const bool qat = o.mode == "qat";
   if (qat) {
     quant::QuantConfig qc;
-    qc.weight = {o.quantizer, quant::QuantizerOptions{{"bits", std::to_string(o.bits)}, {"per_channel", "true"}}};
+    qc.weight = {o.quantizer, quant::QuantizerOptions{{"bits", std::to_string(o.bits)},
+                                                      {"per_channel", "true"}}};
     qc.activation = {o.quantizer, quant::QuantizerOptions{{"bits", std::to_string(o.bits)}}};
-    quant::quantize_model(*model, qc, randn({2, o.hw, o.hw, o.cin}, TensorOptions(DType::f32, dev)));
+    quant::quantize_model(*model, qc,
+                          randn({2, o.hw, o.hw, o.cin}, TensorOptions(DType::f32, dev)));
   }
 
   AutocastGuard amp(bf16 ? std::optional<DType>(DType::bf16) : std::nullopt);

@@ -146,8 +146,8 @@ bool any_requires_grad(const std::vector<Tensor>& inputs) {
   return false;
 }
 
-void record(const char* name, const std::vector<Tensor>& inputs,
-            const std::vector<Tensor>& outputs, BackwardFn backward) {
+void record(const char* name, const std::vector<Tensor>& inputs, const std::vector<Tensor>& outputs,
+            BackwardFn backward) {
   if (!any_requires_grad(inputs)) return;
   auto node = std::make_shared<LambdaNode>(name, std::move(backward), outputs);
   node->set_num_outputs(int(outputs.size()));
@@ -189,7 +189,8 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
                  ") does not require grad and has no grad_fn");
     Tensor g = i < grad_roots.size() ? grad_roots[i] : Tensor();
     if (!g.defined()) {
-      LOWBIT_CHECK(r.numel() == 1, "backward: a gradient must be given for a non-scalar output of shape ",
+      LOWBIT_CHECK(r.numel() == 1,
+                   "backward: a gradient must be given for a non-scalar output of shape ",
                    r.shape());
       g = ones_like(r);
     }
@@ -220,7 +221,8 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
   // node's creation order comes up (an AccumulateGrad outlives graphs and keeps the sequence
   // number of the first one).
   auto later = [](Node* a, Node* b) {
-    const bool acc_a = dynamic_cast<AccumulateGrad*>(a) != nullptr, acc_b = dynamic_cast<AccumulateGrad*>(b) != nullptr;
+    const bool acc_a = dynamic_cast<AccumulateGrad*>(a) != nullptr,
+               acc_b = dynamic_cast<AccumulateGrad*>(b) != nullptr;
     if (acc_a != acc_b) return acc_b;
     return a->sequence_nr() < b->sequence_nr();
   };

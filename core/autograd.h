@@ -96,8 +96,8 @@ bool any_requires_grad(const std::vector<Tensor>& inputs);
 // Records a node named `name` with inputs `inputs` producing `outputs` (which get grad_fn and
 // requires_grad). `backward` maps output grads (zeros filled in for outputs that got none) to
 // one grad per input. Does nothing unless any_requires_grad(inputs).
-void record(const char* name, const std::vector<Tensor>& inputs,
-            const std::vector<Tensor>& outputs, BackwardFn backward);
+void record(const char* name, const std::vector<Tensor>& inputs, const std::vector<Tensor>& outputs,
+            BackwardFn backward);
 // Single-output convenience.
 void record(const char* name, const std::vector<Tensor>& inputs, const Tensor& output,
             std::function<std::vector<Tensor>(const Tensor& grad_output)> backward);

@@ -26,8 +26,8 @@ DeviceBackend& cuda_backend(int device) {
   LOWBIT_CHECK(b != nullptr, "a CUDA tensor was requested but ", kBuiltWithoutCuda);
   if (device >= 0) {
     const int n = b->device_count();
-    LOWBIT_CHECK(device < n, "CUDA device ", device, " requested but ", n,
-                 " device(s) are visible", n == 0 ? " (no GPU or no driver here)" : "");
+    LOWBIT_CHECK(device < n, "CUDA device ", device, " requested but ", n, " device(s) are visible",
+                 n == 0 ? " (no GPU or no driver here)" : "");
   }
   return *b;
 }

@@ -4,13 +4,12 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <limits>
 #include <memory>
 #include <utility>
-
-#include <cstdlib>
-#include <cstring>
 
 #include "core/error.h"
 
@@ -193,7 +192,7 @@ bool cpu_cache_enabled() {
 }
 
 CachingAllocator& cpu_allocator() {
-  static CachingAllocator* allocator = new CachingAllocator(  // leaked on purpose
+  static CachingAllocator* allocator = new CachingAllocator(         // leaked on purpose
       [](size_t nbytes) { return std::aligned_alloc(64, nbytes); },  // sizes are 512-multiples
       [](void* p) { std::free(p); }, "cpu allocator");
   return *allocator;

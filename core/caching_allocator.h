@@ -2,7 +2,8 @@
 // without cudaMalloc/cudaFree (both synchronise the device; it can be captured in a CUDA graph),
 // and on the CPU without fresh pages from the kernel (page faults, zeroing, cold caches). Plain
 // C++ over two raw functions, so its policy is tested on machines without a GPU. The instances:
-// cpu_allocator() below, device_allocator() and pinned_host_allocator() in cuda/caching_allocator.h.
+// cpu_allocator() below, device_allocator() and pinned_host_allocator() in
+// cuda/caching_allocator.h.
 //
 // Policy:
 //  - Sizes are rounded up: to a multiple of 512 bytes up to 1 MiB, to a multiple of 2 MiB above.

@@ -48,7 +48,8 @@ struct StubRegistrar {
 }  // namespace lowbit::core
 
 #define LOWBIT_DECLARE_STUB(stub, fn_type) extern ::lowbit::core::DispatchStub<fn_type> stub
-#define LOWBIT_DEFINE_STUB(stub) decltype(stub) stub{#stub}
+#define LOWBIT_DEFINE_STUB(stub) \
+  decltype(stub) stub { #stub }
 #define LOWBIT_REGISTER_CAT2(a, b) a##b
 #define LOWBIT_REGISTER_CAT(a, b) LOWBIT_REGISTER_CAT2(a, b)
 #define LOWBIT_REGISTER_KERNEL(stub, device_type, fn)                              \

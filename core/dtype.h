@@ -25,14 +25,38 @@ std::ostream& operator<<(std::ostream& os, DType t);
 
 template <typename T>
 struct DTypeOf;
-template <> struct DTypeOf<float> { static constexpr DType value = DType::f32; };
-template <> struct DTypeOf<double> { static constexpr DType value = DType::f64; };
-template <> struct DTypeOf<bf16> { static constexpr DType value = DType::bf16; };
-template <> struct DTypeOf<f16> { static constexpr DType value = DType::f16; };
-template <> struct DTypeOf<int8_t> { static constexpr DType value = DType::i8; };
-template <> struct DTypeOf<uint8_t> { static constexpr DType value = DType::u8; };
-template <> struct DTypeOf<int32_t> { static constexpr DType value = DType::i32; };
-template <> struct DTypeOf<int64_t> { static constexpr DType value = DType::i64; };
+template <>
+struct DTypeOf<float> {
+  static constexpr DType value = DType::f32;
+};
+template <>
+struct DTypeOf<double> {
+  static constexpr DType value = DType::f64;
+};
+template <>
+struct DTypeOf<bf16> {
+  static constexpr DType value = DType::bf16;
+};
+template <>
+struct DTypeOf<f16> {
+  static constexpr DType value = DType::f16;
+};
+template <>
+struct DTypeOf<int8_t> {
+  static constexpr DType value = DType::i8;
+};
+template <>
+struct DTypeOf<uint8_t> {
+  static constexpr DType value = DType::u8;
+};
+template <>
+struct DTypeOf<int32_t> {
+  static constexpr DType value = DType::i32;
+};
+template <>
+struct DTypeOf<int64_t> {
+  static constexpr DType value = DType::i64;
+};
 template <typename T>
 constexpr DType dtype_of = DTypeOf<T>::value;
 
@@ -43,10 +67,11 @@ constexpr DType dtype_of = DTypeOf<T>::value;
     using alias = type;                                   \
     return __VA_ARGS__();                                 \
   }
-#define LOWBIT_DTYPE_CASE(enum_name, type, ...) LOWBIT_DTYPE_CASE_AS(enum_name, type, scalar_t, __VA_ARGS__)
+#define LOWBIT_DTYPE_CASE(enum_name, type, ...) \
+  LOWBIT_DTYPE_CASE_AS(enum_name, type, scalar_t, __VA_ARGS__)
 
-#define LOWBIT_DTYPE_UNSUPPORTED(op, t)                                                 \
-  default:                                                                             \
+#define LOWBIT_DTYPE_UNSUPPORTED(op, t)                                                   \
+  default:                                                                                \
     LOWBIT_FAIL(op, ": dtype ", ::lowbit::dtype_name(t), " is not supported by this op"); \
     break;
 
@@ -79,11 +104,11 @@ constexpr DType dtype_of = DTypeOf<T>::value;
   }()
 
 // Index dtypes (gather, scatter, one_hot): the type is named index_t.
-#define LOWBIT_DISPATCH_INDEX(t, op, ...)                         \
-  [&] {                                                           \
-    switch (t) {                                                  \
-      LOWBIT_DTYPE_CASE_AS(i32, int32_t, index_t, __VA_ARGS__)    \
-      LOWBIT_DTYPE_CASE_AS(i64, int64_t, index_t, __VA_ARGS__)    \
-      LOWBIT_DTYPE_UNSUPPORTED(op, t)              \
-    }                                              \
+#define LOWBIT_DISPATCH_INDEX(t, op, ...)                      \
+  [&] {                                                        \
+    switch (t) {                                               \
+      LOWBIT_DTYPE_CASE_AS(i32, int32_t, index_t, __VA_ARGS__) \
+      LOWBIT_DTYPE_CASE_AS(i64, int64_t, index_t, __VA_ARGS__) \
+      LOWBIT_DTYPE_UNSUPPORTED(op, t)                          \
+    }                                                          \
   }()

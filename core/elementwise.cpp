@@ -41,16 +41,19 @@ void strided_loop(const OffsetCalc<N>& calc, int64_t n, const F& f) {
   if (inner >= 4) {
     int64_t step[N];
     for (int a = 0; a < N; ++a) step[a] = calc.strides[a][calc.ndim - 1];
-    for_each_chunk(n / inner, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        int64_t row[N], off[N];
-        calc.get(r * inner, row);
-        for (int64_t j = 0; j < inner; ++j) {
-          for (int a = 0; a < N; ++a) off[a] = row[a] + j * step[a];
-          f(off);
-        }
-      }
-    }, std::max<int64_t>(1, kParallelGrain / inner));
+    for_each_chunk(
+        n / inner,
+        [&](int64_t r0, int64_t r1) {
+          for (int64_t r = r0; r < r1; ++r) {
+            int64_t row[N], off[N];
+            calc.get(r * inner, row);
+            for (int64_t j = 0; j < inner; ++j) {
+              for (int a = 0; a < N; ++a) off[a] = row[a] + j * step[a];
+              f(off);
+            }
+          }
+        },
+        std::max<int64_t>(1, kParallelGrain / inner));
     return;
   }
   for_each_index(n, [&](int64_t i) {
@@ -68,9 +71,8 @@ void unary_loop(const Tensor& out, const Tensor& in, const UnaryParams& p) {
   scalar_t* o = static_cast<scalar_t*>(out.raw_data());
   const scalar_t* x = static_cast<const scalar_t*>(in.raw_data());
   const Op op;
-  strided_loop(calc, out.numel(), [&](const int64_t* off) {
-    o[off[0]] = scalar_t(op(acc_t(x[off[1]]), p));
-  });
+  strided_loop(calc, out.numel(),
+               [&](const int64_t* off) { o[off[0]] = scalar_t(op(acc_t(x[off[1]]), p)); });
 }
 
 template <typename Op>
@@ -139,9 +141,8 @@ void where_cpu(const Tensor& out, const Tensor& cond, const Tensor& a, const Ten
     const uint8_t* c = static_cast<const uint8_t*>(cond.raw_data());
     const scalar_t* x = static_cast<const scalar_t*>(a.raw_data());
     const scalar_t* y = static_cast<const scalar_t*>(b.raw_data());
-    strided_loop(calc, out.numel(), [&](const int64_t* off) {
-      o[off[0]] = c[off[1]] ? x[off[2]] : y[off[3]];
-    });
+    strided_loop(calc, out.numel(),
+                 [&](const int64_t* off) { o[off[0]] = c[off[1]] ? x[off[2]] : y[off[3]]; });
   });
 }
 
@@ -152,9 +153,8 @@ void copy_to(const Tensor& dst, const Tensor& src) {
     const auto calc = offset_calc_for<2>(ts);
     dst_t* o = static_cast<dst_t*>(dst.raw_data());
     const scalar_t* x = static_cast<const scalar_t*>(src.raw_data());
-    strided_loop(calc, dst.numel(), [&](const int64_t* off) {
-      o[off[0]] = convert<dst_t>(x[off[1]]);
-    });
+    strided_loop(calc, dst.numel(),
+                 [&](const int64_t* off) { o[off[0]] = convert<dst_t>(x[off[1]]); });
   });
 }
 
@@ -168,9 +168,7 @@ void fill_cpu(const Tensor& dst, double value) {
     const Tensor* ts[1] = {&dst};
     const auto calc = offset_calc_for<1>(ts);
     scalar_t* o = static_cast<scalar_t*>(dst.raw_data());
-    strided_loop(calc, dst.numel(), [&](const int64_t* off) {
-      o[off[0]] = v;
-    });
+    strided_loop(calc, dst.numel(), [&](const int64_t* off) { o[off[0]] = v; });
   });
 }
 
@@ -295,7 +293,8 @@ Tensor sum_to(const Tensor& grad, const Shape& shape) {
   LOWBIT_CHECK(lead >= 0, "sum_to: cannot reduce ", grad.shape(), " to ", shape);
   std::vector<int64_t> dims;
   for (int64_t i = 0; i < grad.dim(); ++i) {
-    if (i < lead || (shape[size_t(i - lead)] == 1 && grad.shape()[size_t(i)] != 1)) dims.push_back(i);
+    if (i < lead || (shape[size_t(i - lead)] == 1 && grad.shape()[size_t(i)] != 1))
+      dims.push_back(i);
   }
   Tensor s = dims.empty() ? grad : sum(grad, dims, true);
   return s.reshape(shape);
@@ -303,65 +302,103 @@ Tensor sum_to(const Tensor& grad, const Shape& shape) {
 
 // --- unary ops with their gradients ---
 Tensor neg(const Tensor& x) {
-  return unary_op(UnaryOp::neg, x, {}, [](const Tensor& g, const Tensor&, const Tensor&) { return neg(g); }, false, false);
+  return unary_op(
+      UnaryOp::neg, x, {}, [](const Tensor& g, const Tensor&, const Tensor&) { return neg(g); },
+      false, false);
 }
 Tensor abs(const Tensor& x) {
-  return unary_op(UnaryOp::abs, x, {}, [](const Tensor& g, const Tensor& xs, const Tensor&) { return g * sign(xs); }, true, false);
+  return unary_op(
+      UnaryOp::abs, x, {},
+      [](const Tensor& g, const Tensor& xs, const Tensor&) { return g * sign(xs); }, true, false);
 }
 Tensor sign(const Tensor& x) {
-  return unary_op(UnaryOp::sign, x, {}, [](const Tensor& g, const Tensor&, const Tensor&) { return zeros_like(g); }, false, false);
+  return unary_op(
+      UnaryOp::sign, x, {},
+      [](const Tensor& g, const Tensor&, const Tensor&) { return zeros_like(g); }, false, false);
 }
 Tensor exp(const Tensor& x) {
-  return unary_op(UnaryOp::exp, x, {}, [](const Tensor& g, const Tensor&, const Tensor& y) { return g * y; }, false, true);
+  return unary_op(
+      UnaryOp::exp, x, {}, [](const Tensor& g, const Tensor&, const Tensor& y) { return g * y; },
+      false, true);
 }
 Tensor log(const Tensor& x) {
-  return unary_op(UnaryOp::log, x, {}, [](const Tensor& g, const Tensor& xs, const Tensor&) { return g / xs; }, true, false);
+  return unary_op(
+      UnaryOp::log, x, {}, [](const Tensor& g, const Tensor& xs, const Tensor&) { return g / xs; },
+      true, false);
 }
 Tensor sqrt(const Tensor& x) {
-  return unary_op(UnaryOp::sqrt, x, {}, [](const Tensor& g, const Tensor&, const Tensor& y) { return g * 0.5 / y; }, false, true);
+  return unary_op(
+      UnaryOp::sqrt, x, {},
+      [](const Tensor& g, const Tensor&, const Tensor& y) { return g * 0.5 / y; }, false, true);
 }
 Tensor rsqrt(const Tensor& x) {
-  return unary_op(UnaryOp::rsqrt, x, {}, [](const Tensor& g, const Tensor&, const Tensor& y) { return g * (-0.5) * y * y * y; }, false, true);
+  return unary_op(
+      UnaryOp::rsqrt, x, {},
+      [](const Tensor& g, const Tensor&, const Tensor& y) { return g * (-0.5) * y * y * y; }, false,
+      true);
 }
 Tensor square(const Tensor& x) {
-  return unary_op(UnaryOp::square, x, {}, [](const Tensor& g, const Tensor& xs, const Tensor&) { return g * xs * 2.0; }, true, false);
+  return unary_op(
+      UnaryOp::square, x, {},
+      [](const Tensor& g, const Tensor& xs, const Tensor&) { return g * xs * 2.0; }, true, false);
 }
 Tensor reciprocal(const Tensor& x) {
-  return unary_op(UnaryOp::reciprocal, x, {}, [](const Tensor& g, const Tensor&, const Tensor& y) { return -(g * y * y); }, false, true);
+  return unary_op(
+      UnaryOp::reciprocal, x, {},
+      [](const Tensor& g, const Tensor&, const Tensor& y) { return -(g * y * y); }, false, true);
 }
 Tensor relu(const Tensor& x) {
   // One fused pass: the gradient where the output is positive.
-  return unary_op(UnaryOp::relu, x, {}, [](const Tensor& g, const Tensor&, const Tensor& y) {
-    return binary_raw(BinaryOp::relu_grad, g, y);
-  }, false, true);
+  return unary_op(
+      UnaryOp::relu, x, {},
+      [](const Tensor& g, const Tensor&, const Tensor& y) {
+        return binary_raw(BinaryOp::relu_grad, g, y);
+      },
+      false, true);
 }
 Tensor sigmoid(const Tensor& x) {
-  return unary_op(UnaryOp::sigmoid, x, {}, [](const Tensor& g, const Tensor&, const Tensor& y) { return g * y * (1.0 - y); }, false, true);
+  return unary_op(
+      UnaryOp::sigmoid, x, {},
+      [](const Tensor& g, const Tensor&, const Tensor& y) { return g * y * (1.0 - y); }, false,
+      true);
 }
 Tensor tanh(const Tensor& x) {
-  return unary_op(UnaryOp::tanh, x, {}, [](const Tensor& g, const Tensor&, const Tensor& y) { return g * (1.0 - y * y); }, false, true);
+  return unary_op(
+      UnaryOp::tanh, x, {},
+      [](const Tensor& g, const Tensor&, const Tensor& y) { return g * (1.0 - y * y); }, false,
+      true);
 }
 Tensor pow(const Tensor& x, double e) {
-  return unary_op(UnaryOp::pow_scalar, x, {e, 0.0}, [e](const Tensor& g, const Tensor& xs, const Tensor&) {
-    // x^0 is constant: a zero gradient, not 0 * x^-1 (NaN at x = 0), as PyTorch.
-    if (e == 0.0) return zeros_like(g);
-    return g * pow(xs, e - 1.0) * e;
-  }, true, false);
+  return unary_op(
+      UnaryOp::pow_scalar, x, {e, 0.0},
+      [e](const Tensor& g, const Tensor& xs, const Tensor&) {
+        // x^0 is constant: a zero gradient, not 0 * x^-1 (NaN at x = 0), as PyTorch.
+        if (e == 0.0) return zeros_like(g);
+        return g * pow(xs, e - 1.0) * e;
+      },
+      true, false);
 }
 Tensor clamp(const Tensor& x, double lo, double hi) {
   LOWBIT_CHECK(!(lo > hi), "clamp: lower bound ", lo, " above upper bound ", hi);
-  return unary_op(UnaryOp::clamp, x, {lo, hi}, [lo, hi](const Tensor& g, const Tensor& xs, const Tensor&) {
-    // Gradient passes where lo <= x <= hi, as PyTorch's clamp.
-    const TensorOptions o(xs.dtype(), xs.device());
-    Tensor inside = mul(ge(xs, full({}, lo, o)), le(xs, full({}, hi, o)));
-    return where(inside, g, zeros_like(g));
-  }, true, false);
+  return unary_op(
+      UnaryOp::clamp, x, {lo, hi},
+      [lo, hi](const Tensor& g, const Tensor& xs, const Tensor&) {
+        // Gradient passes where lo <= x <= hi, as PyTorch's clamp.
+        const TensorOptions o(xs.dtype(), xs.device());
+        Tensor inside = mul(ge(xs, full({}, lo, o)), le(xs, full({}, hi, o)));
+        return where(inside, g, zeros_like(g));
+      },
+      true, false);
 }
 Tensor add(const Tensor& x, double s) {
-  return unary_op(UnaryOp::add_scalar, x, {s, 0.0}, [](const Tensor& g, const Tensor&, const Tensor&) { return g; }, false, false);
+  return unary_op(
+      UnaryOp::add_scalar, x, {s, 0.0},
+      [](const Tensor& g, const Tensor&, const Tensor&) { return g; }, false, false);
 }
 Tensor mul(const Tensor& x, double s) {
-  return unary_op(UnaryOp::mul_scalar, x, {s, 0.0}, [s](const Tensor& g, const Tensor&, const Tensor&) { return mul(g, s); }, false, false);
+  return unary_op(
+      UnaryOp::mul_scalar, x, {s, 0.0},
+      [s](const Tensor& g, const Tensor&, const Tensor&) { return mul(g, s); }, false, false);
 }
 
 // --- binary ops ---
@@ -388,40 +425,58 @@ Tensor binary_op(BinaryOp op, const Tensor& a, const Tensor& b, const BinaryGrad
 }  // namespace
 
 Tensor add(const Tensor& a, const Tensor& b) {
-  return binary_op(BinaryOp::add, a, b, [](const Tensor& g, const Tensor&, const Tensor&, const Tensor&) {
-    return std::vector<Tensor>{g, g};
-  }, false, false);
+  return binary_op(
+      BinaryOp::add, a, b,
+      [](const Tensor& g, const Tensor&, const Tensor&, const Tensor&) {
+        return std::vector<Tensor>{g, g};
+      },
+      false, false);
 }
 Tensor add_relu(const Tensor& a, const Tensor& b) {
-  return binary_op(BinaryOp::add_relu, a, b, [](const Tensor& g, const Tensor&, const Tensor&, const Tensor& y) {
-    const Tensor gy = binary_raw(BinaryOp::relu_grad, g, y);
-    return std::vector<Tensor>{gy, gy};
-  }, false, true);
+  return binary_op(
+      BinaryOp::add_relu, a, b,
+      [](const Tensor& g, const Tensor&, const Tensor&, const Tensor& y) {
+        const Tensor gy = binary_raw(BinaryOp::relu_grad, g, y);
+        return std::vector<Tensor>{gy, gy};
+      },
+      false, true);
 }
 Tensor sub(const Tensor& a, const Tensor& b) {
-  return binary_op(BinaryOp::sub, a, b, [](const Tensor& g, const Tensor&, const Tensor&, const Tensor&) {
-    return std::vector<Tensor>{g, neg(g)};
-  }, false, false);
+  return binary_op(
+      BinaryOp::sub, a, b,
+      [](const Tensor& g, const Tensor&, const Tensor&, const Tensor&) {
+        return std::vector<Tensor>{g, neg(g)};
+      },
+      false, false);
 }
 Tensor mul(const Tensor& a, const Tensor& b) {
-  return binary_op(BinaryOp::mul, a, b, [](const Tensor& g, const Tensor& x, const Tensor& y, const Tensor&) {
-    return std::vector<Tensor>{g * y, g * x};
-  }, true, false);
+  return binary_op(
+      BinaryOp::mul, a, b,
+      [](const Tensor& g, const Tensor& x, const Tensor& y, const Tensor&) {
+        return std::vector<Tensor>{g * y, g * x};
+      },
+      true, false);
 }
 Tensor div(const Tensor& a, const Tensor& b) {
-  return binary_op(BinaryOp::div, a, b, [](const Tensor& g, const Tensor& x, const Tensor& y, const Tensor&) {
-    return std::vector<Tensor>{g / y, neg(g * x / (y * y))};
-  }, true, false);
+  return binary_op(
+      BinaryOp::div, a, b,
+      [](const Tensor& g, const Tensor& x, const Tensor& y, const Tensor&) {
+        return std::vector<Tensor>{g / y, neg(g * x / (y * y))};
+      },
+      true, false);
 }
 Tensor pow(const Tensor& a, const Tensor& b) {
-  return binary_op(BinaryOp::pow, a, b, [](const Tensor& g, const Tensor& x, const Tensor& e, const Tensor& y) {
-    // As PyTorch: where e == 0 the base gradient is 0 (not 0 * x^-1, NaN at x = 0), and where
-    // x == 0 with e >= 0 the exponent gradient is 0 (not 0 * log(0), NaN).
-    const Tensor zero = zeros({}, TensorOptions(g.dtype(), g.device()));
-    Tensor gx = where(eq(e, zero), zero, g * e * pow(x, e - 1.0));
-    Tensor g_exp = where(mul(eq(x, zero), ge(e, zero)), zero, g * y * log(x));
-    return std::vector<Tensor>{gx, g_exp};
-  }, true, true);
+  return binary_op(
+      BinaryOp::pow, a, b,
+      [](const Tensor& g, const Tensor& x, const Tensor& e, const Tensor& y) {
+        // As PyTorch: where e == 0 the base gradient is 0 (not 0 * x^-1, NaN at x = 0), and where
+        // x == 0 with e >= 0 the exponent gradient is 0 (not 0 * log(0), NaN).
+        const Tensor zero = zeros({}, TensorOptions(g.dtype(), g.device()));
+        Tensor gx = where(eq(e, zero), zero, g * e * pow(x, e - 1.0));
+        Tensor g_exp = where(mul(eq(x, zero), ge(e, zero)), zero, g * y * log(x));
+        return std::vector<Tensor>{gx, g_exp};
+      },
+      true, true);
 }
 namespace {
 // Ties split the gradient evenly, as PyTorch's maximum/minimum.
@@ -434,14 +489,20 @@ std::vector<Tensor> extreme_grad(const Tensor& g, const Tensor& x, const Tensor&
 }
 }  // namespace
 Tensor maximum(const Tensor& a, const Tensor& b) {
-  return binary_op(BinaryOp::maximum, a, b, [](const Tensor& g, const Tensor& x, const Tensor& y, const Tensor&) {
-    return extreme_grad(g, x, y, true);
-  }, true, false);
+  return binary_op(
+      BinaryOp::maximum, a, b,
+      [](const Tensor& g, const Tensor& x, const Tensor& y, const Tensor&) {
+        return extreme_grad(g, x, y, true);
+      },
+      true, false);
 }
 Tensor minimum(const Tensor& a, const Tensor& b) {
-  return binary_op(BinaryOp::minimum, a, b, [](const Tensor& g, const Tensor& x, const Tensor& y, const Tensor&) {
-    return extreme_grad(g, x, y, false);
-  }, true, false);
+  return binary_op(
+      BinaryOp::minimum, a, b,
+      [](const Tensor& g, const Tensor& x, const Tensor& y, const Tensor&) {
+        return extreme_grad(g, x, y, false);
+      },
+      true, false);
 }
 Tensor eq(const Tensor& a, const Tensor& b) { return binary_raw(BinaryOp::eq, a, b); }
 Tensor ne(const Tensor& a, const Tensor& b) { return binary_raw(BinaryOp::ne, a, b); }
@@ -456,8 +517,8 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   check_defined(b, "where");
   check_same_device(cond, a, "where");
   check_same_device(a, b, "where");
-  LOWBIT_CHECK(cond.dtype() == DType::u8, "where: condition must be u8 (as comparisons return), got ",
-               cond.dtype());
+  LOWBIT_CHECK(cond.dtype() == DType::u8,
+               "where: condition must be u8 (as comparisons return), got ", cond.dtype());
   const Shape shape = broadcast_shapes(broadcast_shapes(cond.shape(), a.shape()), b.shape());
   const DType t = promote_types(a.dtype(), b.dtype());
   Tensor c = cond.detach().expand(shape);
@@ -505,7 +566,8 @@ Tensor& add_(Tensor& self, const Tensor& other, double alpha) {
 Tensor& mul_(Tensor& self, double s) {
   LOWBIT_CHECK(!(autograd::grad_enabled() && self.requires_grad()),
                "mul_: in-place modification of a tensor that requires grad; use NoGradGuard");
-  if (self.numel() > 0) core::unary_stub(self.device(), UnaryOp::mul_scalar, self, self, UnaryParams{s, 0.0});
+  if (self.numel() > 0)
+    core::unary_stub(self.device(), UnaryOp::mul_scalar, self, self, UnaryParams{s, 0.0});
   self.storage()->bump_version();
   return self;
 }

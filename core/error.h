@@ -66,24 +66,25 @@ std::string str_cat(const Args&... args) {
 
 }  // namespace lowbit
 
-#define LOWBIT_CHECK(cond, ...)                                                   \
-  do {                                                                            \
-    if (!(cond)) {                                                                \
-      ::lowbit::detail::throw_check_failure(__FILE__, __LINE__, #cond,            \
+#define LOWBIT_CHECK(cond, ...)                                                      \
+  do {                                                                               \
+    if (!(cond)) {                                                                   \
+      ::lowbit::detail::throw_check_failure(__FILE__, __LINE__, #cond,               \
                                             ::lowbit::detail::str_cat(__VA_ARGS__)); \
-    }                                                                             \
+    }                                                                                \
   } while (0)
 
 // Throws lowbit::InputError: for bad configs, files and arguments (CLI exit code 2).
-#define LOWBIT_CHECK_INPUT(cond, ...)                                           \
-  do {                                                                          \
-    if (!(cond)) {                                                              \
-      throw ::lowbit::InputError(::lowbit::detail::str_cat(__VA_ARGS__));       \
-    }                                                                           \
+#define LOWBIT_CHECK_INPUT(cond, ...)                                     \
+  do {                                                                    \
+    if (!(cond)) {                                                        \
+      throw ::lowbit::InputError(::lowbit::detail::str_cat(__VA_ARGS__)); \
+    }                                                                     \
   } while (0)
 
-#define LOWBIT_FAIL(...) \
-  ::lowbit::detail::throw_check_failure(__FILE__, __LINE__, "", ::lowbit::detail::str_cat(__VA_ARGS__))
+#define LOWBIT_FAIL(...)                                        \
+  ::lowbit::detail::throw_check_failure(__FILE__, __LINE__, "", \
+                                        ::lowbit::detail::str_cat(__VA_ARGS__))
 
 #ifdef NDEBUG
 #define LOWBIT_DCHECK(cond, ...) \

@@ -45,7 +45,7 @@ struct bf16 {
   LOWBIT_HD static uint16_t from_float(float f) {
     uint32_t u = detail::float_bits(f);
     if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);  // quiet NaN
-    uint32_t rounding_bias = 0x7fffu + ((u >> 16) & 1u);                       // half to even
+    uint32_t rounding_bias = 0x7fffu + ((u >> 16) & 1u);                     // half to even
     return uint16_t((u + rounding_bias) >> 16);
   }
 };
@@ -61,7 +61,7 @@ struct f16 {
     uint32_t x = detail::float_bits(f);
     uint32_t sign = (x >> 16) & 0x8000u;
     uint32_t absx = x & 0x7fffffffu;
-    if (absx > 0x7f800000u) return uint16_t(sign | 0x7e00u);  // NaN
+    if (absx > 0x7f800000u) return uint16_t(sign | 0x7e00u);   // NaN
     if (absx >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // >= 65520 rounds to inf
     if (absx < 0x38800000u) {                                  // below 2^-14: subnormal or 0
       // value = absx as float; subnormal unit is 2^-24. Round mantissa half to even.

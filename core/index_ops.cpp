@@ -47,7 +47,8 @@ void index_gather_cpu(const Tensor& out, const Tensor& in, const Tensor& index,
   });
 }
 
-void scatter_add_cpu(const Tensor& out, const Tensor& index, const Tensor& src, const IndexArgs& a) {
+void scatter_add_cpu(const Tensor& out, const Tensor& index, const Tensor& src,
+                     const IndexArgs& a) {
   LOWBIT_DISPATCH_ALL(out.dtype(), "scatter_add", [&] {
     LOWBIT_DISPATCH_INDEX(index.dtype(), "scatter_add", [&] {
       const index_t* idx = static_cast<const index_t*>(index.raw_data());
@@ -56,15 +57,18 @@ void scatter_add_cpu(const Tensor& out, const Tensor& index, const Tensor& src, 
       const scalar_t* s = static_cast<const scalar_t*>(src.raw_data());
       scalar_t* y = static_cast<scalar_t*>(out.raw_data());
       // One task per (outer, inner) column: writes of different tasks never collide.
-      for_each_index(a.outer * a.inner, [&](int64_t col) {
-        const int64_t o = col / a.inner, i = col % a.inner;
-        for (int64_t j = 0; j < a.out_size; ++j) {
-          const int64_t p = (o * a.out_size + j) * a.inner + i;
-          const int64_t t = int64_t(idx[p]);
-          scalar_t& dst = y[(o * a.in_size + t) * a.inner + i];
-          dst = scalar_t(opmath_t<scalar_t>(dst) + opmath_t<scalar_t>(s[p]));
-        }
-      }, 1024);
+      for_each_index(
+          a.outer * a.inner,
+          [&](int64_t col) {
+            const int64_t o = col / a.inner, i = col % a.inner;
+            for (int64_t j = 0; j < a.out_size; ++j) {
+              const int64_t p = (o * a.out_size + j) * a.inner + i;
+              const int64_t t = int64_t(idx[p]);
+              scalar_t& dst = y[(o * a.in_size + t) * a.inner + i];
+              dst = scalar_t(opmath_t<scalar_t>(dst) + opmath_t<scalar_t>(s[p]));
+            }
+          },
+          1024);
     });
   });
 }
@@ -100,7 +104,8 @@ int64_t wrap(int64_t dim, int64_t n, const char* op) {
 
 void check_index(const Tensor& index, const Tensor& x, const char* op) {
   LOWBIT_CHECK(index.defined() && (index.dtype() == DType::i32 || index.dtype() == DType::i64), op,
-               ": index must be i32 or i64, got ", index.defined() ? dtype_name(index.dtype()) : "undefined");
+               ": index must be i32 or i64, got ",
+               index.defined() ? dtype_name(index.dtype()) : "undefined");
   LOWBIT_CHECK(index.device() == x.device(), op, ": index on ", index.device(), " but input on ",
                x.device());
 }
@@ -131,14 +136,15 @@ Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
   Tensor xc = x.detach().contiguous(), ic = index.contiguous();
   Tensor out = empty(index.shape(), TensorOptions(x.dtype(), x.device()));
   if (out.numel() > 0) {
-    core::gather_stub(x.device(), out, xc, ic, index_args(x.shape(), dim, x.size(dim), index.size(dim)));
+    core::gather_stub(x.device(), out, xc, ic,
+                      index_args(x.shape(), dim, x.size(dim), index.size(dim)));
   }
   if (autograd::any_requires_grad({x})) {
     Shape xs = x.shape();
     autograd::SavedTensor si(index, "gather");
     autograd::record("gather", {x}, out, [xs, si, dim](const Tensor& g) {
-      return std::vector<Tensor>{scatter_add(zeros(xs, TensorOptions(g.dtype(), g.device())), dim,
-                                             si.unpack(), g)};
+      return std::vector<Tensor>{
+          scatter_add(zeros(xs, TensorOptions(g.dtype(), g.device())), dim, si.unpack(), g)};
     });
   }
   return out;
@@ -188,8 +194,8 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
       Shape view_shape(xs.size(), 1);
       view_shape[size_t(dim)] = -1;
       Tensor full_index = si.unpack().reshape(view_shape).expand(g.shape()).contiguous();
-      return std::vector<Tensor>{scatter_add(zeros(xs, TensorOptions(g.dtype(), g.device())), dim,
-                                             full_index, g)};
+      return std::vector<Tensor>{
+          scatter_add(zeros(xs, TensorOptions(g.dtype(), g.device())), dim, full_index, g)};
     });
   }
   return out;

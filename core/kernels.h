@@ -68,8 +68,8 @@ using SoftmaxFn = void (*)(const Tensor& out, const Tensor& in, bool log);
 LOWBIT_DECLARE_STUB(softmax_stub, SoftmaxFn);
 // grad_in = y * (g - sum(g * y)) for softmax, g - exp(y) * sum(g) for log_softmax; all (M, R)
 // contiguous, y is the forward output.
-using SoftmaxBackwardFn = void (*)(const Tensor& grad_in, const Tensor& grad_out,
-                                   const Tensor& out, bool log);
+using SoftmaxBackwardFn = void (*)(const Tensor& grad_in, const Tensor& grad_out, const Tensor& out,
+                                   bool log);
 LOWBIT_DECLARE_STUB(softmax_backward_stub, SoftmaxBackwardFn);
 
 // All contiguous, viewed as (outer, size_along_dim, inner). index is i32 or i64; an index out of

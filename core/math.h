@@ -60,23 +60,23 @@ struct UnaryParams {
 };
 
 // T below is the op-math type: float for f32/bf16/f16, double, or an integer type.
-#define LOWBIT_UNARY_FUNCTOR(Name, expr)                          \
-  struct Name {                                                   \
-    template <typename T>                                         \
-    LOWBIT_HD T operator()(T x, const UnaryParams& p) const {     \
-      (void)p;                                                    \
-      return expr;                                                \
-    }                                                             \
+#define LOWBIT_UNARY_FUNCTOR(Name, expr)                      \
+  struct Name {                                               \
+    template <typename T>                                     \
+    LOWBIT_HD T operator()(T x, const UnaryParams& p) const { \
+      (void)p;                                                \
+      return expr;                                            \
+    }                                                         \
   };
 
 LOWBIT_UNARY_FUNCTOR(NegOp, T(-x))
 LOWBIT_UNARY_FUNCTOR(AbsOp, math::is_negative(x) ? T(-x) : x)
 LOWBIT_UNARY_FUNCTOR(SignOp, T(int(T(0) < x) - int(math::is_negative(x))))
-LOWBIT_UNARY_FUNCTOR(SquareOp, T(x * x))
+LOWBIT_UNARY_FUNCTOR(SquareOp, T(x* x))
 LOWBIT_UNARY_FUNCTOR(ReluOp, math::is_negative(x) ? T(0) : x)  // NaN propagates, as PyTorch
 LOWBIT_UNARY_FUNCTOR(ClampOp, x < T(p.a) ? T(p.a) : (x > T(p.b) ? T(p.b) : x))
 LOWBIT_UNARY_FUNCTOR(AddScalarOp, T(x + T(p.a)))
-LOWBIT_UNARY_FUNCTOR(MulScalarOp, T(x * T(p.a)))
+LOWBIT_UNARY_FUNCTOR(MulScalarOp, T(x* T(p.a)))
 LOWBIT_UNARY_FUNCTOR(PowScalarOp, math::pow(x, T(p.a)))
 LOWBIT_UNARY_FUNCTOR(ExpOp, math::exp(x))
 LOWBIT_UNARY_FUNCTOR(LogOp, math::log(x))
@@ -108,18 +108,20 @@ LOWBIT_UNARY_FUNCTOR(TanhOp, math::tanh(x))
   X(tanh, TanhOp)
 
 #define LOWBIT_ENUM_ENTRY(name, functor) name,
-enum class UnaryOp : int { LOWBIT_UNARY_OPS_ALL(LOWBIT_ENUM_ENTRY) LOWBIT_UNARY_OPS_FLOAT(LOWBIT_ENUM_ENTRY) kCount };
+enum class UnaryOp : int {
+  LOWBIT_UNARY_OPS_ALL(LOWBIT_ENUM_ENTRY) LOWBIT_UNARY_OPS_FLOAT(LOWBIT_ENUM_ENTRY) kCount
+};
 
-#define LOWBIT_BINARY_FUNCTOR(Name, expr)             \
-  struct Name {                                       \
-    template <typename T>                             \
-    LOWBIT_HD T operator()(T a, T b) const {          \
-      return expr;                                    \
-    }                                                 \
+#define LOWBIT_BINARY_FUNCTOR(Name, expr)    \
+  struct Name {                              \
+    template <typename T>                    \
+    LOWBIT_HD T operator()(T a, T b) const { \
+      return expr;                           \
+    }                                        \
   };
 LOWBIT_BINARY_FUNCTOR(AddOp, T(a + b))
 LOWBIT_BINARY_FUNCTOR(SubOp, T(a - b))
-LOWBIT_BINARY_FUNCTOR(MulOp, T(a * b))
+LOWBIT_BINARY_FUNCTOR(MulOp, T(a* b))
 LOWBIT_BINARY_FUNCTOR(DivOp, T(a / b))
 LOWBIT_BINARY_FUNCTOR(PowOp, math::pow(a, b))
 // NaN propagates as in PyTorch's maximum/minimum.
@@ -134,12 +136,12 @@ LOWBIT_BINARY_FUNCTOR(MinimumOp, (a != a) ? a : ((b != b) ? b : (a < b ? a : b))
 #undef LOWBIT_BINARY_FUNCTOR
 
 // Comparisons return 0 or 1 (stored as u8).
-#define LOWBIT_COMPARE_FUNCTOR(Name, expr)              \
-  struct Name {                                         \
-    template <typename T>                               \
-    LOWBIT_HD uint8_t operator()(T a, T b) const {      \
-      return (expr) ? 1 : 0;                            \
-    }                                                   \
+#define LOWBIT_COMPARE_FUNCTOR(Name, expr)         \
+  struct Name {                                    \
+    template <typename T>                          \
+    LOWBIT_HD uint8_t operator()(T a, T b) const { \
+      return (expr) ? 1 : 0;                       \
+    }                                              \
   };
 LOWBIT_COMPARE_FUNCTOR(EqOp, a == b)
 LOWBIT_COMPARE_FUNCTOR(NeOp, a != b)
@@ -157,7 +159,7 @@ LOWBIT_COMPARE_FUNCTOR(GeOp, a >= b)
   X(pow, PowOp)              \
   X(maximum, MaximumOp)      \
   X(minimum, MinimumOp)      \
-  X(relu_grad, ReluGradOp)    \
+  X(relu_grad, ReluGradOp)   \
   X(add_relu, AddReluOp)
 #define LOWBIT_COMPARE_OPS(X) \
   X(eq, EqOp)                 \
@@ -167,7 +169,9 @@ LOWBIT_COMPARE_FUNCTOR(GeOp, a >= b)
   X(gt, GtOp)                 \
   X(ge, GeOp)
 
-enum class BinaryOp : int { LOWBIT_BINARY_OPS(LOWBIT_ENUM_ENTRY) LOWBIT_COMPARE_OPS(LOWBIT_ENUM_ENTRY) kCount };
+enum class BinaryOp : int {
+  LOWBIT_BINARY_OPS(LOWBIT_ENUM_ENTRY) LOWBIT_COMPARE_OPS(LOWBIT_ENUM_ENTRY) kCount
+};
 #undef LOWBIT_ENUM_ENTRY
 
 inline bool is_compare(BinaryOp op) { return int(op) >= int(BinaryOp::eq); }

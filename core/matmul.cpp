@@ -116,7 +116,10 @@ Tensor gemm_raw(const Tensor& a_in, const Tensor& b_in, bool ta, bool tb, const 
   }
   if (c.numel() > 0) {
     if (k == 0) {
-      if (beta == 0.0) c.fill_(0.0); else mul_(c, beta);
+      if (beta == 0.0)
+        c.fill_(0.0);
+      else
+        mul_(c, beta);
     } else {
       Operand oa = blas_operand(a, ta), ob = blas_operand(b, tb);
       core::GemmArgs g;

@@ -39,9 +39,7 @@ namespace {
 void random_cpu(const Tensor& out, const RandomValue& rv) {
   LOWBIT_DISPATCH_ALL(out.dtype(), "random", [&] {
     scalar_t* p = static_cast<scalar_t*>(out.raw_data());
-    for_each_index(out.numel(), [&](int64_t i) {
-      p[i] = convert<scalar_t>(rv(uint64_t(i)));
-    });
+    for_each_index(out.numel(), [&](int64_t i) { p[i] = convert<scalar_t>(rv(uint64_t(i))); });
   });
 }
 }  // namespace

@@ -38,26 +38,29 @@ float extreme_of_row(const float* p, int64_t r, bool want_max) {
   const int64_t chunk = 16384, nchunks = (r + chunk - 1) / chunk;
   std::vector<float> best(static_cast<size_t>(nchunks));
   std::vector<char> nan(static_cast<size_t>(nchunks), 0);
-  for_each_index(nchunks, [&](int64_t k) {
-    const int64_t b = k * chunk, e = std::min(r, b + chunk);
-    float v = p[b];
-    bool any_nan = false;
-    if (want_max) {
-      for (int64_t j = b; j < e; ++j) {
-        const float u = p[j];
-        any_nan |= u != u;
-        v = u > v ? u : v;
-      }
-    } else {
-      for (int64_t j = b; j < e; ++j) {
-        const float u = p[j];
-        any_nan |= u != u;
-        v = u < v ? u : v;
-      }
-    }
-    best[size_t(k)] = v;
-    nan[size_t(k)] = any_nan;
-  }, 1);
+  for_each_index(
+      nchunks,
+      [&](int64_t k) {
+        const int64_t b = k * chunk, e = std::min(r, b + chunk);
+        float v = p[b];
+        bool any_nan = false;
+        if (want_max) {
+          for (int64_t j = b; j < e; ++j) {
+            const float u = p[j];
+            any_nan |= u != u;
+            v = u > v ? u : v;
+          }
+        } else {
+          for (int64_t j = b; j < e; ++j) {
+            const float u = p[j];
+            any_nan |= u != u;
+            v = u < v ? u : v;
+          }
+        }
+        best[size_t(k)] = v;
+        nan[size_t(k)] = any_nan;
+      },
+      1);
   float v = best[0];
   for (int64_t k = 0; k < nchunks; ++k) {
     if (nan[size_t(k)]) return std::numeric_limits<float>::quiet_NaN();
@@ -74,36 +77,40 @@ void reduce_rows(ReduceOp op, const Tensor& out, const Tensor& in) {
   if constexpr (std::is_same_v<scalar_t, float>) {
     if ((op == ReduceOp::max || op == ReduceOp::min) && m <= 4 && r >= 2 * kParallelGrain) {
       for (int64_t row = 0; row < m; ++row) {
-        static_cast<float*>(out.raw_data())[row] = extreme_of_row(x + row * r, r, op == ReduceOp::max);
+        static_cast<float*>(out.raw_data())[row] =
+            extreme_of_row(x + row * r, r, op == ReduceOp::max);
       }
       return;
     }
   }
   using acc_t = std::conditional_t<std::is_integral_v<scalar_t>, int64_t, double>;
-  for_each_index(m, [&](int64_t row) {
-    const scalar_t* p = x + row * r;
-    if (op == ReduceOp::sum) {
-      acc_t acc = 0;
-      for (int64_t j = 0; j < r; ++j) acc += acc_t(opmath_t<scalar_t>(p[j]));
-      static_cast<scalar_t*>(out.raw_data())[row] = convert<scalar_t>(acc);
-      return;
-    }
-    const bool want_max = op == ReduceOp::max || op == ReduceOp::argmax;
-    int64_t best = 0;
-    double best_v = double(opmath_t<scalar_t>(p[0]));
-    for (int64_t j = 1; j < r && !std::isnan(best_v); ++j) {
-      const double v = double(opmath_t<scalar_t>(p[j]));
-      if (std::isnan(v) || (want_max ? v > best_v : v < best_v)) {
-        best = j;
-        best_v = v;
-      }
-    }
-    if (op == ReduceOp::argmax || op == ReduceOp::argmin) {
-      static_cast<int64_t*>(out.raw_data())[row] = best;
-    } else {
-      static_cast<scalar_t*>(out.raw_data())[row] = p[best];
-    }
-  }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(r, 1)));
+  for_each_index(
+      m,
+      [&](int64_t row) {
+        const scalar_t* p = x + row * r;
+        if (op == ReduceOp::sum) {
+          acc_t acc = 0;
+          for (int64_t j = 0; j < r; ++j) acc += acc_t(opmath_t<scalar_t>(p[j]));
+          static_cast<scalar_t*>(out.raw_data())[row] = convert<scalar_t>(acc);
+          return;
+        }
+        const bool want_max = op == ReduceOp::max || op == ReduceOp::argmax;
+        int64_t best = 0;
+        double best_v = double(opmath_t<scalar_t>(p[0]));
+        for (int64_t j = 1; j < r && !std::isnan(best_v); ++j) {
+          const double v = double(opmath_t<scalar_t>(p[j]));
+          if (std::isnan(v) || (want_max ? v > best_v : v < best_v)) {
+            best = j;
+            best_v = v;
+          }
+        }
+        if (op == ReduceOp::argmax || op == ReduceOp::argmin) {
+          static_cast<int64_t*>(out.raw_data())[row] = best;
+        } else {
+          static_cast<scalar_t*>(out.raw_data())[row] = p[best];
+        }
+      },
+      std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(r, 1)));
 }
 
 void reduce_cpu(ReduceOp op, const Tensor& out, const Tensor& in) {
@@ -167,7 +174,8 @@ Tensor as_rows(const Tensor& x, const ReducePlan& p) {
   return t.contiguous().reshape({p.rows, p.cols});
 }
 
-Tensor reduce_raw(ReduceOp op, const Tensor& x, const ReducePlan& p, DType out_dtype, const char* name) {
+Tensor reduce_raw(ReduceOp op, const Tensor& x, const ReducePlan& p, DType out_dtype,
+                  const char* name) {
   LOWBIT_CHECK(x.defined(), name, ": undefined tensor");
   if (op != ReduceOp::sum) {
     LOWBIT_CHECK(p.cols > 0, name, ": cannot reduce over an empty dim of shape ", x.shape());
@@ -246,7 +254,11 @@ Tensor amax(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
 Tensor amin(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
   return extreme(x, dims, keepdim, false);
 }
-Tensor argmax(const Tensor& x, int64_t dim, bool keepdim) { return arg_extreme(x, dim, keepdim, true); }
-Tensor argmin(const Tensor& x, int64_t dim, bool keepdim) { return arg_extreme(x, dim, keepdim, false); }
+Tensor argmax(const Tensor& x, int64_t dim, bool keepdim) {
+  return arg_extreme(x, dim, keepdim, true);
+}
+Tensor argmin(const Tensor& x, int64_t dim, bool keepdim) {
+  return arg_extreme(x, dim, keepdim, false);
+}
 
 }  // namespace lowbit

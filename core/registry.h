@@ -24,13 +24,15 @@ class Registry {
   Registry& operator=(const Registry&) = delete;
 
   void add(const std::string& name, T entry) {
-    LOWBIT_CHECK(entries_.emplace(name, std::move(entry)).second, kind_, " '", name, "' registered twice");
+    LOWBIT_CHECK(entries_.emplace(name, std::move(entry)).second, kind_, " '", name,
+                 "' registered twice");
   }
   bool has(const std::string& name) const { return entries_.count(name) > 0; }
   // The entry; InputError "unknown <kind> 'name'; allowed: a, b, c" otherwise.
   const T& get(const std::string& name) const {
     auto it = entries_.find(name);
-    if (it == entries_.end()) throw InputError(str_cat("unknown ", kind_, " '", name, "'; allowed: ", joined_names()));
+    if (it == entries_.end())
+      throw InputError(str_cat("unknown ", kind_, " '", name, "'; allowed: ", joined_names()));
     return it->second;
   }
   std::vector<std::string> names() const {  // sorted

@@ -23,21 +23,24 @@ void softmax_rows(const Tensor& out, const Tensor& in, bool log) {
   const int64_t r = in.size(-1), m = in.numel() / std::max<int64_t>(r, 1);
   const scalar_t* x = static_cast<const scalar_t*>(in.raw_data());
   scalar_t* y = static_cast<scalar_t*>(out.raw_data());
-  for_each_index(m, [&](int64_t row) {
-    const scalar_t* p = x + row * r;
-    scalar_t* q = y + row * r;
-    acc_t mx = -INFINITY;
-    for (int64_t j = 0; j < r; ++j) mx = std::max<acc_t>(mx, acc_t(p[j]));
-    acc_t s = 0;
-    for (int64_t j = 0; j < r; ++j) s += math::exp(acc_t(p[j]) - mx);
-    if (log) {
-      const acc_t ls = math::log(s);
-      for (int64_t j = 0; j < r; ++j) q[j] = scalar_t(acc_t(p[j]) - mx - ls);
-    } else {
-      const acc_t inv = acc_t(1) / s;
-      for (int64_t j = 0; j < r; ++j) q[j] = scalar_t(math::exp(acc_t(p[j]) - mx) * inv);
-    }
-  }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(r, 1)));
+  for_each_index(
+      m,
+      [&](int64_t row) {
+        const scalar_t* p = x + row * r;
+        scalar_t* q = y + row * r;
+        acc_t mx = -INFINITY;
+        for (int64_t j = 0; j < r; ++j) mx = std::max<acc_t>(mx, acc_t(p[j]));
+        acc_t s = 0;
+        for (int64_t j = 0; j < r; ++j) s += math::exp(acc_t(p[j]) - mx);
+        if (log) {
+          const acc_t ls = math::log(s);
+          for (int64_t j = 0; j < r; ++j) q[j] = scalar_t(acc_t(p[j]) - mx - ls);
+        } else {
+          const acc_t inv = acc_t(1) / s;
+          for (int64_t j = 0; j < r; ++j) q[j] = scalar_t(math::exp(acc_t(p[j]) - mx) * inv);
+        }
+      },
+      std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(r, 1)));
 }
 
 template <typename scalar_t>
@@ -48,17 +51,20 @@ void softmax_backward_rows(const Tensor& grad_in, const Tensor& grad_out, const 
   const scalar_t* g = static_cast<const scalar_t*>(grad_out.raw_data());
   const scalar_t* y = static_cast<const scalar_t*>(out.raw_data());
   scalar_t* gi = static_cast<scalar_t*>(grad_in.raw_data());
-  for_each_index(m, [&](int64_t row) {
-    const int64_t base = row * r;
-    acc_t s = 0;
-    for (int64_t j = 0; j < r; ++j) {
-      s += log ? acc_t(g[base + j]) : acc_t(g[base + j]) * acc_t(y[base + j]);
-    }
-    for (int64_t j = 0; j < r; ++j) {
-      const acc_t gj = acc_t(g[base + j]), yj = acc_t(y[base + j]);
-      gi[base + j] = scalar_t(log ? gj - math::exp(yj) * s : yj * (gj - s));
-    }
-  }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(r, 1)));
+  for_each_index(
+      m,
+      [&](int64_t row) {
+        const int64_t base = row * r;
+        acc_t s = 0;
+        for (int64_t j = 0; j < r; ++j) {
+          s += log ? acc_t(g[base + j]) : acc_t(g[base + j]) * acc_t(y[base + j]);
+        }
+        for (int64_t j = 0; j < r; ++j) {
+          const acc_t gj = acc_t(g[base + j]), yj = acc_t(y[base + j]);
+          gi[base + j] = scalar_t(log ? gj - math::exp(yj) * s : yj * (gj - s));
+        }
+      },
+      std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(r, 1)));
 }
 
 void softmax_cpu(const Tensor& out, const Tensor& in, bool log) {

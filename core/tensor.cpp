@@ -86,8 +86,8 @@ const TensorImpl& checked(const std::shared_ptr<TensorImpl>& impl) {
 
 int64_t wrap_dim(int64_t dim, int64_t ndim, const char* op) {
   const int64_t n = std::max<int64_t>(ndim, 1);
-  LOWBIT_CHECK(dim >= -n && dim < n, op, ": dim ", dim, " out of range for a tensor with ",
-               ndim, " dims");
+  LOWBIT_CHECK(dim >= -n && dim < n, op, ": dim ", dim, " out of range for a tensor with ", ndim,
+               " dims");
   return dim < 0 ? dim + n : dim;
 }
 
@@ -225,8 +225,7 @@ void Tensor::retain_grad() const {
     if (auto impl = weak.lock()) {
       Tensor self(impl);
       Tensor old = self.grad();
-      self.autograd_meta().grad =
-          std::make_shared<Tensor>(old.defined() ? add(old, g) : g.clone());
+      self.autograd_meta().grad = std::make_shared<Tensor>(old.defined() ? add(old, g) : g.clone());
     }
     return Tensor();
   });
@@ -258,8 +257,8 @@ Shape infer_shape(Shape shape, int64_t numel, const char* op) {
     }
   }
   if (infer >= 0) {
-    LOWBIT_CHECK(known > 0 && numel % known == 0, op, ": shape ", shape, " is invalid for ",
-                 numel, " elements");
+    LOWBIT_CHECK(known > 0 && numel % known == 0, op, ": shape ", shape, " is invalid for ", numel,
+                 " elements");
     shape[size_t(infer)] = numel / known;
   }
   LOWBIT_CHECK(numel_of(shape) == numel, op, ": shape ", shape, " is invalid for ", numel,
@@ -307,8 +306,9 @@ bool view_strides(const Shape& old_shape, const Shape& old_strides, const Shape&
 
 Tensor with_view_grad(const char* name, const Tensor& self, const Tensor& out,
                       std::function<Tensor(const Tensor&)> grad_fn) {
-  autograd::record(name, {self}, out,
-                   [fn = std::move(grad_fn)](const Tensor& g) { return std::vector<Tensor>{fn(g)}; });
+  autograd::record(name, {self}, out, [fn = std::move(grad_fn)](const Tensor& g) {
+    return std::vector<Tensor>{fn(g)};
+  });
   return out;
 }
 
@@ -318,11 +318,11 @@ Tensor Tensor::view(const Shape& new_shape) const {
   Shape shp = infer_shape(new_shape, numel(), "view");
   Shape st;
   LOWBIT_CHECK(view_strides(shape(), strides(), shp, &st), "view: cannot view a tensor of shape ",
-               shape(), " and strides ", strides(), " as ", shp,
-               " without copying; use reshape()");
+               shape(), " and strides ", strides(), " as ", shp, " without copying; use reshape()");
   Tensor out = make_view(storage(), shp, st, offset(), dtype());
   Shape in_shape = shape();
-  return with_view_grad("view", *this, out, [in_shape](const Tensor& g) { return g.reshape(in_shape); });
+  return with_view_grad("view", *this, out,
+                        [in_shape](const Tensor& g) { return g.reshape(in_shape); });
 }
 
 Tensor Tensor::reshape(const Shape& new_shape) const {
@@ -346,7 +346,8 @@ Tensor Tensor::permute(const std::vector<int64_t>& dims) const {
     st[size_t(i)] = strides()[size_t(d)];
   }
   Tensor out = make_view(storage(), shp, st, offset(), dtype());
-  return with_view_grad("permute", *this, out, [inverse](const Tensor& g) { return g.permute(inverse); });
+  return with_view_grad("permute", *this, out,
+                        [inverse](const Tensor& g) { return g.permute(inverse); });
 }
 
 Tensor Tensor::transpose(int64_t d0, int64_t d1) const {
@@ -403,8 +404,8 @@ Tensor Tensor::expand(const Shape& new_shape) const {
     if (j >= 0) {
       int64_t have = shape()[size_t(j)];
       if (want == -1) want = have;
-      LOWBIT_CHECK(have == want || have == 1, "expand: cannot expand ", shape(), " to ",
-                   new_shape, " (dim ", i, ": ", have, " vs ", want, ")");
+      LOWBIT_CHECK(have == want || have == 1, "expand: cannot expand ", shape(), " to ", new_shape,
+                   " (dim ", i, ": ", have, " vs ", want, ")");
       shp[size_t(i)] = want;
       st[size_t(i)] = have == want ? strides()[size_t(j)] : 0;
     } else {
@@ -415,7 +416,8 @@ Tensor Tensor::expand(const Shape& new_shape) const {
   }
   Tensor out = make_view(storage(), shp, st, offset(), dtype());
   Shape in_shape = shape();
-  return with_view_grad("expand", *this, out, [in_shape](const Tensor& g) { return sum_to(g, in_shape); });
+  return with_view_grad("expand", *this, out,
+                        [in_shape](const Tensor& g) { return sum_to(g, in_shape); });
 }
 
 Tensor Tensor::squeeze(int64_t d) const {
@@ -478,7 +480,8 @@ void copy_impl(const Tensor& dst, const Tensor& src) {
     packed = empty(dst.shape(), TensorOptions(dst.dtype(), s.device()));
     core::copy_stub(s.device(), packed, s);
   }
-  Tensor landing = dst.is_contiguous() ? dst : empty(dst.shape(), TensorOptions(dst.dtype(), dst.device()));
+  Tensor landing =
+      dst.is_contiguous() ? dst : empty(dst.shape(), TensorOptions(dst.dtype(), dst.device()));
   const Device remote = dst.device().is_cuda() ? dst.device() : packed.device();
   core::cuda_backend(remote.index)
       .copy(landing.raw_data(), landing.device(), packed.raw_data(), packed.device(),
@@ -560,8 +563,12 @@ Tensor full(const Shape& shape, double value, TensorOptions opts) {
 }
 Tensor zeros(const Shape& shape, TensorOptions opts) { return full(shape, 0.0, opts); }
 Tensor ones(const Shape& shape, TensorOptions opts) { return full(shape, 1.0, opts); }
-Tensor empty_like(const Tensor& t) { return empty(t.shape(), TensorOptions(t.dtype(), t.device())); }
-Tensor zeros_like(const Tensor& t) { return zeros(t.shape(), TensorOptions(t.dtype(), t.device())); }
+Tensor empty_like(const Tensor& t) {
+  return empty(t.shape(), TensorOptions(t.dtype(), t.device()));
+}
+Tensor zeros_like(const Tensor& t) {
+  return zeros(t.shape(), TensorOptions(t.dtype(), t.device()));
+}
 Tensor ones_like(const Tensor& t) { return ones(t.shape(), TensorOptions(t.dtype(), t.device())); }
 Tensor full_like(const Tensor& t, double v) {
   return full(t.shape(), v, TensorOptions(t.dtype(), t.device()));

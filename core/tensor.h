@@ -62,10 +62,10 @@ struct AutogradMeta {
   std::shared_ptr<Tensor> grad;
   std::shared_ptr<autograd::Node> grad_fn;
   uint32_t output_nr = 0;
-  std::vector<GradHook> hooks;        // leaf tensors; non-leaf hooks live on grad_fn
+  std::vector<GradHook> hooks;  // leaf tensors; non-leaf hooks live on grad_fn
   std::vector<PostAccumulateGradHook> post_accumulate_hooks;  // leaf tensors only
   std::weak_ptr<autograd::Node> grad_accumulator;  // leaves: the shared AccumulateGrad node
-  std::string name;  // optional, for error messages
+  std::string name;                                // optional, for error messages
 };
 
 struct TensorImpl {

@@ -16,9 +16,12 @@ void print_rec(std::ostringstream& os, const std::vector<double>& v, const Shape
   if (dim == shape.size()) {
     const double x = v[size_t(base)];
     if (floating) {
-      if (std::isnan(x)) os << "nan";
-      else if (std::isinf(x)) os << (x > 0 ? "inf" : "-inf");
-      else os << std::fixed << std::setprecision(4) << x;
+      if (std::isnan(x))
+        os << "nan";
+      else if (std::isinf(x))
+        os << (x > 0 ? "inf" : "-inf");
+      else
+        os << std::fixed << std::setprecision(4) << x;
     } else {
       os << int64_t(x);
     }
@@ -32,11 +35,14 @@ void print_rec(std::ostringstream& os, const std::vector<double>& v, const Shape
       os << (dim + 1 == shape.size() ? "..., " : "...,\n" + std::string(size_t(indent + 1), ' '));
       i = n - 3;
     }
-    print_rec(os, v, shape, strides, dim + 1, base + i * strides[dim], floating, summarize, indent + 1);
+    print_rec(os, v, shape, strides, dim + 1, base + i * strides[dim], floating, summarize,
+              indent + 1);
     if (i + 1 < n) {
       os << ",";
-      if (dim + 1 == shape.size()) os << " ";
-      else os << std::string(shape.size() - dim - 1, '\n') << std::string(size_t(indent + 1), ' ');
+      if (dim + 1 == shape.size())
+        os << " ";
+      else
+        os << std::string(shape.size() - dim - 1, '\n') << std::string(size_t(indent + 1), ' ');
     }
   }
   os << "]";
@@ -49,8 +55,8 @@ std::string Tensor::str() const {
   std::vector<double> v = to_vector<double>();
   std::ostringstream os;
   os << "tensor(";
-  print_rec(os, v, shape(), contiguous_strides(shape()), 0, 0, is_floating(dtype()),
-            numel() > 1000, 7);
+  print_rec(os, v, shape(), contiguous_strides(shape()), 0, 0, is_floating(dtype()), numel() > 1000,
+            7);
   os << ", shape=" << shape() << ", dtype=" << dtype() << ", device=" << device();
   if (requires_grad()) os << ", requires_grad=true";
   os << ")";

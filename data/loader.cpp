@@ -127,9 +127,8 @@ struct DataLoader::State {
   }
 
   void start_epoch(int64_t e, int64_t first_batch = 0) {
-    auto indices = std::make_shared<const std::vector<int64_t>>(
-        shard_indices(dataset->size(), opts.shuffle, opts.seed, e, opts.rank, opts.world_size,
-                      opts.pad_shards));
+    auto indices = std::make_shared<const std::vector<int64_t>>(shard_indices(
+        dataset->size(), opts.shuffle, opts.seed, e, opts.rank, opts.world_size, opts.pad_shards));
     std::map<int64_t, HostBatch> dropped;
     {
       std::lock_guard<std::mutex> lock(mu);
@@ -317,7 +316,8 @@ void DataLoader::set_epoch(int64_t epoch) {
 void DataLoader::reset() { state_->start_epoch(epoch()); }
 
 void DataLoader::seek(int64_t batch) {
-  LOWBIT_CHECK_INPUT(batch >= 0 && batch <= size(), "data loader: batch ", batch, " outside [0, ", size(), "]");
+  LOWBIT_CHECK_INPUT(batch >= 0 && batch <= size(), "data loader: batch ", batch, " outside [0, ",
+                     size(), "]");
   state_->start_epoch(epoch(), batch);
 }
 

@@ -5,8 +5,8 @@
 // order is padded by repeating its head to a multiple of w, and rank r takes positions
 // r, r + w, r + 2w, ... : PyTorch's DistributedSampler with drop_last=False, so every rank sees
 // the same number of batches. pad_shards = false (evaluation) skips the padding: the shards then
-// cover the dataset exactly once and may differ in length by one sample. Batches are consecutive runs of batch_size of the rank's indices;
-// drop_last drops a short final batch.
+// cover the dataset exactly once and may differ in length by one sample. Batches are consecutive
+// runs of batch_size of the rank's indices; drop_last drops a short final batch.
 //
 // Workers. num_workers threads assemble batches ahead of the consumer: read each sample, augment
 // it with a SampleRng keyed by (seed, epoch, dataset index), and convert it straight into the
@@ -50,7 +50,7 @@ struct LoaderOptions {
   uint64_t seed = 0;        // shuffling and augmentation
   int64_t rank = 0;         // data-parallel shard of this process
   int64_t world_size = 1;
-  bool pad_shards = true;   // equal shards by repeating the head of the order (training)
+  bool pad_shards = true;  // equal shards by repeating the head of the order (training)
   Device device = Device::cpu();
   bool pin_memory = true;  // used only for a CUDA device (pinned memory needs a GPU)
   int64_t prefetch = 0;    // batches in flight; 0 means 2 * num_workers

@@ -31,10 +31,14 @@ namespace lowbit::dist {
 
 const char* reduce_op_name(ReduceOp op) {
   switch (op) {
-    case ReduceOp::sum: return "sum";
-    case ReduceOp::mean: return "mean";
-    case ReduceOp::min: return "min";
-    case ReduceOp::max: return "max";
+    case ReduceOp::sum:
+      return "sum";
+    case ReduceOp::mean:
+      return "mean";
+    case ReduceOp::min:
+      return "min";
+    case ReduceOp::max:
+      return "max";
   }
   return "?";
 }
@@ -46,7 +50,8 @@ double initial_timeout() {
   if (!v || !*v) return 300.0;
   char* end = nullptr;
   const double t = std::strtod(v, &end);
-  LOWBIT_CHECK_INPUT(end && *end == '\0' && t > 0, "LOWBIT_DIST_TIMEOUT_S='", v, "': wants a number of seconds > 0");
+  LOWBIT_CHECK_INPUT(end && *end == '\0' && t > 0, "LOWBIT_DIST_TIMEOUT_S='", v,
+                     "': wants a number of seconds > 0");
   return t;
 }
 
@@ -74,8 +79,8 @@ void check_tensor(const Tensor& t, const char* collective) {
 
 void check_reduce(const Tensor& t, ReduceOp op) {
   check_tensor(t, "all_reduce");
-  LOWBIT_CHECK(op != ReduceOp::mean || is_floating(t.dtype()), "all_reduce: mean of a ", dtype_name(t.dtype()),
-               " tensor; use sum");
+  LOWBIT_CHECK(op != ReduceOp::mean || is_floating(t.dtype()), "all_reduce: mean of a ",
+               dtype_name(t.dtype()), " tensor; use sum");
 }
 
 }  // namespace detail
@@ -121,12 +126,18 @@ namespace {
 
 MPI_Datatype mpi_type(DType d, const char* collective) {
   switch (d) {
-    case DType::f32: return MPI_FLOAT;
-    case DType::f64: return MPI_DOUBLE;
-    case DType::i32: return MPI_INT32_T;
-    case DType::i64: return MPI_INT64_T;
-    case DType::u8: return MPI_UINT8_T;
-    default: break;
+    case DType::f32:
+      return MPI_FLOAT;
+    case DType::f64:
+      return MPI_DOUBLE;
+    case DType::i32:
+      return MPI_INT32_T;
+    case DType::i64:
+      return MPI_INT64_T;
+    case DType::u8:
+      return MPI_UINT8_T;
+    default:
+      break;
   }
   throw Error(str_cat(collective, ": the mpi backend takes f32, f64, i32, i64 and u8 tensors, got ",
                       dtype_name(d)));
@@ -135,9 +146,12 @@ MPI_Datatype mpi_type(DType d, const char* collective) {
 MPI_Op mpi_op(ReduceOp op) {
   switch (op) {
     case ReduceOp::sum:
-    case ReduceOp::mean: return MPI_SUM;
-    case ReduceOp::min: return MPI_MIN;
-    case ReduceOp::max: return MPI_MAX;
+    case ReduceOp::mean:
+      return MPI_SUM;
+    case ReduceOp::min:
+      return MPI_MIN;
+    case ReduceOp::max:
+      return MPI_MAX;
   }
   return MPI_SUM;
 }
@@ -147,7 +161,8 @@ template <typename Fn>
 void for_chunks(const Tensor& t, Fn fn) {
   const int64_t n = t.numel(), step = std::numeric_limits<int>::max();
   char* base = static_cast<char*>(t.raw_data());
-  for (int64_t off = 0; off < n; off += step) fn(base + off * t.element_size(), int(std::min(step, n - off)));
+  for (int64_t off = 0; off < n; off += step)
+    fn(base + off * t.element_size(), int(std::min(step, n - off)));
 }
 
 void mpi_check(int rc, const char* what) {
@@ -207,12 +222,14 @@ class MpiGroup : public ProcessGroup {
     detail::check_reduce(t, op);
     check_host(t, "all_reduce");
     const MPI_Datatype type = mpi_type(t.dtype(), "all_reduce");
-    return submit(str_cat("all_reduce(", reduce_op_name(op), ") of ", t.nbytes(), " bytes"), [t, type, op, this] {
-      for_chunks(t, [&](void* p, int n) {
-        mpi_check(MPI_Allreduce(MPI_IN_PLACE, p, n, type, mpi_op(op), MPI_COMM_WORLD), "MPI_Allreduce");
-      });
-      if (op == ReduceOp::mean) divide(t, double(size_));
-    });
+    return submit(str_cat("all_reduce(", reduce_op_name(op), ") of ", t.nbytes(), " bytes"),
+                  [t, type, op, this] {
+                    for_chunks(t, [&](void* p, int n) {
+                      mpi_check(MPI_Allreduce(MPI_IN_PLACE, p, n, type, mpi_op(op), MPI_COMM_WORLD),
+                                "MPI_Allreduce");
+                    });
+                    if (op == ReduceOp::mean) divide(t, double(size_));
+                  });
   }
 
   void broadcast(const Tensor& t, int root) override {
@@ -221,7 +238,9 @@ class MpiGroup : public ProcessGroup {
     LOWBIT_CHECK(root >= 0 && root < size_, "broadcast: root ", root, " outside [0, ", size_, ")");
     const MPI_Datatype type = mpi_type(t.dtype(), "broadcast");
     submit(str_cat("broadcast of ", t.nbytes(), " bytes from rank ", root), [t, type, root] {
-      for_chunks(t, [&](void* p, int n) { mpi_check(MPI_Bcast(p, n, type, root, MPI_COMM_WORLD), "MPI_Bcast"); });
+      for_chunks(t, [&](void* p, int n) {
+        mpi_check(MPI_Bcast(p, n, type, root, MPI_COMM_WORLD), "MPI_Bcast");
+      });
     })->wait();
   }
 
@@ -235,8 +254,8 @@ class MpiGroup : public ProcessGroup {
     s.insert(s.end(), t.shape().begin(), t.shape().end());
     Tensor out = empty(s, TensorOptions(t.dtype(), t.device()));
     submit(str_cat("all_gather of ", t.nbytes(), " bytes"), [t, out, type] {
-      mpi_check(MPI_Allgather(t.raw_data(), int(t.numel()), type, out.raw_data(), int(t.numel()), type,
-                              MPI_COMM_WORLD),
+      mpi_check(MPI_Allgather(t.raw_data(), int(t.numel()), type, out.raw_data(), int(t.numel()),
+                              type, MPI_COMM_WORLD),
                 "MPI_Allgather");
     })->wait();
     return out;
@@ -254,7 +273,8 @@ class MpiGroup : public ProcessGroup {
   };
 
   static void check_host(const Tensor& t, const char* collective) {
-    LOWBIT_CHECK(!t.is_cuda(), collective, ": the mpi backend takes CPU tensors, got one on ", t.device().str());
+    LOWBIT_CHECK(!t.is_cuda(), collective, ": the mpi backend takes CPU tensors, got one on ",
+                 t.device().str());
   }
 
   static void divide(const Tensor& t, double n) {
@@ -315,10 +335,11 @@ class MpiGroup : public ProcessGroup {
     while (!stop_watch_) {
       cv_.wait_for(lock, std::chrono::milliseconds(100));
       if (!busy_) continue;
-      const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+      const double waited =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
       if (waited > timeout()) {
-        abort_job(1, str_cat("error: collective #", count_, " (", running_, ") has waited ", int(waited),
-                             " s for the other ranks (dist.timeout_s = ", timeout(),
+        abort_job(1, str_cat("error: collective #", count_, " (", running_, ") has waited ",
+                             int(waited), " s for the other ranks (dist.timeout_s = ", timeout(),
                              "): another rank has failed, was killed or is stuck; ending the job"));
       }
     }

@@ -33,24 +33,37 @@ namespace {
 
 ncclDataType_t nccl_type(DType d, const char* collective) {
   switch (d) {
-    case DType::f32: return ncclFloat32;
-    case DType::f64: return ncclFloat64;
-    case DType::bf16: return ncclBfloat16;
-    case DType::f16: return ncclFloat16;
-    case DType::i32: return ncclInt32;
-    case DType::i64: return ncclInt64;
-    case DType::u8: return ncclUint8;
-    case DType::i8: return ncclInt8;
+    case DType::f32:
+      return ncclFloat32;
+    case DType::f64:
+      return ncclFloat64;
+    case DType::bf16:
+      return ncclBfloat16;
+    case DType::f16:
+      return ncclFloat16;
+    case DType::i32:
+      return ncclInt32;
+    case DType::i64:
+      return ncclInt64;
+    case DType::u8:
+      return ncclUint8;
+    case DType::i8:
+      return ncclInt8;
   }
-  throw Error(str_cat(collective, ": dtype ", dtype_name(d), " is not supported by the nccl backend"));
+  throw Error(
+      str_cat(collective, ": dtype ", dtype_name(d), " is not supported by the nccl backend"));
 }
 
 ncclRedOp_t nccl_op(ReduceOp op) {
   switch (op) {
-    case ReduceOp::sum: return ncclSum;
-    case ReduceOp::mean: return ncclAvg;
-    case ReduceOp::min: return ncclMin;
-    case ReduceOp::max: return ncclMax;
+    case ReduceOp::sum:
+      return ncclSum;
+    case ReduceOp::mean:
+      return ncclAvg;
+    case ReduceOp::min:
+      return ncclMin;
+    case ReduceOp::max:
+      return ncclMax;
   }
   return ncclSum;
 }
@@ -122,9 +135,11 @@ class NcclGroup : public ProcessGroup {
     check(t, "all_reduce");
     detail::check_reduce(t, op);
     const ncclDataType_t type = nccl_type(t.dtype(), "all_reduce");
-    return launch(t, str_cat("all_reduce(", reduce_op_name(op), ") of ", t.nbytes(), " bytes"), [&](cudaStream_t s) {
-      NCCL_CHECK(ncclAllReduce(t.raw_data(), t.raw_data(), size_t(t.numel()), type, nccl_op(op), comm_, s));
-    });
+    return launch(t, str_cat("all_reduce(", reduce_op_name(op), ") of ", t.nbytes(), " bytes"),
+                  [&](cudaStream_t s) {
+                    NCCL_CHECK(ncclAllReduce(t.raw_data(), t.raw_data(), size_t(t.numel()), type,
+                                             nccl_op(op), comm_, s));
+                  });
   }
 
   void broadcast(const Tensor& t, int root) override {
@@ -132,7 +147,8 @@ class NcclGroup : public ProcessGroup {
     LOWBIT_CHECK(root >= 0 && root < size_, "broadcast: root ", root, " outside [0, ", size_, ")");
     const ncclDataType_t type = nccl_type(t.dtype(), "broadcast");
     launch(t, str_cat("broadcast of ", t.nbytes(), " bytes"), [&](cudaStream_t s) {
-      NCCL_CHECK(ncclBroadcast(t.raw_data(), t.raw_data(), size_t(t.numel()), type, root, comm_, s));
+      NCCL_CHECK(
+          ncclBroadcast(t.raw_data(), t.raw_data(), size_t(t.numel()), type, root, comm_, s));
     })->wait();
   }
 
@@ -159,8 +175,8 @@ class NcclGroup : public ProcessGroup {
  private:
   void check(const Tensor& t, const char* collective) const {
     detail::check_tensor(t, collective);
-    LOWBIT_CHECK(t.is_cuda() && t.device().index == device_, collective, ": the nccl group of cuda:", device_,
-                 " got a tensor on ", t.device().str());
+    LOWBIT_CHECK(t.is_cuda() && t.device().index == device_, collective,
+                 ": the nccl group of cuda:", device_, " got a tensor on ", t.device().str());
   }
 
   template <typename Issue>
@@ -190,19 +206,26 @@ class NcclGroup : public ProcessGroup {
       cv_.wait_for(lock, std::chrono::milliseconds(100));
       while (!pending_.empty() && pending_.front()->done.query()) pending_.pop_front();
       ncclResult_t async = ncclSuccess;
-      const bool failed = ncclCommGetAsyncError(comm_, &async) != ncclSuccess || async != ncclSuccess;
+      const bool failed =
+          ncclCommGetAsyncError(comm_, &async) != ncclSuccess || async != ncclSuccess;
       if (pending_.empty() && !failed) continue;
-      const double waited = pending_.empty() ? 0.0
-          : std::chrono::duration<double>(std::chrono::steady_clock::now() - pending_.front()->started).count();
+      const double waited = pending_.empty()
+                                ? 0.0
+                                : std::chrono::duration<double>(std::chrono::steady_clock::now() -
+                                                                pending_.front()->started)
+                                      .count();
       if (!failed && waited <= timeout()) continue;
-      const std::string what = pending_.empty() ? std::string("a collective") : pending_.front()->what;
+      const std::string what =
+          pending_.empty() ? std::string("a collective") : pending_.front()->what;
       ncclCommAbort(comm_);
       comm_ = nullptr;
-      abort_job(1, failed ? str_cat("error: nccl reports ", ncclGetErrorString(async), " during ", what,
-                                    " on cuda:", device_, "; ending the job")
-                          : str_cat("error: nccl ", what, " on cuda:", device_, " has waited ", int(waited),
-                                    " s for the other ranks (dist.timeout_s = ", timeout(),
-                                    "): another rank has failed, was killed or is stuck; ending the job"));
+      abort_job(
+          1, failed
+                 ? str_cat("error: nccl reports ", ncclGetErrorString(async), " during ", what,
+                           " on cuda:", device_, "; ending the job")
+                 : str_cat("error: nccl ", what, " on cuda:", device_, " has waited ", int(waited),
+                           " s for the other ranks (dist.timeout_s = ", timeout(),
+                           "): another rank has failed, was killed or is stuck; ending the job"));
     }
   }
 

@@ -60,7 +60,8 @@ WorldInfo init_world() {
   MPI_Initialized(&initialized);
   if (!initialized) {
     const int rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided);
-    LOWBIT_CHECK(rc == MPI_SUCCESS, "MPI_Init_thread failed (", rc, ") under launcher ", w.launcher);
+    LOWBIT_CHECK(rc == MPI_SUCCESS, "MPI_Init_thread failed (", rc, ") under launcher ",
+                 w.launcher);
     std::atexit(finalize_mpi);
   } else {
     MPI_Query_thread(&provided);
@@ -73,9 +74,10 @@ WorldInfo init_world() {
   MPI_Comm local;
   const bool ok = MPI_Comm_rank(MPI_COMM_WORLD, &w.rank) == MPI_SUCCESS &&
                   MPI_Comm_size(MPI_COMM_WORLD, &w.size) == MPI_SUCCESS &&
-                  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, w.rank, MPI_INFO_NULL, &local) ==
-                      MPI_SUCCESS;
-  LOWBIT_CHECK(ok, "MPI could not tell this process's rank, world size or host (launcher ", w.launcher, ")");
+                  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, w.rank, MPI_INFO_NULL,
+                                      &local) == MPI_SUCCESS;
+  LOWBIT_CHECK(ok, "MPI could not tell this process's rank, world size or host (launcher ",
+               w.launcher, ")");
   int local_rank = 0;
   MPI_Comm_rank(local, &local_rank);
   MPI_Comm_size(local, &w.local_size);

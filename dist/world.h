@@ -40,7 +40,8 @@ std::string rank_prefix();
 
 // Ends the whole job with `code` after printing `message` (prefixed with the rank) on stderr:
 // MPI_Abort in a world of several processes (the launcher then stops every rank), std::_Exit
-// alone (no destructors: other threads may be inside collectives). For the CLI's main and the collective watchdog, never for library errors.
+// alone (no destructors: other threads may be inside collectives). For the CLI's main and the
+// collective watchdog, never for library errors.
 [[noreturn]] void abort_job(int code, const std::string& message);
 
 }  // namespace lowbit::dist

@@ -31,7 +31,8 @@ Tensor hardswish(const Tensor& x) { return x * clamp(x + 3.0, 0.0, 6.0) * (1.0 /
 
 Tensor linear(const Tensor& x_arg, const Tensor& w_arg, const Tensor& b_arg) {
   // A lower-precision op under autocast (core/autocast.h), as conv2d.
-  const Tensor x = autocast_input(x_arg), weight = autocast_input(w_arg), bias = autocast_input(b_arg);
+  const Tensor x = autocast_input(x_arg), weight = autocast_input(w_arg),
+               bias = autocast_input(b_arg);
   LOWBIT_CHECK(x.defined() && x.dim() >= 1 && weight.defined() && weight.dim() == 2,
                "linear wants x (..., in) and weight (out, in), got ",
                x.defined() ? shape_str(x.shape()) : "undefined", " and ",
@@ -91,7 +92,8 @@ void Linear::ensure_bias() {
 
 std::string Linear::extra_repr() const {
   std::ostringstream os;
-  os << "in_features=" << in_ << ", out_features=" << out_ << ", bias=" << (bias_.defined() ? "True" : "False");
+  os << "in_features=" << in_ << ", out_features=" << out_
+     << ", bias=" << (bias_.defined() ? "True" : "False");
   return os.str();
 }
 

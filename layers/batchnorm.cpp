@@ -49,16 +49,19 @@ inline T relu_select(T y, T g) {
   }
 }
 
-constexpr int kBlock = 8;  // channels per register block in column_sums_typed (AVX2: 2 ymm of doubles per sum)
+constexpr int kBlock =
+    8;  // channels per register block in column_sums_typed (AVX2: 2 ymm of doubles per sum)
 
 // Column sums of channels [cb, cb + kBlock) over rows [r0, r1) added to s0/s1 (which carry the
 // sums of the rows before r0), accumulators in registers (local arrays, no aliasing, a fixed trip
 // count the compiler unrolls and vectorises).
-// Forward: sum (x - K), sum (x - K)^2 with K = pm, the shift. Backward: sum g, sum g * xhat, g = dy masked by y > 0 with kRelu.
+// Forward: sum (x - K), sum (x - K)^2 with K = pm, the shift. Backward: sum g, sum g * xhat, g = dy
+// masked by y > 0 with kRelu.
 template <typename scalar_t, bool kBackward, bool kRelu>
-void block_sums(const scalar_t* __restrict px, const scalar_t* __restrict pdy, const scalar_t* __restrict py,
-                const bn_acc_t<scalar_t>* __restrict pm, const bn_acc_t<scalar_t>* __restrict pis, int64_t c,
-                int64_t cb, int64_t r0, int64_t r1, double* __restrict s0, double* __restrict s1) {
+void block_sums(const scalar_t* __restrict px, const scalar_t* __restrict pdy,
+                const scalar_t* __restrict py, const bn_acc_t<scalar_t>* __restrict pm,
+                const bn_acc_t<scalar_t>* __restrict pis, int64_t c, int64_t cb, int64_t r0,
+                int64_t r1, double* __restrict s0, double* __restrict s1) {
   using acc_t = bn_acc_t<scalar_t>;
   double a0[kBlock], a1[kBlock];
   acc_t m[kBlock], is[kBlock];
@@ -123,8 +126,8 @@ void column_sums_typed(const Tensor& x, const Tensor& dy, const Tensor& y, const
     double* __restrict s1 = acc + c;
     if (c % kBlock == 0) {
       // Blocks of 8 channels whose accumulators live in registers across a tile of rows (16 KiB
-      // of each f32 input, so the tile stays in L1 while every block walks it): the same sums in the
-      // same order as the loops below (so the same bits), without a load and store of the
+      // of each f32 input, so the tile stays in L1 while every block walks it): the same sums in
+      // the same order as the loops below (so the same bits), without a load and store of the
       // accumulators per row and with one pass over memory.
       const int64_t tile = std::max<int64_t>(8, 4096 / c);
       for (int64_t t0 = r0; t0 < r1; t0 += tile) {
@@ -187,15 +190,18 @@ void bn_affine_cpu(const Tensor& x, const Tensor& a, const Tensor& b, bool relu,
     scalar_t* py = static_cast<scalar_t*>(y.raw_data());
     const acc_t* pa = static_cast<const acc_t*>(a.raw_data());
     const acc_t* pb = static_cast<const acc_t*>(b.raw_data());
-    core::for_each_chunk(m, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const scalar_t* xr = px + r * c;
-        scalar_t* yr = py + r * c;
-        for (int64_t ch = 0; ch < c; ++ch) {
-          yr[ch] = scalar_t(bn_affine(acc_t(opmath_t<scalar_t>(xr[ch])), pa[ch], pb[ch], relu));
-        }
-      }
-    }, std::max<int64_t>(1, core::kParallelGrain / c));
+    core::for_each_chunk(
+        m,
+        [&](int64_t r0, int64_t r1) {
+          for (int64_t r = r0; r < r1; ++r) {
+            const scalar_t* xr = px + r * c;
+            scalar_t* yr = py + r * c;
+            for (int64_t ch = 0; ch < c; ++ch) {
+              yr[ch] = scalar_t(bn_affine(acc_t(opmath_t<scalar_t>(xr[ch])), pa[ch], pb[ch], relu));
+            }
+          }
+        },
+        std::max<int64_t>(1, core::kParallelGrain / c));
   });
 }
 
@@ -213,17 +219,20 @@ void bn_grad_input_cpu(const Tensor& x, const Tensor& dy, const Tensor& y, const
     const acc_t* pb = static_cast<const acc_t*>(b.raw_data());
     const acc_t* pd = static_cast<const acc_t*>(d.raw_data());
     const acc_t* pm = static_cast<const acc_t*>(mean.raw_data());
-    core::for_each_chunk(m, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t base = r * c;
-        for (int64_t ch = 0; ch < c; ++ch) {
-          const acc_t yv = py ? acc_t(opmath_t<scalar_t>(py[base + ch])) : acc_t(1);
-          pdx[base + ch] = scalar_t(bn_grad_input(acc_t(opmath_t<scalar_t>(px[base + ch])),
-                                                  acc_t(opmath_t<scalar_t>(pdy[base + ch])), yv,
-                                                  pa[ch], pb[ch], pd[ch], pm[ch], relu));
-        }
-      }
-    }, std::max<int64_t>(1, core::kParallelGrain / c));
+    core::for_each_chunk(
+        m,
+        [&](int64_t r0, int64_t r1) {
+          for (int64_t r = r0; r < r1; ++r) {
+            const int64_t base = r * c;
+            for (int64_t ch = 0; ch < c; ++ch) {
+              const acc_t yv = py ? acc_t(opmath_t<scalar_t>(py[base + ch])) : acc_t(1);
+              pdx[base + ch] = scalar_t(bn_grad_input(acc_t(opmath_t<scalar_t>(px[base + ch])),
+                                                      acc_t(opmath_t<scalar_t>(pdy[base + ch])), yv,
+                                                      pa[ch], pb[ch], pd[ch], pm[ch], relu));
+            }
+          }
+        },
+        std::max<int64_t>(1, core::kParallelGrain / c));
   });
 }
 
@@ -256,7 +265,8 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
                x_in.defined() ? shape_str(x_in.shape()) : "undefined");
   LOWBIT_CHECK(is_floating(x_in.dtype()), "batch_norm: dtype ", x_in.dtype(), " is not floating");
   const int64_t c = x_in.size(-1);
-  int64_t m = x_in.numel() / std::max<int64_t>(c, 1);  // values per channel (over the ranks with sync)
+  int64_t m =
+      x_in.numel() / std::max<int64_t>(c, 1);  // values per channel (over the ranks with sync)
   const Device dev = x_in.device();
   // Per-channel math in f64 for f64 inputs, f32 otherwise (bn_acc_t).
   const DType pdt = x_in.dtype() == DType::f64 ? DType::f64 : DType::f32;
@@ -274,12 +284,15 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
   {
     autograd::NoGradGuard no_grad;
     if (use_batch) {
-      LOWBIT_CHECK(m > 1 || !training || sync, "batch_norm: expected more than 1 value per channel when "
-                   "training, got input of shape ", x_in.shape());
+      LOWBIT_CHECK(m > 1 || !training || sync,
+                   "batch_norm: expected more than 1 value per channel when "
+                   "training, got input of shape ",
+                   x_in.shape());
       // Shifted data (Chan, Golub & LeVeque 1983): sums of d = x - K with K a value of the
       // channel (its first row), then mean = K + E[d], var = E[d^2] - E[d]^2. One pass over x,
       // and no cancellation when |mean| >> std: plain E[x^2] - E[x]^2, even in double, loses
-      // every digit once |mean| / std passes about 1e8 (folded DoReFa weights: docs/quantization.md).
+      // every digit once |mean| / std passes about 1e8 (folded DoReFa weights:
+      // docs/quantization.md).
       Tensor shift = x.reshape({m, c}).select(0, 0).to(pdt).contiguous();
       if (sync) {
         // One shift for every rank, so the sums add up (a copy: shift may be a view of x).
@@ -295,7 +308,8 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
         sync->all_reduce(packed, dist::ReduceOp::sum);
         sums = packed.narrow(0, 0, 2 * c).reshape({2, c});
         m = int64_t(packed.narrow(0, 2 * c, 1).item());
-        LOWBIT_CHECK(m > 1, "batch_norm (SyncBN): expected more than 1 value per channel over the ranks");
+        LOWBIT_CHECK(m > 1,
+                     "batch_norm (SyncBN): expected more than 1 value per channel over the ranks");
       }
       Tensor dmean = sums.select(0, 0) * (1.0 / double(m));
       Tensor mean64 = shift.to(DType::f64) + dmean;
@@ -353,7 +367,8 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
       }
       Tensor dx = empty(xs.shape(), TensorOptions(xs.dtype(), xs.device()));
       bn_grad_input_stub(xs.device(), xs, g, yr, a, b2, d2, mean, relu, dx);
-      return std::vector<Tensor>{dx, has_w ? g_gamma.to(wt) : Tensor(), has_b ? g_beta.to(bt) : Tensor()};
+      return std::vector<Tensor>{dx, has_w ? g_gamma.to(wt) : Tensor(),
+                                 has_b ? g_beta.to(bt) : Tensor()};
     });
   }
   return y;
@@ -381,9 +396,9 @@ BatchNorm2d::BatchNorm2d(const BatchNormOptions& o) : opts_(o) {
 }
 
 Tensor BatchNorm2d::forward(const Tensor& x) {
-  LOWBIT_CHECK(x.defined() && x.size(-1) == opts_.num_features, "BatchNorm2d(",
-               opts_.num_features, ") got input of shape ",
-               x.defined() ? shape_str(x.shape()) : "undefined", " (channels last)");
+  LOWBIT_CHECK(x.defined() && x.size(-1) == opts_.num_features, "BatchNorm2d(", opts_.num_features,
+               ") got input of shape ", x.defined() ? shape_str(x.shape()) : "undefined",
+               " (channels last)");
   // Frozen statistics (METHODS 4, QAT after freeze_bn_epoch): running statistics, no updates,
   // while gamma and beta keep training.
   const bool batch_stats = is_training() && !frozen_stats_;
@@ -391,7 +406,8 @@ Tensor BatchNorm2d::forward(const Tensor& x) {
     autograd::NoGradGuard guard;
     add_(num_batches_tracked_, ones({}, TensorOptions(DType::i64, num_batches_tracked_.device())));
   }
-  dist::ProcessGroup* group = sync_ && batch_stats && dist::is_distributed() ? &dist::process_group(x.device()) : nullptr;
+  dist::ProcessGroup* group =
+      sync_ && batch_stats && dist::is_distributed() ? &dist::process_group(x.device()) : nullptr;
   Tensor y = batch_norm(x, weight_, bias_, running_mean_, running_var_, batch_stats, opts_.momentum,
                         opts_.eps, opts_.fuse_relu, group);
   notify_forward(*this, x, y);

@@ -3,10 +3,9 @@
 // per (row block, channel); a second small kernel adds the partials in order. No atomics, so
 // the sums are deterministic. The per-element math is detail::BnStatsTerm / BnBackwardTerm /
 // bn_affine / bn_grad_input from batchnorm.h, shared with the CPU.
-#include "layers/batchnorm.h"
-
 #include "core/ops.h"
 #include "cuda/launch.cuh"
+#include "layers/batchnorm.h"
 
 namespace lowbit::layers::detail {
 
@@ -35,8 +34,8 @@ __global__ void bn_column_partials_kernel(const T* __restrict__ x, const T* __re
       const int64_t i = r * c + ch;
       double out[2];
       if (backward) {
-        bwd(A(opmath_t<T>(x[i])), A(opmath_t<T>(dy[i])),
-            y ? A(opmath_t<T>(y[i])) : A(1), mu, is, out);
+        bwd(A(opmath_t<T>(x[i])), A(opmath_t<T>(dy[i])), y ? A(opmath_t<T>(y[i])) : A(1), mu, is,
+            out);
       } else {
         stats(A(opmath_t<T>(x[i])), A(0), A(0), mu, A(0), out);
       }
@@ -79,7 +78,8 @@ void bn_column_sums_cuda(const Tensor& x, const Tensor& dy, const Tensor& y, con
   cuda::DeviceGuard guard(dev);
   cudaStream_t s = cuda::stream_of(dev);
   const int64_t c = x.size(-1), m = x.numel() / c;
-  const int64_t row_blocks = std::max<int64_t>(1, std::min<int64_t>(kMaxRowBlocks, (m + kTileR - 1) / kTileR));
+  const int64_t row_blocks =
+      std::max<int64_t>(1, std::min<int64_t>(kMaxRowBlocks, (m + kTileR - 1) / kTileR));
   Tensor partial = empty({row_blocks, 2, c}, TensorOptions(DType::f64, x.device()));
   LOWBIT_DISPATCH_FLOATING(x.dtype(), "batch_norm (cuda)", [&] {
     using acc_t = bn_acc_t<scalar_t>;
@@ -107,10 +107,13 @@ void bn_affine_cuda(const Tensor& x, const Tensor& a, const Tensor& b, bool relu
     scalar_t* py = static_cast<scalar_t*>(y.raw_data());
     const acc_t* pa = static_cast<const acc_t*>(a.raw_data());
     const acc_t* pb = static_cast<const acc_t*>(b.raw_data());
-    cuda::launch_elementwise(x.numel(), [=] __device__(int64_t i) {
-      const int64_t ch = i % c;
-      py[i] = scalar_t(bn_affine(acc_t(opmath_t<scalar_t>(px[i])), pa[ch], pb[ch], relu));
-    }, cuda::stream_of(dev));
+    cuda::launch_elementwise(
+        x.numel(),
+        [=] __device__(int64_t i) {
+          const int64_t ch = i % c;
+          py[i] = scalar_t(bn_affine(acc_t(opmath_t<scalar_t>(px[i])), pa[ch], pb[ch], relu));
+        },
+        cuda::stream_of(dev));
   });
 }
 
@@ -130,13 +133,16 @@ void bn_grad_input_cuda(const Tensor& x, const Tensor& dy, const Tensor& y, cons
     const acc_t* pb = static_cast<const acc_t*>(b.raw_data());
     const acc_t* pd = static_cast<const acc_t*>(d.raw_data());
     const acc_t* pm = static_cast<const acc_t*>(mean.raw_data());
-    cuda::launch_elementwise(x.numel(), [=] __device__(int64_t i) {
-      const int64_t ch = i % c;
-      const acc_t yv = py ? acc_t(opmath_t<scalar_t>(py[i])) : acc_t(1);
-      pdx[i] = scalar_t(bn_grad_input(acc_t(opmath_t<scalar_t>(px[i])),
-                                      acc_t(opmath_t<scalar_t>(pdy[i])), yv, pa[ch], pb[ch],
-                                      pd[ch], pm[ch], relu));
-    }, cuda::stream_of(dev));
+    cuda::launch_elementwise(
+        x.numel(),
+        [=] __device__(int64_t i) {
+          const int64_t ch = i % c;
+          const acc_t yv = py ? acc_t(opmath_t<scalar_t>(py[i])) : acc_t(1);
+          pdx[i] = scalar_t(bn_grad_input(acc_t(opmath_t<scalar_t>(px[i])),
+                                          acc_t(opmath_t<scalar_t>(pdy[i])), yv, pa[ch], pb[ch],
+                                          pd[ch], pm[ch], relu));
+        },
+        cuda::stream_of(dev));
   });
 }
 

@@ -40,7 +40,8 @@ struct BatchNormOptions {
 // every rank calls it at the same point of its forward and backward.
 Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias,
                   const Tensor& running_mean, const Tensor& running_var, bool training,
-                  double momentum, double eps, bool relu = false, dist::ProcessGroup* sync = nullptr);
+                  double momentum, double eps, bool relu = false,
+                  dist::ProcessGroup* sync = nullptr);
 
 class BatchNorm2d : public Module {
  public:

@@ -2,11 +2,10 @@
 // device dispatch. The cuDNN kernels are in conv2d.cu.
 #include "layers/conv2d.h"
 
-#include <oneapi/dnnl/dnnl.hpp>
-
 #include <atomic>
 #include <map>
 #include <mutex>
+#include <oneapi/dnnl/dnnl.hpp>
 #include <sstream>
 #include <tuple>
 
@@ -39,9 +38,8 @@ ConvShape conv2d_shape(const Tensor& x, const Tensor& w, const Conv2dOptions& o)
   s.dil_w = o.dilation[1];
   LOWBIT_CHECK(o.groups >= 1 && s.c % o.groups == 0 && s.k % o.groups == 0, "conv2d: groups ",
                o.groups, " must divide input channels ", s.c, " and filters ", s.k);
-  LOWBIT_CHECK(w.size(3) * o.groups == s.c, "conv2d: input has ", s.c,
-               " channels but the weight ", w.shape(), " with groups ", o.groups, " expects ",
-               w.size(3) * o.groups);
+  LOWBIT_CHECK(w.size(3) * o.groups == s.c, "conv2d: input has ", s.c, " channels but the weight ",
+               w.shape(), " with groups ", o.groups, " expects ", w.size(3) * o.groups);
   LOWBIT_CHECK(s.stride_h > 0 && s.stride_w > 0, "conv2d: stride ", s.stride_h, "x", s.stride_w,
                " must be positive in both dims");
   LOWBIT_CHECK(s.dil_h > 0 && s.dil_w > 0, "conv2d: dilation ", s.dil_h, "x", s.dil_w,
@@ -84,8 +82,8 @@ using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int
                        int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, DType>;
 
 Key key_of(const ConvShape& s, bool bias, DType t) {
-  return Key{s.n, s.h, s.w, s.c, s.k, s.r, s.s, s.stride_h, s.stride_w, s.pad_h, s.pad_w,
-             s.dil_h, s.dil_w, s.groups, bias, t};
+  return Key{s.n,        s.h,     s.w,     s.c,     s.k,     s.r,      s.s,  s.stride_h,
+             s.stride_w, s.pad_h, s.pad_w, s.dil_h, s.dil_w, s.groups, bias, t};
 }
 
 struct Descs {
@@ -134,13 +132,12 @@ std::mutex g_cache_mu;
 
 dnnl::convolution_forward::primitive_desc forward_pd(const Descs& d, bool with_bias) {
   using namespace dnnl;
-  auto desc = with_bias
-      ? convolution_forward::desc(prop_kind::forward_training, d.algo,
-                                  d.act(d.src), any_of(d.weights), d.bias, d.act(d.dst),
-                                  d.strides, d.dilates, d.pad_l, d.pad_r)
-      : convolution_forward::desc(prop_kind::forward_training, d.algo,
-                                  d.act(d.src), any_of(d.weights), d.act(d.dst), d.strides,
-                                  d.dilates, d.pad_l, d.pad_r);
+  auto desc = with_bias ? convolution_forward::desc(
+                              prop_kind::forward_training, d.algo, d.act(d.src), any_of(d.weights),
+                              d.bias, d.act(d.dst), d.strides, d.dilates, d.pad_l, d.pad_r)
+                        : convolution_forward::desc(prop_kind::forward_training, d.algo,
+                                                    d.act(d.src), any_of(d.weights), d.act(d.dst),
+                                                    d.strides, d.dilates, d.pad_l, d.pad_r);
   return convolution_forward::primitive_desc(desc, cpu_engine());
 }
 
@@ -221,8 +218,8 @@ struct BwdEntry {
 // AVX-512); say which convolution and dtype, and what to do.
 [[noreturn]] void no_kernel(const ConvShape& s, DType t, const dnnl::error& e) {
   LOWBIT_FAIL("conv2d (cpu): oneDNN has no ", t, " kernel for ", s.n, "x", s.h, "x", s.w, "x", s.c,
-              " -> ", s.k, " filters ", s.r, "x", s.s, " on this CPU (", e.what(),
-              ")", t == DType::bf16 ? "; bf16 needs AVX-512 (avx512_core); use amp: off" : "");
+              " -> ", s.k, " filters ", s.r, "x", s.s, " on this CPU (", e.what(), ")",
+              t == DType::bf16 ? "; bf16 needs AVX-512 (avx512_core); use amp: off" : "");
 }
 
 std::atomic<CpuConvAlgo> g_algo{CpuConvAlgo::auto_};
@@ -267,10 +264,10 @@ FwdEntry& forward_entry(const ConvShape& s, bool with_bias, DType t) {
     Descs d = make_descs(s, with_bias, t);
     d.algo = how;
     auto pd = forward_pd(d, with_bias);
-    return std::unique_ptr<FwdEntry>(new FwdEntry{
-        dnnl::convolution_forward(pd), Staged(d.src, pd.src_desc()),
-        Staged(d.weights, pd.weights_desc()), Staged(d.dst, pd.dst_desc()), d.bias,
-        std::string(pd.impl_info_str())});
+    return std::unique_ptr<FwdEntry>(
+        new FwdEntry{dnnl::convolution_forward(pd), Staged(d.src, pd.src_desc()),
+                     Staged(d.weights, pd.weights_desc()), Staged(d.dst, pd.dst_desc()), d.bias,
+                     std::string(pd.impl_info_str())});
   };
   if (winograd_candidate(s, t, algo)) {
     try {
@@ -279,10 +276,10 @@ FwdEntry& forward_entry(const ConvShape& s, bool with_bias, DType t) {
     }
   }
   if (!slot) try {
-    slot = build(dnnl::algorithm::convolution_direct);
-  } catch (const dnnl::error& e) {
-    no_kernel(s, t, e);
-  }
+      slot = build(dnnl::algorithm::convolution_direct);
+    } catch (const dnnl::error& e) {
+      no_kernel(s, t, e);
+    }
   return *slot;
 }
 
@@ -297,24 +294,23 @@ BwdEntry& backward_entry(const ConvShape& s, bool with_bias, DType t) {
     Descs d = make_descs(s, with_bias, t);
     d.algo = how;
     auto hint = forward_pd(d, with_bias);
-    convolution_backward_data::desc dd(d.algo, d.act(d.src),
-                                       any_of(d.weights), d.act(d.dst), d.strides, d.dilates,
-                                       d.pad_l, d.pad_r);
+    convolution_backward_data::desc dd(d.algo, d.act(d.src), any_of(d.weights), d.act(d.dst),
+                                       d.strides, d.dilates, d.pad_l, d.pad_r);
     convolution_backward_data::primitive_desc dpd(dd, cpu_engine(), hint);
     auto wd = with_bias
-        ? convolution_backward_weights::desc(d.algo, d.act(d.src),
-                                             any_of(d.weights), d.bias, d.act(d.dst), d.strides,
-                                             d.dilates, d.pad_l, d.pad_r)
-        : convolution_backward_weights::desc(d.algo, d.act(d.src),
-                                             any_of(d.weights), d.act(d.dst), d.strides,
-                                             d.dilates, d.pad_l, d.pad_r);
+                  ? convolution_backward_weights::desc(d.algo, d.act(d.src), any_of(d.weights),
+                                                       d.bias, d.act(d.dst), d.strides, d.dilates,
+                                                       d.pad_l, d.pad_r)
+                  : convolution_backward_weights::desc(d.algo, d.act(d.src), any_of(d.weights),
+                                                       d.act(d.dst), d.strides, d.dilates, d.pad_l,
+                                                       d.pad_r);
     convolution_backward_weights::primitive_desc wpd(wd, cpu_engine(), hint);
-    return std::unique_ptr<BwdEntry>(new BwdEntry{
-        convolution_backward_data(dpd), Staged(d.dst, dpd.diff_dst_desc()),
-        Staged(d.weights, dpd.weights_desc()), Staged(d.src, dpd.diff_src_desc()),
-        convolution_backward_weights(wpd), Staged(d.src, wpd.src_desc()),
-        Staged(d.dst, wpd.diff_dst_desc()), Staged(d.weights, wpd.diff_weights_desc()), d.bias,
-        std::string(dpd.impl_info_str()) + ", " + wpd.impl_info_str()});
+    return std::unique_ptr<BwdEntry>(
+        new BwdEntry{convolution_backward_data(dpd), Staged(d.dst, dpd.diff_dst_desc()),
+                     Staged(d.weights, dpd.weights_desc()), Staged(d.src, dpd.diff_src_desc()),
+                     convolution_backward_weights(wpd), Staged(d.src, wpd.src_desc()),
+                     Staged(d.dst, wpd.diff_dst_desc()), Staged(d.weights, wpd.diff_weights_desc()),
+                     d.bias, std::string(dpd.impl_info_str()) + ", " + wpd.impl_info_str()});
   };
   if (winograd_candidate(s, t, algo)) {
     try {
@@ -323,10 +319,10 @@ BwdEntry& backward_entry(const ConvShape& s, bool with_bias, DType t) {
     }
   }
   if (!slot) try {
-    slot = build(algorithm::convolution_direct);
-  } catch (const dnnl::error& e) {
-    no_kernel(s, t, e);
-  }
+      slot = build(algorithm::convolution_direct);
+    } catch (const dnnl::error& e) {
+      no_kernel(s, t, e);
+    }
   return *slot;
 }
 
@@ -346,11 +342,16 @@ CpuConvAlgo cpu_conv_algo() { return g_algo.load(); }
 
 const char* cpu_conv_algo_name(CpuConvAlgo algo) {
   switch (algo) {
-    case CpuConvAlgo::auto_: return "auto";
-    case CpuConvAlgo::direct: return "direct";
-    case CpuConvAlgo::winograd: return "winograd";
-    case CpuConvAlgo::winograd_f2: return "winograd_f2";
-    case CpuConvAlgo::winograd_f4: return "winograd_f4";
+    case CpuConvAlgo::auto_:
+      return "auto";
+    case CpuConvAlgo::direct:
+      return "direct";
+    case CpuConvAlgo::winograd:
+      return "winograd";
+    case CpuConvAlgo::winograd_f2:
+      return "winograd_f2";
+    case CpuConvAlgo::winograd_f4:
+      return "winograd_f4";
   }
   return "?";
 }
@@ -360,8 +361,9 @@ CpuConvAlgo parse_cpu_conv_algo(const std::string& name, const std::string& what
                         CpuConvAlgo::winograd_f2, CpuConvAlgo::winograd_f4}) {
     if (name == cpu_conv_algo_name(a)) return a;
   }
-  throw InputError(str_cat(what, ": '", name,
-                           "' is not allowed; allowed: auto, direct, winograd, winograd_f2, winograd_f4"));
+  throw InputError(
+      str_cat(what, ": '", name,
+              "' is not allowed; allowed: auto, direct, winograd, winograd_f2, winograd_f4"));
 }
 
 std::string conv2d_cpu_kernel(const ConvShape& s, bool with_bias, DType t, bool backward) {
@@ -406,7 +408,8 @@ void conv2d_backward_cpu(const ConvShape& s, const Tensor& x, const Tensor& w, c
   if (x.dtype() == DType::bf16 && s.groups > 1 && dw.defined()) {
     const TensorOptions f32(DType::f32, x.device());
     Tensor dw32 = empty(dw.shape(), f32), db32 = db.defined() ? empty(db.shape(), f32) : Tensor();
-    conv2d_backward_cpu(s, x.to(DType::f32), w.to(DType::f32), dy.to(DType::f32), Tensor(), dw32, db32);
+    conv2d_backward_cpu(s, x.to(DType::f32), w.to(DType::f32), dy.to(DType::f32), Tensor(), dw32,
+                        db32);
     Tensor(dw).copy_(dw32);  // a handle: the storage is the caller's output
     if (db.defined()) Tensor(db).copy_(db32);
     if (dx.defined()) conv2d_backward_cpu(s, x, w, dy, dx, Tensor(), Tensor());
@@ -436,10 +439,9 @@ void conv2d_backward_cpu(const ConvShape& s, const Tensor& x, const Tensor& w, c
     e.data_src.out_done(dx.raw_data(), strm);
   }
   if (dw.defined()) {
-    std::unordered_map<int, memory> args{
-        {DNNL_ARG_DIFF_DST, e.w_dst.in(dy.raw_data(), strm)},
-        {DNNL_ARG_SRC, e.w_src.in(x.raw_data(), strm)},
-        {DNNL_ARG_DIFF_WEIGHTS, e.w_weights.out(dw.raw_data())}};
+    std::unordered_map<int, memory> args{{DNNL_ARG_DIFF_DST, e.w_dst.in(dy.raw_data(), strm)},
+                                         {DNNL_ARG_SRC, e.w_src.in(x.raw_data(), strm)},
+                                         {DNNL_ARG_DIFF_WEIGHTS, e.w_weights.out(dw.raw_data())}};
     if (db.defined()) args.emplace(DNNL_ARG_DIFF_BIAS, memory(e.bias, cpu_engine(), db.raw_data()));
     e.prim_weights.execute(strm, args);
     e.w_weights.out_done(dw.raw_data(), strm);
@@ -454,7 +456,8 @@ LOWBIT_REGISTER_KERNEL(conv2d_backward_stub, cpu, conv2d_backward_cpu);
 
 // ---------------------------------------------------------------------------- autograd
 
-Tensor conv2d(const Tensor& x_arg, const Tensor& w_arg, const Tensor& b_in, const Conv2dOptions& o) {
+Tensor conv2d(const Tensor& x_arg, const Tensor& w_arg, const Tensor& b_in,
+              const Conv2dOptions& o) {
   // A lower-precision op under autocast (core/autocast.h): f32 input and weight run in bf16.
   const Tensor x_in = autocast_input(x_arg), w_in = autocast_input(w_arg);
   const ConvShape s = conv2d_shape(x_in, w_in, o);
@@ -532,8 +535,8 @@ Tensor Conv2d::add_bias_map(const Tensor& y) const {
   LOWBIT_CHECK_INPUT(y.dim() == 4 && y.size(1) == bias_map_.size(0) &&
                          y.size(2) == bias_map_.size(1) && y.size(3) == bias_map_.size(2),
                      "Conv2d(", extra_repr(), ") carries a PfQ bias map (border = exact) for ",
-                     bias_map_.size(0), "x", bias_map_.size(1), " outputs with ",
-                     bias_map_.size(2), " channels, got an output of shape ", y.shape(),
+                     bias_map_.size(0), "x", bias_map_.size(1), " outputs with ", bias_map_.size(2),
+                     " channels, got an output of shape ", y.shape(),
                      "; run it at the input size it was pruned for, or prune with border = full");
   return y + bias_map_;
 }
@@ -566,11 +569,12 @@ void Conv2d::ensure_bias() {
 Tensor keep_along(const Tensor& t, int64_t dim, const std::vector<int64_t>& keep) {
   LOWBIT_CHECK(t.defined(), "keep_along: undefined tensor");
   const int64_t d = dim < 0 ? dim + t.dim() : dim;
-  LOWBIT_CHECK(d >= 0 && d < t.dim(), "keep_along: dim ", dim, " out of range for shape ", t.shape());
+  LOWBIT_CHECK(d >= 0 && d < t.dim(), "keep_along: dim ", dim, " out of range for shape ",
+               t.shape());
   for (size_t i = 0; i < keep.size(); ++i) {
     LOWBIT_CHECK(keep[i] >= 0 && keep[i] < t.size(d) && (i == 0 || keep[i] > keep[i - 1]),
-                 "keep_along: indices must be sorted, unique and in [0, ", t.size(d),
-                 "), got ", keep[i], " at position ", i);
+                 "keep_along: indices must be sorted, unique and in [0, ", t.size(d), "), got ",
+                 keep[i], " at position ", i);
   }
   autograd::NoGradGuard guard;
   Tensor idx = from_vector(keep, {int64_t(keep.size())}, TensorOptions(DType::i64, t.device()));
@@ -581,8 +585,8 @@ Tensor keep_along(const Tensor& t, int64_t dim, const std::vector<int64_t>& keep
 
 void Conv2d::keep_channels(const std::vector<int64_t>& out_keep,
                            const std::vector<int64_t>& in_keep) {
-  const bool depthwise = opts_.groups > 1 && opts_.groups == opts_.in_channels &&
-                         opts_.groups == opts_.out_channels;
+  const bool depthwise =
+      opts_.groups > 1 && opts_.groups == opts_.in_channels && opts_.groups == opts_.out_channels;
   LOWBIT_CHECK(!out_keep.empty() && !in_keep.empty(), "Conv2d(", extra_repr(),
                ").keep_channels: cannot remove every channel (", out_keep.size(), " outputs, ",
                in_keep.size(), " inputs kept)");
@@ -609,7 +613,8 @@ void Conv2d::keep_channels(const std::vector<int64_t>& out_keep,
 std::string Conv2d::extra_repr() const {
   std::ostringstream os;
   os << opts_.in_channels << ", " << opts_.out_channels << ", kernel_size=(" << opts_.kernel[0]
-     << ", " << opts_.kernel[1] << "), stride=(" << opts_.stride[0] << ", " << opts_.stride[1] << ")";
+     << ", " << opts_.kernel[1] << "), stride=(" << opts_.stride[0] << ", " << opts_.stride[1]
+     << ")";
   if (opts_.padding[0] || opts_.padding[1])
     os << ", padding=(" << opts_.padding[0] << ", " << opts_.padding[1] << ")";
   if (opts_.dilation[0] != 1 || opts_.dilation[1] != 1)

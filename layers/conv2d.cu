@@ -8,8 +8,6 @@
 // so, once per geometry and direction (conv2d_nondeterministic_note);
 // each direction has its own convolution descriptor carrying the math type its algorithm was
 // ranked with, as PyTorch does.
-#include "layers/conv2d.h"
-
 #include <cstdio>
 #include <iterator>
 #include <map>
@@ -21,6 +19,7 @@
 #include "cuda/check.h"
 #include "cuda/handles.h"
 #include "cuda/runtime.h"
+#include "layers/conv2d.h"
 
 namespace lowbit::layers {
 
@@ -28,11 +27,16 @@ namespace {
 
 cudnnDataType_t cudnn_dtype(DType t) {
   switch (t) {
-    case DType::f32: return CUDNN_DATA_FLOAT;
-    case DType::f64: return CUDNN_DATA_DOUBLE;
-    case DType::f16: return CUDNN_DATA_HALF;
-    case DType::bf16: return CUDNN_DATA_BFLOAT16;
-    default: break;
+    case DType::f32:
+      return CUDNN_DATA_FLOAT;
+    case DType::f64:
+      return CUDNN_DATA_DOUBLE;
+    case DType::f16:
+      return CUDNN_DATA_HALF;
+    case DType::bf16:
+      return CUDNN_DATA_BFLOAT16;
+    default:
+      break;
   }
   LOWBIT_FAIL("conv2d (cuda): dtype ", t, " is not supported (f32, f64, f16, bf16)");
 }
@@ -122,8 +126,8 @@ CudnnConv& get_conv(const ConvShape& s, DType t, int device) {
   static std::map<Key, std::unique_ptr<CudnnConv>> cache;
   static std::mutex mu;  // guards cache
   const bool tf32 = allow_tf32();
-  Key key{device, int(t), tf32, s.n, s.h, s.w, s.c, s.k, s.r, s.s, s.stride_h, s.stride_w,
-          s.pad_h, s.pad_w, s.dil_h, s.dil_w, s.groups};
+  Key key{device, int(t),     tf32,       s.n,     s.h,     s.w,     s.c,     s.k,     s.r,
+          s.s,    s.stride_h, s.stride_w, s.pad_h, s.pad_w, s.dil_h, s.dil_w, s.groups};
   std::lock_guard<std::mutex> lock(mu);
   auto& slot = cache[key];
   if (slot) return *slot;
@@ -138,8 +142,10 @@ CudnnConv& get_conv(const ConvShape& s, DType t, int device) {
   CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&c->conv));
   CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&c->conv_bd));
   CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&c->conv_bf));
-  CUDNN_CHECK(cudnnSetTensor4dDescriptor(c->x, CUDNN_TENSOR_NHWC, dt, int(s.n), int(s.c), int(s.h), int(s.w)));
-  CUDNN_CHECK(cudnnSetTensor4dDescriptor(c->y, CUDNN_TENSOR_NHWC, dt, int(s.n), int(s.k), int(s.p), int(s.q)));
+  CUDNN_CHECK(cudnnSetTensor4dDescriptor(c->x, CUDNN_TENSOR_NHWC, dt, int(s.n), int(s.c), int(s.h),
+                                         int(s.w)));
+  CUDNN_CHECK(cudnnSetTensor4dDescriptor(c->y, CUDNN_TENSOR_NHWC, dt, int(s.n), int(s.k), int(s.p),
+                                         int(s.q)));
   CUDNN_CHECK(cudnnSetTensor4dDescriptor(c->b, CUDNN_TENSOR_NHWC, dt, 1, int(s.k), 1, 1));
   CUDNN_CHECK(cudnnSetFilter4dDescriptor(c->w, dt, CUDNN_TENSOR_NHWC, int(s.k), int(s.c / s.groups),
                                          int(s.r), int(s.s)));
@@ -157,10 +163,11 @@ CudnnConv& get_conv(const ConvShape& s, DType t, int device) {
   cudnnHandle_t h = cuda::cudnn_handle(device);
   int returned = 0;
   cudnnConvolutionFwdAlgoPerf_t fwd[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-  CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, c->x, c->w, c->conv, c->y,
-                                                     CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, fwd));
+  CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(
+      h, c->x, c->w, c->conv, c->y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, fwd));
   c->fwd_algo = pick(fwd, returned, c->conv, "forward", s, t).algo;
-  CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(h, c->x, c->w, c->conv, c->y, c->fwd_algo, &c->fwd_ws));
+  CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(h, c->x, c->w, c->conv, c->y, c->fwd_algo,
+                                                      &c->fwd_ws));
 
   cudnnConvolutionBwdDataAlgoPerf_t bd[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
   CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
@@ -173,8 +180,8 @@ CudnnConv& get_conv(const ConvShape& s, DType t, int device) {
   CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
       h, c->x, c->y, c->conv_bf, c->w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &returned, bf));
   c->bwd_filter_algo = pick(bf, returned, c->conv_bf, "backward-filter", s, t).algo;
-  CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(h, c->x, c->y, c->conv_bf, c->w,
-                                                             c->bwd_filter_algo, &c->bwd_filter_ws));
+  CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(
+      h, c->x, c->y, c->conv_bf, c->w, c->bwd_filter_algo, &c->bwd_filter_ws));
   slot = std::move(c);
   return *slot;
 }
@@ -189,7 +196,9 @@ struct Scale {
   float f;
   double d;
 };
-const void* scale_ptr(const Scale& s, DType t) { return t == DType::f64 ? static_cast<const void*>(&s.d) : &s.f; }
+const void* scale_ptr(const Scale& s, DType t) {
+  return t == DType::f64 ? static_cast<const void*>(&s.d) : &s.f;
+}
 
 // The bias of 16-bit convolutions (autocast) goes through lowbit's own broadcast add and
 // reduction (f32 math, rounded once, as the CPU path) rather than cuDNN's legacy
@@ -226,16 +235,15 @@ void conv2d_backward_cuda(const ConvShape& s, const Tensor& x, const Tensor& w, 
   cudnnHandle_t h = cuda::cudnn_handle(dev);
   if (dx.defined()) {
     Tensor ws = workspace(c.bwd_data_ws, x.device());
-    CUDNN_CHECK(cudnnConvolutionBackwardData(h, scale_ptr(one, t), c.w, w.raw_data(), c.y,
-                                             dy.raw_data(), c.conv_bd, c.bwd_data_algo, ws.raw_data(),
-                                             c.bwd_data_ws, scale_ptr(zero, t), c.x, dx.raw_data()));
+    CUDNN_CHECK(cudnnConvolutionBackwardData(
+        h, scale_ptr(one, t), c.w, w.raw_data(), c.y, dy.raw_data(), c.conv_bd, c.bwd_data_algo,
+        ws.raw_data(), c.bwd_data_ws, scale_ptr(zero, t), c.x, dx.raw_data()));
   }
   if (dw.defined()) {
     Tensor ws = workspace(c.bwd_filter_ws, x.device());
-    CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, scale_ptr(one, t), c.x, x.raw_data(), c.y,
-                                               dy.raw_data(), c.conv_bf, c.bwd_filter_algo,
-                                               ws.raw_data(), c.bwd_filter_ws, scale_ptr(zero, t),
-                                               c.w, dw.raw_data()));
+    CUDNN_CHECK(cudnnConvolutionBackwardFilter(
+        h, scale_ptr(one, t), c.x, x.raw_data(), c.y, dy.raw_data(), c.conv_bf, c.bwd_filter_algo,
+        ws.raw_data(), c.bwd_filter_ws, scale_ptr(zero, t), c.w, dw.raw_data()));
   }
   if (db.defined() && !cudnn_bias(t)) {
     Tensor sums = sum(dy.to(DType::f32), {0, 1, 2});

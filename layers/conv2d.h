@@ -26,19 +26,35 @@ struct Conv2dOptions {
   bool bias = true;
 
   Conv2dOptions() = default;
-  Conv2dOptions(int64_t in, int64_t out, int64_t k) : in_channels(in), out_channels(out), kernel{k, k} {}
-  Conv2dOptions& with_stride(int64_t s) { stride = {s, s}; return *this; }
-  Conv2dOptions& with_padding(int64_t p) { padding = {p, p}; return *this; }
-  Conv2dOptions& with_dilation(int64_t d) { dilation = {d, d}; return *this; }
-  Conv2dOptions& with_groups(int64_t g) { groups = g; return *this; }
-  Conv2dOptions& with_bias(bool b) { bias = b; return *this; }
+  Conv2dOptions(int64_t in, int64_t out, int64_t k)
+      : in_channels(in), out_channels(out), kernel{k, k} {}
+  Conv2dOptions& with_stride(int64_t s) {
+    stride = {s, s};
+    return *this;
+  }
+  Conv2dOptions& with_padding(int64_t p) {
+    padding = {p, p};
+    return *this;
+  }
+  Conv2dOptions& with_dilation(int64_t d) {
+    dilation = {d, d};
+    return *this;
+  }
+  Conv2dOptions& with_groups(int64_t g) {
+    groups = g;
+    return *this;
+  }
+  Conv2dOptions& with_bias(bool b) {
+    bias = b;
+    return *this;
+  }
 };
 
 // The geometry of one convolution call (checked against the tensors).
 struct ConvShape {
-  int64_t n, h, w, c;       // input NHWC
-  int64_t k, r, s;          // filters, kernel height/width
-  int64_t p, q;             // output height/width
+  int64_t n, h, w, c;  // input NHWC
+  int64_t k, r, s;     // filters, kernel height/width
+  int64_t p, q;        // output height/width
   int64_t stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups;
 };
 
@@ -64,9 +80,9 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
 // stay in cache: F(4x4, 3x3) is 1.3-1.9x faster than oneDNN's direct kernels per call.
 // The Winograd variants round differently from the direct sum: F(2x2, 3x3) about twice its f32
 // error, F(4x4, 3x3) (both oneDNN's and lowbit's) 5-20 times it, about 1-3e-6 of the largest
-// output (tests/layers/conv2d_test.cpp and winograd_cpu_test.cpp compare them with the naive loops).
-// bf16, grouped and strided convolutions always take oneDNN's direct kernels.
-// Process-wide; kernels are cached per geometry and algorithm.
+// output (tests/layers/conv2d_test.cpp and winograd_cpu_test.cpp compare them with the naive
+// loops). bf16, grouped and strided convolutions always take oneDNN's direct kernels. Process-wide;
+// kernels are cached per geometry and algorithm.
 enum class CpuConvAlgo { auto_, direct, winograd, winograd_f2, winograd_f4 };
 void set_cpu_conv_algo(CpuConvAlgo algo);
 CpuConvAlgo cpu_conv_algo();
@@ -76,7 +92,8 @@ CpuConvAlgo parse_cpu_conv_algo(const std::string& name, const std::string& what
 const char* cpu_conv_algo_name(CpuConvAlgo algo);
 // The names of the kernels the CPU backend runs for `s` under the current algorithm: the
 // forward's (oneDNN's "jit_wino_4x3:avx512_core", "brgconv:avx512_core", ..., or lowbit's
-// "lowbit_wino_f4x4:avx512f", "lowbit_wino_f2x2:avx512f"), or with backward the data and weight gradients' joined by ", ".
+// "lowbit_wino_f4x4:avx512f", "lowbit_wino_f2x2:avx512f"), or with backward the data and weight
+// gradients' joined by ", ".
 std::string conv2d_cpu_kernel(const ConvShape& s, bool with_bias, DType t, bool backward = false);
 
 // The kernels: y is preallocated (N, P, Q, K); grads likewise (undefined ones are skipped).
@@ -142,8 +159,8 @@ class Conv2d : public Module {
 
  protected:
   Conv2dOptions opts_;
-  Tensor weight_;  // (K, R, S, C/groups)
-  Tensor bias_;    // (K) or undefined
+  Tensor weight_;       // (K, R, S, C/groups)
+  Tensor bias_;         // (K) or undefined
   Tensor weight_mask_;  // (K) or undefined
   Tensor bias_map_;     // (P, Q, K) or undefined
 };

@@ -10,19 +10,23 @@
 namespace lowbit::layers {
 
 void Module::register_parameter(const std::string& name, Tensor* slot) {
-  for (const auto& p : params_) LOWBIT_CHECK(p.first != name, "parameter '", name, "' registered twice");
-  if (slot->defined() && is_floating(slot->dtype()) && !slot->requires_grad()) slot->requires_grad_(true);
+  for (const auto& p : params_)
+    LOWBIT_CHECK(p.first != name, "parameter '", name, "' registered twice");
+  if (slot->defined() && is_floating(slot->dtype()) && !slot->requires_grad())
+    slot->requires_grad_(true);
   params_.emplace_back(name, slot);
 }
 
 void Module::register_buffer(const std::string& name, Tensor* slot) {
-  for (const auto& b : buffers_) LOWBIT_CHECK(b.first != name, "buffer '", name, "' registered twice");
+  for (const auto& b : buffers_)
+    LOWBIT_CHECK(b.first != name, "buffer '", name, "' registered twice");
   buffers_.emplace_back(name, slot);
 }
 
 void Module::add_child(const std::string& name, std::shared_ptr<Module> m) {
   LOWBIT_CHECK(m != nullptr, "child module '", name, "' is null");
-  for (const auto& c : children_) LOWBIT_CHECK(c.first != name, "child module '", name, "' registered twice");
+  for (const auto& c : children_)
+    LOWBIT_CHECK(c.first != name, "child module '", name, "' registered twice");
   children_.emplace_back(name, std::move(m));
 }
 
@@ -38,7 +42,8 @@ void Module::collect(const std::string& prefix, bool params, bool recurse,
     if (slot->defined()) out->emplace_back(prefix + name, *slot);
   }
   if (!recurse) return;
-  for (const auto& [name, child] : children_) child->collect(prefix + name + ".", params, true, out);
+  for (const auto& [name, child] : children_)
+    child->collect(prefix + name + ".", params, true, out);
 }
 
 void Module::collect_slots(
@@ -99,8 +104,8 @@ void Module::replace_child(const std::string& name, std::shared_ptr<Module> m) {
 
 void child_type_error(const Module& owner, size_t index) {
   const auto& c = owner.named_children().at(index);
-  LOWBIT_FAIL("child '", c.first, "' of ", owner.type_name(), " was replaced by a ", c.second->type_name(),
-              " of an incompatible type");
+  LOWBIT_FAIL("child '", c.first, "' of ", owner.type_name(), " was replaced by a ",
+              c.second->type_name(), " of an incompatible type");
 }
 
 void replace_module(Module& root, const std::string& path, ModulePtr m) {
@@ -173,7 +178,8 @@ StateDict Module::state_dict(Layout layout) const {
   for (auto& [name, slot, owner, local] : slots) {
     if (!slot->defined()) continue;
     Tensor t = slot->detach();
-    if (layout != Layout::lowbit) t = owner->to_layout(local, t, Layout::lowbit, layout).contiguous();
+    if (layout != Layout::lowbit)
+      t = owner->to_layout(local, t, Layout::lowbit, layout).contiguous();
     out[name] = t;
   }
   return out;
@@ -198,7 +204,8 @@ void Module::load_state_dict(const StateDict& state, bool strict, Layout layout)
     Tensor v = it->second;
     if (layout != Layout::lowbit) v = owner->to_layout(local, v, layout, Layout::lowbit);
     if (v.shape() != slot->shape()) {
-      wrong_shape.push_back(str_cat(name, " (checkpoint ", v.shape(), ", model ", slot->shape(), ")"));
+      wrong_shape.push_back(
+          str_cat(name, " (checkpoint ", v.shape(), ", model ", slot->shape(), ")"));
       continue;
     }
     plan.emplace_back(slot, v);

@@ -96,8 +96,9 @@ class Module : public std::enable_shared_from_this<Module> {
  private:
   void collect(const std::string& prefix, bool params, bool recurse,
                std::vector<std::pair<std::string, Tensor>>* out) const;
-  void collect_slots(const std::string& prefix,
-                     std::vector<std::tuple<std::string, Tensor*, const Module*, std::string>>* out);
+  void collect_slots(
+      const std::string& prefix,
+      std::vector<std::tuple<std::string, Tensor*, const Module*, std::string>>* out);
 
   bool training_ = true;
   std::vector<std::pair<std::string, Tensor*>> params_;

@@ -26,9 +26,10 @@ PoolGeom pool_geom(const Tensor& x, const Pool2dOptions& o, const char* op) {
                x.defined() ? shape_str(x.shape()) : "undefined");
   LOWBIT_CHECK(o.kernel_h > 0 && o.kernel_w > 0 && o.stride_h > 0 && o.stride_w > 0, op,
                ": kernel and stride must be positive");
-  LOWBIT_CHECK(o.pad_h >= 0 && o.pad_w >= 0 && 2 * o.pad_h <= o.kernel_h && 2 * o.pad_w <= o.kernel_w,
-               op, ": padding must be at most half the kernel, got ", o.pad_h, "x", o.pad_w,
-               " for kernel ", o.kernel_h, "x", o.kernel_w);
+  LOWBIT_CHECK(
+      o.pad_h >= 0 && o.pad_w >= 0 && 2 * o.pad_h <= o.kernel_h && 2 * o.pad_w <= o.kernel_w, op,
+      ": padding must be at most half the kernel, got ", o.pad_h, "x", o.pad_w, " for kernel ",
+      o.kernel_h, "x", o.kernel_w);
   PoolGeom g{};
   g.n = x.size(0);
   g.h = x.size(1);
@@ -57,7 +58,8 @@ LOWBIT_DEFINE_STUB(avg_pool_backward_stub);
 
 namespace {
 
-void max_pool_forward_cpu(const PoolGeom& g, const Tensor& x, const Tensor& y, const Tensor& argmax) {
+void max_pool_forward_cpu(const PoolGeom& g, const Tensor& x, const Tensor& y,
+                          const Tensor& argmax) {
   LOWBIT_DISPATCH_FLOATING(x.dtype(), "max_pool2d", [&] {
     MaxPoolForward<scalar_t> k{g, static_cast<const scalar_t*>(x.raw_data()),
                                static_cast<scalar_t*>(y.raw_data()),
@@ -65,7 +67,8 @@ void max_pool_forward_cpu(const PoolGeom& g, const Tensor& x, const Tensor& y, c
     core::for_each_index(y.numel(), k);
   });
 }
-void max_pool_backward_cpu(const PoolGeom& g, const Tensor& dy, const Tensor& argmax, const Tensor& dx) {
+void max_pool_backward_cpu(const PoolGeom& g, const Tensor& dy, const Tensor& argmax,
+                           const Tensor& dx) {
   LOWBIT_DISPATCH_FLOATING(dy.dtype(), "max_pool2d backward", [&] {
     MaxPoolBackward<scalar_t> k{g, static_cast<const scalar_t*>(dy.raw_data()),
                                 static_cast<const int64_t*>(argmax.raw_data()),

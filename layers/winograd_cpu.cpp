@@ -68,7 +68,12 @@ constexpr int64_t kRowsW = 24;  // tiles per block, weight gradient (fewer accum
 struct Geo {
   int64_t n, h, w, m, th, tw, tiles;
   Geo(int64_t n_, int64_t h_, int64_t w_, int64_t m_)
-      : n(n_), h(h_), w(w_), m(m_), th((h_ + m_ - 1) / m_), tw((w_ + m_ - 1) / m_),
+      : n(n_),
+        h(h_),
+        w(w_),
+        m(m_),
+        th((h_ + m_ - 1) / m_),
+        tw((w_ + m_ - 1) / m_),
         tiles(n_ * th * tw) {}
 };
 
@@ -173,8 +178,9 @@ void filter_block(const float* g, int64_t cout, float* blk) {
   using W = Wino<M>;
   // G g G^T: the 3 x 3 taps between G (a x 3) on both sides.
   for (int64_t co = 0; co < cout; co += 16) {
-    sandwich(W::G, W::G, [&](int r, int s) { return _mm512_loadu_ps(g + (r * 3 + s) * cout + co); },
-             [&](int i, int j, __m512 u) { _mm512_storeu_ps(blk + (i * W::a + j) * cout + co, u); });
+    sandwich(
+        W::G, W::G, [&](int r, int s) { return _mm512_loadu_ps(g + (r * 3 + s) * cout + co); },
+        [&](int i, int j, __m512 u) { _mm512_storeu_ps(blk + (i * W::a + j) * cout + co, u); });
   }
 }
 
@@ -190,7 +196,7 @@ struct Transposed {
 template <int M>
 struct WinoT {
   static constexpr Transposed<Wino<M>::m, Wino<M>::a> A{Wino<M>::AT};  // A (a x m)
-  static constexpr Transposed<Wino<M>::a, 3> GT{Wino<M>::G};          // G^T (3 x a)
+  static constexpr Transposed<Wino<M>::a, 3> GT{Wino<M>::G};           // G^T (3 x a)
 };
 
 // dg = G^T dU G for input channel cc and all k filters: du[p][c][k] summed, out gets the 9 taps
@@ -199,9 +205,10 @@ template <int M>
 void weight_grad_block(const float* du, int64_t c, int64_t k, int64_t cc, float* out) {
   using W = Wino<M>;
   for (int64_t kk = 0; kk < k; kk += 16) {
-    sandwich(WinoT<M>::GT.v, WinoT<M>::GT.v,
-             [&](int i, int j) { return _mm512_loadu_ps(du + ((i * W::a + j) * c + cc) * k + kk); },
-             [&](int r, int s, __m512 o) { _mm512_storeu_ps(out + (r * 3 + s) * k + kk, o); });
+    sandwich(
+        WinoT<M>::GT.v, WinoT<M>::GT.v,
+        [&](int i, int j) { return _mm512_loadu_ps(du + ((i * W::a + j) * c + cc) * k + kk); },
+        [&](int r, int s, __m512 o) { _mm512_storeu_ps(out + (r * 3 + s) * k + kk, o); });
   }
 }
 
@@ -213,8 +220,9 @@ inline void input_tile(const Pixel& px, int64_t cin, int64_t rows, int64_t pstri
   constexpr int a = W::a;
   for (int64_t c0 = 0; c0 < cin; c0 += 16) {
     float* o = dst + c0 * rows;
-    sandwich(W::BT, W::BT, [&](int i, int j) { return _mm512_loadu_ps(px(i, j) + c0); },
-             [&](int i, int j, __m512 v) { _mm512_storeu_ps(o + (i * a + j) * pstride, v); });
+    sandwich(
+        W::BT, W::BT, [&](int i, int j) { return _mm512_loadu_ps(px(i, j) + c0); },
+        [&](int i, int j, __m512 v) { _mm512_storeu_ps(o + (i * a + j) * pstride, v); });
   }
 }
 
@@ -250,7 +258,8 @@ void input_block(const float* in, const Geo& g, int64_t cin, int64_t t0, int64_t
       // transform at 16 channels).
       const float* base = in + ((tc.nn * g.h + y0) * g.w + x0) * cin;
       const int64_t rstride = g.w * cin;
-      input_tile<M>([&](int i, int j) { return base + i * rstride + j * cin; }, cin, rows, pstride, dst);
+      input_tile<M>([&](int i, int j) { return base + i * rstride + j * cin; }, cin, rows, pstride,
+                    dst);
     } else {
       const float* src[a * a];
       patch_table<a>(in, g, cin, tc.nn, y0, x0, row < count, zeros, src);
@@ -272,9 +281,10 @@ void grad_block(const float* dy, const Geo& g, int64_t cout, int64_t t0, int64_t
     patch_table<M>(dy, g, cout, tc.nn, M * tc.ty, M * tc.tx, row < count, zeros, src);
     float* dst = d + row * cout;
     for (int64_t c0 = 0; c0 < cout; c0 += 16) {
-      sandwich(WinoT<M>::A.v, WinoT<M>::A.v,
-               [&](int i, int j) { return _mm512_loadu_ps(src[i * M + j] + c0); },
-               [&](int i, int j, __m512 v) { _mm512_storeu_ps(dst + (i * a + j) * pstride + c0, v); });
+      sandwich(
+          WinoT<M>::A.v, WinoT<M>::A.v,
+          [&](int i, int j) { return _mm512_loadu_ps(src[i * M + j] + c0); },
+          [&](int i, int j, __m512 v) { _mm512_storeu_ps(dst + (i * a + j) * pstride + c0, v); });
     }
   }
 }
@@ -294,9 +304,10 @@ void output_block(const float* m, const Geo& g, int64_t cout, int64_t t0, int64_
     const float* src = m + row * cout;
     for (int64_t c0 = 0; c0 < cout; c0 += 16) {
       __m512 y[M * M];
-      sandwich(Wino<M>::AT, Wino<M>::AT,
-               [&](int i, int j) { return _mm512_loadu_ps(src + (i * a + j) * pstride + c0); },
-               [&](int i, int j, __m512 v) { y[i * M + j] = v; });
+      sandwich(
+          Wino<M>::AT, Wino<M>::AT,
+          [&](int i, int j) { return _mm512_loadu_ps(src + (i * a + j) * pstride + c0); },
+          [&](int i, int j, __m512 v) { y[i * M + j] = v; });
       if (bias) {
         const __m512 b = _mm512_loadu_ps(bias + c0);
         for (int q = 0; q < M * M; ++q) y[q] = _mm512_add_ps(y[q], b);
@@ -305,10 +316,12 @@ void output_block(const float* m, const Geo& g, int64_t cout, int64_t t0, int64_
 #pragma GCC unroll 4
         for (int i = 0; i < M; ++i)
 #pragma GCC unroll 4
-          for (int j = 0; j < M; ++j) _mm512_storeu_ps(base + (i * g.w + j) * cout + c0, y[i * M + j]);
+          for (int j = 0; j < M; ++j)
+            _mm512_storeu_ps(base + (i * g.w + j) * cout + c0, y[i * M + j]);
       } else {
         for (int i = 0; i < ny; ++i)
-          for (int j = 0; j < nx; ++j) _mm512_storeu_ps(base + (i * g.w + j) * cout + c0, y[i * M + j]);
+          for (int j = 0; j < nx; ++j)
+            _mm512_storeu_ps(base + (i * g.w + j) * cout + c0, y[i * M + j]);
       }
     }
   }
@@ -400,8 +413,8 @@ inline void column_blocks(int64_t cout, const F& f) {
 // m P * kRows * cout; zeros holds cin zeros.
 template <int M>
 void conv_blocks(const float* in, const float* u, const float* bias, float* out, const Geo& g,
-                 int64_t cin, int64_t cout, int64_t b0, int64_t b1, const float* zeros,
-                 float* v, float* m) {
+                 int64_t cin, int64_t cout, int64_t b0, int64_t b1, const float* zeros, float* v,
+                 float* m) {
   constexpr int P = Wino<M>::a * Wino<M>::a;
   for (int64_t blk = b0; blk < b1; ++blk) {
     const int64_t t0 = blk * kRows, count = std::min(kRows, g.tiles - t0);
@@ -412,7 +425,8 @@ void conv_blocks(const float* in, const float* u, const float* bias, float* out,
       float* mp = m + p * kRows * cout;
       column_blocks(cout, [&](auto kc, int64_t k0) {
         constexpr int KC = decltype(kc)::value, R = 16 / KC < kRows ? 16 / KC : int(kRows);
-        for (int64_t r0 = 0; r0 < kRows; r0 += R) gemm_tile<KC, R>(vp, up, mp, cin, cout, kRows, r0, k0);
+        for (int64_t r0 = 0; r0 < kRows; r0 += R)
+          gemm_tile<KC, R>(vp, up, mp, cin, cout, kRows, r0, k0);
       });
     }
     output_block<M>(m, g, cout, t0, count, kRows, bias, out);
@@ -435,7 +449,8 @@ void weight_blocks(const float* x, const float* dy, const Geo& g, int64_t cin, i
       float* dup = du + p * cin * cout;
       column_blocks(cout, [&](auto kc, int64_t k0) {
         constexpr int KC = decltype(kc)::value, R = 16 / KC;
-        for (int64_t c0 = 0; c0 < cin; c0 += R) wgemm_tile<KC, R>(vp, dp, dup, cout, kRowsW, c0, k0);
+        for (int64_t c0 = 0; c0 < cin; c0 += R)
+          wgemm_tile<KC, R>(vp, dp, dup, cout, kRowsW, c0, k0);
       });
     }
   }
@@ -454,17 +469,22 @@ struct Kernels {
   void (*weight_grad_block)(const float*, int64_t, int64_t, int64_t, float*);
   void (*conv_blocks)(const float*, const float*, const float*, float*, const Geo&, int64_t,
                       int64_t, int64_t, int64_t, const float*, float*, float*);
-  void (*weight_blocks)(const float*, const float*, const Geo&, int64_t, int64_t, int64_t,
-                        int64_t, const float*, float*, float*, float*);
+  void (*weight_blocks)(const float*, const float*, const Geo&, int64_t, int64_t, int64_t, int64_t,
+                        const float*, float*, float*, float*);
 };
 template <int M>
 Kernels kernels_of() {
-  return {M, Wino<M>::a * Wino<M>::a, filter_block<M>, weight_grad_block<M>, conv_blocks<M>,
+  return {M,
+          Wino<M>::a * Wino<M>::a,
+          filter_block<M>,
+          weight_grad_block<M>,
+          conv_blocks<M>,
           weight_blocks<M>};
 }
 Kernels kernels(int tile) {
   LOWBIT_CHECK(tile == 2 || tile == 4, "winograd (cpu): tile ", tile, " is not 2 or 4");
-  LOWBIT_CHECK(wino_cpu_supported(), "winograd (cpu): this CPU has no AVX-512F; use cpu_conv: direct");
+  LOWBIT_CHECK(wino_cpu_supported(),
+               "winograd (cpu): this CPU has no AVX-512F; use cpu_conv: direct");
   return tile == 4 ? kernels_of<4>() : kernels_of<2>();
 }
 
@@ -479,7 +499,8 @@ void transform_filters(const Kernels& kn, const float* wt, int64_t c, int64_t k,
   if (flip) {  // tap[kk][2-r][2-s][cc]: rows of weight, reordered
     for (int64_t kk = 0; kk < k; ++kk) {
       for (int rs = 0; rs < 9; ++rs) {
-        std::memcpy(tap + (kk * 9 + (8 - rs)) * cout, wt + (kk * 9 + rs) * c, size_t(c) * sizeof(float));
+        std::memcpy(tap + (kk * 9 + (8 - rs)) * cout, wt + (kk * 9 + rs) * c,
+                    size_t(c) * sizeof(float));
       }
     }
   } else {  // tap[cc][r][s][kk]: a transpose per tap
@@ -487,7 +508,7 @@ void transform_filters(const Kernels& kn, const float* wt, int64_t c, int64_t k,
   }
   // Input channels in parallel (at 256 x 256 filters this is a millisecond), each thread with its
   // own P x cout block behind the taps.
-#pragma omp parallel for num_threads(cin * cout >= 4096 ? omp_get_max_threads() : 1) schedule(static)
+#pragma omp parallel for num_threads(cin* cout >= 4096 ? omp_get_max_threads() : 1) schedule(static)
   for (int64_t ci = 0; ci < cin; ++ci) {
     float* blk = tap + 9 * cin * cout + int64_t(omp_get_thread_num()) * kn.p * cout;
     kn.filter_block(tap + ci * 9 * cout, cout, blk);
@@ -543,8 +564,8 @@ bool wino_cpu_supported() {
 bool wino_applies(int64_t c, int64_t k, int64_t r, int64_t s, int64_t stride_h, int64_t stride_w,
                   int64_t pad_h, int64_t pad_w, int64_t dil_h, int64_t dil_w, int64_t groups) {
   return r == 3 && s == 3 && stride_h == 1 && stride_w == 1 && pad_h == 1 && pad_w == 1 &&
-         dil_h == 1 && dil_w == 1 && groups == 1 && c > 0 && k > 0 && c % 16 == 0 &&
-         k % 16 == 0 && wino_cpu_supported();
+         dil_h == 1 && dil_w == 1 && groups == 1 && c > 0 && k > 0 && c % 16 == 0 && k % 16 == 0 &&
+         wino_cpu_supported();
 }
 
 void wino_forward(int tile, const float* x, const float* weight, const float* bias, float* y,
@@ -565,15 +586,15 @@ void wino_backward_data(int tile, const float* dy, const float* weight, float* d
   run_conv(kn, dy, u, nullptr, dx, Geo(n, h, w, kn.m), k, c);
 }
 
-void wino_backward_weights(int tile, const float* x, const float* dy, float* dweight,
-                           float* dbias, int64_t n, int64_t h, int64_t w, int64_t c, int64_t k) {
+void wino_backward_weights(int tile, const float* x, const float* dy, float* dweight, float* dbias,
+                           int64_t n, int64_t h, int64_t w, int64_t c, int64_t k) {
   const Kernels kn = kernels(tile);
   const Geo g(n, h, w, kn.m);
   const int64_t blocks = (g.tiles + kRowsW - 1) / kRowsW;
   const int nt = threads_for(blocks);
   const size_t ndu = size_t(kn.p * c * k), nbuf = size_t(kn.p * kRowsW * (c + k));
   const Tensor dub = scratch(size_t(nt) * ndu + size_t(9 * c * k));  // partials, then the taps
-  const Tensor buf = scratch(size_t(nt) * nbuf);                       // per thread: v, then d
+  const Tensor buf = scratch(size_t(nt) * nbuf);                     // per thread: v, then d
   float* du = ptr(dub);
   std::vector<double> db(dbias ? size_t(nt) * size_t(k) : 0, 0.0);
   const std::vector<float> zeros(size_t(std::max(c, k)), 0.0f);
@@ -587,7 +608,8 @@ void wino_backward_weights(int tile, const float* x, const float* dy, float* dwe
     int64_t b0, b1;
     share(blocks, t, omp_get_num_threads(), b0, b1);
     float* v = ptr(buf) + size_t(t) * nbuf;
-    if (b0 < b1) kn.weight_blocks(x, dy, g, c, k, b0, b1, zeros.data(), v, v + kn.p * kRowsW * c, part);
+    if (b0 < b1)
+      kn.weight_blocks(x, dy, g, c, k, b0, b1, zeros.data(), v, v + kn.p * kRowsW * c, part);
     if (dbias) {  // the same share of pixel rows, summed in double
       int64_t r0, r1;
       share(n * h * w, t, omp_get_num_threads(), r0, r1);

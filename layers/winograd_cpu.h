@@ -38,7 +38,7 @@ void wino_forward(int tile, const float* x, const float* weight, const float* bi
 void wino_backward_data(int tile, const float* dy, const float* weight, float* dx, int64_t n,
                         int64_t h, int64_t w, int64_t c, int64_t k);
 // dweight (k, 3, 3, c) and, when dbias is not null, dbias (k) from x and dy.
-void wino_backward_weights(int tile, const float* x, const float* dy, float* dweight,
-                           float* dbias, int64_t n, int64_t h, int64_t w, int64_t c, int64_t k);
+void wino_backward_weights(int tile, const float* x, const float* dy, float* dweight, float* dbias,
+                           int64_t n, int64_t h, int64_t w, int64_t c, int64_t k);
 
 }  // namespace lowbit::layers::detail

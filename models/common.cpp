@@ -27,8 +27,10 @@ std::shared_ptr<layers::Sequential> conv_bn_act(int64_t in, int64_t out, int64_t
   seq->add(std::make_shared<layers::Conv2d>(o));
   // A ReLU is fused into the BN (one pass); an Identity keeps torchvision's child indices.
   seq->add(act == Act::relu ? bn_relu(out) : std::make_shared<layers::BatchNorm2d>(out));
-  if (act == Act::relu) seq->add(std::make_shared<layers::Identity>());
-  else if (auto a = activation(act)) seq->add(a);
+  if (act == Act::relu)
+    seq->add(std::make_shared<layers::Identity>());
+  else if (auto a = activation(act))
+    seq->add(a);
   return seq;
 }
 

@@ -47,8 +47,8 @@ class MobileNetV2 : public Module {
     struct Stage {
       int64_t t, c, n, s;
     };
-    const Stage stages[] = {{1, 16, 1, 1},  {6, 24, 2, 2},  {6, 32, 3, 2}, {6, 64, 4, 2},
-                            {6, 96, 3, 1},  {6, 160, 3, 2}, {6, 320, 1, 1}};
+    const Stage stages[] = {{1, 16, 1, 1}, {6, 24, 2, 2},  {6, 32, 3, 2}, {6, 64, 4, 2},
+                            {6, 96, 3, 1}, {6, 160, 3, 2}, {6, 320, 1, 1}};
     // Small inputs (28x28, 32x32): the stem keeps stride 2 as torchvision; a config may change
     // the input size, which only affects the spatial sizes.
     int64_t in = make_divisible(32 * o.width_mult);
@@ -82,8 +82,8 @@ class MobileNetV1 : public Module {
  public:
   explicit MobileNetV1(const ModelOptions& o) {
     auto ch = [&](int64_t c) { return std::max<int64_t>(8, int64_t(double(c) * o.width_mult)); };
-    const std::pair<int64_t, int64_t> dw[] = {{64, 1},  {128, 2}, {128, 1}, {256, 2}, {256, 1},
-                                              {512, 2}, {512, 1}, {512, 1}, {512, 1}, {512, 1},
+    const std::pair<int64_t, int64_t> dw[] = {{64, 1},  {128, 2},  {128, 1}, {256, 2}, {256, 1},
+                                              {512, 2}, {512, 1},  {512, 1}, {512, 1}, {512, 1},
                                               {512, 1}, {1024, 2}, {1024, 1}};
     features_ = std::make_shared<Sequential>();
     int64_t in = ch(32);
@@ -111,7 +111,9 @@ class MobileNetV1 : public Module {
 
 }  // namespace
 
-LOWBIT_REGISTER_MODEL("mobilenet_v1", [](const ModelOptions& o) { return std::make_shared<MobileNetV1>(o); });
-LOWBIT_REGISTER_MODEL("mobilenet_v2", [](const ModelOptions& o) { return std::make_shared<MobileNetV2>(o); });
+LOWBIT_REGISTER_MODEL("mobilenet_v1",
+                      [](const ModelOptions& o) { return std::make_shared<MobileNetV1>(o); });
+LOWBIT_REGISTER_MODEL("mobilenet_v2",
+                      [](const ModelOptions& o) { return std::make_shared<MobileNetV2>(o); });
 
 }  // namespace lowbit::models

@@ -21,8 +21,8 @@ std::vector<std::string> model_names() { return registry().names(); }
 
 layers::ModulePtr create_model(const std::string& name, const ModelOptions& opts) {
   const ModelFactory& factory = registry().get(name);
-  LOWBIT_CHECK_INPUT(opts.num_classes > 0 && opts.in_channels > 0 && opts.input_size > 0,
-                     "model '", name, "': num_classes, in_channels and input_size must be positive");
+  LOWBIT_CHECK_INPUT(opts.num_classes > 0 && opts.in_channels > 0 && opts.input_size > 0, "model '",
+                     name, "': num_classes, in_channels and input_size must be positive");
   LOWBIT_CHECK_INPUT(opts.width_mult > 0, "model '", name, "': width_mult must be positive, got ",
                      opts.width_mult);
   return factory(opts);

@@ -15,10 +15,10 @@ namespace lowbit::models {
 struct ModelOptions {
   int64_t num_classes = 10;
   int64_t in_channels = 3;
-  int64_t input_size = 32;      // square inputs (H = W)
-  double width_mult = 1.0;      // MobileNets
-  std::string shortcut = "A";   // CIFAR ResNets: "A" (zero-pad identity) or "B" (1x1 projection)
-  double dropout = 0.2;         // MobileNetV2's classifier
+  int64_t input_size = 32;     // square inputs (H = W)
+  double width_mult = 1.0;     // MobileNets
+  std::string shortcut = "A";  // CIFAR ResNets: "A" (zero-pad identity) or "B" (1x1 projection)
+  double dropout = 0.2;        // MobileNetV2's classifier
 };
 
 using ModelFactory = std::function<layers::ModulePtr(const ModelOptions&)>;
@@ -33,5 +33,6 @@ struct ModelRegistrar {
 
 }  // namespace lowbit::models
 
-#define LOWBIT_REGISTER_MODEL(name, factory) \
-  static ::lowbit::models::ModelRegistrar LOWBIT_REGISTER_CAT(lowbit_model_, __LINE__)(name, factory)
+#define LOWBIT_REGISTER_MODEL(name, factory)                                                 \
+  static ::lowbit::models::ModelRegistrar LOWBIT_REGISTER_CAT(lowbit_model_, __LINE__)(name, \
+                                                                                       factory)

@@ -17,16 +17,17 @@ namespace {
 
 using layers::Child;
 
+using layers::BatchNorm2d;
 using layers::Conv2d;
 using layers::Conv2dOptions;
-using layers::BatchNorm2d;
 using layers::Module;
 using layers::ModulePtr;
 
 // Option A shortcut: x[:, ::2, ::2, :] (when stride 2) with `pad` zero channels on each side.
 struct PadChannels : autograd::Function<PadChannels> {
   static constexpr const char* kName = "pad_channels";
-  static Tensor forward(autograd::FunctionCtx& ctx, const Tensor& x, double stride_d, double pad_d) {
+  static Tensor forward(autograd::FunctionCtx& ctx, const Tensor& x, double stride_d,
+                        double pad_d) {
     const int64_t stride = int64_t(stride_d), pad = int64_t(pad_d);
     ctx.saved_values = {double(x.size(1)), double(x.size(2)), double(x.size(3)), stride_d, pad_d};
     Tensor sub = x.slice(1, 0, x.size(1), stride).slice(2, 0, x.size(2), stride);
@@ -52,7 +53,9 @@ class ShortcutA : public Module {
     return PadChannels::apply(x, double(stride_), double(pad_));
   }
   std::string type_name() const override { return "LambdaLayer"; }
-  std::string extra_repr() const override { return str_cat("option A, stride=", stride_, ", pad=", pad_); }
+  std::string extra_repr() const override {
+    return str_cat("option A, stride=", stride_, ", pad=", pad_);
+  }
 
  private:
   int64_t stride_, pad_;
@@ -66,7 +69,8 @@ std::shared_ptr<Conv2d> conv(int64_t in, int64_t out, int64_t k, int64_t stride)
 // CIFAR and ImageNet basic block: conv3x3 -> BN -> ReLU -> conv3x3 -> BN, + shortcut, ReLU.
 class BasicBlock : public Module {
  public:
-  BasicBlock(int64_t in, int64_t planes, int64_t stride, ModulePtr shortcut, const char* shortcut_name) {
+  BasicBlock(int64_t in, int64_t planes, int64_t stride, ModulePtr shortcut,
+             const char* shortcut_name) {
     conv1_ = register_child("conv1", conv(in, planes, 3, stride));
     bn1_ = register_module("bn1", bn_relu(planes));
     conv2_ = register_child("conv2", conv(planes, planes, 3, 1));
@@ -123,8 +127,8 @@ class CifarResNet : public Module {
  public:
   CifarResNet(int depth, const ModelOptions& o) {
     LOWBIT_CHECK_INPUT((depth - 2) % 6 == 0, "CIFAR ResNet depth must be 6n+2, got ", depth);
-    LOWBIT_CHECK_INPUT(o.shortcut == "A" || o.shortcut == "B", "resnet shortcut must be A or B, got '",
-                       o.shortcut, "'");
+    LOWBIT_CHECK_INPUT(o.shortcut == "A" || o.shortcut == "B",
+                       "resnet shortcut must be A or B, got '", o.shortcut, "'");
     const int64_t n = (depth - 2) / 6;
     conv1_ = register_child("conv1", conv(o.in_channels, 16, 3, 1));
     bn1_ = register_module("bn1", bn_relu(16));
@@ -166,7 +170,8 @@ class ImageNetResNet : public Module {
   ImageNetResNet(bool bottleneck, std::vector<int> blocks, const ModelOptions& o) {
     conv1_ = register_child("conv1", conv(o.in_channels, 64, 7, 2));
     bn1_ = register_module("bn1", bn_relu(64));
-    maxpool_ = register_module("maxpool", std::make_shared<layers::MaxPool2d>(layers::Pool2dOptions::square(3, 2, 1)));
+    maxpool_ = register_module(
+        "maxpool", std::make_shared<layers::MaxPool2d>(layers::Pool2dOptions::square(3, 2, 1)));
     const int64_t expansion = bottleneck ? 4 : 1;
     int64_t in = 64;
     for (int s = 0; s < 4; ++s) {
@@ -175,9 +180,12 @@ class ImageNetResNet : public Module {
       for (int b = 0; b < blocks[size_t(s)]; ++b) {
         const int64_t stride = (s > 0 && b == 0) ? 2 : 1;
         ModulePtr ds;
-        if (stride != 1 || in != planes * expansion) ds = projection(in, planes * expansion, stride);
-        if (bottleneck) stage->add(std::make_shared<Bottleneck>(in, planes, stride, ds));
-        else stage->add(std::make_shared<BasicBlock>(in, planes, stride, ds, "downsample"));
+        if (stride != 1 || in != planes * expansion)
+          ds = projection(in, planes * expansion, stride);
+        if (bottleneck)
+          stage->add(std::make_shared<Bottleneck>(in, planes, stride, ds));
+        else
+          stage->add(std::make_shared<BasicBlock>(in, planes, stride, ds, "downsample"));
         in = planes * expansion;
       }
       stages_.push_back(register_module("layer" + std::to_string(s + 1), stage));
@@ -201,11 +209,16 @@ class ImageNetResNet : public Module {
 
 }  // namespace
 
-LOWBIT_REGISTER_MODEL("resnet20", [](const ModelOptions& o) { return std::make_shared<CifarResNet>(20, o); });
-LOWBIT_REGISTER_MODEL("resnet32", [](const ModelOptions& o) { return std::make_shared<CifarResNet>(32, o); });
-LOWBIT_REGISTER_MODEL("resnet44", [](const ModelOptions& o) { return std::make_shared<CifarResNet>(44, o); });
-LOWBIT_REGISTER_MODEL("resnet56", [](const ModelOptions& o) { return std::make_shared<CifarResNet>(56, o); });
-LOWBIT_REGISTER_MODEL("resnet110", [](const ModelOptions& o) { return std::make_shared<CifarResNet>(110, o); });
+LOWBIT_REGISTER_MODEL("resnet20",
+                      [](const ModelOptions& o) { return std::make_shared<CifarResNet>(20, o); });
+LOWBIT_REGISTER_MODEL("resnet32",
+                      [](const ModelOptions& o) { return std::make_shared<CifarResNet>(32, o); });
+LOWBIT_REGISTER_MODEL("resnet44",
+                      [](const ModelOptions& o) { return std::make_shared<CifarResNet>(44, o); });
+LOWBIT_REGISTER_MODEL("resnet56",
+                      [](const ModelOptions& o) { return std::make_shared<CifarResNet>(56, o); });
+LOWBIT_REGISTER_MODEL("resnet110",
+                      [](const ModelOptions& o) { return std::make_shared<CifarResNet>(110, o); });
 LOWBIT_REGISTER_MODEL("resnet18", [](const ModelOptions& o) {
   return std::make_shared<ImageNetResNet>(false, std::vector<int>{2, 2, 2, 2}, o);
 });

@@ -22,7 +22,8 @@ using layers::Sequential;
 class Vgg16Bn : public Module {
  public:
   explicit Vgg16Bn(const ModelOptions& o) {
-    const int64_t cfg[] = {64, 64, -1, 128, 128, -1, 256, 256, 256, -1, 512, 512, 512, -1, 512, 512, 512, -1};
+    const int64_t cfg[] = {64, 64,  -1,  128, 128, -1,  256, 256, 256,
+                           -1, 512, 512, 512, -1,  512, 512, 512, -1};
     features_ = std::make_shared<Sequential>();
     int64_t in = o.in_channels;
     int64_t size = o.input_size;
@@ -35,7 +36,8 @@ class Vgg16Bn : public Module {
         size = (size + 1) / 2;
         continue;
       }
-      features_->add(std::make_shared<layers::Conv2d>(layers::Conv2dOptions(in, c, 3).with_padding(1)));
+      features_->add(
+          std::make_shared<layers::Conv2d>(layers::Conv2dOptions(in, c, 3).with_padding(1)));
       features_->add(bn_relu(c));
       features_->add(std::make_shared<layers::Identity>());  // the ReLU, fused into the BN
       in = c;
@@ -44,7 +46,8 @@ class Vgg16Bn : public Module {
     classifier_ = std::make_shared<Sequential>();
     imagenet_head_ = o.input_size >= 224;
     if (imagenet_head_) {
-      LOWBIT_CHECK_INPUT(o.input_size == 224, "vgg16_bn with the ImageNet head wants 224x224 inputs, got ",
+      LOWBIT_CHECK_INPUT(o.input_size == 224,
+                         "vgg16_bn with the ImageNet head wants 224x224 inputs, got ",
                          o.input_size);
       classifier_->add(std::make_shared<layers::Linear>(512 * 7 * 7, 4096));
       classifier_->add(std::make_shared<layers::ReLU>());
@@ -93,7 +96,8 @@ class DsNet : public Module {
 
 }  // namespace
 
-LOWBIT_REGISTER_MODEL("vgg16_bn", [](const ModelOptions& o) { return std::make_shared<Vgg16Bn>(o); });
+LOWBIT_REGISTER_MODEL("vgg16_bn",
+                      [](const ModelOptions& o) { return std::make_shared<Vgg16Bn>(o); });
 LOWBIT_REGISTER_MODEL("dsnet", [](const ModelOptions& o) { return std::make_shared<DsNet>(o); });
 
 }  // namespace lowbit::models

@@ -375,7 +375,8 @@ struct Spaces {
   }
 };
 
-Spaces tie_channel_spaces(ChannelGraph& g, const Walker& w, const std::vector<ChannelSource>& output_sources) {
+Spaces tie_channel_spaces(ChannelGraph& g, const Walker& w,
+                          const std::vector<ChannelSource>& output_sources) {
   const int n = int(g.layers.size());
   Spaces sp(n);
   for (int i = 0; i < n; ++i) {
@@ -389,7 +390,8 @@ Spaces tie_channel_spaces(ChannelGraph& g, const Walker& w, const std::vector<Ch
           continue;
         }
         // Output channel j = input channel j = source channel j - offset.
-        if (!sp.uf.unite(i, sp.of(s.source), -s.offset)) sp.fix(i, "inconsistent offsets at " + l.name);
+        if (!sp.uf.unite(i, sp.of(s.source), -s.offset))
+          sp.fix(i, "inconsistent offsets at " + l.name);
       }
     }
     if (l.kind == LayerKind::grouped) {

@@ -57,7 +57,8 @@ std::string PruneReport::table() const {
     for (const PrunedChannel& c : channels) {
       os << "  " << c.layer << " " << c.channel << " " << c.action << ": " << fmt("%.3g", c.var)
          << " " << fmt("%.4g", c.gamma) << " " << fmt("%.4g", c.beta) << " "
-         << fmt("%.3g", c.out_std) << " -> " << (std::isnan(c.constant) ? std::string("not folded") : fmt("%.4g", c.constant));
+         << fmt("%.3g", c.out_std) << " -> "
+         << (std::isnan(c.constant) ? std::string("not folded") : fmt("%.4g", c.constant));
       if (!c.reason.empty()) os << " (" << c.reason << ")";
       os << "\n";
     }

@@ -32,22 +32,29 @@ class AccountRecorder : public layers::ForwardRecorder {
 };
 
 int64_t bits_of(const Quantizer* q) { return q && q->enabled() ? q->bits() : 32; }
-int64_t scalars_of(const Quantizer* q) { return q && q->enabled() ? 4 * q->inference_scalars() : 0; }
+int64_t scalars_of(const Quantizer* q) {
+  return q && q->enabled() ? 4 * q->inference_scalars() : 0;
+}
 int64_t packed_bytes(int64_t n, int64_t bits) { return (n * bits + 7) / 8; }
 
 std::string human(double v) {
   char buf[32];
-  if (v >= 1e9) std::snprintf(buf, sizeof(buf), "%.2fG", v / 1e9);
-  else if (v >= 1e6) std::snprintf(buf, sizeof(buf), "%.2fM", v / 1e6);
-  else if (v >= 1e3) std::snprintf(buf, sizeof(buf), "%.1fk", v / 1e3);
-  else std::snprintf(buf, sizeof(buf), "%.0f", v);
+  if (v >= 1e9)
+    std::snprintf(buf, sizeof(buf), "%.2fG", v / 1e9);
+  else if (v >= 1e6)
+    std::snprintf(buf, sizeof(buf), "%.2fM", v / 1e6);
+  else if (v >= 1e3)
+    std::snprintf(buf, sizeof(buf), "%.1fk", v / 1e3);
+  else
+    std::snprintf(buf, sizeof(buf), "%.0f", v);
   return buf;
 }
 
 }  // namespace
 
 ModelAccount account_model(layers::Module& model, const Shape& sample_hwc) {
-  LOWBIT_CHECK_INPUT(sample_hwc.size() == 3, "account_model: the sample shape must be {H, W, C}, got ",
+  LOWBIT_CHECK_INPUT(sample_hwc.size() == 3,
+                     "account_model: the sample shape must be {H, W, C}, got ",
                      shape_str(sample_hwc));
   std::map<const layers::Module*, std::string> names;
   std::set<const layers::Module*> folded;
@@ -68,7 +75,8 @@ ModelAccount account_model(layers::Module& model, const Shape& sample_hwc) {
     autograd::NoGradGuard ng;
     model.eval();
     layers::RecordForward guard(&rec);
-    Tensor x = zeros({1, sample_hwc[0], sample_hwc[1], sample_hwc[2]}, TensorOptions(DType::f32, model.device()));
+    Tensor x = zeros({1, sample_hwc[0], sample_hwc[1], sample_hwc[2]},
+                     TensorOptions(DType::f32, model.device()));
     model.forward(x);
   }
   model.train(was_training);
@@ -104,7 +112,8 @@ ModelAccount account_model(layers::Module& model, const Shape& sample_hwc) {
       l.weight_bits = bits_of(ql ? ql->weight_quantizer() : nullptr);
       l.act_bits = bits_of(ql ? ql->input_quantizer() : nullptr);
       l.macs = w.numel();
-      l.bytes = packed_bytes(l.weight_elems, l.weight_bits) + (lin->bias().defined() ? 4 * w.size(0) : 0) +
+      l.bytes = packed_bytes(l.weight_elems, l.weight_bits) +
+                (lin->bias().defined() ? 4 * w.size(0) : 0) +
                 (ql ? scalars_of(ql->weight_quantizer()) + scalars_of(ql->input_quantizer()) : 0);
       l.shape = shape_str(w.shape());
       acc.float_bytes += 4 * l.params;
@@ -114,7 +123,8 @@ ModelAccount account_model(layers::Module& model, const Shape& sample_hwc) {
       l.weight_bits = 0;
       l.act_bits = 0;
       l.bn_folded = folded.count(bn) > 0;
-      l.bytes = l.bn_folded ? 0 : 16 * c;  // gamma, beta, mean, var in fp32; folded: the conv's bias
+      l.bytes =
+          l.bn_folded ? 0 : 16 * c;  // gamma, beta, mean, var in fp32; folded: the conv's bias
       l.shape = std::to_string(c);
       acc.float_bytes += 16 * c;
     } else {
@@ -138,23 +148,25 @@ ModelAccount account_model(layers::Module& model, const Shape& sample_hwc) {
 std::string ModelAccount::table() const {
   std::ostringstream os;
   char line[256];
-  std::snprintf(line, sizeof(line), "%-28s %-12s %-26s %9s %4s %4s %10s %10s %10s\n", "layer", "type", "shape",
-                "params", "w", "a", "MACs", "BOPs", "bytes");
+  std::snprintf(line, sizeof(line), "%-28s %-12s %-26s %9s %4s %4s %10s %10s %10s\n", "layer",
+                "type", "shape", "params", "w", "a", "MACs", "BOPs", "bytes");
   os << line;
   for (const auto& l : layers) {
     const std::string w = l.weight_bits ? std::to_string(l.weight_bits) : "-";
     const std::string a = l.act_bits ? std::to_string(l.act_bits) : "-";
-    std::snprintf(line, sizeof(line), "%-28s %-12s %-26s %9lld %4s %4s %10s %10s %10lld%s\n", l.name.c_str(),
-                  l.type.c_str(), l.shape.c_str(), (long long)l.params, w.c_str(), a.c_str(),
-                  l.macs ? human(double(l.macs)).c_str() : "-", l.bops > 0 ? human(l.bops).c_str() : "-",
-                  (long long)l.bytes, l.bn_folded ? " (folded)" : "");
+    std::snprintf(line, sizeof(line), "%-28s %-12s %-26s %9lld %4s %4s %10s %10s %10lld%s\n",
+                  l.name.c_str(), l.type.c_str(), l.shape.c_str(), (long long)l.params, w.c_str(),
+                  a.c_str(), l.macs ? human(double(l.macs)).c_str() : "-",
+                  l.bops > 0 ? human(l.bops).c_str() : "-", (long long)l.bytes,
+                  l.bn_folded ? " (folded)" : "");
     os << line;
   }
   std::snprintf(line, sizeof(line),
-                "total: %lld parameters, %lld bytes (float %lld, %.2fx smaller), weight CR %.2fx, %s MACs, %s BOPs per sample\n",
+                "total: %lld parameters, %lld bytes (float %lld, %.2fx smaller), weight CR %.2fx, "
+                "%s MACs, %s BOPs per sample\n",
                 (long long)params, (long long)model_bytes, (long long)float_bytes,
-                model_bytes > 0 ? double(float_bytes) / double(model_bytes) : 1.0, compression_ratio,
-                human(double(macs)).c_str(), human(bops).c_str());
+                model_bytes > 0 ? double(float_bytes) / double(model_bytes) : 1.0,
+                compression_ratio, human(double(macs)).c_str(), human(bops).c_str());
   os << line;
   return os.str();
 }
@@ -162,12 +174,24 @@ std::string ModelAccount::table() const {
 nlohmann::json ModelAccount::to_json() const {
   nlohmann::json ls = nlohmann::json::array();
   for (const auto& l : layers) {
-    ls.push_back({{"name", l.name}, {"type", l.type}, {"shape", l.shape}, {"params", l.params},
-                  {"weight_bits", l.weight_bits}, {"act_bits", l.act_bits}, {"macs", l.macs},
-                  {"bops", l.bops}, {"bytes", l.bytes}, {"bn_folded", l.bn_folded}});
+    ls.push_back({{"name", l.name},
+                  {"type", l.type},
+                  {"shape", l.shape},
+                  {"params", l.params},
+                  {"weight_bits", l.weight_bits},
+                  {"act_bits", l.act_bits},
+                  {"macs", l.macs},
+                  {"bops", l.bops},
+                  {"bytes", l.bytes},
+                  {"bn_folded", l.bn_folded}});
   }
-  return {{"params", params}, {"model_bytes", model_bytes}, {"float_bytes", float_bytes},
-          {"compression_ratio", compression_ratio}, {"macs", macs}, {"bops", bops}, {"layers", ls}};
+  return {{"params", params},
+          {"model_bytes", model_bytes},
+          {"float_bytes", float_bytes},
+          {"compression_ratio", compression_ratio},
+          {"macs", macs},
+          {"bops", bops},
+          {"layers", ls}};
 }
 
 }  // namespace lowbit::quant

@@ -6,10 +6,9 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
 
 #include "core/tensor.h"
 #include "layers/module.h"
@@ -17,9 +16,9 @@
 namespace lowbit::quant {
 
 struct LayerAccount {
-  std::string name;  // dotted module name ("layer1.0.conv1")
-  std::string type;  // "Conv2d", "QConv2d", "Linear", "QLinear", "BatchNorm2d"
-  std::string shape; // "16x3x3x16 -> 28x28" (weights KRSC, output spatial size) or "10x64"
+  std::string name;          // dotted module name ("layer1.0.conv1")
+  std::string type;          // "Conv2d", "QConv2d", "Linear", "QLinear", "BatchNorm2d"
+  std::string shape;         // "16x3x3x16 -> 28x28" (weights KRSC, output spatial size) or "10x64"
   int64_t params = 0;        // parameters of the layer itself (weights, bias; BN: gamma, beta)
   int64_t weight_elems = 0;  // N_w
   int64_t weight_bits = 32;  // b_w (32 for float layers)
@@ -32,12 +31,12 @@ struct LayerAccount {
 
 struct ModelAccount {
   std::vector<LayerAccount> layers;
-  int64_t params = 0;       // all parameters of the model
-  int64_t model_bytes = 0;  // METHODS 10
-  int64_t float_bytes = 0;  // 4 bytes per parameter and BN statistic (the float model)
+  int64_t params = 0;              // all parameters of the model
+  int64_t model_bytes = 0;         // METHODS 10
+  int64_t float_bytes = 0;         // 4 bytes per parameter and BN statistic (the float model)
   double compression_ratio = 1.0;  // CR of METHODS 10 (weights only)
-  double bops = 0.0;        // per sample
-  int64_t macs = 0;         // per sample
+  double bops = 0.0;               // per sample
+  int64_t macs = 0;                // per sample
 
   // A per-layer table with a total line, for the console and reports.
   std::string table() const;

@@ -71,7 +71,10 @@ QuantizerPtr build(const QuantizerChoice& c, const std::string& layer, const cha
 json QuantPlan::to_json() const {
   json arr = json::array();
   for (const auto& l : layers) {
-    json e{{"name", l.name}, {"type", l.type}, {"weight", options_json(l.weight)}, {"fold_bn", l.fold_bn}};
+    json e{{"name", l.name},
+           {"type", l.type},
+           {"weight", options_json(l.weight)},
+           {"fold_bn", l.fold_bn}};
     e["input"] = l.input.name.empty() ? json(nullptr) : options_json(l.input);
     arr.push_back(e);
   }
@@ -138,8 +141,8 @@ QuantPlan plan_quantization(layers::Module& model, const QuantConfig& cfg, const
       for (auto it = order.rbegin(); it != order.rend(); ++it) {
         if ((*it)->out != c.in) continue;
         auto* conv = dynamic_cast<layers::Conv2d*>((*it)->module);
-        if (conv && conv->options().out_channels == bn->options().num_features && bn->options().affine &&
-            bn->options().track_running_stats && !bn_of.count(conv)) {
+        if (conv && conv->options().out_channels == bn->options().num_features &&
+            bn->options().affine && bn->options().track_running_stats && !bn_of.count(conv)) {
           bn_of[conv] = names.at(c.module);
         }
         break;
@@ -186,7 +189,8 @@ QuantPlan plan_quantization(layers::Module& model, const QuantConfig& cfg, const
     const int64_t out = conv ? conv->options().out_channels : lin->out_features();
     l.weight.options.set("role", "weight").set("channels", out);
     input.options.set("role", "activation");
-    if (!input.options.has("signed") && quantizer_reads_option(input.name, input.options, "signed")) {
+    if (!input.options.has("signed") &&
+        quantizer_reads_option(input.name, input.options, "signed")) {
       input.options.set("signed", c.input_negative);
     }
     if (quantize_input) l.input = input;
@@ -205,7 +209,8 @@ void apply_quant_plan(layers::Module& model, const QuantPlan& plan) {
   const Device dev = model.device();
   for (const LayerPlan& l : plan.layers) {
     auto it = mods.find(l.name);
-    LOWBIT_CHECK_INPUT(it != mods.end(), "quantization plan: the model has no layer '", l.name, "'");
+    LOWBIT_CHECK_INPUT(it != mods.end(), "quantization plan: the model has no layer '", l.name,
+                       "'");
     QuantizerPtr wq = build(l.weight, l.name, "weights");
     QuantizerPtr iq = l.input.name.empty() ? nullptr : build(l.input, l.name, "input");
     layers::ModulePtr q;
@@ -216,16 +221,18 @@ void apply_quant_plan(layers::Module& model, const QuantPlan& plan) {
       auto qc = std::make_shared<QConv2d>(*conv, wq, iq);
       if (!l.fold_bn.empty()) {
         auto bit = mods.find(l.fold_bn);
-        auto bn = bit == mods.end() ? nullptr : std::dynamic_pointer_cast<layers::BatchNorm2d>(bit->second);
-        LOWBIT_CHECK_INPUT(bn != nullptr, "quantization plan: '", l.fold_bn, "' (folded into ", l.name,
-                           ") is not a BatchNorm2d of the model");
+        auto bn = bit == mods.end() ? nullptr
+                                    : std::dynamic_pointer_cast<layers::BatchNorm2d>(bit->second);
+        LOWBIT_CHECK_INPUT(bn != nullptr, "quantization plan: '", l.fold_bn, "' (folded into ",
+                           l.name, ") is not a BatchNorm2d of the model");
         qc->fold_bn(bn);
       }
       q = qc;
     } else {
       auto* lin = dynamic_cast<layers::Linear*>(it->second.get());
-      LOWBIT_CHECK_INPUT(l.type == "Linear" && lin && !dynamic_cast<QLinear*>(lin), "quantization plan: '",
-                         l.name, "' is not a float Linear but ", it->second->type_name());
+      LOWBIT_CHECK_INPUT(l.type == "Linear" && lin && !dynamic_cast<QLinear*>(lin),
+                         "quantization plan: '", l.name, "' is not a float Linear but ",
+                         it->second->type_name());
       q = std::make_shared<QLinear>(*lin, wq, iq);
     }
     q->to(dev);

@@ -10,10 +10,9 @@
 
 #include <cstdint>
 #include <functional>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
 
 #include "core/tensor.h"
 #include "layers/module.h"
@@ -34,10 +33,10 @@ struct QuantizerChoice {
 struct QuantRule {
   std::string match;
   std::string type;
-  bool skip = false;  // keep this layer float
+  bool skip = false;                                   // keep this layer float
   std::string weight_quantizer, activation_quantizer;  // replace the quantizer ("" keeps it)
-  QuantizerOptions weight, activation;                  // options merged over the current ones
-  bool quantize_input = true;                           // false: this layer's input stays float
+  QuantizerOptions weight, activation;                 // options merged over the current ones
+  bool quantize_input = true;                          // false: this layer's input stays float
 };
 
 struct QuantConfig {
@@ -46,9 +45,10 @@ struct QuantConfig {
   // Bits of the first and last quantized layers (weights and input), the usual practice;
   // 0 quantizes them like the rest. Rules are applied after this.
   int64_t first_last_bits = 8;
-  bool fold_bn = true;              // METHODS 4
-  int64_t freeze_bn_epoch = 3;      // METHODS 4 lowbit default; -1: never
-  int64_t freeze_quantizers_epoch = 4;  // observers / learned ranges frozen from this epoch; -1: never
+  bool fold_bn = true;          // METHODS 4
+  int64_t freeze_bn_epoch = 3;  // METHODS 4 lowbit default; -1: never
+  int64_t freeze_quantizers_epoch =
+      4;                            // observers / learned ranges frozen from this epoch; -1: never
   int64_t calibration_batches = 4;  // batches observed before a stage that turns quantizers on
   std::vector<QuantRule> rules;
 };

@@ -63,12 +63,13 @@ void check_positive(const Tensor& p, const char* op, const char* what) {
   if (!p.device().is_cpu()) return;
   const std::vector<double> v = p.to_vector<double>();
   for (size_t c = 0; c < v.size(); ++c) {
-    LOWBIT_CHECK(v[c] > 0.0 && std::isfinite(v[c]), op, ": ", what,
-                 " must be positive and finite, got ", v[c],
-                 v.size() > 1 ? str_cat(" at channel ", c) : std::string(),
-                 std::isfinite(v[c]) ? " (learned scales: call Quantizer::clamp_parameters() after optimizer steps)"
-                                     : " (a learned or observed scale went NaN/inf: the training diverged; lower the "
-                                       "learning rate or set clip_grad_norm)");
+    LOWBIT_CHECK(
+        v[c] > 0.0 && std::isfinite(v[c]), op, ": ", what, " must be positive and finite, got ",
+        v[c], v.size() > 1 ? str_cat(" at channel ", c) : std::string(),
+        std::isfinite(v[c])
+            ? " (learned scales: call Quantizer::clamp_parameters() after optimizer steps)"
+            : " (a learned or observed scale went NaN/inf: the training diverged; lower the "
+              "learning rate or set clip_grad_norm)");
   }
 }
 

@@ -3,11 +3,11 @@
 // Every channel is bound once (op.channel(c)); the elements are then walked as runs of one
 // channel (a whole chunk for per-tensor, `inner` elements for per-channel), so the inner loop
 // works on a struct in registers and vectorises; per-channel along the last axis (inner = 1,
-// channels-last activations) goes row by row, channel by channel. Elementwise passes run over parallel chunks of
-// the linear index. The backward with parameter gradients splits the elements into fixed blocks
-// (cpu_reduce_blocks: the count depends on the sizes only), sums each block's terms in double per
-// channel, and adds the block partials in block order, so the result does not depend on the
-// thread count.
+// channels-last activations) goes row by row, channel by channel. Elementwise passes run over
+// parallel chunks of the linear index. The backward with parameter gradients splits the elements
+// into fixed blocks (cpu_reduce_blocks: the count depends on the sizes only), sums each block's
+// terms in double per channel, and adds the block partials in block order, so the result does not
+// depend on the thread count.
 #pragma once
 
 #include <algorithm>
@@ -41,14 +41,17 @@ struct CpuLaunch {
     T* py = static_cast<T*>(y.raw_data());
     if (l.inner == 1 && l.channels > 1) {  // per-channel along the last axis: rows x channels
       const int64_t C = l.channels;
-      core::for_each_chunk(l.outer, [&](int64_t r0, int64_t r1) {
-        const typename Op::Channel* __restrict k = chans.data();
-        for (int64_t r = r0; r < r1; ++r) {
-          const T* __restrict xs = px + r * C;
-          T* __restrict ys = py + r * C;
-          for (int64_t c = 0; c < C; ++c) ys[c] = T(k[c].forward(A(opmath_t<T>(xs[c]))));
-        }
-      }, std::max<int64_t>(1, core::kParallelGrain / C));
+      core::for_each_chunk(
+          l.outer,
+          [&](int64_t r0, int64_t r1) {
+            const typename Op::Channel* __restrict k = chans.data();
+            for (int64_t r = r0; r < r1; ++r) {
+              const T* __restrict xs = px + r * C;
+              T* __restrict ys = py + r * C;
+              for (int64_t c = 0; c < C; ++c) ys[c] = T(k[c].forward(A(opmath_t<T>(xs[c]))));
+            }
+          },
+          std::max<int64_t>(1, core::kParallelGrain / C));
       return;
     }
     core::for_each_chunk(l.numel(), [&](int64_t b, int64_t e) {
@@ -83,15 +86,19 @@ struct CpuLaunch {
       if (pdx == nullptr) return;
       if (l.inner == 1 && l.channels > 1) {  // rows x channels, as in forward
         const int64_t C = l.channels;
-        core::for_each_chunk(l.outer, [&](int64_t r0, int64_t r1) {
-          const typename Op::Channel* __restrict k = chans.data();
-          for (int64_t i = r0 * C; i < r1 * C; i += C) {
-            for (int64_t c = 0; c < C; ++c) {
-              A t[K > 0 ? K : 1];
-              pdx[i + c] = T(k[c].backward(A(opmath_t<T>(px[i + c])), A(opmath_t<T>(pg[i + c])), t));
-            }
-          }
-        }, std::max<int64_t>(1, core::kParallelGrain / C));
+        core::for_each_chunk(
+            l.outer,
+            [&](int64_t r0, int64_t r1) {
+              const typename Op::Channel* __restrict k = chans.data();
+              for (int64_t i = r0 * C; i < r1 * C; i += C) {
+                for (int64_t c = 0; c < C; ++c) {
+                  A t[K > 0 ? K : 1];
+                  pdx[i + c] =
+                      T(k[c].backward(A(opmath_t<T>(px[i + c])), A(opmath_t<T>(pg[i + c])), t));
+                }
+              }
+            },
+            std::max<int64_t>(1, core::kParallelGrain / C));
         return;
       }
       core::for_each_chunk(l.numel(), [&](int64_t b, int64_t e) {

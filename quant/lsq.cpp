@@ -67,7 +67,8 @@ LsqQuantizer::LsqQuantizer(OptionReader& r) : LsqQuantizerBase(r) {
 bool LsqQuantizer::signed_range() const { return spec().range.qmin < 0; }
 
 std::string LsqQuantizer::options_repr() const {
-  return "grad_scale=" + grad_scale_mode_ + (observer_ ? ", init=" + observer_->repr() : std::string());
+  return "grad_scale=" + grad_scale_mode_ +
+         (observer_ ? ", init=" + observer_->repr() : std::string());
 }
 
 void LsqQuantizer::set_scale(const Tensor& s0) {
@@ -86,7 +87,8 @@ void LsqQuantizer::accumulate(const Tensor& x) {
     observer_->observe(x.detach().contiguous(), l, min_val_, max_val_);
     return;
   }
-  Tensor s = sum(abs(x.detach().contiguous().reshape(layout_shape(l)).to(DType::f64)), {0, 2}).contiguous();
+  Tensor s = sum(abs(x.detach().contiguous().reshape(layout_shape(l)).to(DType::f64)), {0, 2})
+                 .contiguous();
   int64_t n = l.outer * l.inner;
   if (dist::is_distributed()) {
     // Data-parallel: the mean |x| of the global batch, so every rank starts from the same scale

@@ -10,9 +10,10 @@
 //   init        lsq | minmax | ema | percentile | mse   lsq (default): the paper's
 //               s0 = 2 * mean(|x|) / sqrt(Qp) (METHODS 3.1); an observer name: s0 = max(|x_min|,
 //               |x_max|) / ((Qp + Qn) / 2) (signed) or x_max / Qp (unsigned), PyTorch's qparams of
-//               the range that observer gives (its own options apply, e.g. mse_steps). The paper's s0 suits 2-4 bits; at 8 bits it clips at ~22x mean|x|
-//               and leaves most levels unused, which a short fine-tune does not recover
-//               (docs/quantization.md, "LSQ initialisation").
+//               the range that observer gives (its own options apply, e.g. mse_steps). The paper's
+//               s0 suits 2-4 bits; at 8 bits it clips at ~22x mean|x| and leaves most levels
+//               unused, which a short fine-tune does not recover (docs/quantization.md, "LSQ
+//               initialisation").
 // Parameters: scale (C) f32. Buffers: initialized () i64.
 // Initialisation (METHODS 3.1): s0 = 2 * mean(|x|) / sqrt(Qp) from the first tensor it sees
 // (the initial weights; the first training batch of activations), or from every calibration
@@ -68,11 +69,12 @@ class LsqQuantizer : public LsqQuantizerBase {
   void set_scale(const Tensor& s0);
   bool signed_range() const;  // s0 (C) -> scale, marks it initialised
 
-  Tensor abs_sum_;          // f64 (C): sum of |x| over the calibration batches
-  int64_t count_ = 0;       // elements per channel in abs_sum_
-  std::string init_;                   // "lsq" or an observer name
+  Tensor abs_sum_;                      // f64 (C): sum of |x| over the calibration batches
+  int64_t count_ = 0;                   // elements per channel in abs_sum_
+  std::string init_;                    // "lsq" or an observer name
   std::unique_ptr<Observer> observer_;  // init != lsq: the range statistics
-  Tensor min_val_, max_val_;  // init != lsq: the observer's range, f32 (C); defined once it saw data
+  Tensor min_val_,
+      max_val_;  // init != lsq: the observer's range, f32 (C); defined once it saw data
 };
 
 }  // namespace lowbit::quant

@@ -52,7 +52,8 @@ std::unique_ptr<Observer> create_observer(const std::string& name, OptionReader&
 std::pair<Tensor, Tensor> batch_min_max(const Tensor& x, const ChannelLayout& l) {
   autograd::NoGradGuard guard;
   Tensor v = x.detach().reshape(layout_shape(l));
-  Tensor mn = amin(v, {0, 2}).to(DType::f32).contiguous(), mx = amax(v, {0, 2}).to(DType::f32).contiguous();
+  Tensor mn = amin(v, {0, 2}).to(DType::f32).contiguous(),
+         mx = amax(v, {0, 2}).to(DType::f32).contiguous();
   if (dist::is_distributed()) {
     // Every rank observes its shard of the global batch at the same step: the extremes of the
     // global batch keep the ranges (and so the models) identical across ranks. One collective:

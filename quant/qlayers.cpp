@@ -12,8 +12,8 @@ namespace {
 
 void check_role(const QuantizerPtr& q, QuantRole role, const char* layer, const char* slot) {
   if (!q) return;
-  LOWBIT_CHECK_INPUT(q->role() == role, layer, ": the ", slot, " quantizer '", q->name(), "' has role ",
-                     role_name(q->role()), ", expected ", role_name(role));
+  LOWBIT_CHECK_INPUT(q->role() == role, layer, ": the ", slot, " quantizer '", q->name(),
+                     "' has role ", role_name(q->role()), ", expected ", role_name(role));
 }
 
 // y * s along the last (channel) axis of an NHWC tensor, the 1 / sf of the folded conv. The
@@ -23,8 +23,8 @@ void check_role(const QuantizerPtr& q, QuantRole role, const char* layer, const 
 struct ScaleChannels : autograd::Function<ScaleChannels> {
   static constexpr const char* kName = "scale_channels";
   static bool fast(const Tensor& y, const Tensor& s) {
-    return !y.is_cuda() && y.dtype() == DType::f32 && s.dtype() == DType::f32 && y.is_contiguous() &&
-           s.is_contiguous();
+    return !y.is_cuda() && y.dtype() == DType::f32 && s.dtype() == DType::f32 &&
+           y.is_contiguous() && s.is_contiguous();
   }
   static Tensor scale(const Tensor& y, const Tensor& s) {
     if (!fast(y, s)) return y * s;
@@ -33,11 +33,14 @@ struct ScaleChannels : autograd::Function<ScaleChannels> {
     const float* yp = y.data<float>();
     const float* sp = s.data<float>();
     float* op = out.data<float>();
-    core::for_each_chunk(rows, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) {
-        for (int64_t k = 0; k < c; ++k) op[r * c + k] = yp[r * c + k] * sp[k];
-      }
-    }, 64);
+    core::for_each_chunk(
+        rows,
+        [&](int64_t b, int64_t e) {
+          for (int64_t r = b; r < e; ++r) {
+            for (int64_t k = 0; k < c; ++k) op[r * c + k] = yp[r * c + k] * sp[k];
+          }
+        },
+        64);
     return out;
   }
   static Tensor forward(autograd::FunctionCtx& ctx, const Tensor& y, const Tensor& s) {
@@ -60,13 +63,17 @@ struct ScaleChannels : autograd::Function<ScaleChannels> {
         std::vector<double> part(size_t(blocks * c), 0.0);
         const float* yp = y.data<float>();
         const float* gp = go.data<float>();
-        core::for_each_index(blocks, [&](int64_t b) {
-          const int64_t r0 = rows * b / blocks, r1 = rows * (b + 1) / blocks;
-          double* acc = part.data() + b * c;
-          for (int64_t r = r0; r < r1; ++r) {
-            for (int64_t k = 0; k < c; ++k) acc[k] += double(gp[r * c + k]) * double(yp[r * c + k]);
-          }
-        }, 1);
+        core::for_each_index(
+            blocks,
+            [&](int64_t b) {
+              const int64_t r0 = rows * b / blocks, r1 = rows * (b + 1) / blocks;
+              double* acc = part.data() + b * c;
+              for (int64_t r = r0; r < r1; ++r) {
+                for (int64_t k = 0; k < c; ++k)
+                  acc[k] += double(gp[r * c + k]) * double(yp[r * c + k]);
+              }
+            },
+            1);
         std::vector<double> tot(size_t(c), 0.0);
         for (int64_t b = 0; b < blocks; ++b) {
           for (int64_t k = 0; k < c; ++k) tot[size_t(k)] += part[size_t(b * c + k)];
@@ -80,7 +87,8 @@ struct ScaleChannels : autograd::Function<ScaleChannels> {
   }
 };
 
-void check_quantizers(const QuantizerPtr& weight_q, const QuantizerPtr& input_q, const char* layer) {
+void check_quantizers(const QuantizerPtr& weight_q, const QuantizerPtr& input_q,
+                      const char* layer) {
   LOWBIT_CHECK(weight_q != nullptr, layer, ": a weight quantizer is required");
   check_role(weight_q, QuantRole::weight, layer, "weight");
   check_role(input_q, QuantRole::activation, layer, "input");
@@ -119,7 +127,8 @@ void QConv2d::fold_bn(const std::shared_ptr<layers::BatchNorm2d>& bn) {
   LOWBIT_CHECK(bn->options().num_features == opts_.out_channels && bn->options().affine &&
                    bn->options().track_running_stats,
                "QConv2d::fold_bn: BatchNorm2d(", bn->options().num_features,
-               ") must be affine with running statistics and have ", opts_.out_channels, " features");
+               ") must be affine with running statistics and have ", opts_.out_channels,
+               " features");
   bn_ = bn;
 }
 
@@ -147,10 +156,12 @@ Tensor QConv2d::forward(const Tensor& x) {
     y = layers::conv2d(xq, quantized_weight(), bias_, opts_);
   } else {
     const Tensor sf = fold_factor();
-    const Tensor wq = weight_q_->forward(effective_weight() * sf.reshape({opts_.out_channels, 1, 1, 1}));
+    const Tensor wq =
+        weight_q_->forward(effective_weight() * sf.reshape({opts_.out_channels, 1, 1, 1}));
     layers::Conv2dOptions o = opts_;
     o.bias = false;
-    y = ScaleChannels::apply(layers::conv2d(xq, wq, Tensor(), o), reciprocal(sf));  // NHWC: per channel
+    y = ScaleChannels::apply(layers::conv2d(xq, wq, Tensor(), o),
+                             reciprocal(sf));  // NHWC: per channel
     if (bias_.defined()) y = y + bias_;
   }
   y = add_bias_map(y);  // PfQ border = exact (METHODS 5.4)
@@ -189,9 +200,11 @@ std::string QLinear::extra_repr() const {
   return layers::Linear::extra_repr() + quant_repr(weight_q_.get(), input_q_.get());
 }
 
-QuantAct::QuantAct(std::string activation, QuantizerPtr q) : activation_(std::move(activation)), q_(std::move(q)) {
+QuantAct::QuantAct(std::string activation, QuantizerPtr q)
+    : activation_(std::move(activation)), q_(std::move(q)) {
   LOWBIT_CHECK_INPUT(activation_ == "relu" || activation_ == "relu6" || activation_ == "identity",
-                     "QuantAct: activation '", activation_, "' is not one of relu, relu6, identity");
+                     "QuantAct: activation '", activation_,
+                     "' is not one of relu, relu6, identity");
   LOWBIT_CHECK(q_ != nullptr, "QuantAct: a quantizer is required");
   check_role(q_, QuantRole::activation, "QuantAct", "activation");
   register_module("quantizer", q_);

@@ -7,8 +7,9 @@
 # By default the build is the one scripts/fuzz.sh uses (clang-16, LOWBIT_FUZZ=ON: the same
 # ASan+UBSan flags plus libFuzzer's coverage instrumentation) in build-fuzz/, so CI compiles lowbit
 # once for both; the script builds everything, the fuzz targets included (scripts/fuzz.sh then
-only runs them), and ctest replays each fuzz target's corpus (tests <target>_corpus, label fuzz). --separate builds a plain
-# LOWBIT_SANITIZE=ON tree with the default compiler in build-asan/ instead.
+# only runs them), and ctest replays each fuzz target's corpus (tests <target>_corpus, label
+# fuzz). --separate builds a plain LOWBIT_SANITIZE=ON tree with the default compiler in
+# build-asan/ instead.
 #
 # Left out, and why:
 #   labels gpu, torch, mpi, slurm   need a GPU, PyTorch, or several processes under mpirun/srun

@@ -2,11 +2,14 @@
 # The README's test command: installs what is missing (scripts/setup.sh), configures (CUDA is
 # compiled when the toolkit is present, for one architecture on a machine without a GPU), builds
 # on every core and runs every CTest suite. Exits non-zero on any failure. GPU-labelled tests
-# skip themselves where no GPU is visible.
+# skip themselves where no GPU is visible. The formatting check (scripts/check_format.sh) runs
+# first; the sanitizer build and the fuzzers (scripts/sanitize.sh, scripts/fuzz.sh) are separate
+# scripts that CI runs after this one (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
+bash scripts/check_format.sh   # STYLE.md's formatting, before spending minutes on a build
 
 build_dir=${LOWBIT_BUILD_DIR:-build}
 jobs=$(nproc 2>/dev/null || echo 2)

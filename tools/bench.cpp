@@ -3,11 +3,10 @@
 #include "tools/bench.h"
 
 #include <iomanip>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "bench/bench.h"
 #include "core/error.h"
@@ -53,7 +52,8 @@ const char* kTrainHelp =
     "  --warmup W     untimed steps first (default 3)\n"
     "  --device D     auto (default: cuda:0 when a GPU is visible), cpu, cuda, cuda:N\n"
     "  --mode M       fp32 (default) or bf16: mixed precision as `amp: bf16` (autocast: bf16\n"
-    "                 convolutions and linear layers, f32 weights, BN statistics and loss); or qat:\n"
+    "                 convolutions and linear layers, f32 weights, BN statistics and loss); or "
+    "qat:\n"
     "                 quantization-aware training (quantize_model: per-channel weights and\n"
     "                 activations at --bits with --quantizer, first/last layer 8 bit, BN folded)\n"
     "  --quantizer Q  qat: a registered quantizer (default lsq; uniform, dsq, ...)\n"
@@ -82,7 +82,8 @@ std::string kernel_help() {
   std::ostringstream os;
   os << "usage: lowbit bench kernel NAME [--size A,B,...] [--device auto|cpu|cuda|cuda:N]\n"
         "                           [--dtype f32|bf16] [--iters N] [--warmup W] [--threads T]\n"
-        "                           [--cpu-conv auto|direct|winograd|winograd_f2|winograd_f4] [--json]\n"
+        "                           [--cpu-conv auto|direct|winograd|winograd_f2|winograd_f4] "
+        "[--json]\n"
         "\n"
         "Times NAME: the median of N calls (default 20) after W untimed ones (default 3); CUDA\n"
         "with events on the device's stream, the CPU with steady_clock. Every run first\n"
@@ -185,7 +186,8 @@ json kernel_json(const bench::KernelResult& r, const bench::KernelOptions& o, do
          {"size", r.size},           {"shape", r.shape},         {"iters", r.timing.iters},
          {"warmup", o.warmup},       {"ms", r.timing.median_ms}, {"ms_min", r.timing.min_ms},
          {"copy_gb_per_s", copy_gbs}};
-  if (r.kernel.rfind("conv", 0) == 0) j["cpu_conv"] = layers::cpu_conv_algo_name(layers::cpu_conv_algo());
+  if (r.kernel.rfind("conv", 0) == 0)
+    j["cpu_conv"] = layers::cpu_conv_algo_name(layers::cpu_conv_algo());
   if (r.bus_factor > 0) j["busbw_gb_per_s"] = r.gb_per_s() * r.bus_factor;
   if (r.bytes > 0) {
     j["bytes"] = r.bytes;
@@ -391,7 +393,8 @@ int run_train(int argc, char** argv, std::ostream& out) {
         << "  peak memory " << fixed(double(r.peak_mem_bytes) / double(1 << 20), 1) << " MiB ("
         << r.peak_mem_kind << "), last loss " << fixed(r.final_loss, 4) << "\n";
     if (r.world_size > 1) {
-      out << "  " << r.world_size << " ranks (global images/s), " << fixed(100 * r.comm_wait_share, 1)
+      out << "  " << r.world_size << " ranks (global images/s), "
+          << fixed(100 * r.comm_wait_share, 1)
           << "% of the step waiting for gradient all-reduces\n";
     }
   }

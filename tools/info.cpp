@@ -31,9 +31,10 @@ int run_info(std::ostream& out) {
 #endif
   out << "cpu: " << omp_get_max_threads() << " OpenMP threads, OpenBLAS GEMM\n";
   const dist::WorldInfo& w = dist::world();
-  out << "dist: rank " << w.rank << " of " << w.size << " (local rank " << w.local_rank << " of " << w.local_size
-      << "), launcher " << w.launcher << ", backends "
-      << (w.size > 1 ? str_cat("mpi (CPU)", n_cuda_backend()) : std::string("local (a world of one)"))
+  out << "dist: rank " << w.rank << " of " << w.size << " (local rank " << w.local_rank << " of "
+      << w.local_size << "), launcher " << w.launcher << ", backends "
+      << (w.size > 1 ? str_cat("mpi (CPU)", n_cuda_backend())
+                     : std::string("local (a world of one)"))
       << (dist::mpi_compiled() ? "" : "; built without MPI") << "\n";
   const int n = cuda::device_count();
   out << "cuda devices: " << n;
@@ -47,18 +48,20 @@ int run_info(std::ostream& out) {
   return 0;
 }
 
-int run_info_model(const std::string& config, const std::vector<std::string>& sets, std::ostream& out) {
+int run_info_model(const std::string& config, const std::vector<std::string>& sets,
+                   std::ostream& out) {
   const train::ExperimentConfig cfg = train::load_config(config, sets);
   manual_seed(cfg.seed);
   Shape sample;
   layers::ModulePtr model = train::build_model_offline(cfg, &sample);
-  out << cfg.model.name << " for input " << sample[0] << "x" << sample[1] << "x" << sample[2] << " (" << config
-      << ")\n\nfloat:\n"
+  out << cfg.model.name << " for input " << sample[0] << "x" << sample[1] << "x" << sample[2]
+      << " (" << config << ")\n\nfloat:\n"
       << quant::account_model(*model, sample).table();
   if (cfg.has_quant) {
     Tensor probe = randn({2, sample[0], sample[1], sample[2]});
     quant::quantize_model(*model, cfg.quant, probe);
-    out << "\nquantized (quant: section of the config):\n" << quant::account_model(*model, sample).table();
+    out << "\nquantized (quant: section of the config):\n"
+        << quant::account_model(*model, sample).table();
   }
   return 0;
 }

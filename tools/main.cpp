@@ -38,11 +38,15 @@ const char* kTrainHelp =
     "  checkpoint.safetensors  weights (PyTorch names and layouts), optimizer and RNG state,\n"
     "                          written atomically after every epoch\n"
     "  model.safetensors       the final weights\n"
-    "  summary.json            test_top1, test_top5, params, model_bytes, wall_s, images_per_s, ...\n"
+    "  summary.json            test_top1, test_top5, params, model_bytes, wall_s, images_per_s, "
+    "...\n"
     "\n"
-    "  --resume     continue from DIR/checkpoint.safetensors (same weights as an uninterrupted run)\n"
-    "  --force      DIR holds another run (a different config.yaml): replace it (its run files are\n"
-    "               deleted); without it such a DIR is refused. Re-running the same config restarts.\n"
+    "  --resume     continue from DIR/checkpoint.safetensors (same weights as an uninterrupted "
+    "run)\n"
+    "  --force      DIR holds another run (a different config.yaml): replace it (its run files "
+    "are\n"
+    "               deleted); without it such a DIR is refused. Re-running the same config "
+    "restarts.\n"
     "  --set K=V    override a config key, e.g. --set stages.0.epochs=2 --set data.batch_size=64\n"
     "\n"
     "Data-parallel on N processes: mpirun -np N lowbit train CONFIG, or srun -n N lowbit train\n"
@@ -57,13 +61,16 @@ const char* kEvalHelp =
     "weights-only file with PyTorch names) on the config's test set; prints loss, top-1, top-5.\n";
 
 const char* kPruneHelp =
-    "usage: lowbit prune CONFIG --checkpoint FILE [--out DIR] [--device ...] [--set key.path=value]...\n"
+    "usage: lowbit prune CONFIG --checkpoint FILE [--out DIR] [--device ...] [--set "
+    "key.path=value]...\n"
     "\n"
-    "Loads the model of CONFIG with the weights in FILE, evaluates it, prunes it with the config's\n"
+    "Loads the model of CONFIG with the weights in FILE, evaluates it, prunes it with the "
+    "config's\n"
     "prune: section (docs/pruning.md; PfQ by default: filters whose BN running variance is below\n"
     "eps are removed and their constant output folded into the next layer), evaluates again and\n"
     "writes to DIR (default runs/<name>_pruned):\n"
-    "  model.safetensors   the pruned model (load it with init: in a later config, or lowbit eval)\n"
+    "  model.safetensors   the pruned model (load it with init: in a later config, or lowbit "
+    "eval)\n"
     "  prune_report.txt    per layer: channels, parameters before/after; totals of parameters,\n"
     "                      model bytes and BOPs; every pruned channel with its BN statistics\n"
     "  prune_report.json   the same, plus test top-1 before and after\n";
@@ -82,25 +89,42 @@ Args parse(int argc, char** argv, const char* cmd, bool allow_train_flags) {
   auto need = [&](int& i, const char* flag) -> std::string {
     if (i + 1 >= argc) throw lowbit::InputError(lowbit::str_cat(cmd, ": ", flag, " needs a value"));
     const std::string v = argv[++i];
-    if (v.empty()) throw lowbit::InputError(lowbit::str_cat(cmd, ": ", flag, " needs a value, got an empty one"));
+    if (v.empty())
+      throw lowbit::InputError(
+          lowbit::str_cat(cmd, ": ", flag, " needs a value, got an empty one"));
     return v;
   };
   for (int i = 2; i < argc; ++i) {
     const std::string s = argv[i];
-    if (s == "--device") a.device = need(i, "--device");
-    else if (s == "--set") a.sets.push_back(need(i, "--set"));
-    else if (s.rfind("--set=", 0) == 0) a.sets.push_back(s.substr(6));
-    else if (allow_train_flags && s == "--out") a.out = need(i, "--out");
-    else if (allow_train_flags && s == "--resume") a.resume = true;
-    else if (allow_train_flags && s == "--force") a.force = true;
-    else if (allow_train_flags && s == "--no-progress") a.progress = false;
-    else if (!allow_train_flags && s == "--checkpoint") a.checkpoint = need(i, "--checkpoint");
-    else if (!allow_train_flags && s == "--out" && std::string(cmd) == "prune") a.out = need(i, "--out");
-    else if (!s.empty() && s[0] == '-') throw lowbit::InputError(lowbit::str_cat(cmd, ": unknown option '", s, "'; see lowbit ", cmd, " --help"));
-    else if (a.config.empty()) a.config = s;
-    else throw lowbit::InputError(lowbit::str_cat(cmd, ": unexpected argument '", s, "'"));
+    if (s == "--device")
+      a.device = need(i, "--device");
+    else if (s == "--set")
+      a.sets.push_back(need(i, "--set"));
+    else if (s.rfind("--set=", 0) == 0)
+      a.sets.push_back(s.substr(6));
+    else if (allow_train_flags && s == "--out")
+      a.out = need(i, "--out");
+    else if (allow_train_flags && s == "--resume")
+      a.resume = true;
+    else if (allow_train_flags && s == "--force")
+      a.force = true;
+    else if (allow_train_flags && s == "--no-progress")
+      a.progress = false;
+    else if (!allow_train_flags && s == "--checkpoint")
+      a.checkpoint = need(i, "--checkpoint");
+    else if (!allow_train_flags && s == "--out" && std::string(cmd) == "prune")
+      a.out = need(i, "--out");
+    else if (!s.empty() && s[0] == '-')
+      throw lowbit::InputError(
+          lowbit::str_cat(cmd, ": unknown option '", s, "'; see lowbit ", cmd, " --help"));
+    else if (a.config.empty())
+      a.config = s;
+    else
+      throw lowbit::InputError(lowbit::str_cat(cmd, ": unexpected argument '", s, "'"));
   }
-  if (a.config.empty()) throw lowbit::InputError(lowbit::str_cat(cmd, ": a CONFIG file is required; see lowbit ", cmd, " --help"));
+  if (a.config.empty())
+    throw lowbit::InputError(
+        lowbit::str_cat(cmd, ": a CONFIG file is required; see lowbit ", cmd, " --help"));
   return a;
 }
 
@@ -116,14 +140,16 @@ int run_train(int argc, char** argv) {
   o.device = a.device;
   o.resume = a.resume;
   o.force = a.force;
-  if (a.resume && a.force) throw lowbit::InputError("train: --resume continues a run and --force replaces it; give one");
+  if (a.resume && a.force)
+    throw lowbit::InputError("train: --resume continues a run and --force replaces it; give one");
   o.progress = a.progress;
   auto s = lowbit::train::run_training(cfg, o);
   if (!lowbit::dist::is_root()) return 0;
   std::cout << "lowbit: " << cfg.name << " finished on " << s.device << " in " << s.wall_s
-            << " s: test top-1 " << 100 * s.test.top1 << "%, top-5 " << 100 * s.test.top5
-            << "%, " << s.params << " parameters\n"
-            << "lowbit: results in " << o.out_dir << " (summary.json, log.jsonl, model.safetensors)\n";
+            << " s: test top-1 " << 100 * s.test.top1 << "%, top-5 " << 100 * s.test.top5 << "%, "
+            << s.params << " parameters\n"
+            << "lowbit: results in " << o.out_dir
+            << " (summary.json, log.jsonl, model.safetensors)\n";
   return 0;
 }
 
@@ -148,12 +174,14 @@ int run_prune_cmd(int argc, char** argv) {
     return 0;
   }
   Args a = parse(argc, argv, "prune", false);
-  if (a.checkpoint.empty()) throw lowbit::InputError("prune: --checkpoint FILE is required; see lowbit prune --help");
+  if (a.checkpoint.empty())
+    throw lowbit::InputError("prune: --checkpoint FILE is required; see lowbit prune --help");
   lowbit::train::ExperimentConfig cfg = lowbit::train::load_config(a.config, a.sets);
   const std::string out = a.out.empty() ? "runs/" + cfg.name + "_pruned" : a.out;
   auto r = lowbit::train::run_prune(cfg, a.checkpoint, out, a.device);
-  std::cout << "lowbit prune: test top-1 " << 100 * r.before.top1 << "% -> " << 100 * r.after.top1 << "%, "
-            << r.params_before << " -> " << r.params_after << " parameters; results in " << out << "\n";
+  std::cout << "lowbit prune: test top-1 " << 100 * r.before.top1 << "% -> " << 100 * r.after.top1
+            << "%, " << r.params_before << " -> " << r.params_after << " parameters; results in "
+            << out << "\n";
   return 0;
 }
 
@@ -169,13 +197,14 @@ int run(int argc, char** argv) {
   if (cmd == "bench") return lowbit::tools::run_bench(argc, argv, std::cout);
   if (cmd == "info") {
     if (argc > 2 && is_help(argv[2])) {
-      std::cout << "usage: lowbit info\n"
-                   "       lowbit info --model CONFIG [--set key.path=value]...\n\n"
-                   "Without options: the lowbit version, whether the CUDA backend was compiled in, the\n"
-                   "CPU threads and every visible CUDA device.\n"
-                   "--model CONFIG: the config's model as a per-layer table (parameters, weight and\n"
-                   "input bits, MACs, BOPs, bytes; METHODS.md section 10), float and, when the config\n"
-                   "has a quant: section, quantized. No data is read.\n";
+      std::cout
+          << "usage: lowbit info\n"
+             "       lowbit info --model CONFIG [--set key.path=value]...\n\n"
+             "Without options: the lowbit version, whether the CUDA backend was compiled in, the\n"
+             "CPU threads and every visible CUDA device.\n"
+             "--model CONFIG: the config's model as a per-layer table (parameters, weight and\n"
+             "input bits, MACs, BOPs, bytes; METHODS.md section 10), float and, when the config\n"
+             "has a quant: section, quantized. No data is read.\n";
       return 0;
     }
     if (argc > 2) {
@@ -183,10 +212,14 @@ int run(int argc, char** argv) {
       std::vector<std::string> sets;
       for (int i = 2; i < argc; ++i) {
         const std::string s = argv[i];
-        if (s == "--model" && i + 1 < argc) config = argv[++i];
-        else if (s == "--set" && i + 1 < argc) sets.push_back(argv[++i]);
-        else if (s.rfind("--set=", 0) == 0) sets.push_back(s.substr(6));
-        else throw lowbit::InputError("info: unexpected argument '" + s + "'; see lowbit info --help");
+        if (s == "--model" && i + 1 < argc)
+          config = argv[++i];
+        else if (s == "--set" && i + 1 < argc)
+          sets.push_back(argv[++i]);
+        else if (s.rfind("--set=", 0) == 0)
+          sets.push_back(s.substr(6));
+        else
+          throw lowbit::InputError("info: unexpected argument '" + s + "'; see lowbit info --help");
       }
       if (config.empty()) throw lowbit::InputError("info: --model needs a CONFIG file");
       return lowbit::tools::run_info_model(config, sets, std::cout);

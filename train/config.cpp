@@ -53,7 +53,8 @@ class Section {
   T scalar(const std::string& key, T def, const char* type_name) {
     YAML::Node n = raw(key);
     if (!n || n.IsNull()) return def;
-    if (!n.IsScalar()) fail(key, str_cat("wants ", type_name, ", got a ", n.IsMap() ? "mapping" : "list"));
+    if (!n.IsScalar())
+      fail(key, str_cat("wants ", type_name, ", got a ", n.IsMap() ? "mapping" : "list"));
     try {
       return n.as<T>();
     } catch (const YAML::Exception&) {
@@ -77,13 +78,16 @@ class Section {
     YAML::Node n = has(key) ? get(key) : YAML::Node();
     if (n && n.IsScalar()) {
       const std::string s = n.Scalar();
-      if (s.find_first_of(".eE") != std::string::npos) fail(key, str_cat("wants an integer, got '", s, "'"));
+      if (s.find_first_of(".eE") != std::string::npos)
+        fail(key, str_cat("wants an integer, got '", s, "'"));
     }
     int64_t v = scalar<int64_t>(key, def, "an integer");
     if (v < lo || v > hi) fail(key, str_cat(v, " is out of range [", lo, ", ", hi, "]"));
     return v;
   }
-  bool boolean(const std::string& key, bool def) { return scalar<bool>(key, def, "a boolean (true/false)"); }
+  bool boolean(const std::string& key, bool def) {
+    return scalar<bool>(key, def, "a boolean (true/false)");
+  }
   std::vector<double> numbers(const std::string& key) {
     YAML::Node n = raw(key);
     std::vector<double> out;
@@ -154,7 +158,8 @@ ScheduleConfig parse_schedule(Section s) {
   for (size_t i = 1; i < c.milestones.size(); ++i) {
     if (!(c.milestones[i] > c.milestones[i - 1])) s.fail("milestones", "must be increasing");
   }
-  if (c.name == "multistep" && c.milestones.empty()) s.fail("milestones", "multistep needs milestones");
+  if (c.name == "multistep" && c.milestones.empty())
+    s.fail("milestones", "multistep needs milestones");
   s.finish();
   return c;
 }
@@ -181,23 +186,29 @@ StageConfig parse_stage(Section s, size_t index) {
 // A quantizer choice: {quantizer: NAME, <option>: <value>, ...}. The options are validated by
 // building the quantizer for `role` (InputError naming the key path otherwise).
 quant::QuantizerChoice parse_quantizer_choice(const YAML::Node& n, const std::string& path,
-                                              const std::string& file, const quant::QuantizerChoice& base,
-                                              const char* role, bool validate) {
+                                              const std::string& file,
+                                              const quant::QuantizerChoice& base, const char* role,
+                                              bool validate) {
   quant::QuantizerChoice c = base;
   if (!n || n.IsNull()) return c;
-  if (!n.IsMap()) throw InputError(str_cat(file, ": ", path, ": must be a mapping like {quantizer: lsq, bits: 4}"));
+  if (!n.IsMap())
+    throw InputError(
+        str_cat(file, ": ", path, ": must be a mapping like {quantizer: lsq, bits: 4}"));
   for (auto it = n.begin(); it != n.end(); ++it) {
     if (!it->first.IsScalar()) {
-      throw InputError(str_cat(file, ": ", path, ": has a list or mapping as a key; keys are option names"));
+      throw InputError(
+          str_cat(file, ": ", path, ": has a list or mapping as a key; keys are option names"));
     }
     const std::string k = it->first.Scalar();
-    if (!it->second.IsScalar()) throw InputError(str_cat(file, ": ", path, ".", k, ": wants a scalar value"));
+    if (!it->second.IsScalar())
+      throw InputError(str_cat(file, ": ", path, ".", k, ": wants a scalar value"));
     const std::string v = it->second.Scalar();
     if (k == "quantizer") {
       c.name = v;
     } else {
       if (k == "role" || k == "channels") {
-        throw InputError(str_cat(file, ": ", path, ".", k, ": is set by the model conversion, not in the config"));
+        throw InputError(str_cat(file, ": ", path, ".", k,
+                                 ": is set by the model conversion, not in the config"));
       }
       c.options.set(k, v);
     }
@@ -216,13 +227,15 @@ quant::QuantizerChoice parse_quantizer_choice(const YAML::Node& n, const std::st
 
 quant::QuantConfig parse_quant(Section q, const std::string& file) {
   quant::QuantConfig c;
-  c.weight = parse_quantizer_choice(q.raw("weight"), q.key_path("weight"), file, c.weight, "weight", true);
-  c.activation =
-      parse_quantizer_choice(q.raw("activation"), q.key_path("activation"), file, c.activation, "activation", true);
+  c.weight =
+      parse_quantizer_choice(q.raw("weight"), q.key_path("weight"), file, c.weight, "weight", true);
+  c.activation = parse_quantizer_choice(q.raw("activation"), q.key_path("activation"), file,
+                                        c.activation, "activation", true);
   c.first_last_bits = q.integer("first_last_bits", c.first_last_bits, 0, 16);
   c.fold_bn = q.boolean("fold_bn", c.fold_bn);
   c.freeze_bn_epoch = q.integer("freeze_bn_epoch", c.freeze_bn_epoch, -1, kBig);
-  c.freeze_quantizers_epoch = q.integer("freeze_quantizers_epoch", c.freeze_quantizers_epoch, -1, kBig);
+  c.freeze_quantizers_epoch =
+      q.integer("freeze_quantizers_epoch", c.freeze_quantizers_epoch, -1, kBig);
   c.calibration_batches = q.integer("calibration_batches", c.calibration_batches, 0, kBig);
   YAML::Node rules = q.raw("rules");
   if (rules && !rules.IsNull()) {
@@ -237,8 +250,10 @@ quant::QuantConfig parse_quant(Section q, const std::string& file) {
       // Rules hold option overrides; the quantizer is validated with the merged options later,
       // when the layer they apply to is converted (errors name the layer).
       quant::QuantizerChoice none;
-      auto w = parse_quantizer_choice(r.raw("weight"), r.key_path("weight"), file, none, "weight", false);
-      auto a = parse_quantizer_choice(r.raw("activation"), r.key_path("activation"), file, none, "activation", false);
+      auto w = parse_quantizer_choice(r.raw("weight"), r.key_path("weight"), file, none, "weight",
+                                      false);
+      auto a = parse_quantizer_choice(r.raw("activation"), r.key_path("activation"), file, none,
+                                      "activation", false);
       rule.weight_quantizer = w.name;
       rule.weight = w.options;
       rule.activation_quantizer = a.name;
@@ -266,13 +281,15 @@ void refuse_duplicate_keys(const YAML::Node& node, const std::string& file, cons
   int64_t count = 0;
   if (visited == nullptr) visited = &count;
   if (depth > kMaxYamlDepth || ++*visited > kMaxYamlNodes) {
-    throw InputError(str_cat(file, ": ", path.empty() ? "(top level)" : path, ": nested deeper than ", kMaxYamlDepth,
-                             " levels or more than ", kMaxYamlNodes,
+    throw InputError(str_cat(file, ": ", path.empty() ? "(top level)" : path,
+                             ": nested deeper than ", kMaxYamlDepth, " levels or more than ",
+                             kMaxYamlNodes,
                              " values with aliases expanded (a recursive or exponential alias?)"));
   }
   if (node.IsSequence()) {
     for (size_t i = 0; i < node.size(); ++i) {
-      refuse_duplicate_keys(node[i], file, str_cat(path, path.empty() ? "" : ".", i), depth + 1, visited);
+      refuse_duplicate_keys(node[i], file, str_cat(path, path.empty() ? "" : ".", i), depth + 1,
+                            visited);
     }
     return;
   }
@@ -284,8 +301,8 @@ void refuse_duplicate_keys(const YAML::Node& node, const std::string& file, cons
     const std::string where = path.empty() ? key : path + "." + key;
     auto [prev, fresh] = first_line.emplace(key, line);
     if (!fresh) {
-      throw InputError(str_cat(file, ":", line, ": key '", where, "' appears twice (first at line ", prev->second,
-                               "); remove one"));
+      throw InputError(str_cat(file, ":", line, ": key '", where, "' appears twice (first at line ",
+                               prev->second, "); remove one"));
     }
     refuse_duplicate_keys(it->first, file, where + " (key)", depth + 1, visited);
     refuse_duplicate_keys(it->second, file, where, depth + 1, visited);
@@ -318,12 +335,14 @@ void apply_override(YAML::Node root, const std::string& file, const std::string&
   // The item a path part names in a list: a decimal index below its size.
   const auto list_index = [&](const YAML::Node& list, const std::string& p, size_t depth) {
     const std::string where = str_cat(file, ": --set ", path, ": ");
-    const bool digits = !p.empty() && p.size() < 10 && p.find_first_not_of("0123456789") == std::string::npos;
+    const bool digits =
+        !p.empty() && p.size() < 10 && p.find_first_not_of("0123456789") == std::string::npos;
     LOWBIT_CHECK_INPUT(digits, where, "'", join_path(parts, depth), "' is a list: '", p,
-                       "' must be an item index (0 to ", list.size() == 0 ? 0 : list.size() - 1, ")");
+                       "' must be an item index (0 to ", list.size() == 0 ? 0 : list.size() - 1,
+                       ")");
     const size_t idx = size_t(std::stoul(p));
-    LOWBIT_CHECK_INPUT(idx < list.size(), where, "index ", idx, " is past the end of '", join_path(parts, depth),
-                       "' (", list.size(), " items)");
+    LOWBIT_CHECK_INPUT(idx < list.size(), where, "index ", idx, " is past the end of '",
+                       join_path(parts, depth), "' (", list.size(), " items)");
     return idx;
   };
   // yaml-cpp nodes are handles: walk down by reassigning a handle, creating maps as needed.
@@ -331,8 +350,9 @@ void apply_override(YAML::Node root, const std::string& file, const std::string&
   for (size_t i = 0; i < parts.size(); ++i) {
     YAML::Node cur = chain.back();
     const std::string& p = parts[i];
-    LOWBIT_CHECK_INPUT(!cur.IsScalar(), file, ": --set ", path, ": '", join_path(parts, i), "' is a value ('",
-                       cur.Scalar(), "'), not a mapping or list, so it has no '", p, "'");
+    LOWBIT_CHECK_INPUT(!cur.IsScalar(), file, ": --set ", path, ": '", join_path(parts, i),
+                       "' is a value ('", cur.Scalar(), "'), not a mapping or list, so it has no '",
+                       p, "'");
     const bool last = i + 1 == parts.size();
     if (cur.IsSequence()) {
       const size_t idx = list_index(cur, p, i);
@@ -368,7 +388,8 @@ DataConfig parse_data(Section d) {
   dc.resize = d.integer("resize", dc.resize, 0, 1 << 16);
   dc.mean = d.numbers("mean");
   dc.std = d.numbers("std");
-  if (dc.mean.size() != dc.std.size()) d.fail("std", str_cat("has ", dc.std.size(), " values but mean has ", dc.mean.size()));
+  if (dc.mean.size() != dc.std.size())
+    d.fail("std", str_cat("has ", dc.std.size(), " values but mean has ", dc.mean.size()));
   for (double v : dc.std) {
     if (!(v > 0)) d.fail("std", "values must be positive");
   }
@@ -414,7 +435,8 @@ void parse_prune(Section p, ExperimentConfig& c) {
   o.constant = p.str("constant", o.constant, {"beta", "data_mean"});
   o.mode = p.str("mode", o.mode, {"structural", "mask"});
   o.residual = p.str("residual", o.residual, {"mask", "skip"});
-  c.prune_calibration_batches = p.integer("calibration_batches", c.prune_calibration_batches, 1, kBig);
+  c.prune_calibration_batches =
+      p.integer("calibration_batches", c.prune_calibration_batches, 1, kBig);
   try {
     o.validate();
   } catch (const InputError& e) {
@@ -432,11 +454,14 @@ void parse_checkpoint_every(Section& top, ExperimentConfig& c) {
   in >> n >> unit >> rest;
   const bool steps = unit.empty() || unit == "steps" || unit == "step";
   const bool minutes = unit == "min" || unit == "minutes" || unit == "minute";
-  if (in.fail() && !in.eof()) top.fail("checkpoint_every", str_cat("'", v, "': wants N, \"N steps\" or \"M min\""));
+  if (in.fail() && !in.eof())
+    top.fail("checkpoint_every", str_cat("'", v, "': wants N, \"N steps\" or \"M min\""));
   // The bound keeps int64_t(n) defined (a UBSan report for 1e300 steps otherwise).
-  if (!(n >= 0 && n <= double(kBig)) || !rest.empty() || !(steps || minutes) || (steps && n != std::floor(n))) {
-    top.fail("checkpoint_every", str_cat("'", v, "': wants N, \"N steps\" (whole steps) or \"M min\" (0 <= N, M <= ",
-                                         kBig, ")"));
+  if (!(n >= 0 && n <= double(kBig)) || !rest.empty() || !(steps || minutes) ||
+      (steps && n != std::floor(n))) {
+    top.fail("checkpoint_every",
+             str_cat("'", v, "': wants N, \"N steps\" (whole steps) or \"M min\" (0 <= N, M <= ",
+                     kBig, ")"));
   }
   if (steps) c.checkpoint_every_steps = int64_t(n);
   if (minutes) c.checkpoint_every_minutes = n;
@@ -447,10 +472,12 @@ void check_stage_sections(const ExperimentConfig& c) {
   for (size_t i = 0; i < c.stages.size(); ++i) {
     const StageKind& k = stage_kind_registry().get(c.stages[i].kind);
     if (k.needs_quant && !c.has_quant) {
-      throw InputError(str_cat(c.file, ": stages.", i, ".kind: ", c.stages[i].kind, " needs a top-level quant: section"));
+      throw InputError(str_cat(c.file, ": stages.", i, ".kind: ", c.stages[i].kind,
+                               " needs a top-level quant: section"));
     }
     if (k.needs_prune && !c.has_prune) {
-      throw InputError(str_cat(c.file, ": stages.", i, ".kind: ", c.stages[i].kind, " needs a top-level prune: section"));
+      throw InputError(str_cat(c.file, ": stages.", i, ".kind: ", c.stages[i].kind,
+                               " needs a top-level prune: section"));
     }
   }
 }
@@ -475,13 +502,16 @@ ExperimentConfig parse_config(const std::string& yaml_text, const std::string& f
   c.name = top.str("name", c.name);
   c.seed = uint64_t(top.integer("seed", 0, 0, kBig));
   c.device = top.str("device", c.device);
-  if (c.device != "auto" && c.device != "cpu" && c.device != "cuda" && c.device.rfind("cuda:", 0) != 0) {
-    top.fail("device", str_cat("'", c.device, "' is not allowed; allowed: auto, cpu, cuda, cuda:N"));
+  if (c.device != "auto" && c.device != "cpu" && c.device != "cuda" &&
+      c.device.rfind("cuda:", 0) != 0) {
+    top.fail("device",
+             str_cat("'", c.device, "' is not allowed; allowed: auto, cpu, cuda, cuda:N"));
   }
   c.log_interval = top.integer("log_interval", c.log_interval, 1, kBig);
   c.threads = top.integer("threads", c.threads, 0, 1024);
   c.amp = top.str("amp", c.amp, {"off", "bf16", "f16"});
-  c.cpu_conv = top.str("cpu_conv", c.cpu_conv, {"auto", "direct", "winograd", "winograd_f2", "winograd_f4"});
+  c.cpu_conv =
+      top.str("cpu_conv", c.cpu_conv, {"auto", "direct", "winograd", "winograd_f2", "winograd_f4"});
   parse_checkpoint_every(top, c);
 
   c.data = parse_data(top.sub("data"));
@@ -530,16 +560,16 @@ namespace {
 // Every leaf of a YAML tree as "key.path" -> its text (flow style for non-scalars' leaves). The
 // text may come from a corrupt checkpoint: the alias limits of refuse_duplicate_keys apply, and a
 // tree past them compares as "(too deep or too large)".
-void flatten(const YAML::Node& n, const std::string& path, std::map<std::string, std::string>& out, int depth,
-             int64_t* visited) {
+void flatten(const YAML::Node& n, const std::string& path, std::map<std::string, std::string>& out,
+             int depth, int64_t* visited) {
   if (depth > kMaxYamlDepth || ++*visited > kMaxYamlNodes) {
     out["(config)"] = "(too deep or too large to compare)";
     return;
   }
   if (n.IsMap()) {
     for (auto it = n.begin(); it != n.end(); ++it) {
-      flatten(it->second, path.empty() ? it->first.Scalar() : path + "." + it->first.Scalar(), out, depth + 1,
-              visited);
+      flatten(it->second, path.empty() ? it->first.Scalar() : path + "." + it->first.Scalar(), out,
+              depth + 1, visited);
     }
   } else if (n.IsSequence()) {
     for (size_t i = 0; i < n.size(); ++i) {

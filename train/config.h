@@ -19,8 +19,9 @@ class Node;
 namespace lowbit::train {
 
 struct DataConfig {
-  std::string dataset = "fashion_mnist";  // fashion_mnist | mnist | cifar10 | cifar100 | imagenet | synthetic
-  std::string root;                       // dataset folder ("" = the dataset's default)
+  std::string dataset =
+      "fashion_mnist";  // fashion_mnist | mnist | cifar10 | cifar100 | imagenet | synthetic
+  std::string root;     // dataset folder ("" = the dataset's default)
   int64_t batch_size = 128;
   int64_t eval_batch_size = 256;
   int64_t num_workers = 2;
@@ -65,11 +66,11 @@ struct ScheduleConfig {
   std::string name = "cosine";  // constant | step | multistep | cosine | onecycle
   double warmup_epochs = 0.0;   // linear warm-up over this many epochs (fractions allowed)
   double warmup_start_factor = 0.1;
-  double step_epochs = 30;              // step
-  std::vector<double> milestones;       // multistep, in epochs
-  double gamma = 0.1;                   // step, multistep
-  double eta_min = 0.0;                 // cosine
-  double pct_start = 0.3;               // onecycle
+  double step_epochs = 30;         // step
+  std::vector<double> milestones;  // multistep, in epochs
+  double gamma = 0.1;              // step, multistep
+  double eta_min = 0.0;            // cosine
+  double pct_start = 0.3;          // onecycle
   double div_factor = 25.0, final_div_factor = 1e4;
 };
 
@@ -93,9 +94,10 @@ struct StageConfig {
 
 // Data-parallel training (docs/distributed.md); read only when the run has several ranks.
 struct DistConfig {
-  double bucket_mb = 25.0;   // gradient all-reduce buckets (MB = 2^20 bytes)
-  double timeout_s = 0.0;    // a collective waiting longer ends the job; 0: LOWBIT_DIST_TIMEOUT_S or 300
-  bool sync_bn = false;      // BatchNorm batch statistics over the global batch (SyncBN)
+  double bucket_mb = 25.0;  // gradient all-reduce buckets (MB = 2^20 bytes)
+  double timeout_s =
+      0.0;  // a collective waiting longer ends the job; 0: LOWBIT_DIST_TIMEOUT_S or 300
+  bool sync_bn = false;  // BatchNorm batch statistics over the global batch (SyncBN)
 };
 
 struct ExperimentConfig {
@@ -110,22 +112,24 @@ struct ExperimentConfig {
   // "500 steps", "15 min"); 0 / "" = at epoch ends only.
   int64_t checkpoint_every_steps = 0;
   double checkpoint_every_minutes = 0.0;
-  std::string cpu_conv = "auto";  // CPU 3x3 convolutions: auto | direct | winograd | winograd_f2 | winograd_f4 (layers/conv2d.h)
+  std::string cpu_conv = "auto";  // CPU 3x3 convolutions: auto | direct | winograd | winograd_f2 |
+                                  // winograd_f4 (layers/conv2d.h)
   DataConfig data;
   ModelConfig model;
   DistConfig dist;
   std::vector<StageConfig> stages;
-  bool has_quant = false;   // a quant: section was given (needed by qat stages)
+  bool has_quant = false;  // a quant: section was given (needed by qat stages)
   quant::QuantConfig quant;
-  bool has_prune = false;   // a prune: section was given (needed by prune stages)
+  bool has_prune = false;  // a prune: section was given (needed by prune stages)
   prune::PruneOptions prune;
   int64_t prune_calibration_batches = 8;  // prune.calibration_batches (constant: data_mean)
-  std::string raw_yaml;  // the config after --set overrides, for summary.json
+  std::string raw_yaml;                   // the config after --set overrides, for summary.json
 };
 
 // Parses and validates `path`, applying `overrides` ("key.path=value", YAML value syntax;
 // sequence items by index: "stages.0.epochs=2") first. Throws InputError naming the problem.
-ExperimentConfig load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+ExperimentConfig load_config(const std::string& path,
+                             const std::vector<std::string>& overrides = {});
 ExperimentConfig parse_config(const std::string& yaml_text, const std::string& file_label,
                               const std::vector<std::string>& overrides = {});
 

@@ -13,7 +13,8 @@ namespace {
 // The first n samples of a dataset (smoke tests, quick runs).
 class Prefix : public data::Dataset {
  public:
-  Prefix(data::DatasetPtr inner, int64_t n) : inner_(std::move(inner)), n_(std::min(n, inner_->size())) {}
+  Prefix(data::DatasetPtr inner, int64_t n)
+      : inner_(std::move(inner)), n_(std::min(n, inner_->size())) {}
   int64_t size() const override { return n_; }
   data::Sample get(int64_t i) const override {
     check_index(i);
@@ -35,7 +36,9 @@ data::DatasetPtr limit(data::DatasetPtr d, int64_t n) {
   return n > 0 && n < d->size() ? std::make_shared<Prefix>(d, n) : d;
 }
 
-std::vector<float> as_floats(const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); }
+std::vector<float> as_floats(const std::vector<double>& v) {
+  return std::vector<float>(v.begin(), v.end());
+}
 
 // data.dataset (train/registries.h): the readers, normalisation and geometry of each dataset.
 const bool kDatasetsRegistered = [] {
@@ -44,15 +47,20 @@ const bool kDatasetsRegistered = [] {
   auto& r = dataset_registry();
   DatasetSpec fmnist;
   fmnist.open = [](Cfg c) {
-    return std::make_pair(data::open_fashion_mnist(c.data.root, true), data::open_fashion_mnist(c.data.root, false));
+    return std::make_pair(data::open_fashion_mnist(c.data.root, true),
+                          data::open_fashion_mnist(c.data.root, false));
   };
-  fmnist.normalisation = [](const DataConfig&) { return Norm{data::kFashionMnistMean, data::kFashionMnistStd}; };
+  fmnist.normalisation = [](const DataConfig&) {
+    return Norm{data::kFashionMnistMean, data::kFashionMnistStd};
+  };
   fmnist.geometry = [](const DataConfig&) { return DatasetGeometry{28, 1, 10}; };
   r.add("fashion_mnist", fmnist);
   DatasetSpec mnist = fmnist;  // the same IDX reader; no default folder
   mnist.open = [](Cfg c) {
-    LOWBIT_CHECK_INPUT(!c.data.root.empty(), c.file, ": data.root: mnist needs the folder of its IDX files");
-    return std::make_pair(data::open_fashion_mnist(c.data.root, true), data::open_fashion_mnist(c.data.root, false));
+    LOWBIT_CHECK_INPUT(!c.data.root.empty(), c.file,
+                       ": data.root: mnist needs the folder of its IDX files");
+    return std::make_pair(data::open_fashion_mnist(c.data.root, true),
+                          data::open_fashion_mnist(c.data.root, false));
   };
   mnist.normalisation = [](const DataConfig&) { return Norm{{0.1307f}, {0.3081f}}; };
   r.add("mnist", mnist);
@@ -61,11 +69,13 @@ const bool kDatasetsRegistered = [] {
     DatasetSpec cifar;
     const data::CifarKind k = kind;
     cifar.open = [k](Cfg c) {
-      return std::make_pair(data::open_cifar(c.data.root, k, true), data::open_cifar(c.data.root, k, false));
+      return std::make_pair(data::open_cifar(c.data.root, k, true),
+                            data::open_cifar(c.data.root, k, false));
     };
     cifar.normalisation = [k](const DataConfig&) {
-      return k == data::CifarKind::cifar10 ? Norm{data::kCifar10Mean, data::kCifar10Std}
-                                           : Norm{{0.5071f, 0.4865f, 0.4409f}, {0.2673f, 0.2564f, 0.2762f}};
+      return k == data::CifarKind::cifar10
+                 ? Norm{data::kCifar10Mean, data::kCifar10Std}
+                 : Norm{{0.5071f, 0.4865f, 0.4409f}, {0.2673f, 0.2564f, 0.2762f}};
     };
     cifar.geometry = [k](const DataConfig&) {
       return DatasetGeometry{32, 3, k == data::CifarKind::cifar10 ? 10 : 100};
@@ -74,23 +84,29 @@ const bool kDatasetsRegistered = [] {
   }
   DatasetSpec imagenet;
   imagenet.open = [](Cfg c) {
-    return std::make_pair(data::open_image_folder(c.data.root + "/train"), data::open_image_folder(c.data.root + "/val"));
+    return std::make_pair(data::open_image_folder(c.data.root + "/train"),
+                          data::open_image_folder(c.data.root + "/val"));
   };
-  imagenet.normalisation = [](const DataConfig&) { return Norm{data::kImageNetMean, data::kImageNetStd}; };
-  imagenet.geometry = [](const DataConfig& d) { return DatasetGeometry{d.image_size > 0 ? d.image_size : 224, 3, 1000}; };
+  imagenet.normalisation = [](const DataConfig&) {
+    return Norm{data::kImageNetMean, data::kImageNetStd};
+  };
+  imagenet.geometry = [](const DataConfig& d) {
+    return DatasetGeometry{d.image_size > 0 ? d.image_size : 224, 3, 1000};
+  };
   imagenet.crops = true;
   r.add("imagenet", imagenet);
   DatasetSpec synthetic;
   synthetic.open = [](Cfg c) {
     const DataConfig& d = c.data;
     return std::make_pair(
-        data::synthetic(d.synthetic_size, d.synthetic_hw, d.synthetic_hw, d.synthetic_channels, d.synthetic_classes,
-                        c.seed),
+        data::synthetic(d.synthetic_size, d.synthetic_hw, d.synthetic_hw, d.synthetic_channels,
+                        d.synthetic_classes, c.seed),
         data::synthetic(std::max<int64_t>(d.synthetic_size / 4, 1), d.synthetic_hw, d.synthetic_hw,
                         d.synthetic_channels, d.synthetic_classes, c.seed + 1));
   };
   synthetic.normalisation = [](const DataConfig& d) {
-    return Norm{std::vector<float>(size_t(d.synthetic_channels), 0.5f), std::vector<float>(size_t(d.synthetic_channels), 0.25f)};
+    return Norm{std::vector<float>(size_t(d.synthetic_channels), 0.5f),
+                std::vector<float>(size_t(d.synthetic_channels), 0.25f)};
   };
   synthetic.geometry = [](const DataConfig& d) {
     return DatasetGeometry{d.synthetic_hw, d.synthetic_channels, d.synthetic_classes};
@@ -115,15 +131,16 @@ DataSource make_data(const ExperimentConfig& cfg, Device device) {
   const Shape shape = train->image_shape();
   const int64_t channels = shape[2];
   if (!d.mean.empty() && int64_t(d.mean.size()) != channels) {
-    throw InputError(str_cat(cfg.file, ": data.mean has ", d.mean.size(), " values but the images have ",
-                             channels, " channels"));
+    throw InputError(str_cat(cfg.file, ": data.mean has ", d.mean.size(),
+                             " values but the images have ", channels, " channels"));
   }
 
   std::vector<data::TransformPtr> train_steps, test_steps;
   int64_t size = shape[0];
   if (spec.crops) {
     const int64_t s = d.image_size > 0 ? d.image_size : 224;
-    train_steps.push_back(d.random_resized_crop ? data::random_resized_crop(s, s) : data::center_crop(s, s));
+    train_steps.push_back(d.random_resized_crop ? data::random_resized_crop(s, s)
+                                                : data::center_crop(s, s));
     if (d.resize > 0) test_steps.push_back(data::resize_shorter(d.resize));
     test_steps.push_back(data::center_crop(s, s));
     size = s;
@@ -145,14 +162,17 @@ DataSource make_data(const ExperimentConfig& cfg, Device device) {
   const dist::WorldInfo& w = dist::world();
   lo.rank = w.rank;
   lo.world_size = w.size;
-  LOWBIT_CHECK_INPUT(w.size == 1 || train->size() >= w.size, cfg.file, ": the training set has ", train->size(),
-                     " samples, fewer than the ", w.size, " ranks of this run; use fewer ranks or more data");
-  out.train = std::make_unique<DataLoader>(train, lo, data::Pipeline(train_steps, data::to_tensor_normalize(mean, stddev)));
+  LOWBIT_CHECK_INPUT(w.size == 1 || train->size() >= w.size, cfg.file, ": the training set has ",
+                     train->size(), " samples, fewer than the ", w.size,
+                     " ranks of this run; use fewer ranks or more data");
+  out.train = std::make_unique<DataLoader>(
+      train, lo, data::Pipeline(train_steps, data::to_tensor_normalize(mean, stddev)));
   data::LoaderOptions eo = lo;
   eo.batch_size = d.eval_batch_size;
   eo.shuffle = false;
   eo.pad_shards = false;
-  out.test = std::make_unique<DataLoader>(test, eo, data::Pipeline(test_steps, data::to_tensor_normalize(mean, stddev)));
+  out.test = std::make_unique<DataLoader>(
+      test, eo, data::Pipeline(test_steps, data::to_tensor_normalize(mean, stddev)));
   out.num_classes = std::max(train->num_classes(), test->num_classes());
   out.channels = channels;
   out.image_size = size;

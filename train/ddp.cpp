@@ -53,7 +53,9 @@ uint64_t hash_module(const layers::Module& model, bool values) {
   return hash_tensors(std::vector<std::pair<std::string, Tensor>>(sd.begin(), sd.end()), values);
 }
 
-uint64_t hash_parameters(const layers::Module& model) { return hash_tensors(model.named_parameters(), true); }
+uint64_t hash_parameters(const layers::Module& model) {
+  return hash_tensors(model.named_parameters(), true);
+}
 
 void check_same_on_all_ranks(uint64_t value, const std::string& what, dist::ProcessGroup& group,
                              bool input_error) {
@@ -78,7 +80,7 @@ struct GradientReducer::State {
   struct Bucket {
     std::vector<size_t> params;  // indices into `params`, in launch order
     std::vector<int64_t> offsets;
-    Tensor flat;                 // (numel) of the parameters' dtype, on their device
+    Tensor flat;  // (numel) of the parameters' dtype, on their device
     int64_t ready = 0;
     dist::WorkPtr work;
   };
@@ -113,7 +115,8 @@ struct GradientReducer::State {
 
   // Launches, in bucket order, every bucket that is complete and not yet launched.
   void launch_ready() {
-    while (next_launch < buckets.size() && buckets[next_launch].ready == int64_t(buckets[next_launch].params.size())) {
+    while (next_launch < buckets.size() &&
+           buckets[next_launch].ready == int64_t(buckets[next_launch].params.size())) {
       launch(buckets[next_launch]);
       ++next_launch;
     }
@@ -127,7 +130,8 @@ struct GradientReducer::State {
   }
 };
 
-GradientReducer::GradientReducer(std::vector<Tensor> params, dist::ProcessGroup& group, int64_t bucket_bytes)
+GradientReducer::GradientReducer(std::vector<Tensor> params, dist::ProcessGroup& group,
+                                 int64_t bucket_bytes)
     : state_(std::make_shared<State>()) {
   LOWBIT_CHECK_INPUT(bucket_bytes > 0, "dist.bucket_mb must be > 0");
   State& s = *state_;
@@ -143,7 +147,8 @@ GradientReducer::GradientReducer(std::vector<Tensor> params, dist::ProcessGroup&
   auto close = [&] {
     if (cur.params.empty()) return;
     const Tensor& first = s.params[cur.params[0]];
-    cur.flat = zeros({cur_bytes / first.element_size()}, TensorOptions(first.dtype(), first.device()));
+    cur.flat =
+        zeros({cur_bytes / first.element_size()}, TensorOptions(first.dtype(), first.device()));
     s.buckets.push_back(std::move(cur));
     cur = State::Bucket();
     cur_bytes = 0;
@@ -152,7 +157,9 @@ GradientReducer::GradientReducer(std::vector<Tensor> params, dist::ProcessGroup&
     const Tensor& p = s.params[k];
     if (!cur.params.empty()) {
       const Tensor& first = s.params[cur.params[0]];
-      if (cur_bytes + p.nbytes() > bucket_bytes || p.dtype() != first.dtype() || p.device() != first.device()) close();
+      if (cur_bytes + p.nbytes() > bucket_bytes || p.dtype() != first.dtype() ||
+          p.device() != first.device())
+        close();
     }
     cur.offsets.push_back(cur_bytes / p.element_size());
     cur.params.push_back(k);

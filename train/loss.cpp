@@ -196,7 +196,8 @@ double accuracy_topk(const Tensor& logits, const Tensor& target, int64_t k) {
 }
 
 Tensor loss_precision(const Tensor& logits) {
-  return logits.dtype() == DType::bf16 || logits.dtype() == DType::f16 ? logits.to(DType::f32) : logits;
+  return logits.dtype() == DType::bf16 || logits.dtype() == DType::f16 ? logits.to(DType::f32)
+                                                                       : logits;
 }
 
 }  // namespace lowbit::train

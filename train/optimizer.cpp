@@ -418,7 +418,8 @@ namespace {
 // stages[].optimizer.name (train/registries.h).
 const bool kOptimizersRegistered = [] {
   optimizer_registry().add("sgd", [](std::vector<ParamGroup> groups, const OptimizerConfig& c) {
-    return std::unique_ptr<Optimizer>(std::make_unique<SGD>(std::move(groups), SgdOptions{c.momentum, 0.0, c.nesterov}));
+    return std::unique_ptr<Optimizer>(
+        std::make_unique<SGD>(std::move(groups), SgdOptions{c.momentum, 0.0, c.nesterov}));
   });
   optimizer_registry().add("adamw", [](std::vector<ParamGroup> groups, const OptimizerConfig& c) {
     return std::unique_ptr<Optimizer>(

@@ -20,7 +20,8 @@ std::string ProgressBar::format_duration(double s) {
   std::ostringstream os;
   char buf[32];
   if (t >= 3600) {
-    std::snprintf(buf, sizeof(buf), "%lld:%02lld:%02lld", (long long)(t / 3600), (long long)(t / 60 % 60), (long long)(t % 60));
+    std::snprintf(buf, sizeof(buf), "%lld:%02lld:%02lld", (long long)(t / 3600),
+                  (long long)(t / 60 % 60), (long long)(t % 60));
   } else {
     std::snprintf(buf, sizeof(buf), "%02lld:%02lld", (long long)(t / 60), (long long)(t % 60));
   }

@@ -22,8 +22,8 @@
 namespace lowbit::train {
 
 // --- optimizers: stages[].optimizer.name ------------------------------------------------------
-using OptimizerFactory =
-    std::function<std::unique_ptr<Optimizer>(std::vector<ParamGroup> groups, const OptimizerConfig& c)>;
+using OptimizerFactory = std::function<std::unique_ptr<Optimizer>(std::vector<ParamGroup> groups,
+                                                                  const OptimizerConfig& c)>;
 Registry<OptimizerFactory>& optimizer_registry();
 
 // --- LR schedules: stages[].schedule.name (warm-up composes with any of them) ----------------
@@ -34,7 +34,8 @@ struct ScheduleContext {
   // Epochs (fractions allowed) as optimizer steps, rounded, at least 1.
   int64_t steps(double epochs) const;
 };
-using ScheduleFactory = std::function<std::shared_ptr<LrSchedule>(const ScheduleConfig& c, const ScheduleContext& ctx)>;
+using ScheduleFactory =
+    std::function<std::shared_ptr<LrSchedule>(const ScheduleConfig& c, const ScheduleContext& ctx)>;
 Registry<ScheduleFactory>& schedule_registry();
 
 // --- datasets: data.dataset -------------------------------------------------------------------
@@ -45,7 +46,8 @@ struct DatasetSpec {
   // The training and test sets of a config (data.root, synthetic_*, seed).
   std::function<std::pair<data::DatasetPtr, data::DatasetPtr>(const ExperimentConfig& cfg)> open;
   // Default per-channel normalisation (mean, std) on [0, 1] pixels.
-  std::function<std::pair<std::vector<float>, std::vector<float>>(const DataConfig& d)> normalisation;
+  std::function<std::pair<std::vector<float>, std::vector<float>>(const DataConfig& d)>
+      normalisation;
   // What the model is built for without opening any file (lowbit info --model, eval offline).
   std::function<DatasetGeometry(const DataConfig& d)> geometry;
   // ImageNet-style folders: random-resized (or centre) crops to data.image_size, and
@@ -57,12 +59,13 @@ Registry<DatasetSpec>& dataset_registry();
 // --- stage kinds: stages[].kind ---------------------------------------------------------------
 struct StageContext;  // trainer.cpp: the model, data, device and run folder of a starting stage
 struct StageKind {
-  std::string what;               // one line, for --help
-  bool quantizes = false;         // the model is quantized in this stage (`quantize:` applies)
-  bool needs_quant = false;       // needs the top-level quant: section
-  bool needs_prune = false;       // needs the top-level prune: section
+  std::string what;                  // one line, for --help
+  bool quantizes = false;            // the model is quantized in this stage (`quantize:` applies)
+  bool needs_quant = false;          // needs the top-level quant: section
+  bool needs_prune = false;          // needs the top-level prune: section
   bool before_quantization = false;  // refused once the model is quantized (pruning)
-  std::function<void(StageContext& ctx)> prepare;  // at the stage's start (not on a mid-stage resume)
+  std::function<void(StageContext& ctx)>
+      prepare;  // at the stage's start (not on a mid-stage resume)
 };
 Registry<StageKind>& stage_kind_registry();
 

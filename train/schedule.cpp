@@ -147,15 +147,20 @@ const bool kSchedulesRegistered = [] {
   using Ptr = std::shared_ptr<LrSchedule>;
   auto& r = schedule_registry();
   r.add("constant", [](Cfg, Ctx x) -> Ptr { return std::make_shared<ConstantLr>(x.base_lr); });
-  r.add("step", [](Cfg c, Ctx x) -> Ptr { return std::make_shared<StepLr>(x.base_lr, x.steps(c.step_epochs), c.gamma); });
+  r.add("step", [](Cfg c, Ctx x) -> Ptr {
+    return std::make_shared<StepLr>(x.base_lr, x.steps(c.step_epochs), c.gamma);
+  });
   r.add("multistep", [](Cfg c, Ctx x) -> Ptr {
     std::vector<int64_t> m;
     for (double e : c.milestones) m.push_back(x.steps(e));
     return std::make_shared<MultiStepLr>(x.base_lr, m, c.gamma);
   });
-  r.add("cosine", [](Cfg c, Ctx x) -> Ptr { return std::make_shared<CosineLr>(x.base_lr, x.total_steps, c.eta_min); });
+  r.add("cosine", [](Cfg c, Ctx x) -> Ptr {
+    return std::make_shared<CosineLr>(x.base_lr, x.total_steps, c.eta_min);
+  });
   r.add("onecycle", [](Cfg c, Ctx x) -> Ptr {
-    return std::make_shared<OneCycleLr>(x.base_lr, x.total_steps, c.pct_start, c.div_factor, c.final_div_factor);
+    return std::make_shared<OneCycleLr>(x.base_lr, x.total_steps, c.pct_start, c.div_factor,
+                                        c.final_div_factor);
   });
   return true;
 }();

@@ -6,19 +6,18 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <csignal>
-#include <cstdlib>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
 #include <iomanip>
+#include <iterator>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
-
-#include <nlohmann/json.hpp>
 
 #include "core/autocast.h"
 #include "core/autograd.h"
@@ -57,33 +56,37 @@ Device resolve_device(const std::string& spec) {
   const int n = core::cuda_device_count();
   const dist::WorldInfo& w = dist::world();
   // A data-parallel rank takes the GPU of its local rank (one GPU per rank).
-  const bool per_rank = w.size > 1 && (spec == "cuda" || ((spec.empty() || spec == "auto") && n > 0));
+  const bool per_rank =
+      w.size > 1 && (spec == "cuda" || ((spec.empty() || spec == "auto") && n > 0));
   if (per_rank) {
     // One GPU visible to several local ranks means the launcher gave each its own
     // (CUDA_VISIBLE_DEVICES per task): it is cuda:0 for every rank.
     if (n == 1 && w.local_size > 1) return Device::cuda(0);
-    LOWBIT_CHECK_INPUT(w.local_rank < n, "device '", spec, "': rank ", w.rank, " is local rank ", w.local_rank,
-                       " of ", w.local_size, " on this host but only ", n,
-                       " CUDA device(s) are visible; start at most one rank per GPU (mpirun -np / srun"
-                       " --ntasks-per-node), or use --device cpu");
+    LOWBIT_CHECK_INPUT(
+        w.local_rank < n, "device '", spec, "': rank ", w.rank, " is local rank ", w.local_rank,
+        " of ", w.local_size, " on this host but only ", n,
+        " CUDA device(s) are visible; start at most one rank per GPU (mpirun -np / srun"
+        " --ntasks-per-node), or use --device cpu");
     return Device::cuda(w.local_rank);
   }
-  LOWBIT_CHECK_INPUT(w.size == 1 || spec.rfind("cuda:", 0) != 0, "device '", spec, "' with ", w.size,
-                     " ranks would put every rank on one GPU; use --device cuda (each rank takes the GPU of"
-                     " its local rank)");
+  LOWBIT_CHECK_INPUT(
+      w.size == 1 || spec.rfind("cuda:", 0) != 0, "device '", spec, "' with ", w.size,
+      " ranks would put every rank on one GPU; use --device cuda (each rank takes the GPU of"
+      " its local rank)");
   if (spec.empty() || spec == "auto") return n > 0 ? Device::cuda(0) : Device::cpu();
   Device d = Device::parse(spec);
   if (d.is_cuda()) {
-    LOWBIT_CHECK_INPUT(d.index < n, "device '", spec, "' was asked for but ", n,
-                       " CUDA device(s) are visible", n == 0 ? " (no GPU, no driver, or a CPU-only build); use --device cpu or auto" : "");
+    LOWBIT_CHECK_INPUT(
+        d.index < n, "device '", spec, "' was asked for but ", n, " CUDA device(s) are visible",
+        n == 0 ? " (no GPU, no driver, or a CPU-only build); use --device cpu or auto" : "");
   }
   return d;
 }
 
 namespace {
 
-std::shared_ptr<LrSchedule> make_schedule(const ScheduleConfig& c, double base_lr, int64_t steps_per_epoch,
-                                          int64_t epochs) {
+std::shared_ptr<LrSchedule> make_schedule(const ScheduleConfig& c, double base_lr,
+                                          int64_t steps_per_epoch, int64_t epochs) {
   ScheduleContext ctx{base_lr, steps_per_epoch, std::max<int64_t>(1, steps_per_epoch * epochs)};
   std::shared_ptr<LrSchedule> s = schedule_registry().get(c.name)(c, ctx);
   if (c.warmup_epochs > 0) {
@@ -117,8 +120,9 @@ Fault parse_fault() {
   std::vector<std::string> parts;
   std::stringstream ss(v);
   for (std::string p; std::getline(ss, p, ':');) parts.push_back(p);
-  LOWBIT_CHECK_INPUT(parts.size() == 4 && (parts[0] == "throw" || parts[0] == "kill" || parts[0] == "hang"),
-                     "LOWBIT_FAULT='", v, "': wants ACTION:RANK:EPOCH:BATCH with ACTION throw, kill or hang");
+  LOWBIT_CHECK_INPUT(
+      parts.size() == 4 && (parts[0] == "throw" || parts[0] == "kill" || parts[0] == "hang"),
+      "LOWBIT_FAULT='", v, "': wants ACTION:RANK:EPOCH:BATCH with ACTION throw, kill or hang");
   f.action = parts[0];
   const uint64_t max = uint64_t(std::numeric_limits<int64_t>::max());
   f.rank = int64_t(parse_count(parts[1], "LOWBIT_FAULT rank", max));
@@ -129,9 +133,11 @@ Fault parse_fault() {
 
 void maybe_fault(const Fault& f, int64_t epoch, int64_t batch) {
   if (f.action.empty() || f.rank != dist::rank() || f.epoch != epoch || f.batch != batch) return;
-  if (f.action == "throw") throw Error(str_cat("LOWBIT_FAULT: injected failure at epoch ", epoch, " batch ", batch));
-  std::fprintf(stderr, "lowbit: %sLOWBIT_FAULT: %s at epoch %lld batch %lld\n", dist::rank_prefix().c_str(),
-               f.action.c_str(), static_cast<long long>(epoch), static_cast<long long>(batch));
+  if (f.action == "throw")
+    throw Error(str_cat("LOWBIT_FAULT: injected failure at epoch ", epoch, " batch ", batch));
+  std::fprintf(stderr, "lowbit: %sLOWBIT_FAULT: %s at epoch %lld batch %lld\n",
+               dist::rank_prefix().c_str(), f.action.c_str(), static_cast<long long>(epoch),
+               static_cast<long long>(batch));
   std::fflush(stderr);
   if (f.action == "kill") ::raise(SIGKILL);
   for (;;) ::pause();
@@ -139,8 +145,8 @@ void maybe_fault(const Fault& f, int64_t epoch, int64_t batch) {
 
 struct Position {
   int64_t stage = 0;
-  int64_t epoch = 0;        // epochs completed in `stage`
-  int64_t global_epoch = 0; // epochs completed in the run (the loader's epoch counter)
+  int64_t epoch = 0;         // epochs completed in `stage`
+  int64_t global_epoch = 0;  // epochs completed in the run (the loader's epoch counter)
   // Inside the epoch in progress (checkpoint_every): batches done (0 at an epoch boundary), the
   // last optimizer step done, and the epoch's sums over every rank so far.
   int64_t batch = 0;
@@ -163,11 +169,13 @@ void add_structure_meta(const ModelState& ms, std::map<std::string, std::string>
   if (ms.quantized) (*meta)["quant_plan"] = ms.plan.str();
 }
 
-std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& all, const std::string& prefix);
+std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& all,
+                                          const std::string& prefix);
 
 // Rebuilds the structure recorded in a file's metadata on a freshly built float model: pruned
 // channel shapes first (pruning runs on the float model), then the quantization plan.
-void apply_structure_meta(layers::Module& model, ModelState* ms, const SafetensorsFile& f, const std::string& path) {
+void apply_structure_meta(layers::Module& model, ModelState* ms, const SafetensorsFile& f,
+                          const std::string& path) {
   try {
     auto pr = f.metadata.find("pruned");
     if (pr != f.metadata.end() && pr->second == "1" && !ms->pruned && !ms->quantized) {
@@ -187,7 +195,8 @@ void apply_structure_meta(layers::Module& model, ModelState* ms, const Safetenso
 }
 
 void save_checkpoint(const fs::path& out, layers::Module& model, const Optimizer* opt,
-                     const Position& pos, const ExperimentConfig& cfg, Device dev, const ModelState& ms) {
+                     const Position& pos, const ExperimentConfig& cfg, Device dev,
+                     const ModelState& ms) {
   std::map<std::string, Tensor> t;
   for (auto& [k, v] : model.state_dict(layers::Layout::pytorch)) t["model." + k] = v;
   if (opt) {
@@ -202,7 +211,9 @@ void save_checkpoint(const fs::path& out, layers::Module& model, const Optimizer
   if (pos.batch > 0) {
     meta["batch"] = std::to_string(pos.batch);
     meta["last_step"] = std::to_string(pos.last_step);
-    nlohmann::json sums{{"loss_sum", pos.loss_sum}, {"correct", pos.correct}, {"seen", pos.seen},
+    nlohmann::json sums{{"loss_sum", pos.loss_sum},
+                        {"correct", pos.correct},
+                        {"seen", pos.seen},
                         {"elapsed_s", pos.elapsed_s}};
     meta["epoch_sums"] = sums.dump();
   }
@@ -235,8 +246,9 @@ void check_finite_weights(const std::map<std::string, Tensor>& w, const std::str
     const Tensor h = t.to(Device::cpu(), DType::f32).contiguous();
     const float* p = h.data<float>();
     for (int64_t i = 0; i < h.numel(); ++i) {
-      LOWBIT_CHECK_INPUT(std::isfinite(p[i]), path, ": tensor '", name, "' holds ", p[i], " at element ", i,
-                         " (of ", h.numel(), "); the weights are not usable (a diverged run?)");
+      LOWBIT_CHECK_INPUT(std::isfinite(p[i]), path, ": tensor '", name, "' holds ", p[i],
+                         " at element ", i, " (of ", h.numel(),
+                         "); the weights are not usable (a diverged run?)");
     }
   }
 }
@@ -298,7 +310,8 @@ EvalResult evaluate(layers::Module& model, DataSource& data, Device dev) {
   model.eval();
   EvalResult r;
   Tensor loss_sum = zeros({}, TensorOptions(DType::f64, dev));
-  Tensor top1 = zeros({}, TensorOptions(DType::f64, dev)), top5 = zeros({}, TensorOptions(DType::f64, dev));
+  Tensor top1 = zeros({}, TensorOptions(DType::f64, dev)),
+         top5 = zeros({}, TensorOptions(DType::f64, dev));
   data.test->reset();
   Batch b;
   int64_t samples = 0;
@@ -307,7 +320,8 @@ EvalResult evaluate(layers::Module& model, DataSource& data, Device dev) {
     const int64_t n = b.labels.size(0);
     loss_sum = loss_sum + cross_entropy(logits, b.labels).to(DType::f64) * double(n);
     top1 = top1 + topk_correct(logits, b.labels, 1).to(DType::f64);
-    top5 = top5 + topk_correct(logits, b.labels, std::min<int64_t>(5, logits.size(1))).to(DType::f64);
+    top5 =
+        top5 + topk_correct(logits, b.labels, std::min<int64_t>(5, logits.size(1))).to(DType::f64);
     samples += n;
   }
   model.train();
@@ -335,12 +349,13 @@ models::ModelOptions model_options(const ExperimentConfig& cfg, const DatasetGeo
 }
 
 layers::ModulePtr build_model(const ExperimentConfig& cfg, const DataSource& data) {
-  const models::ModelOptions mo = model_options(cfg, DatasetGeometry{data.image_size, data.channels, data.num_classes});
-  LOWBIT_CHECK_INPUT(mo.in_channels == data.channels, cfg.file, ": model.in_channels ", mo.in_channels,
-                     " does not match the dataset's ", data.channels, " channels");
-  LOWBIT_CHECK_INPUT(mo.num_classes >= data.num_classes, cfg.file, ": model.num_classes ", mo.num_classes,
-                     " is smaller than the dataset's ", data.num_classes, " classes (labels up to ",
-                     data.num_classes - 1, ")");
+  const models::ModelOptions mo =
+      model_options(cfg, DatasetGeometry{data.image_size, data.channels, data.num_classes});
+  LOWBIT_CHECK_INPUT(mo.in_channels == data.channels, cfg.file, ": model.in_channels ",
+                     mo.in_channels, " does not match the dataset's ", data.channels, " channels");
+  LOWBIT_CHECK_INPUT(mo.num_classes >= data.num_classes, cfg.file, ": model.num_classes ",
+                     mo.num_classes, " is smaller than the dataset's ", data.num_classes,
+                     " classes (labels up to ", data.num_classes - 1, ")");
   return models::create_model(cfg.model.name, mo);
 }
 
@@ -355,7 +370,8 @@ std::string now_iso() {
 // model for a first QAT stage, and calibrate the quantizers this stage turns on for the first
 // time (weights when the model was just converted; activations when the previous stage did not
 // quantize them). Decisions depend on the config only, so a resumed run makes the same ones.
-void write_prune_report(const prune::PruneReport& rep, const fs::path& out, const std::string& stage, bool print) {
+void write_prune_report(const prune::PruneReport& rep, const fs::path& out,
+                        const std::string& stage, bool print) {
   const std::string table = rep.table();
   if (print) std::printf("%s", table.c_str());
   std::ofstream(out / ("prune_report_" + stage + ".txt")) << table;
@@ -397,7 +413,8 @@ namespace {
 // kind: prune (METHODS 5.5 step 2): prunes the float model with the prune: section at the start.
 void prepare_prune_stage(StageContext& c) {
   const Shape sample{c.data.image_size, c.data.image_size, c.data.channels};
-  prune::PruneReport rep = prune::prune_model(c.model, c.cfg.prune, sample, c.batches(c.cfg.prune_calibration_batches));
+  prune::PruneReport rep =
+      prune::prune_model(c.model, c.cfg.prune, sample, c.batches(c.cfg.prune_calibration_batches));
   c.model.to(c.dev);
   c.ms.pruned = true;
   if (dist::is_root()) write_prune_report(rep, c.out_dir, c.config().name, c.progress);
@@ -422,7 +439,8 @@ void prepare_qat_stage(StageContext& c) {
     calibrate_weights = true;
   }
   const StageConfig* prev = c.stage > 0 ? &c.cfg.stages[size_t(c.stage - 1)] : nullptr;
-  const bool acts_were_on = prev && stage_kind_registry().get(prev->kind).quantizes && prev->quantize == "all";
+  const bool acts_were_on =
+      prev && stage_kind_registry().get(prev->kind).quantizes && prev->quantize == "all";
   const bool calibrate_acts = st.quantize == "all" && !acts_were_on;
   int64_t n = c.cfg.quant.calibration_batches;
   if (n == 0 && dist::is_distributed() && (calibrate_weights || calibrate_acts)) {
@@ -431,8 +449,11 @@ void prepare_qat_stage(StageContext& c) {
     // for all (broadcast at the stage start), keeps the ranks identical.
     n = 1;
     if (dist::is_root()) {
-      std::fprintf(stderr, "lowbit: quant.calibration_batches: 0 with %d ranks: calibrating on 1 batch so every"
-                   " rank starts from the same ranges\n", dist::world_size());
+      std::fprintf(
+          stderr,
+          "lowbit: quant.calibration_batches: 0 with %d ranks: calibrating on 1 batch so every"
+          " rank starts from the same ranges\n",
+          dist::world_size());
     }
   }
   if ((calibrate_weights || calibrate_acts) && n > 0) {
@@ -473,8 +494,9 @@ void prepare_stage(StageContext& c) {
     c.model.to(c.dev);
     load_weights(c.model, f, st.init);
   }
-  LOWBIT_CHECK_INPUT(!kind.before_quantization || !c.ms.quantized, c.cfg.file, ": stage ", st.name, ": kind ",
-                     st.kind, " runs on the float model; put it before the stages that quantize");
+  LOWBIT_CHECK_INPUT(!kind.before_quantization || !c.ms.quantized, c.cfg.file, ": stage ", st.name,
+                     ": kind ", st.kind,
+                     " runs on the float model; put it before the stages that quantize");
   kind.prepare(c);
 }
 
@@ -501,8 +523,9 @@ class TrainingRun {
     if (cfg_.dist.timeout_s > 0) dist::set_timeout(cfg_.dist.timeout_s);
     // Every rank must run the same experiment on the same kind of device: a different config,
     // --set or device is a bad launch (and would pair mismatched collectives below).
-    check_same_on_all_ranks(std::hash<std::string>()(cfg_.raw_yaml + (dev_.is_cuda() ? "/cuda" : "/cpu")),
-                            str_cat(cfg_.file, ": the config (after --set) or the device kind"), host_group_, true);
+    check_same_on_all_ranks(
+        std::hash<std::string>()(cfg_.raw_yaml + (dev_.is_cuda() ? "/cuda" : "/cpu")),
+        str_cat(cfg_.file, ": the config (after --set) or the device kind"), host_group_, true);
     group_ = &dist::process_group(dev_);
     apply_cpu_settings(cfg_);
     AutocastGuard amp(amp_dtype(cfg_));
@@ -511,13 +534,15 @@ class TrainingRun {
     if (world_.size > 1) {
       // The ranks must agree on where they start and on how many batches they take, or their
       // collectives would not pair up.
-      const std::string where = str_cat(resuming_, "/", pos_.stage, "/", pos_.epoch, "/", pos_.global_epoch, "/",
-                                        pos_.batch, "/",
-                                        data_.train->dataset().size(), "/", data_.test->dataset().size(), "/",
-                                        batches_per_epoch_);
-      check_same_on_all_ranks(std::hash<std::string>()(where),
-                              "the resume position or the data sizes (is the run folder or the data set not the same"
-                              " on every node?)", host_group_, true);
+      const std::string where =
+          str_cat(resuming_, "/", pos_.stage, "/", pos_.epoch, "/", pos_.global_epoch, "/",
+                  pos_.batch, "/", data_.train->dataset().size(), "/", data_.test->dataset().size(),
+                  "/", batches_per_epoch_);
+      check_same_on_all_ranks(
+          std::hash<std::string>()(where),
+          "the resume position or the data sizes (is the run folder or the data set not the same"
+          " on every node?)",
+          host_group_, true);
       // Different dropout masks on every rank, as one process draws them for the global batch
       // (rank 0 keeps the single-process stream; the offsets advance alike on every rank).
       for (Device d : {Device::cpu(), dev_}) {
@@ -527,7 +552,8 @@ class TrainingRun {
     }
     open_run_folder();
     const Fault fault = parse_fault();
-    for (int64_t s = pos_.stage; s < int64_t(cfg_.stages.size()) && !stopped_; ++s) run_stage(s, fault);
+    for (int64_t s = pos_.stage; s < int64_t(cfg_.stages.size()) && !stopped_; ++s)
+      run_stage(s, fault);
     finish();
     // The other ranks wait until rank 0 has written everything, so the job ends complete.
     host_group_.barrier();
@@ -555,7 +581,8 @@ class TrainingRun {
     model_->train();
     sample_ = Shape{data_.image_size, data_.image_size, data_.channels};
     batches_per_epoch_ = data_.train->size();
-    LOWBIT_CHECK_INPUT(batches_per_epoch_ > 0, cfg_.file, ": an epoch has no training batch on rank ", world_.rank);
+    LOWBIT_CHECK_INPUT(batches_per_epoch_ > 0, cfg_.file,
+                       ": an epoch has no training batch on rank ", world_.rank);
     summary_.device = dev_.str();
   }
 
@@ -569,10 +596,11 @@ class TrainingRun {
       quantizes = quantizes || stage_kind_registry().get(st.kind).quantizes;
       if (st.init.empty()) continue;
       std::error_code ec;
-      LOWBIT_CHECK_INPUT(fs::is_regular_file(st.init, ec), cfg_.file, ": stages.", i, ".init: '", st.init,
-                         "' is not a file");
+      LOWBIT_CHECK_INPUT(fs::is_regular_file(st.init, ec), cfg_.file, ": stages.", i, ".init: '",
+                         st.init, "' is not a file");
       std::ifstream probe(st.init, std::ios::binary);
-      LOWBIT_CHECK_INPUT(probe.good(), cfg_.file, ": stages.", i, ".init: '", st.init, "' cannot be read");
+      LOWBIT_CHECK_INPUT(probe.good(), cfg_.file, ": stages.", i, ".init: '", st.init,
+                         "' cannot be read");
     }
     if (!quantizes || !cfg_.has_quant) return;
     Generator& g = default_generator(Device::cpu());
@@ -615,8 +643,8 @@ class TrainingRun {
     pos_.stage = cm.stage;
     pos_.epoch = cm.epoch;
     pos_.global_epoch = cm.global_epoch;
-    LOWBIT_CHECK_INPUT(pos_.stage <= int64_t(cfg_.stages.size()), ckpt.string(), ": stage ", pos_.stage,
-                       " of a config with ", cfg_.stages.size(), " stages");
+    LOWBIT_CHECK_INPUT(pos_.stage <= int64_t(cfg_.stages.size()), ckpt.string(), ": stage ",
+                       pos_.stage, " of a config with ", cfg_.stages.size(), " stages");
     if (cm.mid_epoch) {  // a checkpoint inside an epoch
       pos_.batch = cm.batch;
       pos_.last_step = cm.last_step;
@@ -628,7 +656,8 @@ class TrainingRun {
       }
       pos_.elapsed_s = cm.elapsed_s;
       LOWBIT_CHECK_INPUT(pos_.batch < batches_per_epoch_, ckpt.string(), ": batch ", pos_.batch,
-                         " of an epoch that has ", batches_per_epoch_, " batches here (another batch size or data?)");
+                         " of an epoch that has ", batches_per_epoch_,
+                         " batches here (another batch size or data?)");
     }
     apply_structure_meta(*model_, &ms_, resume_file_, ckpt.string());
     model_->to(dev_);
@@ -642,16 +671,19 @@ class TrainingRun {
       if (!diff.empty()) {
         std::string lines;
         for (const auto& d : diff) lines += "\n  " + d;
-        std::fprintf(stderr, "lowbit: --resume: the config differs from the checkpoint's (checkpoint -> now):%s\n",
-                     lines.c_str());
+        std::fprintf(
+            stderr,
+            "lowbit: --resume: the config differs from the checkpoint's (checkpoint -> now):%s\n",
+            lines.c_str());
       }
     }
     const int64_t saved_world = cm.world_size;
     if (saved_world != world_.size && root_) {
-      std::fprintf(stderr,
-                   "lowbit: --resume: %s was written by a run of %lld rank(s), this run has %d: weights,"
-                   " optimizer and schedule are restored, the data is re-sharded over %d rank(s)\n",
-                   ckpt.c_str(), static_cast<long long>(saved_world), world_.size, world_.size);
+      std::fprintf(
+          stderr,
+          "lowbit: --resume: %s was written by a run of %lld rank(s), this run has %d: weights,"
+          " optimizer and schedule are restored, the data is re-sharded over %d rank(s)\n",
+          ckpt.c_str(), static_cast<long long>(saved_world), world_.size, world_.size);
     }
   }
 
@@ -663,18 +695,20 @@ class TrainingRun {
     if (!root_) return;
     std::error_code ec;
     fs::create_directories(out_, ec);
-    LOWBIT_CHECK_INPUT(!ec && fs::is_directory(out_), opts_.out_dir, ": cannot create the output folder: ",
-                       ec.message());
+    LOWBIT_CHECK_INPUT(!ec && fs::is_directory(out_), opts_.out_dir,
+                       ": cannot create the output folder: ", ec.message());
     for (const auto& entry : fs::directory_iterator(out_, ec)) {
-      if (entry.path().filename().string().find(".tmp") != std::string::npos) fs::remove(entry.path(), ec);
+      if (entry.path().filename().string().find(".tmp") != std::string::npos)
+        fs::remove(entry.path(), ec);
     }
     if (!resuming_) {
       const std::string previous = read_file_or_empty(out_ / "config.yaml");
       const bool empty = fs::is_empty(out_, ec);
       const bool same = !previous.empty() && previous == cfg_.raw_yaml + "\n";
-      LOWBIT_CHECK_INPUT(empty || same || opts_.force, opts_.out_dir, ": holds ",
-                         previous.empty() ? "files of something else" : "another run (a different config.yaml)",
-                         "; choose another --out, continue it with --resume, or replace it with --force");
+      LOWBIT_CHECK_INPUT(
+          empty || same || opts_.force, opts_.out_dir, ": holds ",
+          previous.empty() ? "files of something else" : "another run (a different config.yaml)",
+          "; choose another --out, continue it with --resume, or replace it with --force");
       if (!empty) clear_run_folder();
     } else {
       trim_log_to(pos_);
@@ -686,7 +720,8 @@ class TrainingRun {
 
   static std::string read_file_or_empty(const fs::path& p) {
     std::ifstream in(p, std::ios::binary);
-    return in ? std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()) : std::string();
+    return in ? std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>())
+              : std::string();
   }
 
   // The files a run writes (and only those: a user's own files in the folder stay).
@@ -714,8 +749,11 @@ class TrainingRun {
       if (j.is_object() && j.contains("epoch") && j["epoch"].is_number()) {
         const int64_t epoch = j["epoch"].get<int64_t>();
         const bool in_progress = epoch == pos.global_epoch + 1;
-        const int64_t step = j.contains("step") && j["step"].is_number() ? j["step"].get<int64_t>() : INT64_MAX;
-        if (epoch > pos.global_epoch + 1 || (in_progress && (pos.batch == 0 || step > pos.last_step))) continue;
+        const int64_t step =
+            j.contains("step") && j["step"].is_number() ? j["step"].get<int64_t>() : INT64_MAX;
+        if (epoch > pos.global_epoch + 1 ||
+            (in_progress && (pos.batch == 0 || step > pos.last_step)))
+          continue;
       }
       kept += line + "\n";
     }
@@ -737,16 +775,20 @@ class TrainingRun {
     const StageConfig& st = cfg_.stages[size_t(s)];
     Stage stage{st, stage_kind_registry().get(st.kind), s, 0, nullptr, nullptr, nullptr};
     stage.steps_per_epoch = (batches_per_epoch_ + st.accumulate_steps - 1) / st.accumulate_steps;
-    const bool mid_stage_resume = resuming_ && s == pos_.stage && (pos_.epoch > 0 || pos_.batch > 0);
+    const bool mid_stage_resume =
+        resuming_ && s == pos_.stage && (pos_.epoch > 0 || pos_.batch > 0);
     if (!mid_stage_resume) {
-      StageContext ctx{cfg_, s, *model_, ms_, data_, dev_, pos_.global_epoch, out_, progress_, *group_};
+      StageContext ctx{cfg_, s,         *model_, ms_, data_, dev_, pos_.global_epoch,
+                       out_, progress_, *group_};
       prepare_stage(ctx);
     }
     if (world_.size > 1) {
       // Identical structure on every rank (pruning and quantization decisions), then rank 0's
       // values everywhere (per-rank calibration data, per-rank BN statistics).
-      check_same_on_all_ranks(hash_module(*model_, false),
-                              str_cat("the model's structure at the start of stage '", st.name, "'"), host_group_, false);
+      check_same_on_all_ranks(
+          hash_module(*model_, false),
+          str_cat("the model's structure at the start of stage '", st.name, "'"), host_group_,
+          false);
       broadcast_module(*model_, *group_);
       layers::set_sync_batch_norm(*model_, cfg_.dist.sync_bn);
     }
@@ -759,7 +801,8 @@ class TrainingRun {
     if (resuming_ && s == pos_.stage) {
       first_epoch = pos_.epoch;
       auto ostate = with_prefix(resume_file_.tensors, "optim.");
-      if (!ostate.empty() && (first_epoch > 0 || pos_.batch > 0)) stage.opt->load_state_dict(ostate);
+      if (!ostate.empty() && (first_epoch > 0 || pos_.batch > 0))
+        stage.opt->load_state_dict(ostate);
     }
     for (int64_t e = first_epoch; e < st.epochs && !stopped_; ++e) run_epoch(stage, e, fault);
     if (!stopped_) {
@@ -787,8 +830,10 @@ class TrainingRun {
   // the last epoch's checkpoint stays as it was, for a resume with other settings.
   void check_finite(double l, const Stage& stage, int64_t e, int64_t step) const {
     if (std::isfinite(l)) return;
-    throw Error(str_cat("stage '", stage.st.name, "' epoch ", e + 1, " step ", step + 1, ": the training loss is ", l,
-                        " (diverged); lower optimizer.lr, set clip_grad_norm, or check the data; the last checkpoint in ",
+    throw Error(str_cat("stage '", stage.st.name, "' epoch ", e + 1, " step ", step + 1,
+                        ": the training loss is ", l,
+                        " (diverged); lower optimizer.lr, set clip_grad_norm, or check the data; "
+                        "the last checkpoint in ",
                         out_.string(), " is from before this epoch"));
   }
 
@@ -798,17 +843,19 @@ class TrainingRun {
     if (cfg_.checkpoint_every_steps > 0) return (step + 1) % cfg_.checkpoint_every_steps == 0;
     if (cfg_.checkpoint_every_minutes <= 0) return false;
     const double minutes =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - last_checkpoint_).count() / 60.0;
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - last_checkpoint_).count() /
+        60.0;
     if (world_.size == 1) return minutes >= cfg_.checkpoint_every_minutes;
-    Tensor due = full({1}, minutes >= cfg_.checkpoint_every_minutes ? 1.0 : 0.0, TensorOptions(DType::i32));
+    Tensor due =
+        full({1}, minutes >= cfg_.checkpoint_every_minutes ? 1.0 : 0.0, TensorOptions(DType::i32));
     host_group_.broadcast(due, 0);
     return due.data<int32_t>()[0] != 0;
   }
 
   // A checkpoint inside the epoch: the position (batches done, the last step) and the epoch's
   // sums over every rank, so a resume continues with the next batch, bit for bit.
-  void save_mid_epoch_checkpoint(Stage& stage, int64_t step, int64_t batches_done, const EpochSums& sums,
-                                 std::chrono::steady_clock::time_point e0) {
+  void save_mid_epoch_checkpoint(Stage& stage, int64_t step, int64_t batches_done,
+                                 const EpochSums& sums, std::chrono::steady_clock::time_point e0) {
     const auto v = global_sums(sums);
     Position p = pos_;
     p.stage = stage.index;
@@ -829,11 +876,13 @@ class TrainingRun {
     const auto& qc = cfg_.quant;
     quant::freeze_bn_statistics(*model_, qat && qc.freeze_bn_epoch >= 0 && e >= qc.freeze_bn_epoch);
     if (ms_.quantized) {
-      quant::set_quantizers_frozen(*model_, qat && qc.freeze_quantizers_epoch >= 0 && e >= qc.freeze_quantizers_epoch);
+      quant::set_quantizers_frozen(
+          *model_, qat && qc.freeze_quantizers_epoch >= 0 && e >= qc.freeze_quantizers_epoch);
     }
     data_.train->set_epoch(pos_.global_epoch);
     ProgressBar bar(str_cat(st.name, " epoch ", e + 1, "/", st.epochs), batches_per_epoch_);
-    EpochSums sums{zeros({}, TensorOptions(DType::f64, dev_)), zeros({}, TensorOptions(DType::f64, dev_)), 0};
+    EpochSums sums{zeros({}, TensorOptions(DType::f64, dev_)),
+                   zeros({}, TensorOptions(DType::f64, dev_)), 0};
     const double wait0 = stage.reducer->wait_seconds();
     auto e0 = std::chrono::steady_clock::now();
     const int64_t accumulate = st.accumulate_steps;
@@ -845,7 +894,8 @@ class TrainingRun {
       sums.loss_sum.fill_(pos_.loss_sum);
       sums.correct.fill_(pos_.correct);
       sums.seen = int64_t(pos_.seen);
-      e0 -= std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(pos_.elapsed_s));
+      e0 -= std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+          std::chrono::duration<double>(pos_.elapsed_s));
       pos_.batch = 0;
     } else {
       data_.train->reset();
@@ -858,34 +908,46 @@ class TrainingRun {
       // Micro-batch `micro` of the optimizer step `step`; the epoch's last group may be short.
       const int64_t micro = batch_in_epoch % accumulate;
       const int64_t step = e * stage.steps_per_epoch + batch_in_epoch / accumulate;
-      const int64_t group_size = std::min(accumulate, batches_per_epoch_ - (batch_in_epoch - micro));
+      const int64_t group_size =
+          std::min(accumulate, batches_per_epoch_ - (batch_in_epoch - micro));
       train_step(stage, b, sums, step, micro, group_size);
       ++batch_in_epoch;
       if (micro == group_size - 1 && batch_in_epoch < batches_per_epoch_ && checkpoint_due(step)) {
         save_mid_epoch_checkpoint(stage, step, batch_in_epoch, sums, e0);
       }
-      const bool log_now = batch_in_epoch % cfg_.log_interval == 0 || batch_in_epoch == batches_per_epoch_;
+      const bool log_now =
+          batch_in_epoch % cfg_.log_interval == 0 || batch_in_epoch == batches_per_epoch_;
       if (!log_now && !progress_) continue;
       // Reading the sums is the host sync; do it only when something is printed or logged.
-      const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - e0).count();
+      const double el =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - e0).count();
       if (log_now) {
         const auto v = global_sums(sums);
         const double l = v[0] / v[2], a = v[1] / v[2];
         check_finite(l, stage, e, step);
-        metrics = str_cat("loss ", fmt(l, 4), " acc ", fmt(100 * a, 2), "% ", fmt(v[2] / el, 0), " img/s");
-        write_log(json{{"kind", "step"}, {"stage", st.name}, {"epoch", pos_.global_epoch + 1}, {"step", step},
-                       {"lr", stage.sched->lr_at(step)}, {"train_loss", l}, {"train_top1", a},
-                       {"images_per_s", v[2] / el}, {"elapsed_s", el}});
+        metrics = str_cat("loss ", fmt(l, 4), " acc ", fmt(100 * a, 2), "% ", fmt(v[2] / el, 0),
+                          " img/s");
+        write_log(json{{"kind", "step"},
+                       {"stage", st.name},
+                       {"epoch", pos_.global_epoch + 1},
+                       {"step", step},
+                       {"lr", stage.sched->lr_at(step)},
+                       {"train_loss", l},
+                       {"train_top1", a},
+                       {"images_per_s", v[2] / el},
+                       {"elapsed_s", el}});
       }
       if (progress_) bar.update(batch_in_epoch, metrics);
     }
-    const double epoch_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - e0).count();
+    const double epoch_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - e0).count();
     end_epoch(stage, e, global_sums(sums), epoch_s, stage.reducer->wait_seconds() - wait0, bar);
   }
 
   // One micro-batch: forward, backward (loss / group_size when accumulating) and, on the last
   // micro-batch of its group, the all-reduce and the optimizer step.
-  void train_step(Stage& stage, const Batch& b, EpochSums& sums, int64_t step, int64_t micro, int64_t group_size) {
+  void train_step(Stage& stage, const Batch& b, EpochSums& sums, int64_t step, int64_t micro,
+                  int64_t group_size) {
     const bool step_now = micro == group_size - 1;
     if (micro == 0) {
       stage.opt->set_lr(stage.sched->lr_at(step));
@@ -901,7 +963,8 @@ class TrainingRun {
     }
     if (step_now) {
       stage.reducer->finish();
-      if (stage.st.clip_grad_norm > 0) clip_grad_norm(model_->parameters(), stage.st.clip_grad_norm);
+      if (stage.st.clip_grad_norm > 0)
+        clip_grad_norm(model_->parameters(), stage.st.clip_grad_norm);
       stage.opt->step();
       if (ms_.quantized) quant::clamp_quantizer_parameters(*model_);
     }
@@ -914,8 +977,8 @@ class TrainingRun {
 
   // The end of an epoch: divergence check, the ranks' agreement, evaluation, the epoch record
   // and the checkpoint. v: the epoch's global {loss sum, correct, samples}.
-  void end_epoch(Stage& stage, int64_t e, const std::vector<double>& v, double epoch_s, double wait_s,
-                 ProgressBar& bar) {
+  void end_epoch(Stage& stage, int64_t e, const std::vector<double>& v, double epoch_s,
+                 double wait_s, ProgressBar& bar) {
     train_seconds_ += epoch_s;
     comm_wait_seconds_ += wait_s;
     images_seen_ += int64_t(v[2]);
@@ -924,7 +987,8 @@ class TrainingRun {
     check_finite(train_loss, stage, e, e * stage.steps_per_epoch + stage.steps_per_epoch - 1);
     if (world_.size > 1) {
       // The reduced gradients keep the ranks' parameters identical; a difference is a bug.
-      check_same_on_all_ranks(hash_parameters(*model_), str_cat("the parameters after epoch ", pos_.global_epoch + 1),
+      check_same_on_all_ranks(hash_parameters(*model_),
+                              str_cat("the parameters after epoch ", pos_.global_epoch + 1),
                               host_group_, false);
     }
     // Per-rank BN statistics (and anything else a rank kept for itself) become rank 0's, as
@@ -932,14 +996,22 @@ class TrainingRun {
     broadcast_module(*model_, *group_);
     const EvalResult ev = evaluate(*model_, data_, dev_);
     if (progress_) {
-      bar.finish(str_cat("train loss ", fmt(train_loss, 4), " acc ", fmt(100 * train_acc, 2), "% | test loss ",
-                         fmt(ev.loss, 4), " top1 ", fmt(100 * ev.top1, 2), "% top5 ", fmt(100 * ev.top5, 2), "% | ",
-                         fmt(v[2] / epoch_s, 0), " img/s"));
+      bar.finish(str_cat("train loss ", fmt(train_loss, 4), " acc ", fmt(100 * train_acc, 2),
+                         "% | test loss ", fmt(ev.loss, 4), " top1 ", fmt(100 * ev.top1, 2),
+                         "% top5 ", fmt(100 * ev.top5, 2), "% | ", fmt(v[2] / epoch_s, 0),
+                         " img/s"));
     }
-    json rec{{"kind", "epoch"},        {"stage", stage.st.name}, {"epoch", pos_.global_epoch + 1},
-             {"train_loss", train_loss}, {"train_top1", train_acc}, {"test_loss", ev.loss},
-             {"test_top1", ev.top1},     {"test_top5", ev.top5},   {"epoch_s", epoch_s},
-             {"images_per_s", v[2] / epoch_s}, {"time", now_iso()}};
+    json rec{{"kind", "epoch"},
+             {"stage", stage.st.name},
+             {"epoch", pos_.global_epoch + 1},
+             {"train_loss", train_loss},
+             {"train_top1", train_acc},
+             {"test_loss", ev.loss},
+             {"test_top1", ev.top1},
+             {"test_top5", ev.top5},
+             {"epoch_s", epoch_s},
+             {"images_per_s", v[2] / epoch_s},
+             {"time", now_iso()}};
     if (world_.size > 1) {
       rec["world_size"] = world_.size;
       rec["comm_wait_s"] = wait_s;
@@ -951,7 +1023,8 @@ class TrainingRun {
     pos_.batch = 0;
     summary_.test = ev;
     if (root_) save_checkpoint(out_, *model_, stage.opt.get(), pos_, cfg_, dev_, ms_);
-    if (opts_.stop_after_epochs >= 0 && pos_.global_epoch >= opts_.stop_after_epochs) stopped_ = true;
+    if (opts_.stop_after_epochs >= 0 && pos_.global_epoch >= opts_.stop_after_epochs)
+      stopped_ = true;
   }
 
   // The summary; when every stage ran, the final model and summary.json (rank 0).
@@ -968,7 +1041,8 @@ class TrainingRun {
     if (!root_) return;
     std::map<std::string, std::string> meta{{"format", "pt"}, {"model", cfg_.model.name}};
     add_structure_meta(ms_, &meta);
-    save_safetensors((out_ / "model.safetensors").string(), model_->state_dict(layers::Layout::pytorch), meta);
+    save_safetensors((out_ / "model.safetensors").string(),
+                     model_->state_dict(layers::Layout::pytorch), meta);
     json sj{{"name", cfg_.name},
             {"test_top1", summary_.test.top1},
             {"test_top5", summary_.test.top5},
@@ -1036,8 +1110,8 @@ namespace {
 
 // The config's data and model with the weights (and the pruned / quantized structure) of
 // `checkpoint`, on `dev`.
-layers::ModulePtr load_trained(const ExperimentConfig& cfg, const std::string& checkpoint, Device dev,
-                               DataSource* data, ModelState* ms) {
+layers::ModulePtr load_trained(const ExperimentConfig& cfg, const std::string& checkpoint,
+                               Device dev, DataSource* data, ModelState* ms) {
   manual_seed(cfg.seed);
   *data = make_data(cfg, dev);
   layers::ModulePtr model = build_model(cfg, *data);
@@ -1050,10 +1124,13 @@ layers::ModulePtr load_trained(const ExperimentConfig& cfg, const std::string& c
 
 }  // namespace
 
-PruneRunResult run_prune(const ExperimentConfig& cfg, const std::string& checkpoint, const std::string& out_dir,
-                         const std::string& device_override, bool print) {
-  LOWBIT_CHECK_INPUT(cfg.has_prune, cfg.file, ": lowbit prune needs a prune: section in the config");
-  LOWBIT_CHECK_INPUT(!dist::is_distributed(), "lowbit prune runs in one process (it is fast and writes one"
+PruneRunResult run_prune(const ExperimentConfig& cfg, const std::string& checkpoint,
+                         const std::string& out_dir, const std::string& device_override,
+                         bool print) {
+  LOWBIT_CHECK_INPUT(cfg.has_prune, cfg.file,
+                     ": lowbit prune needs a prune: section in the config");
+  LOWBIT_CHECK_INPUT(!dist::is_distributed(),
+                     "lowbit prune runs in one process (it is fast and writes one"
                      " folder); in a distributed run, prune with a kind: prune stage");
   const Device dev = resolve_device(device_override.empty() ? cfg.device : device_override);
   apply_cpu_settings(cfg);
@@ -1061,11 +1138,13 @@ PruneRunResult run_prune(const ExperimentConfig& cfg, const std::string& checkpo
   fs::path out(out_dir);
   std::error_code ec;
   fs::create_directories(out, ec);
-  LOWBIT_CHECK_INPUT(!ec && fs::is_directory(out), out_dir, ": cannot create the output folder: ", ec.message());
+  LOWBIT_CHECK_INPUT(!ec && fs::is_directory(out), out_dir,
+                     ": cannot create the output folder: ", ec.message());
   DataSource data;
   ModelState ms;
   layers::ModulePtr model = load_trained(cfg, checkpoint, dev, &data, &ms);
-  LOWBIT_CHECK_INPUT(!ms.quantized, checkpoint, ": holds a quantized model; prune the float model (METHODS 5.5)");
+  LOWBIT_CHECK_INPUT(!ms.quantized, checkpoint,
+                     ": holds a quantized model; prune the float model (METHODS 5.5)");
   PruneRunResult r;
   const Shape sample{data.image_size, data.image_size, data.channels};
   r.before = evaluate(*model, data, dev);
@@ -1091,7 +1170,8 @@ PruneRunResult run_prune(const ExperimentConfig& cfg, const std::string& checkpo
   std::ofstream(out / "prune_report.json") << j.dump(2) << "\n";
   std::map<std::string, std::string> meta{{"format", "pt"}, {"model", cfg.model.name}};
   add_structure_meta(ms, &meta);
-  save_safetensors((out / "model.safetensors").string(), model->state_dict(layers::Layout::pytorch), meta);
+  save_safetensors((out / "model.safetensors").string(), model->state_dict(layers::Layout::pytorch),
+                   meta);
   if (print) std::printf("%s", rep.table().c_str());
   return r;
 }

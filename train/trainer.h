@@ -18,12 +18,12 @@ namespace lowbit::train {
 
 struct TrainerOptions {
   std::string out_dir = "runs/experiment";
-  std::string device;       // overrides the config's device when non-empty
+  std::string device;  // overrides the config's device when non-empty
   bool resume = false;
   // A fresh run (no resume) in a folder holding another run (a different config.yaml) is refused
   // unless force, which clears the folder's run files first (docs/training.md, "Run folders").
   bool force = false;
-  bool progress = true;     // the console progress bar / lines
+  bool progress = true;            // the console progress bar / lines
   int64_t stop_after_epochs = -1;  // tests: stop (as if killed) after this many epochs in total
 };
 
@@ -59,8 +59,9 @@ struct PruneRunResult {
   EvalResult before, after;
   int64_t params_before = 0, params_after = 0;
 };
-PruneRunResult run_prune(const ExperimentConfig& cfg, const std::string& checkpoint, const std::string& out_dir,
-                         const std::string& device_override = "", bool print = true);
+PruneRunResult run_prune(const ExperimentConfig& cfg, const std::string& checkpoint,
+                         const std::string& out_dir, const std::string& device_override = "",
+                         bool print = true);
 
 // The config's model without opening its data: the dataset's known geometry (Fashion-MNIST
 // 28x28x1/10, CIFAR 32x32x3/10|100, ImageNet image_size (224)x3/1000, synthetic as configured)

@@ -34,16 +34,14 @@ using tag = memory::format_tag;
 using dt = memory::data_type;
 static engine eng(engine::kind::cpu, 0);
 static double now() {
-  return std::chrono::duration<double>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
-template <class F> double timeit(F f, int reps) {
+template <class F>
+double timeit(F f, int reps) {
   f();
   f();
   double t0 = now();
-  for (int i = 0; i < reps; ++i)
-    f();
+  for (int i = 0; i < reps; ++i) f();
   return (now() - t0) / reps * 1e3;
 }
 void run_one(int n, int c, int k, int h, int stride, int r) {
@@ -56,77 +54,66 @@ void run_one(int n, int c, int k, int h, int stride, int r) {
       pr{(p - 1) * stride + r - h - pad, (p - 1) * stride + r - h - pad};
   stream s(eng);
 #if DNNL_VERSION_MAJOR >= 3
-  convolution_forward::primitive_desc fpd(eng, prop_kind::forward_training,
-                                          algorithm::LOWBIT_ALG, src, wany, dst,
-                                          st, dl, pl, pr);
-  convolution_backward_data::primitive_desc dpd(eng, algorithm::LOWBIT_ALG, src,
-                                                wany, dst, st, dl, pl, pr, fpd);
-  convolution_backward_weights::primitive_desc wpd(
-      eng, algorithm::LOWBIT_ALG, src, wany, dst, st, dl, pl, pr, fpd);
+  convolution_forward::primitive_desc fpd(eng, prop_kind::forward_training, algorithm::LOWBIT_ALG,
+                                          src, wany, dst, st, dl, pl, pr);
+  convolution_backward_data::primitive_desc dpd(eng, algorithm::LOWBIT_ALG, src, wany, dst, st, dl,
+                                                pl, pr, fpd);
+  convolution_backward_weights::primitive_desc wpd(eng, algorithm::LOWBIT_ALG, src, wany, dst, st,
+                                                   dl, pl, pr, fpd);
 #else
-  convolution_forward::desc fd(prop_kind::forward_training,
-                               algorithm::LOWBIT_ALG, src, wany, dst, st, dl,
-                               pl, pr);
+  convolution_forward::desc fd(prop_kind::forward_training, algorithm::LOWBIT_ALG, src, wany, dst,
+                               st, dl, pl, pr);
   convolution_forward::primitive_desc fpd(fd, eng);
-  convolution_backward_data::desc dd(algorithm::LOWBIT_ALG, src, wany, dst, st,
-                                     dl, pl, pr);
+  convolution_backward_data::desc dd(algorithm::LOWBIT_ALG, src, wany, dst, st, dl, pl, pr);
   convolution_backward_data::primitive_desc dpd(dd, eng, fpd);
-  convolution_backward_weights::desc wd(algorithm::LOWBIT_ALG, src, wany, dst,
-                                        st, dl, pl, pr);
+  convolution_backward_weights::desc wd(algorithm::LOWBIT_ALG, src, wany, dst, st, dl, pl, pr);
   convolution_backward_weights::primitive_desc wpd(wd, eng, fpd);
 #endif
-  memory msrc(fpd.src_desc(), eng), mdst(fpd.dst_desc(), eng),
-      mw(fpd.weights_desc(), eng);
+  memory msrc(fpd.src_desc(), eng), mdst(fpd.dst_desc(), eng), mw(fpd.weights_desc(), eng);
   memory mdw(wpd.diff_weights_desc(), eng), mds(dpd.diff_src_desc(), eng),
       mdd(dpd.diff_dst_desc(), eng);
   for (auto *m : {&msrc, &mdst, &mw, &mdw, &mds, &mdd}) {
     float *p = (float *)m->get_data_handle();
     size_t cnt = m->get_desc().get_size() / 4;
-    for (size_t i = 0; i < cnt; ++i)
-      p[i] = (i % 7) * 0.1f - 0.3f;
+    for (size_t i = 0; i < cnt; ++i) p[i] = (i % 7) * 0.1f - 0.3f;
   }
   convolution_forward f(fpd);
   convolution_backward_data bd(dpd);
   convolution_backward_weights bw(wpd);
   double tf = timeit(
       [&] {
-        f.execute(s, {{DNNL_ARG_SRC, msrc},
-                      {DNNL_ARG_WEIGHTS, mw},
-                      {DNNL_ARG_DST, mdst}});
+        f.execute(s, {{DNNL_ARG_SRC, msrc}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_DST, mdst}});
         s.wait();
       },
       20);
   double tb = timeit(
       [&] {
-        bd.execute(s, {{DNNL_ARG_DIFF_DST, mdd},
-                       {DNNL_ARG_WEIGHTS, mw},
-                       {DNNL_ARG_DIFF_SRC, mds}});
+        bd.execute(s, {{DNNL_ARG_DIFF_DST, mdd}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_DIFF_SRC, mds}});
         s.wait();
       },
       20);
   double tw = timeit(
       [&] {
-        bw.execute(s, {{DNNL_ARG_SRC, msrc},
-                       {DNNL_ARG_DIFF_DST, mdd},
-                       {DNNL_ARG_DIFF_WEIGHTS, mdw}});
+        bw.execute(s,
+                   {{DNNL_ARG_SRC, msrc}, {DNNL_ARG_DIFF_DST, mdd}, {DNNL_ARG_DIFF_WEIGHTS, mdw}});
         s.wait();
       },
       20);
-  std::printf("%3d->%3d %2dx%2d s%d r%d  fwd %7.3f ms  bwd_d %7.3f ms  bwd_w "
-              "%7.3f ms | %s | %s | %s\n",
-              c, k, h, h, stride, r, tf, tb, tw, fpd.impl_info_str(),
-              dpd.impl_info_str(), wpd.impl_info_str());
+  std::printf(
+      "%3d->%3d %2dx%2d s%d r%d  fwd %7.3f ms  bwd_d %7.3f ms  bwd_w "
+      "%7.3f ms | %s | %s | %s\n",
+      c, k, h, h, stride, r, tf, tb, tw, fpd.impl_info_str(), dpd.impl_info_str(),
+      wpd.impl_info_str());
 }
 void run(int n, int c, int k, int h, int stride, int r) {
   try {
     run_one(n, c, k, h, stride, r);
   } catch (const dnnl::error &e) {
-    std::printf("%3d->%3d %2dx%2d s%d r%d  %s\n", c, k, h, h, stride, r,
-                e.what());
+    std::printf("%3d->%3d %2dx%2d s%d r%d  %s\n", c, k, h, h, stride, r, e.what());
   }
 }
-int main() { // the distinct convolutions of ResNet-20 (28x28x1 input, option A
-             // shortcuts)
+int main() {  // the distinct convolutions of ResNet-20 (28x28x1 input, option A
+              // shortcuts)
   int n = 128;
   run(n, 1, 16, 28, 1, 3);
   run(n, 16, 16, 28, 1, 3);

@@ -52,8 +52,8 @@ namespace lowbit::testing {
       const double scale = std::max(std::fabs(numeric), std::fabs(an));
       if (!(std::fabs(numeric - an) <= opts.atol + opts.rtol * scale)) {
         return ::testing::AssertionFailure()
-               << "gradcheck: input " << a << " (shape " << shape_str(x.shape()) << ") element " << j
-               << " (value " << orig << "): analytic " << an << ", numeric " << numeric;
+               << "gradcheck: input " << a << " (shape " << shape_str(x.shape()) << ") element "
+               << j << " (value " << orig << "): analytic " << an << ", numeric " << numeric;
       }
     }
   }

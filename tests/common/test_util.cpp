@@ -40,11 +40,12 @@ Tensor non_contiguous_copy(const Tensor& t) {
 }
 
 ::testing::AssertionResult tensor_near(const char* a_expr, const char* b_expr, const char*,
-                                       const char*, const Tensor& a, const Tensor& b,
-                                       double rtol, double atol) {
+                                       const char*, const Tensor& a, const Tensor& b, double rtol,
+                                       double atol) {
   if (a.shape() != b.shape()) {
-    return ::testing::AssertionFailure() << a_expr << " has shape " << shape_str(a.shape()) << " but "
-                                         << b_expr << " has shape " << shape_str(b.shape());
+    return ::testing::AssertionFailure()
+           << a_expr << " has shape " << shape_str(a.shape()) << " but " << b_expr << " has shape "
+           << shape_str(b.shape());
   }
   std::vector<double> x = to_doubles(a), y = to_doubles(b);
   int64_t worst = -1, bad = 0;

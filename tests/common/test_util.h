@@ -37,8 +37,8 @@ template <typename Stub>
 // Compares two tensors of the same shape (any dtypes/devices) elementwise in double:
 // |a - b| <= atol + rtol * |b|. On failure names the worst index, both values and the error.
 ::testing::AssertionResult tensor_near(const char* a_expr, const char* b_expr, const char*,
-                                       const char*, const Tensor& a, const Tensor& b,
-                                       double rtol, double atol);
+                                       const char*, const Tensor& a, const Tensor& b, double rtol,
+                                       double atol);
 
 // Host copy as doubles (contiguous, row-major).
 std::vector<double> to_doubles(const Tensor& t);
@@ -68,9 +68,9 @@ inline std::string error_of(const std::function<void()>& f) {
 #define ASSERT_TENSOR_NEAR(a, b, rtol, atol) \
   ASSERT_PRED_FORMAT4(::lowbit::testing::tensor_near, a, b, rtol, atol)
 
-#define LOWBIT_SKIP_WITHOUT_GPU()                                                     \
-  do {                                                                                \
-    if (!::lowbit::testing::gpu_available()) {                                        \
+#define LOWBIT_SKIP_WITHOUT_GPU()                                                        \
+  do {                                                                                   \
+    if (!::lowbit::testing::gpu_available()) {                                           \
       GTEST_SKIP() << "no CUDA device: lowbit built without CUDA or no GPU/driver here"; \
-    }                                                                                 \
+    }                                                                                    \
   } while (0)

@@ -1,8 +1,9 @@
 // The autograd engine: accumulation, backward with a given gradient, retain_graph, no-grad,
 // detach, hooks, the custom-function API and the in-place-after-save error.
+#include "core/autograd.h"
+
 #include <gmock/gmock.h>
 
-#include "core/autograd.h"
 #include "core/ops.h"
 #include "core/random.h"
 #include "tests/common/gradcheck.h"
@@ -108,14 +109,16 @@ TEST(Autograd, PostAccumulateHookSeesTheAccumulatedGradOncePerBackward) {
   // and see the sum of earlier backward passes too (gradient accumulation).
   Tensor x = tensor_of({1, 2}, {2}).requires_grad_();
   std::vector<std::vector<double>> seen;
-  x.register_post_accumulate_grad_hook([&](const Tensor& leaf) { seen.push_back(to_doubles(leaf.grad())); });
+  x.register_post_accumulate_grad_hook(
+      [&](const Tensor& leaf) { seen.push_back(to_doubles(leaf.grad())); });
   sum(x * 2.0 + x * x).backward();
   sum(x * 3.0).backward();
   ASSERT_EQ(seen.size(), 2u);
   EXPECT_EQ(seen[0], (std::vector<double>{4, 6}));
   EXPECT_EQ(seen[1], (std::vector<double>{7, 9}));
   Tensor h = x * 2.0;
-  EXPECT_THAT(error_of([&] { h.register_post_accumulate_grad_hook([](const Tensor&) {}); }), HasSubstr("leaf"));
+  EXPECT_THAT(error_of([&] { h.register_post_accumulate_grad_hook([](const Tensor&) {}); }),
+              HasSubstr("leaf"));
 }
 
 TEST(Autograd, NonLeafHookChangesUpstreamGradient) {
@@ -144,8 +147,8 @@ TEST(Autograd, RetainGradKeepsNonLeafGradient) {
 
 TEST(Autograd, InPlaceAfterSaveNamesTheOp) {
   Tensor x = tensor_of({1, 2}, {2}).requires_grad_();
-  Tensor e = exp(x);         // exp saves its output
-  Tensor y = sum(e * 2.0);   // mul_scalar saves nothing
+  Tensor e = exp(x);        // exp saves its output
+  Tensor y = sum(e * 2.0);  // mul_scalar saves nothing
   {
     autograd::NoGradGuard guard;
     e.fill_(0.0);

@@ -1,8 +1,9 @@
 // Philox: known-answer vectors, statistical checks, and identical streams for the same seed.
+#include "core/random.h"
+
 #include <cmath>
 
 #include "core/philox.h"
-#include "core/random.h"
 #include "tests/common/test_util.h"
 
 namespace lowbit {

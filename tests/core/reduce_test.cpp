@@ -2,9 +2,9 @@
 // of tests/reference/reduce_ref.h: every subset of the dims of a 3-D tensor, with and without
 // keepdim, positive and negative dims, contiguous and non-contiguous inputs; plus accuracy of
 // the double accumulation, NaN propagation, integer sums, ties, gradients with ties, and errors.
-#include <algorithm>
 #include <gmock/gmock.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <string>
@@ -255,8 +255,8 @@ TEST(ReduceLongRows, AmaxAminMatchTheLoopAndPropagateNan) {
   const int64_t r = 300001;  // not a multiple of the chunk size
   Tensor x = randn({2, r});
   std::vector<double> v = to_doubles(x);
-  v[size_t(r) + 123457] = 9.5;   // row 1's max, in a middle chunk
-  v[size_t(2 * r) - 1] = -9.5;   // row 1's min, the last element
+  v[size_t(r) + 123457] = 9.5;  // row 1's max, in a middle chunk
+  v[size_t(2 * r) - 1] = -9.5;  // row 1's min, the last element
   x = tensor_of(v, {2, r});
   for (int row = 0; row < 2; ++row) {
     const auto b = v.begin() + row * r;

@@ -43,7 +43,8 @@ TEST(Tensor, FactoriesFillValues) {
   EXPECT_EQ(to_doubles(ones({2}, DType::i32)), (std::vector<double>{1, 1}));
   EXPECT_EQ(to_doubles(full({2}, 2.5, DType::f64)), (std::vector<double>{2.5, 2.5}));
   EXPECT_EQ(to_doubles(arange(5)), (std::vector<double>{0, 1, 2, 3, 4}));
-  EXPECT_EQ(to_doubles(arange(1.0, 2.0, 0.25, DType::f32)), (std::vector<double>{1, 1.25, 1.5, 1.75}));
+  EXPECT_EQ(to_doubles(arange(1.0, 2.0, 0.25, DType::f32)),
+            (std::vector<double>{1, 1.25, 1.5, 1.75}));
   EXPECT_EQ(arange(5).dtype(), DType::i64);
   EXPECT_EQ(to_doubles(full_like(zeros({2}, DType::u8), 7)), (std::vector<double>{7, 7}));
   EXPECT_EQ(scalar_tensor(3.0).dim(), 0);
@@ -72,7 +73,8 @@ TEST(Tensor, PermuteTransposeIndexing) {
   std::vector<double> v = to_doubles(p);
   for (int64_t a = 0; a < 4; ++a)
     for (int64_t b = 0; b < 2; ++b)
-      for (int64_t c = 0; c < 3; ++c) EXPECT_EQ(v[size_t(a * 6 + b * 3 + c)], double(b * 12 + c * 4 + a));
+      for (int64_t c = 0; c < 3; ++c)
+        EXPECT_EQ(v[size_t(a * 6 + b * 3 + c)], double(b * 12 + c * 4 + a));
   EXPECT_THAT(error_of([&] { t.permute({0, 0, 1}); }), HasSubstr("repeated"));
 }
 
@@ -143,12 +145,12 @@ TEST(Tensor, Bf16RoundsHalfToEven) {
 }
 
 TEST(Tensor, F16ConversionEdgeCases) {
-  EXPECT_EQ(float(f16(65504.0f)), 65504.0f);             // max finite
-  EXPECT_TRUE(std::isinf(float(f16(65520.0f))));        // rounds to inf
+  EXPECT_EQ(float(f16(65504.0f)), 65504.0f);                              // max finite
+  EXPECT_TRUE(std::isinf(float(f16(65520.0f))));                          // rounds to inf
   EXPECT_EQ(float(f16(5.960464477539063e-08f)), 5.960464477539063e-08f);  // min subnormal 2^-24
-  EXPECT_EQ(float(f16(2.9802322387695312e-08f)), 0.0f);  // 2^-25 ties to even (0)
-  EXPECT_EQ(float(f16(1.0009765625f)), 1.0009765625f);   // 1 + 2^-10 exact
-  EXPECT_EQ(float(f16(1.00048828125f)), 1.0f);           // 1 + 2^-11 ties to even
+  EXPECT_EQ(float(f16(2.9802322387695312e-08f)), 0.0f);                   // 2^-25 ties to even (0)
+  EXPECT_EQ(float(f16(1.0009765625f)), 1.0009765625f);                    // 1 + 2^-10 exact
+  EXPECT_EQ(float(f16(1.00048828125f)), 1.0f);                            // 1 + 2^-11 ties to even
   EXPECT_TRUE(std::isnan(float(f16(NAN))));
 }
 

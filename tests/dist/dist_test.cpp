@@ -26,12 +26,14 @@
 namespace lowbit {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::error_of;
+using ::testing::HasSubstr;
 
 dist::ProcessGroup& cpu_group() { return dist::process_group(Device::cpu()); }
 
-std::vector<double> values_of(const Tensor& t) { return t.to(DType::f64).contiguous().to_vector<double>(); }
+std::vector<double> values_of(const Tensor& t) {
+  return t.to(DType::f64).contiguous().to_vector<double>();
+}
 
 // x_r[i] = (r + 1) * (i + 1) on rank r.
 Tensor rank_tensor(DType dt, int64_t n) {
@@ -43,7 +45,8 @@ Tensor rank_tensor(DType dt, int64_t n) {
 TEST(Collectives, AllReduceOpsMatchHandComputedValues) {
   const double w = dist::world_size();
   for (DType dt : {DType::f32, DType::f64, DType::i32, DType::i64}) {
-    for (dist::ReduceOp op : {dist::ReduceOp::sum, dist::ReduceOp::mean, dist::ReduceOp::min, dist::ReduceOp::max}) {
+    for (dist::ReduceOp op :
+         {dist::ReduceOp::sum, dist::ReduceOp::mean, dist::ReduceOp::min, dist::ReduceOp::max}) {
       if (op == dist::ReduceOp::mean && !is_floating(dt)) continue;
       Tensor t = rank_tensor(dt, 5);
       cpu_group().all_reduce(t, op);
@@ -54,7 +57,8 @@ TEST(Collectives, AllReduceOpsMatchHandComputedValues) {
                             : op == dist::ReduceOp::mean ? k * (w + 1) / 2
                             : op == dist::ReduceOp::min  ? k
                                                          : k * w;
-        EXPECT_DOUBLE_EQ(v[size_t(i)], want) << dtype_name(dt) << " " << dist::reduce_op_name(op) << " i=" << i;
+        EXPECT_DOUBLE_EQ(v[size_t(i)], want)
+            << dtype_name(dt) << " " << dist::reduce_op_name(op) << " i=" << i;
       }
     }
   }
@@ -91,7 +95,8 @@ TEST(Collectives, AsyncWorkCompletesWhateverTheWaitOrder) {
 
 TEST(Collectives, RefuseWhatTheyCannotDo) {
   Tensor i = zeros({4}, DType::i64);
-  EXPECT_THAT(error_of([&] { cpu_group().all_reduce(i, dist::ReduceOp::mean); }), HasSubstr("mean of a i64"));
+  EXPECT_THAT(error_of([&] { cpu_group().all_reduce(i, dist::ReduceOp::mean); }),
+              HasSubstr("mean of a i64"));
   Tensor m = zeros({4, 4});
   Tensor strided = m.transpose(0, 1);
   EXPECT_THAT(error_of([&] { cpu_group().all_reduce(strided); }), HasSubstr("contiguous"));
@@ -137,9 +142,11 @@ TEST(Sampler, TrainingShardsPadAndEvaluationShardsCoverTheDataOnce) {
     const auto perm = data::permutation(n, 7, 3);
     std::vector<int64_t> seen;
     for (int64_t k = 0; k < (n + w - 1) / w; ++k) {
-      for (int64_t r = 0; r < w; ++r) seen.push_back(data::shard_indices(n, true, 7, 3, r, w, true)[size_t(k)]);
+      for (int64_t r = 0; r < w; ++r)
+        seen.push_back(data::shard_indices(n, true, 7, 3, r, w, true)[size_t(k)]);
     }
-    for (int64_t k = 0; k < int64_t(seen.size()); ++k) EXPECT_EQ(seen[size_t(k)], perm[size_t(k % n)]);
+    for (int64_t k = 0; k < int64_t(seen.size()); ++k)
+      EXPECT_EQ(seen[size_t(k)], perm[size_t(k % n)]);
   }
 }
 
@@ -147,11 +154,12 @@ TEST(Sampler, TrainingShardsPadAndEvaluationShardsCoverTheDataOnce) {
 layers::ModulePtr small_net(bool bn = false) {
   auto net = std::make_shared<layers::Sequential>(std::vector<layers::ModulePtr>{
       std::make_shared<layers::Conv2d>(layers::Conv2dOptions(3, 8, 3).with_padding(1)),
-      bn ? layers::ModulePtr(std::make_shared<layers::BatchNorm2d>(8)) : std::make_shared<layers::Identity>(),
+      bn ? layers::ModulePtr(std::make_shared<layers::BatchNorm2d>(8))
+         : std::make_shared<layers::Identity>(),
       std::make_shared<layers::ReLU>(),
-      std::make_shared<layers::Conv2d>(layers::Conv2dOptions(8, 8, 3).with_padding(1).with_stride(2)),
-      std::make_shared<layers::ReLU>(),
-      std::make_shared<layers::Flatten>(),
+      std::make_shared<layers::Conv2d>(
+          layers::Conv2dOptions(8, 8, 3).with_padding(1).with_stride(2)),
+      std::make_shared<layers::ReLU>(), std::make_shared<layers::Flatten>(),
       std::make_shared<layers::Linear>(8 * 4 * 4, 5)});
   return net;
 }
@@ -197,7 +205,8 @@ void expect_data_parallel_equals_one_process(int64_t global, int64_t micro, int6
     ddp_opt.zero_grad();
     for (int64_t m = 0; m < micro; ++m) {
       reducer.set_sync(m == micro - 1);
-      Tensor loss = train::cross_entropy(ddp_net->forward(xs.narrow(0, m * per, per)), ys.narrow(0, m * per, per));
+      Tensor loss = train::cross_entropy(ddp_net->forward(xs.narrow(0, m * per, per)),
+                                         ys.narrow(0, m * per, per));
       (loss / double(micro)).backward();
     }
     reducer.finish();
@@ -215,14 +224,17 @@ void expect_data_parallel_equals_one_process(int64_t global, int64_t micro, int6
     EXPECT_TENSOR_NEAR(a[k].second, b[k].second, 1e-4, 1e-6);
   }
   // And the ranks hold the same parameters, bit for bit.
-  train::check_same_on_all_ranks(train::hash_parameters(*ddp_net), "parameters", cpu_group(), false);
+  train::check_same_on_all_ranks(train::hash_parameters(*ddp_net), "parameters", cpu_group(),
+                                 false);
 }
 
 TEST(DataParallel, RanksOfBatchBStepLikeOneProcessOfTheGlobalBatch) {
   expect_data_parallel_equals_one_process(8 * dist::world_size(), 1, 25 << 20);
 }
 
-TEST(DataParallel, SmallBucketsGiveTheSameSteps) { expect_data_parallel_equals_one_process(8 * dist::world_size(), 1, 600); }
+TEST(DataParallel, SmallBucketsGiveTheSameSteps) {
+  expect_data_parallel_equals_one_process(8 * dist::world_size(), 1, 600);
+}
 
 TEST(DataParallel, AccumulatedMicroBatchesReduceOnceAndStepLikeTheGlobalBatch) {
   expect_data_parallel_equals_one_process(8 * dist::world_size(), 2, 600);
@@ -262,7 +274,10 @@ TEST(DataParallel, PerRankBatchNormKeepsTheParametersIdenticalButNotTheGlobalBat
 TEST(DataParallel, ChecksThatRanksAgree) {
   train::check_same_on_all_ranks(42, "a value", cpu_group(), true);
   if (dist::world_size() == 1) return;
-  EXPECT_THAT(error_of([&] { train::check_same_on_all_ranks(uint64_t(dist::rank()), "the config", cpu_group(), true); }),
+  EXPECT_THAT(error_of([&] {
+                train::check_same_on_all_ranks(uint64_t(dist::rank()), "the config", cpu_group(),
+                                               true);
+              }),
               HasSubstr("the config differs between rank 0 and rank(s) 1"));
 }
 
@@ -275,7 +290,8 @@ TEST(DistGpu, NcclOneRankCollectives) {
   EXPECT_STREQ(nccl->backend(), "nccl");
   const Device gpu = Device::cuda(0);
   Tensor x = rank_tensor(DType::f32, 7).to(gpu);
-  for (dist::ReduceOp op : {dist::ReduceOp::sum, dist::ReduceOp::mean, dist::ReduceOp::min, dist::ReduceOp::max}) {
+  for (dist::ReduceOp op :
+       {dist::ReduceOp::sum, dist::ReduceOp::mean, dist::ReduceOp::min, dist::ReduceOp::max}) {
     nccl->all_reduce(x, op);
     EXPECT_EQ(values_of(x), values_of(rank_tensor(DType::f32, 7))) << dist::reduce_op_name(op);
   }

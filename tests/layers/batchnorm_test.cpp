@@ -1,5 +1,7 @@
 // BatchNorm2d: outputs and running statistics against hand-computed values, train/eval
 // behaviour, the fused ReLU, gradients by finite differences.
+#include "layers/batchnorm.h"
+
 #include <gmock/gmock.h>
 #include <omp.h>
 
@@ -10,7 +12,6 @@
 #include "core/ops.h"
 #include "core/parallel.h"
 #include "core/random.h"
-#include "layers/batchnorm.h"
 #include "tests/common/gradcheck.h"
 #include "tests/common/test_util.h"
 
@@ -61,7 +62,8 @@ TEST(BatchNorm2d, BatchVarianceOfLargeOffsetDataIsExact) {
     double mean = 0, var = 0;
     for (int64_t i = 0; i < n; ++i) mean += v[size_t(i * 2 + ch)];
     mean /= double(n);
-    for (int64_t i = 0; i < n; ++i) var += (v[size_t(i * 2 + ch)] - mean) * (v[size_t(i * 2 + ch)] - mean);
+    for (int64_t i = 0; i < n; ++i)
+      var += (v[size_t(i * 2 + ch)] - mean) * (v[size_t(i * 2 + ch)] - mean);
     var /= double(n - 1);  // the running variance is unbiased
     EXPECT_NEAR(to_doubles(rv)[size_t(ch)], var, 1e-6 * var) << "channel " << ch;
     EXPECT_NEAR(to_doubles(rm)[size_t(ch)], mean, 1e-7 * std::abs(mean)) << "channel " << ch;
@@ -81,8 +83,8 @@ TEST(BatchNorm2d, ColumnSumsAreTheRowOrderSumsBitForBit) {
     omp_set_num_threads(threads);
     for (int64_t c : {16, 64, 12}) {
       for (bool backward : {false, true}) {
-        SCOPED_TRACE(::testing::Message() << threads << " threads, c " << c
-                                          << (backward ? " backward" : " forward"));
+        SCOPED_TRACE(::testing::Message()
+                     << threads << " threads, c " << c << (backward ? " backward" : " forward"));
         const int64_t m = 3001;  // rows: not a multiple of any tile or chunk
         Tensor x = randn({m, c}) * 3.0 + 1.0, dy = randn({m, c}), y = randn({m, c});
         Tensor mean = randn({c}), invstd = rand({c}) + 0.5;
@@ -127,8 +129,10 @@ TEST(BatchNorm2d, ColumnSumsAreTheRowOrderSumsBitForBit) {
 TEST(BatchNorm2d, FusedReluPropagatesNanAsRelu) {
   Tensor x = tensor_of({-1, NAN, 2, -3}, {1, 2, 2, 1});
   Tensor rm = zeros({1}), rv = ones({1});
-  std::vector<double> y = to_doubles(batch_norm(x, Tensor(), Tensor(), rm, rv, false, 0.1, 0.0, true));
-  std::vector<double> r = to_doubles(relu(batch_norm(x, Tensor(), Tensor(), rm, rv, false, 0.1, 0.0, false)));
+  std::vector<double> y =
+      to_doubles(batch_norm(x, Tensor(), Tensor(), rm, rv, false, 0.1, 0.0, true));
+  std::vector<double> r =
+      to_doubles(relu(batch_norm(x, Tensor(), Tensor(), rm, rv, false, 0.1, 0.0, false)));
   EXPECT_EQ(y[0], 0.0);
   EXPECT_TRUE(std::isnan(y[1]));
   EXPECT_EQ(y[2], 2.0);
@@ -148,7 +152,8 @@ TEST(BatchNorm2d, EvalUsesRunningStats) {
   bn.eval();
   Tensor y = bn.forward(tensor_of({2, 4, 6}, {1, 1, 3, 1}));
   const double is = 1.0 / std::sqrt(4.0 + 1e-5);
-  EXPECT_TENSOR_NEAR(y, tensor_of({0.5, 3 * 2 * is + 0.5, 3 * 4 * is + 0.5}, {1, 1, 3, 1}), 1e-6, 1e-6);
+  EXPECT_TENSOR_NEAR(y, tensor_of({0.5, 3 * 2 * is + 0.5, 3 * 4 * is + 0.5}, {1, 1, 3, 1}), 1e-6,
+                     1e-6);
   EXPECT_EQ(bn.num_batches_tracked().item(), 0.0);
   EXPECT_EQ(to_doubles(bn.running_mean())[0], 2.0);  // untouched in eval
 }
@@ -156,7 +161,8 @@ TEST(BatchNorm2d, EvalUsesRunningStats) {
 TEST(BatchNorm2d, FusedReluEqualsReluAfter) {
   manual_seed(20);
   Tensor x = randn({4, 3, 3, 5});
-  Tensor plain = relu(batch_norm(x, Tensor(), Tensor(), Tensor(), Tensor(), true, 0.1, 1e-5, false));
+  Tensor plain =
+      relu(batch_norm(x, Tensor(), Tensor(), Tensor(), Tensor(), true, 0.1, 1e-5, false));
   Tensor fused = batch_norm(x, Tensor(), Tensor(), Tensor(), Tensor(), true, 0.1, 1e-5, true);
   EXPECT_TENSOR_NEAR(fused, plain, 0, 0);
 }
@@ -255,30 +261,30 @@ TEST(BatchNorm2dGpu, MatchesCpu) {
   LOWBIT_SKIP_WITHOUT_GPU();
   manual_seed(24);
   for (DType t : {DType::f32, DType::bf16, DType::f16})
-  for (bool relu_on : {false, true}) {
-    SCOPED_TRACE(std::string(dtype_name(t)) + (relu_on ? " relu" : ""));
-    // 16-bit outputs: both backends round the same float math once; a few ulps apart at most.
-    const double h = t == DType::f32 ? 1.0 : t == DType::bf16 ? 1000.0 : 100.0;
-    Tensor x = (randn({8, 5, 5, 7}) * 3.0 + 1.0).to(t);
-    Tensor w = randn({7}).requires_grad_(), b = randn({7}).requires_grad_();
-    Tensor xc = x.detach().requires_grad_();
-    Tensor xg = x.to(Device::cuda()).requires_grad_();
-    Tensor wg = w.detach().to(Device::cuda()).requires_grad_();
-    Tensor bg = b.detach().to(Device::cuda()).requires_grad_();
-    Tensor rm = zeros({7}), rv = ones({7});
-    Tensor rmg = rm.to(Device::cuda()), rvg = rv.to(Device::cuda());
-    Tensor y = batch_norm(xc, w, b, rm, rv, true, 0.1, 1e-5, relu_on);
-    Tensor yg = batch_norm(xg, wg, bg, rmg, rvg, true, 0.1, 1e-5, relu_on);
-    EXPECT_TENSOR_NEAR(yg, y, 1e-5 * h, 1e-5 * h);
-    EXPECT_TENSOR_NEAR(rmg, rm, 1e-6, 1e-6);
-    EXPECT_TENSOR_NEAR(rvg, rv, 1e-6, 1e-6);
-    Tensor up = randn(y.shape()).to(t);
-    sum(y * up).backward();
-    sum(yg * up.to(Device::cuda())).backward();
-    EXPECT_TENSOR_NEAR(xg.grad(), xc.grad(), 1e-4 * h, 1e-5 * h);
-    EXPECT_TENSOR_NEAR(wg.grad(), w.grad(), 1e-5 * h, 1e-4 * h);
-    EXPECT_TENSOR_NEAR(bg.grad(), b.grad(), 1e-5 * h, 1e-4 * h);
-  }
+    for (bool relu_on : {false, true}) {
+      SCOPED_TRACE(std::string(dtype_name(t)) + (relu_on ? " relu" : ""));
+      // 16-bit outputs: both backends round the same float math once; a few ulps apart at most.
+      const double h = t == DType::f32 ? 1.0 : t == DType::bf16 ? 1000.0 : 100.0;
+      Tensor x = (randn({8, 5, 5, 7}) * 3.0 + 1.0).to(t);
+      Tensor w = randn({7}).requires_grad_(), b = randn({7}).requires_grad_();
+      Tensor xc = x.detach().requires_grad_();
+      Tensor xg = x.to(Device::cuda()).requires_grad_();
+      Tensor wg = w.detach().to(Device::cuda()).requires_grad_();
+      Tensor bg = b.detach().to(Device::cuda()).requires_grad_();
+      Tensor rm = zeros({7}), rv = ones({7});
+      Tensor rmg = rm.to(Device::cuda()), rvg = rv.to(Device::cuda());
+      Tensor y = batch_norm(xc, w, b, rm, rv, true, 0.1, 1e-5, relu_on);
+      Tensor yg = batch_norm(xg, wg, bg, rmg, rvg, true, 0.1, 1e-5, relu_on);
+      EXPECT_TENSOR_NEAR(yg, y, 1e-5 * h, 1e-5 * h);
+      EXPECT_TENSOR_NEAR(rmg, rm, 1e-6, 1e-6);
+      EXPECT_TENSOR_NEAR(rvg, rv, 1e-6, 1e-6);
+      Tensor up = randn(y.shape()).to(t);
+      sum(y * up).backward();
+      sum(yg * up.to(Device::cuda())).backward();
+      EXPECT_TENSOR_NEAR(xg.grad(), xc.grad(), 1e-4 * h, 1e-5 * h);
+      EXPECT_TENSOR_NEAR(wg.grad(), w.grad(), 1e-5 * h, 1e-4 * h);
+      EXPECT_TENSOR_NEAR(bg.grad(), b.grad(), 1e-5 * h, 1e-4 * h);
+    }
 }
 
 TEST(BatchNorm2d, StubsHoldTheKernelsOfThisBuild) {

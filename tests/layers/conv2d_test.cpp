@@ -1,10 +1,11 @@
 // Conv2d (oneDNN on CPU) against the naive loop on many geometries, its gradients by finite
 // differences, the KRSC <-> OIHW state-dict layout and error messages.
+#include "layers/conv2d.h"
+
 #include <gmock/gmock.h>
 
 #include "core/ops.h"
 #include "core/random.h"
-#include "layers/conv2d.h"
 #include "layers/winograd_cpu.h"
 #include "tests/common/gradcheck.h"
 #include "tests/common/test_util.h"
@@ -43,8 +44,9 @@ Tensor naive_conv(const ConvCase& p, const Tensor& x, const Tensor& w, const Ten
   g.pad_h = g.pad_w = p.pad;
   g.dil_h = g.dil_w = p.dil;
   g.groups = p.groups;
-  std::vector<double> ref = reference::conv2d_nhwc(g, testing::to_doubles(x), testing::to_doubles(w),
-                                                   p.bias ? testing::to_doubles(b) : std::vector<double>{});
+  std::vector<double> ref =
+      reference::conv2d_nhwc(g, testing::to_doubles(x), testing::to_doubles(w),
+                             p.bias ? testing::to_doubles(b) : std::vector<double>{});
   return testing::tensor_of(ref, {p.n, g.out_h(), g.out_w(), p.k}, DType::f64);
 }
 
@@ -82,7 +84,8 @@ TEST(Conv2d, GradientsMatchFiniteDifferences) {
   o.padding = {1, 1};
   o.groups = 2;
   auto f = [&](const std::vector<Tensor>& in) {
-    return conv2d(in[0].to(DType::f32), in[1].to(DType::f32), in[2].to(DType::f32), o).to(DType::f64);
+    return conv2d(in[0].to(DType::f32), in[1].to(DType::f32), in[2].to(DType::f32), o)
+        .to(DType::f64);
   };
   testing::GradcheckOptions opts;
   opts.eps = 1e-2;
@@ -127,7 +130,8 @@ TEST(Conv2d, StateDictUsesPyTorchOIHWAtTheEdge) {
   // element (k, c, r, s) of OIHW equals (k, r, s, c) of KRSC.
   std::vector<double> krsc = testing::to_doubles(conv.weight());
   std::vector<double> oihw = testing::to_doubles(pt.at("weight"));
-  EXPECT_EQ(oihw[size_t(((1 * 2 + 1) * 3 + 2) * 3 + 0)], krsc[size_t(((1 * 3 + 2) * 3 + 0) * 2 + 1)]);
+  EXPECT_EQ(oihw[size_t(((1 * 2 + 1) * 3 + 2) * 3 + 0)],
+            krsc[size_t(((1 * 3 + 2) * 3 + 0) * 2 + 1)]);
   Conv2d other(Conv2dOptions(2, 3, 3));
   other.load_state_dict(pt, true, Layout::pytorch);
   EXPECT_TENSOR_NEAR(other.weight(), conv.weight(), 0, 0);
@@ -176,7 +180,8 @@ TEST(Conv2d, Bf16CpuIsTheExactResultRoundedOnce) {
     try {
       y = conv2d(x, w, b, options_of(p));
     } catch (const Error& e) {
-      if (std::string(e.what()).find("no bf16 kernel") != std::string::npos) GTEST_SKIP() << e.what();
+      if (std::string(e.what()).find("no bf16 kernel") != std::string::npos)
+        GTEST_SKIP() << e.what();
       throw;
     }
     ASSERT_EQ(y.dtype(), DType::bf16);
@@ -268,10 +273,11 @@ TEST(Conv2d, EveryCpuAlgorithmMatchesTheNaiveLoops) {
     for (const ConvCase& p : {ConvCase{2, 9, 9, 16, 16, 3, 3, 1, 1, 1, 1, true},
                               ConvCase{3, 6, 7, 32, 32, 3, 3, 1, 1, 1, 1, false},
                               ConvCase{2, 5, 5, 16, 32, 3, 3, 1, 0, 1, 1, true}}) {
-      SCOPED_TRACE(::testing::Message() << cpu_conv_algo_name(algo) << ": c " << p.c << " k "
-                                        << p.k << " " << p.h << "x" << p.w << " pad " << p.pad);
+      SCOPED_TRACE(::testing::Message() << cpu_conv_algo_name(algo) << ": c " << p.c << " k " << p.k
+                                        << " " << p.h << "x" << p.w << " pad " << p.pad);
       // The kernels this case is meant to exercise ran (forward and both gradients).
-      const ConvShape s = conv2d_shape(empty({p.n, p.h, p.w, p.c}), empty({p.k, 3, 3, p.c}), options_of(p));
+      const ConvShape s =
+          conv2d_shape(empty({p.n, p.h, p.w, p.c}), empty({p.k, 3, 3, p.c}), options_of(p));
       const bool expect_wino = wino && algo == CpuConvAlgo::winograd;
       const bool expect_f2 = lowbit_wino && p.pad == 1 && algo == CpuConvAlgo::winograd_f2;
       const bool expect_f4 = lowbit_wino && p.pad == 1 &&
@@ -279,7 +285,8 @@ TEST(Conv2d, EveryCpuAlgorithmMatchesTheNaiveLoops) {
       for (bool backward : {false, true}) {
         const std::string kernels = conv2d_cpu_kernel(s, p.bias, DType::f32, backward);
         if (expect_wino) {
-          EXPECT_THAT(kernels, ::testing::MatchesRegex(backward ? "jit_wino.*, jit_wino.*" : "jit_wino.*"));
+          EXPECT_THAT(kernels,
+                      ::testing::MatchesRegex(backward ? "jit_wino.*, jit_wino.*" : "jit_wino.*"));
         } else if (expect_f2 || expect_f4) {
           const std::string k = expect_f2 ? "lowbit_wino_f2x2.*" : "lowbit_wino_f4x4.*";
           EXPECT_THAT(kernels, ::testing::MatchesRegex(backward ? k + ", " + k : k));
@@ -311,8 +318,8 @@ TEST(Conv2d, EveryCpuAlgorithmMatchesTheNaiveLoops) {
 
 // winograd takes oneDNN's Winograd wherever it applies; winograd_f4 and auto take lowbit's
 // F(4x4, 3x3), winograd_f2 its F(2x2, 3x3), for padding-1 3x3 stride-1 convolutions with channel
-// counts that are multiples of 16 (auto only up to 256); direct never takes either. On CPUs without AVX-512 every
-// choice is a direct kernel.
+// counts that are multiples of 16 (auto only up to 256); direct never takes either. On CPUs without
+// AVX-512 every choice is a direct kernel.
 TEST(Conv2d, CpuAlgorithmChoosesTheKernel) {
   auto shape = [](const ConvCase& p) {
     return conv2d_shape(empty({p.n, p.h, p.w, p.c}), empty({p.k, p.r, p.s, p.c}), options_of(p));
@@ -327,7 +334,8 @@ TEST(Conv2d, CpuAlgorithmChoosesTheKernel) {
   };
   if (detail::wino_cpu_supported()) {
     for (CpuConvAlgo a : {CpuConvAlgo::auto_, CpuConvAlgo::winograd_f4, CpuConvAlgo::winograd_f2}) {
-      const std::string name = a == CpuConvAlgo::winograd_f2 ? "lowbit_wino_f2x2" : "lowbit_wino_f4x4";
+      const std::string name =
+          a == CpuConvAlgo::winograd_f2 ? "lowbit_wino_f2x2" : "lowbit_wino_f4x4";
       EXPECT_THAT(kernel(a, s16), HasSubstr(name));
       EXPECT_THAT(kernel(a, s32), HasSubstr(name));
       EXPECT_THAT(kernel(a, s24), Not(HasSubstr("wino")));      // 24 channels: oneDNN direct
@@ -342,7 +350,8 @@ TEST(Conv2d, CpuAlgorithmChoosesTheKernel) {
   }
   EXPECT_EQ(cpu_conv_algo(), CpuConvAlgo::auto_) << "the process-wide default";
   EXPECT_THAT(kernel(CpuConvAlgo::direct, s16), Not(HasSubstr("wino")));
-  if (!cpu_has_winograd()) GTEST_SKIP() << "oneDNN has no Winograd kernel on this CPU (needs AVX-512)";
+  if (!cpu_has_winograd())
+    GTEST_SKIP() << "oneDNN has no Winograd kernel on this CPU (needs AVX-512)";
   EXPECT_THAT(kernel(CpuConvAlgo::winograd, s16), HasSubstr("jit_wino"));
   EXPECT_THAT(kernel(CpuConvAlgo::winograd, s32), HasSubstr("jit_wino"));
   EXPECT_THAT(kernel(CpuConvAlgo::winograd, strided), Not(HasSubstr("wino")));
@@ -357,7 +366,8 @@ TEST(Conv2d, CpuAlgorithmNamesParseAndBadOnesAreNamed) {
   EXPECT_EQ(cpu_conv_algo_name(CpuConvAlgo::winograd), std::string("winograd"));
   EXPECT_EQ(cpu_conv_algo_name(CpuConvAlgo::winograd_f2), std::string("winograd_f2"));
   EXPECT_EQ(cpu_conv_algo_name(CpuConvAlgo::winograd_f4), std::string("winograd_f4"));
-  const std::string msg = testing::error_of([] { parse_cpu_conv_algo("wino", "run.yaml: cpu_conv"); });
+  const std::string msg =
+      testing::error_of([] { parse_cpu_conv_algo("wino", "run.yaml: cpu_conv"); });
   EXPECT_THAT(msg, HasSubstr("run.yaml: cpu_conv"));
   EXPECT_THAT(msg, HasSubstr("'wino'"));
   EXPECT_THAT(msg, HasSubstr("auto, direct, winograd, winograd_f2, winograd_f4"));

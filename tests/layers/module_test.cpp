@@ -24,7 +24,8 @@ using testing::to_doubles;
 class Block : public Module {
  public:
   Block() {
-    conv1 = register_module("conv1", std::make_shared<Conv2d>(Conv2dOptions(3, 4, 3).with_padding(1).with_bias(false)));
+    conv1 = register_module(
+        "conv1", std::make_shared<Conv2d>(Conv2dOptions(3, 4, 3).with_padding(1).with_bias(false)));
     bn1 = register_module("bn1", std::make_shared<BatchNorm2d>(4));
   }
   Tensor forward(const Tensor& x) override { return relu(bn1->forward(conv1->forward(x))); }
@@ -83,7 +84,8 @@ TEST(Module, StrictLoadListsEveryProblem) {
     EXPECT_THAT(e.what(), HasSubstr("fc.weight (checkpoint [2, 2], model [3, 4])"));
   }
   // Nothing was changed by the failed load.
-  EXPECT_FALSE(allclose(net->state_dict().at("fc.weight").reshape({-1}).slice(0, 0, 4), zeros({4})));
+  EXPECT_FALSE(
+      allclose(net->state_dict().at("fc.weight").reshape({-1}).slice(0, 0, 4), zeros({4})));
   sd.erase("extra.weight");
   sd["fc.weight"] = net->state_dict().at("fc.weight");
   net->load_state_dict(sd, /*strict=*/false);  // missing fc.bias tolerated
@@ -135,9 +137,9 @@ TEST(Activations, Relu6AndHardswishValuesAndGradients) {
   EXPECT_EQ(hv[5], 5.0);
   sum(h).backward();
   std::vector<double> g = to_doubles(x.grad());
-  EXPECT_EQ(g[0], 0.0);                  // x < -3
+  EXPECT_EQ(g[0], 0.0);                     // x < -3
   EXPECT_NEAR(g[2], -1 / 3.0 + 0.5, 1e-6);  // x/3 + 1/2 inside
-  EXPECT_EQ(g[7], 1.0);                  // x > 3
+  EXPECT_EQ(g[7], 1.0);                     // x > 3
 }
 
 TEST(Dropout, ZeroesAboutPAndKeepsExpectation) {
@@ -214,7 +216,8 @@ TEST(LayersGpu, SmallLayersMatchCpu) {
   // Dropout draws the same Philox mask on both devices for the same generator state.
   default_generator(Device::cpu()).set_state(9, 3);
   default_generator(Device::cuda()).set_state(9, 3);
-  EXPECT_TENSOR_NEAR(dropout(ones({1000}, Device::cuda()), 0.3, true), dropout(ones({1000}), 0.3, true), 0, 0);
+  EXPECT_TENSOR_NEAR(dropout(ones({1000}, Device::cuda()), 0.3, true),
+                     dropout(ones({1000}), 0.3, true), 0, 0);
 }
 
 TEST(SmallCnnGpu, OverfitsOneBatchOnGpu) {

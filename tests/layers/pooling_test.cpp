@@ -1,7 +1,8 @@
 // Pooling against naive loops and finite differences.
+#include "layers/pooling.h"
+
 #include "core/ops.h"
 #include "core/random.h"
-#include "layers/pooling.h"
 #include "tests/common/gradcheck.h"
 #include "tests/common/test_util.h"
 #include "tests/reference/conv_ref.h"
@@ -33,8 +34,10 @@ TEST_P(PoolForward, MaxAndAvgMatchNaive) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, PoolForward,
-                         ::testing::Values(PoolCase{1, 4, 4, 1, 2, 2, 0}, PoolCase{2, 7, 5, 3, 3, 2, 1},
-                                           PoolCase{1, 9, 9, 2, 3, 1, 1}, PoolCase{3, 5, 5, 4, 5, 5, 0},
+                         ::testing::Values(PoolCase{1, 4, 4, 1, 2, 2, 0},
+                                           PoolCase{2, 7, 5, 3, 3, 2, 1},
+                                           PoolCase{1, 9, 9, 2, 3, 1, 1},
+                                           PoolCase{3, 5, 5, 4, 5, 5, 0},
                                            PoolCase{1, 1, 1, 7, 1, 1, 0}));
 
 // 16-bit floats (autocast feeds pooling bf16): the f32 result on the same rounded inputs, rounded
@@ -90,8 +93,12 @@ TEST(Pool, MaxGradientGoesToArgmax) {
 
 TEST(Pool, OverlappingWindowsGradcheck) {
   manual_seed(31);
-  auto fmax = [](const std::vector<Tensor>& in) { return max_pool2d(in[0], Pool2dOptions::square(3, 2, 1)); };
-  auto favg = [](const std::vector<Tensor>& in) { return avg_pool2d(in[0], Pool2dOptions::square(3, 2, 1)); };
+  auto fmax = [](const std::vector<Tensor>& in) {
+    return max_pool2d(in[0], Pool2dOptions::square(3, 2, 1));
+  };
+  auto favg = [](const std::vector<Tensor>& in) {
+    return avg_pool2d(in[0], Pool2dOptions::square(3, 2, 1));
+  };
   EXPECT_TRUE(testing::gradcheck(fmax, {randn({2, 5, 5, 2})}));
   EXPECT_TRUE(testing::gradcheck(favg, {randn({2, 5, 5, 2})}));
 }
@@ -101,7 +108,8 @@ TEST(Pool, GlobalAverage) {
   Tensor x = randn({2, 3, 4, 5});
   Tensor y = global_avg_pool2d(x);
   EXPECT_EQ(y.shape(), (Shape{2, 5}));
-  EXPECT_NEAR(testing::to_doubles(y)[7], testing::to_doubles(mean(x.select(0, 1).select(-1, 2)))[0], 1e-6);
+  EXPECT_NEAR(testing::to_doubles(y)[7], testing::to_doubles(mean(x.select(0, 1).select(-1, 2)))[0],
+              1e-6);
 }
 
 TEST(PoolGpu, MatchesCpu) {

@@ -3,6 +3,8 @@
 // multiples of the tiles (1x1, 1x5, 3x3, 7x7, ...), channel counts 16-112 (every GEMM register
 // block), and thread counts 1 to 3. Skipped on CPUs without AVX-512F, where conv2d falls back to
 // oneDNN.
+#include "layers/winograd_cpu.h"
+
 #include <gmock/gmock.h>
 #include <omp.h>
 
@@ -11,7 +13,6 @@
 #include <vector>
 
 #include "layers/conv2d.h"
-#include "layers/winograd_cpu.h"
 #include "tests/reference/conv_ref.h"
 
 namespace lowbit::layers::detail {
@@ -121,13 +122,13 @@ TEST_P(Winograd, MatchesTheNaiveLoops) {
 std::vector<Case> cases() {
   std::vector<Case> out;
   for (int tile : {2, 4}) {
-    for (const Case& c : {Case{0, 1, 1, 1, 16, 16},    // one pixel: a single tile, mostly padding
-                          Case{0, 2, 1, 5, 16, 32},    // one row
-                          Case{0, 1, 3, 3, 32, 16},    // odd map: the last tile partly outside
-                          Case{0, 3, 4, 6, 16, 48},    // 48 = 32 + 16 output blocks
-                          Case{0, 2, 7, 7, 64, 64},    // ResNet's 7x7 stage; 64 = one 4x4 block
-                          Case{0, 2, 9, 5, 80, 16},    // several tile blocks per image
-                          Case{0, 5, 6, 7, 48, 80},    // 80 = 64 + 16 output blocks
+    for (const Case& c : {Case{0, 1, 1, 1, 16, 16},     // one pixel: a single tile, mostly padding
+                          Case{0, 2, 1, 5, 16, 32},     // one row
+                          Case{0, 1, 3, 3, 32, 16},     // odd map: the last tile partly outside
+                          Case{0, 3, 4, 6, 16, 48},     // 48 = 32 + 16 output blocks
+                          Case{0, 2, 7, 7, 64, 64},     // ResNet's 7x7 stage; 64 = one 4x4 block
+                          Case{0, 2, 9, 5, 80, 16},     // several tile blocks per image
+                          Case{0, 5, 6, 7, 48, 80},     // 80 = 64 + 16 output blocks
                           Case{0, 1, 12, 10, 16, 112},  // 112 = 64 + 32 + 16
                           Case{0, 2, 8, 8, 32, 32}}) {  // whole tiles for both sizes
       Case t = c;
@@ -138,13 +139,13 @@ std::vector<Case> cases() {
   return out;
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Shapes, Winograd, ::testing::ValuesIn(cases()),
-    [](const ::testing::TestParamInfo<Case>& i) {
-      const Case& c = i.param;
-      return "f" + std::to_string(c.tile) + "_n" + std::to_string(c.n) + "_" + std::to_string(c.h) +
-             "x" + std::to_string(c.w) + "_c" + std::to_string(c.c) + "_k" + std::to_string(c.k);
-    });
+INSTANTIATE_TEST_SUITE_P(Shapes, Winograd, ::testing::ValuesIn(cases()),
+                         [](const ::testing::TestParamInfo<Case>& i) {
+                           const Case& c = i.param;
+                           return "f" + std::to_string(c.tile) + "_n" + std::to_string(c.n) + "_" +
+                                  std::to_string(c.h) + "x" + std::to_string(c.w) + "_c" +
+                                  std::to_string(c.c) + "_k" + std::to_string(c.k);
+                         });
 
 // Forward and data gradient do not depend on the thread count (each tile is computed by one
 // thread in a fixed order); the weight gradient sums per-thread partials, so it is repeatable for
@@ -183,13 +184,13 @@ TEST(WinogradApplies, OnlyToTheConvolutionsItComputes) {
   const bool cpu = wino_cpu_supported();
   EXPECT_EQ(wino_applies(16, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1), cpu);
   EXPECT_EQ(wino_applies(64, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1), cpu);
-  EXPECT_FALSE(wino_applies(8, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1));    // channels
-  EXPECT_FALSE(wino_applies(16, 24, 3, 3, 1, 1, 1, 1, 1, 1, 1));   // filters
-  EXPECT_FALSE(wino_applies(16, 16, 3, 3, 2, 2, 1, 1, 1, 1, 1));   // stride
-  EXPECT_FALSE(wino_applies(16, 16, 3, 3, 1, 1, 0, 0, 1, 1, 1));   // padding
-  EXPECT_FALSE(wino_applies(16, 16, 3, 3, 1, 1, 2, 2, 2, 2, 1));   // dilation
-  EXPECT_FALSE(wino_applies(16, 16, 1, 1, 1, 1, 0, 0, 1, 1, 1));   // 1x1
-  EXPECT_FALSE(wino_applies(32, 32, 3, 3, 1, 1, 1, 1, 1, 1, 2));   // groups
+  EXPECT_FALSE(wino_applies(8, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1));   // channels
+  EXPECT_FALSE(wino_applies(16, 24, 3, 3, 1, 1, 1, 1, 1, 1, 1));  // filters
+  EXPECT_FALSE(wino_applies(16, 16, 3, 3, 2, 2, 1, 1, 1, 1, 1));  // stride
+  EXPECT_FALSE(wino_applies(16, 16, 3, 3, 1, 1, 0, 0, 1, 1, 1));  // padding
+  EXPECT_FALSE(wino_applies(16, 16, 3, 3, 1, 1, 2, 2, 2, 2, 1));  // dilation
+  EXPECT_FALSE(wino_applies(16, 16, 1, 1, 1, 1, 0, 0, 1, 1, 1));  // 1x1
+  EXPECT_FALSE(wino_applies(32, 32, 3, 3, 1, 1, 1, 1, 1, 1, 2));  // groups
 }
 
 }  // namespace

@@ -31,24 +31,25 @@ TEST(Models, PublishedParameterCounts) {
   // MobileNetV1 1.0-224 with BN: 4,231,976 (Howard et al. report 4.2 M).
   EXPECT_EQ(create_model("mobilenet_v1", imagenet())->num_parameters(), 4231976);
   ModelOptions cifar;
-  EXPECT_EQ(create_model("resnet20", cifar)->num_parameters(), 269722);   // "0.27M"
-  EXPECT_EQ(create_model("resnet56", cifar)->num_parameters(), 853018);   // "0.85M"
-  EXPECT_EQ(create_model("resnet110", cifar)->num_parameters(), 1727962); // "1.7M"
+  EXPECT_EQ(create_model("resnet20", cifar)->num_parameters(), 269722);    // "0.27M"
+  EXPECT_EQ(create_model("resnet56", cifar)->num_parameters(), 853018);    // "0.85M"
+  EXPECT_EQ(create_model("resnet110", cifar)->num_parameters(), 1727962);  // "1.7M"
 }
 
 TEST(Models, TorchvisionStateDictNames) {
   auto r18 = create_model("resnet18", imagenet());
   auto sd = r18->state_dict(layers::Layout::pytorch);
-  for (const char* k : {"conv1.weight", "bn1.running_var", "layer1.0.conv2.weight",
-                        "layer2.0.downsample.0.weight", "layer2.0.downsample.1.num_batches_tracked",
-                        "fc.weight", "fc.bias"}) {
+  for (const char* k :
+       {"conv1.weight", "bn1.running_var", "layer1.0.conv2.weight", "layer2.0.downsample.0.weight",
+        "layer2.0.downsample.1.num_batches_tracked", "fc.weight", "fc.bias"}) {
     EXPECT_TRUE(sd.count(k)) << k;
   }
   EXPECT_EQ(sd.at("conv1.weight").shape(), (Shape{64, 3, 7, 7}));
   EXPECT_EQ(sd.size(), 122u);  // torchvision resnet18 state_dict has 122 entries
   auto mv2 = create_model("mobilenet_v2", imagenet())->state_dict(layers::Layout::pytorch);
-  for (const char* k : {"features.0.0.weight", "features.1.conv.0.0.weight", "features.1.conv.1.weight",
-                        "features.2.conv.3.running_mean", "features.18.1.bias", "classifier.1.weight"}) {
+  for (const char* k :
+       {"features.0.0.weight", "features.1.conv.0.0.weight", "features.1.conv.1.weight",
+        "features.2.conv.3.running_mean", "features.18.1.bias", "classifier.1.weight"}) {
     EXPECT_TRUE(mv2.count(k)) << k;
   }
 }
@@ -90,7 +91,8 @@ TEST_P(ModelsForward, ForwardBackwardOnSmallInput) {
 
 INSTANTIATE_TEST_SUITE_P(Zoo, ModelsForward,
                          ::testing::Values(SmallRun{"resnet20", 1, 28}, SmallRun{"resnet32", 3, 32},
-                                           SmallRun{"mobilenet_v1", 3, 32}, SmallRun{"mobilenet_v2", 1, 28},
+                                           SmallRun{"mobilenet_v1", 3, 32},
+                                           SmallRun{"mobilenet_v2", 1, 28},
                                            SmallRun{"vgg16_bn", 1, 28}, SmallRun{"dsnet", 1, 28}),
                          [](const auto& param_info) { return std::string(param_info.param.name); });
 

@@ -2,11 +2,12 @@
 // parameters, the gradients land in f32, and whole float and QAT models under autocast follow
 // their f32 runs closely. The bf16 kernels themselves are tested against the naive loop in
 // tests/layers/conv2d_test.cpp.
+#include "core/autocast.h"
+
 #include <gmock/gmock.h>
 
 #include <cmath>
 
-#include "core/autocast.h"
 #include "core/ops.h"
 #include "core/random.h"
 #include "layers/basic.h"
@@ -29,7 +30,7 @@ bool cpu_has_bf16_conv() {
     return false;
   }
 }
-#define SKIP_WITHOUT_BF16()                                                      \
+#define SKIP_WITHOUT_BF16() \
   if (!cpu_has_bf16_conv()) GTEST_SKIP() << "oneDNN has no bf16 convolution on this CPU"
 
 TEST(Autocast, GuardScopesNestAndRestore) {
@@ -77,11 +78,15 @@ TEST(Autocast, ConvAndLinearEqualTheExplicitBf16Path) {
 
   Tensor xb = x.detach().to(DType::bf16).requires_grad_();
   auto leaf = [](const Tensor& p) { return p.detach().to(DType::bf16).requires_grad_(); };
-  Tensor cw = leaf(conv.weight()), cb = leaf(conv.bias()), lw = leaf(lin.weight()), lb = leaf(lin.bias());
+  Tensor cw = leaf(conv.weight()), cb = leaf(conv.bias()), lw = leaf(lin.weight()),
+         lb = leaf(lin.bias());
   Tensor yb = layers::linear(layers::conv2d(xb, cw, cb, o), lw, lb);
   EXPECT_TENSOR_NEAR(y, yb, 0, 0);
   sum(yb.to(DType::f32) * up).backward();
-  for (auto [p, ref] : {std::pair{x, xb}, {conv.weight(), cw}, {conv.bias(), cb}, {lin.weight(), lw},
+  for (auto [p, ref] : {std::pair{x, xb},
+                        {conv.weight(), cw},
+                        {conv.bias(), cb},
+                        {lin.weight(), lw},
                         {lin.bias(), lb}}) {
     ASSERT_TRUE(p.grad().defined());
     EXPECT_EQ(p.grad().dtype(), DType::f32);
@@ -182,7 +187,8 @@ TEST(Autocast, ResNet20StepFollowsF32FloatAndQat) {
         for (double v : testing::to_doubles(g32[i])) s32.push_back(v);
         continue;
       }
-      EXPECT_GT(cosine(g16[i], g32[i]), qat ? 0.95 : 0.99) << "parameter " << name << " " << shape_str(g32[i].shape());
+      EXPECT_GT(cosine(g16[i], g32[i]), qat ? 0.95 : 0.99)
+          << "parameter " << name << " " << shape_str(g32[i].shape());
       ++checked;
     }
     if (qat) {

@@ -1,5 +1,7 @@
 // Quantized layers, Conv+BN folding (METHODS 4), quantize_model by rules, calibration, plans and
 // accounting (METHODS 10), checked against hand-built references and hand-computed numbers.
+#include "quant/convert.h"
+
 #include <gmock/gmock.h>
 
 #include <cmath>
@@ -12,7 +14,6 @@
 #include "layers/conv2d.h"
 #include "models/registry.h"
 #include "quant/accounting.h"
-#include "quant/convert.h"
 #include "quant/lsq.h"
 #include "quant/qlayers.h"
 #include "tests/common/test_util.h"
@@ -34,8 +35,10 @@ std::shared_ptr<layers::BatchNorm2d> trained_bn(int64_t c) {
 }
 
 QuantizerPtr lsq_weight(int64_t bits, int64_t channels) {
-  return create_quantizer("lsq", {{"role", "weight"}, {"bits", std::to_string(bits)},
-                                  {"per_channel", "true"}, {"channels", std::to_string(channels)}});
+  return create_quantizer("lsq", {{"role", "weight"},
+                                  {"bits", std::to_string(bits)},
+                                  {"per_channel", "true"},
+                                  {"channels", std::to_string(channels)}});
 }
 
 // METHODS 4: with quantization off, the folded QAT module followed by its BN equals conv -> BN,
@@ -43,7 +46,8 @@ QuantizerPtr lsq_weight(int64_t bits, int64_t channels) {
 TEST(ConvBnFold, EqualsConvThenBnWhenQuantizationIsOff) {
   manual_seed(11);
   for (bool training : {false, true}) {
-    auto conv = std::make_shared<layers::Conv2d>(layers::Conv2dOptions(3, 5, 3).with_padding(1).with_bias(true));
+    auto conv = std::make_shared<layers::Conv2d>(
+        layers::Conv2dOptions(3, 5, 3).with_padding(1).with_bias(true));
     auto bn = trained_bn(5);
     auto bn_ref = trained_bn(5);
     {
@@ -78,14 +82,16 @@ TEST(ConvBnFold, EqualsConvThenBnWhenQuantizationIsOff) {
 TEST(ConvBnFold, CollapsedChannelGivesFiniteGradients) {
   manual_seed(12);
   const int64_t c = 4;
-  auto conv = std::make_shared<layers::Conv2d>(layers::Conv2dOptions(c, c, 3).with_padding(1).with_groups(c));
+  auto conv = std::make_shared<layers::Conv2d>(
+      layers::Conv2dOptions(c, c, 3).with_padding(1).with_groups(c));
   auto bn = trained_bn(c);
   {
     autograd::NoGradGuard g;
     bn->running_var().copy_(tensor_of({1.0, 5.6e-45, 0.5, 2.0}, {c}));
     bn->running_mean().copy_(tensor_of({0.1, 5.6e-45, -0.2, 0.0}, {c}));
   }
-  auto q = std::make_shared<QConv2d>(*conv, create_quantizer("lsq", {{"role", "weight"}, {"bits", "4"}}), nullptr);
+  auto q = std::make_shared<QConv2d>(
+      *conv, create_quantizer("lsq", {{"role", "weight"}, {"bits", "4"}}), nullptr);
   q->fold_bn(bn);
   q->train();
   bn->train();
@@ -96,17 +102,22 @@ TEST(ConvBnFold, CollapsedChannelGivesFiniteGradients) {
     ASSERT_TRUE(p.grad().defined()) << name;
     for (double v : testing::to_doubles(p.grad())) ASSERT_TRUE(std::isfinite(v)) << name;
   }
-  for (double v : testing::to_doubles(bn->weight().grad())) EXPECT_TRUE(std::isfinite(v)) << "bn.weight";
+  for (double v : testing::to_doubles(bn->weight().grad()))
+    EXPECT_TRUE(std::isfinite(v)) << "bn.weight";
 }
 
 // With quantization on, eval output is the integer-inference graph of METHODS 4:
 // conv(x, FQ(W * gamma / std_r)) + beta + gamma * (b - mu_r) / std_r.
 TEST(ConvBnFold, EvalIsTheFoldedInferenceGraph) {
   manual_seed(12);
-  auto conv = std::make_shared<layers::Conv2d>(layers::Conv2dOptions(4, 6, 3).with_padding(1).with_bias(false));
+  auto conv = std::make_shared<layers::Conv2d>(
+      layers::Conv2dOptions(4, 6, 3).with_padding(1).with_bias(false));
   auto bn = trained_bn(6);
-  auto wq = create_quantizer("uniform", {{"role", "weight"}, {"bits", "4"}, {"per_channel", "true"},
-                                         {"channels", "6"}, {"observer", "minmax"}});
+  auto wq = create_quantizer("uniform", {{"role", "weight"},
+                                         {"bits", "4"},
+                                         {"per_channel", "true"},
+                                         {"channels", "6"},
+                                         {"observer", "minmax"}});
   auto q = std::make_shared<QConv2d>(*conv, wq, nullptr);
   q->fold_bn(bn);
   Tensor x = randn({2, 5, 5, 4});
@@ -139,7 +150,8 @@ TEST(ConvBnFold, EvalIsTheFoldedInferenceGraph) {
 // Gradients reach gamma through the fold factor and the weights through the STE.
 TEST(ConvBnFold, GradientsReachGammaAndWeights) {
   manual_seed(13);
-  auto conv = std::make_shared<layers::Conv2d>(layers::Conv2dOptions(2, 3, 3).with_padding(1).with_bias(false));
+  auto conv = std::make_shared<layers::Conv2d>(
+      layers::Conv2dOptions(2, 3, 3).with_padding(1).with_bias(false));
   auto bn = trained_bn(3);
   auto q = std::make_shared<QConv2d>(*conv, lsq_weight(8, 3), nullptr);
   q->fold_bn(bn);
@@ -164,8 +176,8 @@ TEST(FreezeBn, RunningStatisticsStopInTraining) {
   EXPECT_TENSOR_NEAR(y, bn->forward(x), 0, 0);  // frozen training == eval
 }
 
-layers::ModulePtr small_model(const std::string& name, int64_t in_channels, int64_t classes, int64_t size,
-                              double width_mult = 1.0) {
+layers::ModulePtr small_model(const std::string& name, int64_t in_channels, int64_t classes,
+                              int64_t size, double width_mult = 1.0) {
   models::ModelOptions o;
   o.in_channels = in_channels;
   o.num_classes = classes;
@@ -217,7 +229,9 @@ TEST(FreezeBn, WholeModelGradientsMatchFiniteDifferences) {
   }
 }
 
-layers::ModulePtr resnet20(int64_t in_channels = 1) { return small_model("resnet20", in_channels, 10, 16); }
+layers::ModulePtr resnet20(int64_t in_channels = 1) {
+  return small_model("resnet20", in_channels, 10, 16);
+}
 
 template <typename T>
 int count_of(layers::Module& m) {
@@ -310,12 +324,16 @@ TEST(QuantizeModel, BadRuleOptionNamesTheLayer) {
   r.match = "layer2.0.conv1";
   r.weight.set("bits", 0);
   cfg.rules = {r};
-  const std::string e = testing::error_of([&] { quantize_model(*model, cfg, randn({1, 16, 16, 1})); });
+  const std::string e = testing::error_of([&] {
+    quantize_model(*model, cfg, randn({1, 16, 16, 1}));
+  });
   EXPECT_THAT(e, HasSubstr("layer2.0.conv1"));
   EXPECT_THAT(e, HasSubstr("bits"));
   auto again = resnet20();
   quantize_model(*again, QuantConfig{}, randn({1, 16, 16, 1}));
-  EXPECT_THAT(testing::error_of([&] { quantize_model(*again, QuantConfig{}, randn({1, 16, 16, 1})); }),
+  EXPECT_THAT(testing::error_of([&] {
+                quantize_model(*again, QuantConfig{}, randn({1, 16, 16, 1}));
+              }),
               HasSubstr("already quantized"));
 }
 
@@ -352,12 +370,15 @@ TEST(Calibration, LsqActivationScaleFromTheBatches) {
   quantize_model(*model, cfg, b1);
   std::vector<Tensor> batches{b1, b2};
   size_t i = 0;
-  calibrate_model(*model, [&](Tensor& x) { return i < batches.size() ? (x = batches[i++], true) : false; }, 5,
-                  false, true);
+  calibrate_model(
+      *model, [&](Tensor& x) { return i < batches.size() ? (x = batches[i++], true) : false; }, 5,
+      false, true);
   EXPECT_EQ(i, 2u);
-  auto* q = dynamic_cast<LsqQuantizer*>(dynamic_cast<QConv2d*>(model->child("conv1").get())->input_quantizer());
+  auto* q = dynamic_cast<LsqQuantizer*>(
+      dynamic_cast<QConv2d*>(model->child("conv1").get())->input_quantizer());
   ASSERT_NE(q, nullptr);
-  const double mean_abs = (sum(abs(b1)).item() + sum(abs(b2)).item()) / double(b1.numel() + b2.numel());
+  const double mean_abs =
+      (sum(abs(b1)).item() + sum(abs(b2)).item()) / double(b1.numel() + b2.numel());
   EXPECT_NEAR(q->scale().item(), 2.0 * mean_abs / std::sqrt(7.0), 1e-5);  // signed 4 bit: Qp = 7
   EXPECT_FALSE(q->calibrating());
 }
@@ -369,15 +390,19 @@ TEST(Calibration, LsqActivationScaleFromTheBatches) {
 TEST(Calibration, ActivationsAfterAWeightsOnlyStageSeeTheQuantizedWeights) {
   manual_seed(21);
   auto model = std::make_shared<layers::Sequential>();
-  model->add(std::make_shared<layers::Conv2d>(layers::Conv2dOptions(1, 8, 3).with_padding(1).with_bias(false)));
-  model->add(std::make_shared<layers::Conv2d>(layers::Conv2dOptions(8, 8, 3).with_padding(1).with_bias(false)));
+  model->add(std::make_shared<layers::Conv2d>(
+      layers::Conv2dOptions(1, 8, 3).with_padding(1).with_bias(false)));
+  model->add(std::make_shared<layers::Conv2d>(
+      layers::Conv2dOptions(8, 8, 3).with_padding(1).with_bias(false)));
   QuantConfig cfg;
   cfg.first_last_bits = 0;
   cfg.weight.options.set("bits", "2");
   cfg.activation.options.set("bits", "2");
   Tensor x = randn({4, 8, 8, 1});
   quantize_model(*model, cfg, x);
-  auto once = [&] { return [&x, done = false](Tensor& b) mutable { return done ? false : (b = x, done = true); }; };
+  auto once = [&] {
+    return [&x, done = false](Tensor& b) mutable { return done ? false : (b = x, done = true); };
+  };
   calibrate_model(*model, once(), 1, true, false);  // the weights-only stage
   calibrate_model(*model, once(), 1, false, true);  // the stage that adds activations
   auto* c0 = dynamic_cast<QConv2d*>(model->child("0").get());
@@ -400,7 +425,8 @@ TEST(Calibration, ActivationsAfterAWeightsOnlyStageSeeTheQuantizedWeights) {
 }
 
 TEST(QuantAct, ReluThenQuantizer) {
-  auto q = create_quantizer("uniform", {{"role", "activation"}, {"bits", "2"}, {"observer", "minmax"}});
+  auto q =
+      create_quantizer("uniform", {{"role", "activation"}, {"bits", "2"}, {"observer", "minmax"}});
   QuantAct act("relu", q);
   Tensor x = tensor_of({-1.0, 0.0, 0.5, 1.0, 3.0, 1.4}, {1, 1, 2, 3});
   Tensor y = act.forward(x);
@@ -413,7 +439,8 @@ TEST(QuantAct, ReluThenQuantizer) {
 TEST(Accounting, HandCountedSizeBopsAndCompression) {
   manual_seed(19);
   auto model = std::make_shared<layers::Sequential>();
-  model->add(std::make_shared<layers::Conv2d>(layers::Conv2dOptions(3, 4, 3).with_padding(1).with_bias(false)));
+  model->add(std::make_shared<layers::Conv2d>(
+      layers::Conv2dOptions(3, 4, 3).with_padding(1).with_bias(false)));
   model->add(std::make_shared<layers::BatchNorm2d>(4));
   model->add(std::make_shared<layers::Flatten>());
   model->add(std::make_shared<layers::Linear>(256, 10));
@@ -471,7 +498,8 @@ TEST(QuantizeModelGpu, ResNet20QatStepMatchesCpu) {
   ASSERT_EQ(pa.size(), pb.size());
   for (size_t i = 0; i < pa.size(); ++i) {
     ASSERT_TRUE(pb[i].second.grad().defined()) << pb[i].first;
-    EXPECT_TENSOR_NEAR(pb[i].second.grad().to(Device::cpu()), pa[i].second.grad(), 2e-2, 2e-3) << pa[i].first;
+    EXPECT_TENSOR_NEAR(pb[i].second.grad().to(Device::cpu()), pa[i].second.grad(), 2e-2, 2e-3)
+        << pa[i].first;
   }
 }
 

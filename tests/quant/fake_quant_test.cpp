@@ -146,8 +146,10 @@ TEST(FakeQuant, ZeroOrNegativeScaleRejectedNamingTheValue) {
               HasSubstr("got 0 at channel 1"));
   EXPECT_THAT(error_of([&] { fake_quantize(x, full({1}, NAN), zeros({1}, DType::i32), r, 0); }),
               HasSubstr("positive and finite"));
-  EXPECT_THAT(error_of([&] { lsq_quantize(x, full({1}, NAN), r, 1.0); }), HasSubstr("the training diverged"));
-  EXPECT_THAT(error_of([&] { lsq_quantize(x, full({1}, -1.0), r, 1.0); }), HasSubstr("clamp_parameters()"));
+  EXPECT_THAT(error_of([&] { lsq_quantize(x, full({1}, NAN), r, 1.0); }),
+              HasSubstr("the training diverged"));
+  EXPECT_THAT(error_of([&] { lsq_quantize(x, full({1}, -1.0), r, 1.0); }),
+              HasSubstr("clamp_parameters()"));
   // Zero-points outside the code range, and parameter sizes that fit neither granularity.
   EXPECT_THAT(error_of([&] { fake_quantize(x, 0.1, 300, quant_range(8, false)); }),
               HasSubstr("got 300"));

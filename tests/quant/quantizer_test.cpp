@@ -179,8 +179,8 @@ TEST(LsqQuantizer, CalibrationAveragesOverBatchesAndPerChannel) {
 TEST(LsqQuantizer, ObserverInitialisation) {
   // init: minmax, per-channel signed 4 bits (-8..7): s0 = max|w| / 7.5 per channel, PyTorch's
   // symmetric qparams; set when calibration ends, from every batch.
-  auto w = make<LsqQuantizer>("lsq", {{"role", "weight"}, {"per_channel", "true"}, {"channels", "2"},
-                                      {"init", "minmax"}});
+  auto w = make<LsqQuantizer>(
+      "lsq", {{"role", "weight"}, {"per_channel", "true"}, {"channels", "2"}, {"init", "minmax"}});
   w->set_calibrating(true);
   w->forward(tensor_of({1.0, -1.0, 3.0, -3.0, 6.0, 0.0}, {2, 3}));
   w->forward(tensor_of({0.0, 0.0, -4.0, 0.0, 0.0, 0.0}, {2, 3}));
@@ -689,8 +689,9 @@ TEST(Quantizers, EveryRegisteredQuantizerHasAGpuParityCase) {
   std::set<std::string> covered;
   for (const ParityCase& pc : parity_cases()) covered.insert(pc.name);
   for (const std::string& name : quantizer_names()) {
-    EXPECT_TRUE(covered.count(name)) << "quantizer '" << name
-                                     << "' has no case in parity_cases() (QuantizerGpu.EveryQuantizerMatchesCpu)";
+    EXPECT_TRUE(covered.count(name))
+        << "quantizer '" << name
+        << "' has no case in parity_cases() (QuantizerGpu.EveryQuantizerMatchesCpu)";
   }
 }
 

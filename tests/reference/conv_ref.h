@@ -17,7 +17,8 @@ struct ConvGeometry {
   int64_t out_w() const { return (w + 2 * pad_w - dil_w * (s - 1) - 1) / stride_w + 1; }
 };
 
-// y[n][p][q][k] = b[k] + sum_{r,s,c in group} x[n][p*sh - ph + r*dh][q*sw - pw + s*dw][c] w[k][r][s][c']
+// y[n][p][q][k] = b[k] + sum_{r,s,c in group} x[n][p*sh - ph + r*dh][q*sw - pw + s*dw][c]
+// w[k][r][s][c']
 inline std::vector<double> conv2d_nhwc(const ConvGeometry& g, const std::vector<double>& x,
                                        const std::vector<double>& w, const std::vector<double>& b) {
   const int64_t P = g.out_h(), Q = g.out_w();
@@ -47,7 +48,8 @@ inline std::vector<double> conv2d_nhwc(const ConvGeometry& g, const std::vector<
 // Max (or average) pooling over NHWC with clipped windows.
 inline std::vector<double> pool2d_nhwc(int64_t n, int64_t h, int64_t w, int64_t c, int64_t k,
                                        int64_t stride, int64_t pad, bool max, bool include_pad,
-                                       const std::vector<double>& x, int64_t* out_h, int64_t* out_w) {
+                                       const std::vector<double>& x, int64_t* out_h,
+                                       int64_t* out_w) {
   const int64_t P = (h + 2 * pad - k) / stride + 1, Q = (w + 2 * pad - k) / stride + 1;
   *out_h = P;
   *out_w = Q;

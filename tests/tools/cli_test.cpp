@@ -9,9 +9,8 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 namespace {
 
@@ -92,10 +91,12 @@ TEST(Cli, MissingDataFileExitsTwo) {
 TEST(Cli, TrainThenEvalAndCorruptCheckpoint) {
   fs::path d = temp_dir();
   std::ofstream(d / "c.yaml") << kTiny;
-  Result r = run("train " + (d / "c.yaml").string() + " --out " + (d / "out").string() + " --no-progress");
+  Result r =
+      run("train " + (d / "c.yaml").string() + " --out " + (d / "out").string() + " --no-progress");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("results in"));
-  r = run("eval " + (d / "c.yaml").string() + " --checkpoint " + (d / "out" / "model.safetensors").string());
+  r = run("eval " + (d / "c.yaml").string() + " --checkpoint " +
+          (d / "out" / "model.safetensors").string());
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("top1"));
   {
@@ -168,7 +169,8 @@ TEST(Cli, RunFoldersAreNeverMixed) {
   const std::string written((std::istreambuf_iterator<char>(in)), {});
   EXPECT_THAT(written, HasSubstr("seed: 7"));
   // --resume with another config says what changed.
-  r = run("train " + cfg + " --out " + out + " --no-progress --resume --set seed=8 --set stages.0.epochs=2");
+  r = run("train " + cfg + " --out " + out +
+          " --no-progress --resume --set seed=8 --set stages.0.epochs=2");
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("the config differs from the checkpoint's"));
   EXPECT_THAT(r.output, HasSubstr("seed: 7 -> 8"));
@@ -206,7 +208,8 @@ TEST(Cli, NonFiniteWeightsAreRefusedNamingTheTensor) {
   Result r = run("eval " + cfg + " --checkpoint " + nan_file);
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_THAT(r.output, HasSubstr("tensor '" + name + "' holds nan"));
-  r = run("train " + cfg + " --out " + (d / "o2").string() + " --no-progress --set stages.0.init=" + nan_file);
+  r = run("train " + cfg + " --out " + (d / "o2").string() +
+          " --no-progress --set stages.0.init=" + nan_file);
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_THAT(r.output, HasSubstr("holds nan"));
   fs::remove_all(d);

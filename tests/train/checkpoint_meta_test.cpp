@@ -18,8 +18,12 @@ using ::testing::HasSubstr;
 using Meta = std::map<std::string, std::string>;
 
 Meta epoch_end() {
-  return {{"format", "lowbit-checkpoint-1"}, {"stage", "1"},     {"epoch", "2"},
-          {"global_epoch", "5"},             {"world_size", "4"}, {"rng_cpu", "7,4096"}};
+  return {{"format", "lowbit-checkpoint-1"},
+          {"stage", "1"},
+          {"epoch", "2"},
+          {"global_epoch", "5"},
+          {"world_size", "4"},
+          {"rng_cpu", "7,4096"}};
 }
 
 Meta mid_epoch() {
@@ -94,18 +98,20 @@ TEST(CheckpointMeta, CountsPastInt64AreRefusedNotNegative) {
     Meta m = mid_epoch();
     m[key] = "9223372036854775808";
     EXPECT_THAT(error_of(m), AllOf(HasSubstr("ck.safetensors"), HasSubstr(key),
-                                   HasSubstr("9223372036854775808"))) << key;
+                                   HasSubstr("9223372036854775808")))
+        << key;
   }
 }
 
 TEST(CheckpointMeta, BadTextNamesTheKey) {
   const std::pair<const char*, const char*> cases[] = {
-      {"stage", "-1"}, {"epoch", ""}, {"global_epoch", "1e3"}, {"batch", " 3"},
-      {"world_size", "0"}, {"rng_cpu", "12"}, {"rng_cpu", "1,x"}, {"rng_device", ",5"}};
+      {"stage", "-1"},     {"epoch", ""},     {"global_epoch", "1e3"}, {"batch", " 3"},
+      {"world_size", "0"}, {"rng_cpu", "12"}, {"rng_cpu", "1,x"},      {"rng_device", ",5"}};
   for (const auto& [key, text] : cases) {
     Meta m = mid_epoch();
     m[key] = text;
-    EXPECT_THAT(error_of(m), AllOf(HasSubstr("ck.safetensors"), HasSubstr(key))) << key << "=" << text;
+    EXPECT_THAT(error_of(m), AllOf(HasSubstr("ck.safetensors"), HasSubstr(key)))
+        << key << "=" << text;
   }
   Meta m = epoch_end();
   m.erase("global_epoch");

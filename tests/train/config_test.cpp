@@ -1,14 +1,15 @@
 // Experiment config parsing: defaults, overrides, and error messages that name the file, the
 // key path, the value and what is allowed.
+#include "train/config.h"
+
 #include <gmock/gmock.h>
 
 #include <filesystem>
 #include <fstream>
 
 #include "core/error.h"
-#include "train/config.h"
-#include "train/registries.h"
 #include "tests/common/test_util.h"
+#include "train/registries.h"
 
 namespace lowbit::train {
 namespace {
@@ -61,7 +62,8 @@ TEST(Config, UnknownKeyNamesPathAndAllowed) {
   const std::string e = error_of(std::string(kMinimal) + "data2: {}\n");
   EXPECT_THAT(e, HasSubstr("cfg.yaml: data2: unknown key"));
   EXPECT_THAT(e, HasSubstr("allowed here:"));
-  EXPECT_THAT(error_of(kMinimal, {"stages.0.optimizer.lrr=1"}), HasSubstr("stages.0.optimizer.lrr: unknown key"));
+  EXPECT_THAT(error_of(kMinimal, {"stages.0.optimizer.lrr=1"}),
+              HasSubstr("stages.0.optimizer.lrr: unknown key"));
 }
 
 TEST(Config, WrongTypeNamesValue) {
@@ -74,24 +76,30 @@ TEST(Config, WrongTypeNamesValue) {
 TEST(Config, AmpSwitch) {
   EXPECT_EQ(parse_config(kMinimal, "cfg.yaml").amp, "off");
   EXPECT_EQ(parse_config(std::string(kMinimal) + "amp: bf16\n", "cfg.yaml").amp, "bf16");
-  EXPECT_THAT(error_of(kMinimal, {"amp=fp8"}), HasSubstr("amp: 'fp8' is not allowed; allowed: off, bf16, f16"));
+  EXPECT_THAT(error_of(kMinimal, {"amp=fp8"}),
+              HasSubstr("amp: 'fp8' is not allowed; allowed: off, bf16, f16"));
 }
 
 TEST(Config, CpuConvSwitch) {
   EXPECT_EQ(parse_config(kMinimal, "cfg.yaml").cpu_conv, "auto");
-  EXPECT_EQ(parse_config(std::string(kMinimal) + "cpu_conv: winograd\n", "cfg.yaml").cpu_conv, "winograd");
+  EXPECT_EQ(parse_config(std::string(kMinimal) + "cpu_conv: winograd\n", "cfg.yaml").cpu_conv,
+            "winograd");
   EXPECT_THAT(error_of(kMinimal, {"cpu_conv=fft"}),
-              HasSubstr("cpu_conv: 'fft' is not allowed; allowed: auto, direct, winograd, winograd_f2, winograd_f4"));
+              HasSubstr("cpu_conv: 'fft' is not allowed; allowed: auto, direct, winograd, "
+                        "winograd_f2, winograd_f4"));
 }
 
 TEST(Config, OutOfRangeAndChoices) {
-  EXPECT_THAT(error_of(kMinimal, {"data.batch_size=0"}), HasSubstr("data.batch_size: 0 is out of range [1, "));
+  EXPECT_THAT(error_of(kMinimal, {"data.batch_size=0"}),
+              HasSubstr("data.batch_size: 0 is out of range [1, "));
   EXPECT_THAT(error_of(kMinimal, {"stages.0.optimizer.name=sgdd"}),
               HasSubstr("stages.0.optimizer.name: 'sgdd' is not allowed; allowed: adamw, sgd"));
   EXPECT_THAT(error_of(kMinimal, {"device=tpu"}), HasSubstr("device: 'tpu' is not allowed"));
-  EXPECT_THAT(error_of(kMinimal, {"data.mean=[0.5, 0.5]", "data.std=[1]"}), HasSubstr("data.std: has 1 values but mean has 2"));
-  EXPECT_THAT(error_of(kMinimal, {"stages.0.optimizer.momentum=0", "stages.0.optimizer.nesterov=true"}),
-              HasSubstr("nesterov: needs momentum > 0"));
+  EXPECT_THAT(error_of(kMinimal, {"data.mean=[0.5, 0.5]", "data.std=[1]"}),
+              HasSubstr("data.std: has 1 values but mean has 2"));
+  EXPECT_THAT(
+      error_of(kMinimal, {"stages.0.optimizer.momentum=0", "stages.0.optimizer.nesterov=true"}),
+      HasSubstr("nesterov: needs momentum > 0"));
 }
 
 TEST(Config, StagesRequired) {
@@ -131,10 +139,12 @@ stages:
   EXPECT_FALSE(c.quant.rules[0].quantize_input);
   EXPECT_EQ(c.stages[0].quantize, "weights");
   // Errors name the file, the key path and the quantizer's complaint.
-  EXPECT_THAT(testing::error_of([&] { parse_config(base, "q.yaml", {"quant.activation.signed=true"}); }),
-              AllOf(HasSubstr("q.yaml: quant.activation"), HasSubstr("signed")));
-  EXPECT_THAT(testing::error_of([&] { parse_config(base, "q.yaml", {"quant.weight.quantizer=nope"}); }),
-              AllOf(HasSubstr("quant.weight"), HasSubstr("nope"), HasSubstr("lsq")));
+  EXPECT_THAT(
+      testing::error_of([&] { parse_config(base, "q.yaml", {"quant.activation.signed=true"}); }),
+      AllOf(HasSubstr("q.yaml: quant.activation"), HasSubstr("signed")));
+  EXPECT_THAT(
+      testing::error_of([&] { parse_config(base, "q.yaml", {"quant.weight.quantizer=nope"}); }),
+      AllOf(HasSubstr("quant.weight"), HasSubstr("nope"), HasSubstr("lsq")));
   EXPECT_THAT(testing::error_of([&] { parse_config(base, "q.yaml", {"quant.weight.bits=0"}); }),
               HasSubstr("bits"));
   EXPECT_THAT(testing::error_of([&] { parse_config(base, "q.yaml", {"quant.rules.0.typo=1"}); }),
@@ -162,14 +172,16 @@ TEST(Config, ShippedConfigsParse) {
 TEST(Config, DuplicateKeysAreRefusedNamingTheLine) {
   EXPECT_THAT(error_of("name: a\nseed: 1\nname: b\nstages: [{epochs: 1}]\n"),
               HasSubstr("cfg.yaml:3: key 'name' appears twice (first at line 1)"));
-  EXPECT_THAT(error_of("stages:\n  - {epochs: 1, epochs: 2}\n"), HasSubstr("key 'stages.0.epochs' appears twice"));
+  EXPECT_THAT(error_of("stages:\n  - {epochs: 1, epochs: 2}\n"),
+              HasSubstr("key 'stages.0.epochs' appears twice"));
 }
 
 TEST(Config, SetMistakesNameTheArgument) {
   EXPECT_THAT(error_of(kMinimal, {"stages.epochs=3"}),
               HasSubstr("--set stages.epochs: 'stages' is a list: 'epochs' must be an item index"));
   EXPECT_THAT(error_of(kMinimal, {"name.sub=1"}), HasSubstr("'name' is a value"));
-  EXPECT_THAT(error_of(kMinimal, {"stages.7.epochs=1"}), HasSubstr("index 7 is past the end of 'stages'"));
+  EXPECT_THAT(error_of(kMinimal, {"stages.7.epochs=1"}),
+              HasSubstr("index 7 is past the end of 'stages'"));
   EXPECT_THAT(error_of(kMinimal, {"stages.-1.epochs=1"}), HasSubstr("must be an item index"));
   EXPECT_THAT(error_of(kMinimal, {"=3"}), HasSubstr("wants key.path=value"));
 }
@@ -206,7 +218,8 @@ TEST(Config, HostileYamlIsRefusedCleanly) {
 }
 
 TEST(Config, DifferencesListChangedAddedAndRemovedKeys) {
-  const auto d = config_differences("a: 1\nb: {c: 2, d: 3}\nl: [1, 2]\n", "a: 1\nb: {c: 5}\nl: [1, 2, 4]\ne: x\n");
+  const auto d = config_differences("a: 1\nb: {c: 2, d: 3}\nl: [1, 2]\n",
+                                    "a: 1\nb: {c: 5}\nl: [1, 2, 4]\ne: x\n");
   EXPECT_EQ(d, (std::vector<std::string>{"b.c: 2 -> 5", "b.d: 3 -> (absent)", "e: (absent) -> x",
                                          "l.2: (absent) -> 4"}));
   EXPECT_TRUE(config_differences("a: 1", "a: 1").empty());
@@ -225,8 +238,10 @@ TEST(Registries, EveryRegisteredChoiceIsValidatedAndDocumented) {
       {"data.dataset", dataset_registry().names()}};
   for (const auto& [key, names] : kinds) {
     ASSERT_GE(names.size(), 2u) << key;
-    for (const std::string& n : names) EXPECT_NE(doc.find("`" + n + "`"), std::string::npos) << key << " " << n;
-    EXPECT_THAT(error_of(kMinimal, {key + "=no_such_thing"}), HasSubstr("allowed: " + names.front()));
+    for (const std::string& n : names)
+      EXPECT_NE(doc.find("`" + n + "`"), std::string::npos) << key << " " << n;
+    EXPECT_THAT(error_of(kMinimal, {key + "=no_such_thing"}),
+                HasSubstr("allowed: " + names.front()));
   }
   EXPECT_THAT(registered_choices(), HasSubstr("optimizers:    adamw, sgd"));
 }
@@ -238,7 +253,8 @@ TEST(Registries, RefuseTwiceAndNameWhatIsRegistered) {
   EXPECT_EQ(r.get("a"), 1);
   EXPECT_EQ(r.names(), (std::vector<std::string>{"a", "b"}));
   EXPECT_THAT(testing::error_of([&] { r.add("a", 3); }), HasSubstr("widget 'a' registered twice"));
-  EXPECT_THAT(testing::error_of([&] { r.get("c"); }), HasSubstr("unknown widget 'c'; allowed: a, b"));
+  EXPECT_THAT(testing::error_of([&] { r.get("c"); }),
+              HasSubstr("unknown widget 'c'; allowed: a, b"));
 }
 
 }  // namespace

@@ -518,7 +518,8 @@ std::pair<int, std::string> run_command(const std::string& cmd) {
 }
 
 TEST(SafetensorsTorch, InteropWithPython) {
-  const auto [probe, why] = run_command(std::string(LOWBIT_PYTHON) + " -c 'import safetensors, torch'");
+  const auto [probe, why] =
+      run_command(std::string(LOWBIT_PYTHON) + " -c 'import safetensors, torch'");
   if (probe != 0) {
     GTEST_SKIP() << "python3 cannot import safetensors and torch: " << why;
   }
@@ -538,8 +539,8 @@ TEST(SafetensorsTorch, InteropWithPython) {
                     {"i64", from_vector<int64_t>({-9000000000}, {}, DType::i64)},
                     {"empty", zeros({0, 4})}},
                    {{"producer", "lowbit"}});
-  const auto [rc, out] =
-      run_command(std::string(LOWBIT_PYTHON) + " '" + script + "' '" + from_lowbit + "' '" + from_torch + "'");
+  const auto [rc, out] = run_command(std::string(LOWBIT_PYTHON) + " '" + script + "' '" +
+                                     from_lowbit + "' '" + from_torch + "'");
   ASSERT_EQ(rc, 0) << out;
 
   const SafetensorsFile f = load_safetensors(from_torch);

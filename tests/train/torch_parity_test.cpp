@@ -53,12 +53,10 @@ using nlohmann::json;
 std::pair<int, std::string> shell(const std::string &cmd) {
   std::string out;
   FILE *p = ::popen((cmd + " 2>&1").c_str(), "r");
-  if (!p)
-    return {-1, "popen failed"};
+  if (!p) return {-1, "popen failed"};
   char buf[4096];
   size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0)
-    out.append(buf, n);
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
   const int status = ::pclose(p);
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
@@ -81,7 +79,7 @@ struct Expect {
 struct Case {
   std::string name, op;
   json params;
-  std::string note; // lowbit's documented difference, when there is one
+  std::string note;  // lowbit's documented difference, when there is one
   std::map<std::string, Tensor> inputs;
   std::vector<Expect> expects;
 
@@ -89,19 +87,17 @@ struct Case {
     inputs[key] = t.detach().contiguous().clone();
     return *this;
   }
-  Case &expect(const std::string &result, const Tensor &t, double rtol,
-               double atol) {
+  Case &expect(const std::string &result, const Tensor &t, double rtol, double atol) {
     expects.push_back({result, t.detach().contiguous().clone(), rtol, atol});
     return *this;
   }
 };
 
 class Table {
-public:
+ public:
   Case &add(const std::string &name, const std::string &op, json params,
             const std::string &note = "") {
-    for (const Case &c : cases_)
-      EXPECT_NE(c.name, name) << "duplicate case name";
+    for (const Case &c : cases_) EXPECT_NE(c.name, name) << "duplicate case name";
     cases_.push_back(Case{name, op, std::move(params), note, {}, {}});
     return cases_.back();
   }
@@ -110,8 +106,7 @@ public:
   std::map<std::string, Tensor> inputs() const {
     std::map<std::string, Tensor> all;
     for (const Case &c : cases_)
-      for (const auto &[k, v] : c.inputs)
-        all[c.name + "." + k] = v;
+      for (const auto &[k, v] : c.inputs) all[c.name + "." + k] = v;
     return all;
   }
   std::string cases_json() const {
@@ -121,18 +116,17 @@ public:
     return list.dump();
   }
 
-private:
-  std::deque<Case> cases_; // stable references for the builders
+ private:
+  std::deque<Case> cases_;  // stable references for the builders
 };
 
 // --- layers
 // ---------------------------------------------------------------------------------
 
-void conv_case(Table &t, const std::string &name, Shape x_shape,
-               const layers::Conv2dOptions &o, double rtol, double atol) {
+void conv_case(Table &t, const std::string &name, Shape x_shape, const layers::Conv2dOptions &o,
+               double rtol, double atol) {
   const Tensor x = randn(x_shape);
-  const Tensor w = randn(
-      {o.out_channels, o.kernel[0], o.kernel[1], o.in_channels / o.groups});
+  const Tensor w = randn({o.out_channels, o.kernel[0], o.kernel[1], o.in_channels / o.groups});
   const Tensor b = o.bias ? randn({o.out_channels}) : Tensor();
   Tensor xl = leaf(x), wl = leaf(w), bl = o.bias ? leaf(b) : Tensor();
   const Tensor y = layers::conv2d(xl, wl, bl, o);
@@ -147,14 +141,12 @@ void conv_case(Table &t, const std::string &name, Shape x_shape,
   c.expect("y", nchw(y), rtol, atol)
       .expect("dx", nchw(xl.grad()), rtol, atol)
       .expect("dw", layers::krsc_to_oihw(wl.grad()), rtol, atol);
-  if (o.bias)
-    c.in("b", b).expect("db", bl.grad(), rtol, atol);
+  if (o.bias) c.in("b", b).expect("db", bl.grad(), rtol, atol);
 }
 
-layers::Conv2dOptions
-conv_opts(int64_t in, int64_t out, std::array<int64_t, 2> k,
-          std::array<int64_t, 2> stride, std::array<int64_t, 2> pad,
-          std::array<int64_t, 2> dil, int64_t groups, bool bias) {
+layers::Conv2dOptions conv_opts(int64_t in, int64_t out, std::array<int64_t, 2> k,
+                                std::array<int64_t, 2> stride, std::array<int64_t, 2> pad,
+                                std::array<int64_t, 2> dil, int64_t groups, bool bias) {
   layers::Conv2dOptions o(in, out, 1);
   o.kernel = k;
   o.stride = stride;
@@ -169,49 +161,39 @@ void add_conv_cases(Table &t) {
   // Direct (oneDNN) convolutions: sums of R*S*C/groups f32 products of N(0, 1)
   // values.
   conv_case(t, "conv2d.k3_s1_p1", {2, 6, 6, 4},
-            conv_opts(4, 6, {3, 3}, {1, 1}, {1, 1}, {1, 1}, 1, true), 1e-5,
-            1e-5);
+            conv_opts(4, 6, {3, 3}, {1, 1}, {1, 1}, {1, 1}, 1, true), 1e-5, 1e-5);
   conv_case(t, "conv2d.k3_s2_p1_g2", {2, 7, 7, 4},
-            conv_opts(4, 6, {3, 3}, {2, 2}, {1, 1}, {1, 1}, 2, true), 1e-5,
-            1e-5);
+            conv_opts(4, 6, {3, 3}, {2, 2}, {1, 1}, {1, 1}, 2, true), 1e-5, 1e-5);
   conv_case(t, "conv2d.k3_d2_p2", {2, 9, 9, 3},
-            conv_opts(3, 5, {3, 3}, {1, 1}, {2, 2}, {2, 2}, 1, true), 1e-5,
-            1e-5);
+            conv_opts(3, 5, {3, 3}, {1, 1}, {2, 2}, {2, 2}, 1, true), 1e-5, 1e-5);
   conv_case(t, "conv2d.k3x2_s2x1_p0x1", {2, 8, 7, 3},
-            conv_opts(3, 4, {3, 2}, {2, 1}, {0, 1}, {1, 1}, 1, true), 1e-5,
-            1e-5);
+            conv_opts(3, 4, {3, 2}, {2, 1}, {0, 1}, {1, 1}, 1, true), 1e-5, 1e-5);
   conv_case(t, "conv2d.depthwise_k3_s2_p1", {2, 9, 9, 8},
-            conv_opts(8, 8, {3, 3}, {2, 2}, {1, 1}, {1, 1}, 8, true), 1e-5,
-            1e-5);
+            conv_opts(8, 8, {3, 3}, {2, 2}, {1, 1}, {1, 1}, 8, true), 1e-5, 1e-5);
   conv_case(t, "conv2d.depthwise_x2_k5_p2", {2, 7, 7, 4},
-            conv_opts(4, 8, {5, 5}, {1, 1}, {2, 2}, {1, 1}, 4, false), 1e-5,
-            1e-5);
+            conv_opts(4, 8, {5, 5}, {1, 1}, {2, 2}, {1, 1}, 4, false), 1e-5, 1e-5);
   conv_case(t, "conv2d.k1_nobias", {2, 5, 5, 8},
-            conv_opts(8, 12, {1, 1}, {1, 1}, {0, 0}, {1, 1}, 1, false), 1e-5,
-            1e-5);
+            conv_opts(8, 12, {1, 1}, {1, 1}, {0, 0}, {1, 1}, 1, false), 1e-5, 1e-5);
   // 3x3 stride 1, 16 channels: lowbit's Winograd F(4x4, 3x3) under the default
   // "auto" algorithm, whose rounding is 5-20x the direct sum's
   // (layers/conv2d.h): the forward's tolerance is loosened to that, relative to
   // outputs of about sqrt(144) = 12.
   conv_case(t, "conv2d.k3_s1_p1_c16_winograd", {2, 8, 8, 16},
-            conv_opts(16, 16, {3, 3}, {1, 1}, {1, 1}, {1, 1}, 1, true), 1e-5,
-            1e-4);
+            conv_opts(16, 16, {3, 3}, {1, 1}, {1, 1}, {1, 1}, 1, true), 1e-5, 1e-4);
 }
 
-void bn_case(Table &t, const std::string &name, Shape x_shape, bool training,
-             double momentum, double eps) {
+void bn_case(Table &t, const std::string &name, Shape x_shape, bool training, double momentum,
+             double eps) {
   const int64_t c = x_shape[3];
   const Tensor x = randn(x_shape) * 2.0 + 1.0, w = randn({c}), b = randn({c});
   const Tensor rm0 = randn({c}) * 0.5, rv0 = rand({c}) + 0.5;
   Tensor rm = rm0.clone(), rv = rv0.clone();
   Tensor xl = leaf(x), wl = leaf(w), bl = leaf(b);
-  const Tensor y =
-      layers::batch_norm(xl, wl, bl, rm, rv, training, momentum, eps);
+  const Tensor y = layers::batch_norm(xl, wl, bl, rm, rv, training, momentum, eps);
   const Tensor g = randn(y.shape());
   sum(y * g).backward();
   Case &k =
-      t.add(name, "batch_norm",
-            {{"training", training}, {"momentum", momentum}, {"eps", eps}});
+      t.add(name, "batch_norm", {{"training", training}, {"momentum", momentum}, {"eps", eps}});
   k.in("x", nchw(x))
       .in("w", w)
       .in("b", b)
@@ -234,20 +216,18 @@ void add_bn_cases(Table &t) {
   bn_case(t, "batch_norm.eval", {4, 3, 3, 5}, false, 0.1, 1e-5);
 }
 
-void pool_case(Table &t, const std::string &name, const std::string &op,
-               Shape x_shape, const layers::Pool2dOptions &o) {
+void pool_case(Table &t, const std::string &name, const std::string &op, Shape x_shape,
+               const layers::Pool2dOptions &o) {
   const Tensor x = randn(x_shape);
   Tensor xl = leaf(x);
-  const Tensor y = op == "max_pool2d" ? layers::max_pool2d(xl, o)
-                                      : layers::avg_pool2d(xl, o);
+  const Tensor y = op == "max_pool2d" ? layers::max_pool2d(xl, o) : layers::avg_pool2d(xl, o);
   const Tensor g = randn(y.shape());
   sum(y * g).backward();
   json p = {{"kernel", {o.kernel_h, o.kernel_w}},
             {"stride", {o.stride_h, o.stride_w}},
             {"padding", {o.pad_h, o.pad_w}},
             {"ceil_mode", o.ceil_mode}};
-  if (op == "avg_pool2d")
-    p["count_include_pad"] = o.count_include_pad;
+  if (op == "avg_pool2d") p["count_include_pad"] = o.count_include_pad;
   Case &c = t.add(name, op, p);
   // Max is exact; averages and the gradients that overlapping windows add are a
   // few f32 terms.
@@ -255,8 +235,7 @@ void pool_case(Table &t, const std::string &name, const std::string &op,
   c.expect("y", nchw(y), 1e-6, 1e-6).expect("dx", nchw(xl.grad()), 1e-6, 1e-6);
 }
 
-layers::Pool2dOptions pool(int64_t k, int64_t s, int64_t p, bool ceil,
-                           bool include_pad = true) {
+layers::Pool2dOptions pool(int64_t k, int64_t s, int64_t p, bool ceil, bool include_pad = true) {
   layers::Pool2dOptions o = layers::Pool2dOptions::square(k, s, p);
   o.ceil_mode = ceil;
   o.count_include_pad = include_pad;
@@ -264,14 +243,10 @@ layers::Pool2dOptions pool(int64_t k, int64_t s, int64_t p, bool ceil,
 }
 
 void add_pool_cases(Table &t) {
-  pool_case(t, "max_pool2d.k2_s2", "max_pool2d", {2, 6, 6, 3},
-            pool(2, 2, 0, false));
-  pool_case(t, "max_pool2d.k3_s2_p1", "max_pool2d", {2, 7, 7, 3},
-            pool(3, 2, 1, false));
-  pool_case(t, "max_pool2d.k3_s2_ceil", "max_pool2d", {2, 8, 8, 3},
-            pool(3, 2, 0, true));
-  pool_case(t, "avg_pool2d.k2_s2", "avg_pool2d", {2, 6, 6, 3},
-            pool(2, 2, 0, false));
+  pool_case(t, "max_pool2d.k2_s2", "max_pool2d", {2, 6, 6, 3}, pool(2, 2, 0, false));
+  pool_case(t, "max_pool2d.k3_s2_p1", "max_pool2d", {2, 7, 7, 3}, pool(3, 2, 1, false));
+  pool_case(t, "max_pool2d.k3_s2_ceil", "max_pool2d", {2, 8, 8, 3}, pool(3, 2, 0, true));
+  pool_case(t, "avg_pool2d.k2_s2", "avg_pool2d", {2, 6, 6, 3}, pool(2, 2, 0, false));
   // count_include_pad as layers/pooling.h defines it: padding counts, and a
   // ceil-mode window's part beyond the padded input does not (PyTorch's rule,
   // so no transform is needed).
@@ -279,10 +254,10 @@ void add_pool_cases(Table &t) {
             pool(3, 2, 1, false, true));
   pool_case(t, "avg_pool2d.k3_s2_p1_exclude_pad", "avg_pool2d", {2, 7, 7, 3},
             pool(3, 2, 1, false, false));
-  pool_case(t, "avg_pool2d.k3_s2_p1_ceil_include_pad", "avg_pool2d",
-            {2, 8, 8, 3}, pool(3, 2, 1, true, true));
-  pool_case(t, "avg_pool2d.k3_s2_p1_ceil_exclude_pad", "avg_pool2d",
-            {2, 8, 8, 3}, pool(3, 2, 1, true, false));
+  pool_case(t, "avg_pool2d.k3_s2_p1_ceil_include_pad", "avg_pool2d", {2, 8, 8, 3},
+            pool(3, 2, 1, true, true));
+  pool_case(t, "avg_pool2d.k3_s2_p1_ceil_exclude_pad", "avg_pool2d", {2, 8, 8, 3},
+            pool(3, 2, 1, true, false));
   {
     const Tensor x = randn({3, 5, 4, 6});
     Tensor xl = leaf(x);
@@ -302,8 +277,7 @@ void add_small_layer_cases(Table &t) {
     const Tensor y = layers::linear(xl, wl, bl);
     const Tensor g = randn(y.shape());
     sum(y * g).backward();
-    Case &c = t.add(xs.size() == 2 ? "linear.2d" : "linear.3d", "linear",
-                    json::object());
+    Case &c = t.add(xs.size() == 2 ? "linear.2d" : "linear.3d", "linear", json::object());
     c.in("x", x).in("w", w).in("b", b).in("g", g);
     c.expect("y", y, 1e-5, 1e-5)
         .expect("dx", xl.grad(), 1e-5, 1e-5)
@@ -319,8 +293,7 @@ void add_small_layer_cases(Table &t) {
     sum(y * g).backward();
     Case &c = t.add(op, op, json::object());
     c.in("x", nchw(x)).in("g", nchw(g));
-    c.expect("y", nchw(y), 1e-6, 1e-6)
-        .expect("dx", nchw(xl.grad()), 1e-6, 1e-6);
+    c.expect("y", nchw(y), 1e-6, 1e-6).expect("dx", nchw(xl.grad()), 1e-6, 1e-6);
   }
   for (const double p : {0.3, 0.5}) {
     // Statistics only (the generators differ): over n elements the two keep
@@ -329,8 +302,7 @@ void add_small_layer_cases(Table &t) {
     // elements are 1 / (1 - p) in f32 on both.
     const int64_t n = int64_t(1) << 20;
     manual_seed(1234);
-    const std::vector<float> y =
-        layers::dropout(ones({n}), p, true).to_vector<float>();
+    const std::vector<float> y = layers::dropout(ones({n}), p, true).to_vector<float>();
     int64_t kept = 0;
     double total = 0.0, lo = INFINITY, hi = -INFINITY;
     for (float v : y) {
@@ -343,14 +315,11 @@ void add_small_layer_cases(Table &t) {
     }
     std::ostringstream name;
     name << "dropout.p" << p << "_stats";
-    Case &c = t.add(name.str(), "dropout_stats",
-                    {{"p", p}, {"numel", n}, {"seed", 1234}});
+    Case &c = t.add(name.str(), "dropout_stats", {{"p", p}, {"numel", n}, {"seed", 1234}});
     const double rate_sd = std::sqrt(2.0 * p * (1.0 - p) / double(n));
     const double mean_sd = std::sqrt(2.0 * p / ((1.0 - p) * double(n)));
-    c.expect("keep_rate", full({1}, double(kept) / double(n), DType::f64), 0.0,
-             5.0 * rate_sd)
-        .expect("mean", full({1}, total / double(n), DType::f64), 0.0,
-                5.0 * mean_sd)
+    c.expect("keep_rate", full({1}, double(kept) / double(n), DType::f64), 0.0, 5.0 * rate_sd)
+        .expect("mean", full({1}, total / double(n), DType::f64), 0.0, 5.0 * mean_sd)
         .expect("kept_min", full({1}, lo, DType::f64), 2e-7, 0.0)
         .expect("kept_max", full({1}, hi, DType::f64), 2e-7, 0.0);
   }
@@ -365,19 +334,17 @@ void add_loss_cases(Table &t) {
     int64_t n, classes;
     double spread, smoothing;
   };
-  for (const Ce &ce : {Ce{"cross_entropy.ls0.1", 8, 5, 3.0, 0.1},
-                       Ce{"cross_entropy.ls0", 16, 10, 2.0, 0.0},
-                       Ce{"cross_entropy.ls0.2_c100", 32, 100, 5.0, 0.2}}) {
+  for (const Ce &ce :
+       {Ce{"cross_entropy.ls0.1", 8, 5, 3.0, 0.1}, Ce{"cross_entropy.ls0", 16, 10, 2.0, 0.0},
+        Ce{"cross_entropy.ls0.2_c100", 32, 100, 5.0, 0.2}}) {
     const Tensor logits = randn({ce.n, ce.classes}) * ce.spread;
     const Tensor target = randint(0, ce.classes, {ce.n});
     Tensor l = leaf(logits);
     const Tensor loss = cross_entropy(l, target, ce.smoothing);
     loss.backward();
-    Case &c =
-        t.add(ce.name, "cross_entropy", {{"label_smoothing", ce.smoothing}});
+    Case &c = t.add(ce.name, "cross_entropy", {{"label_smoothing", ce.smoothing}});
     c.in("logits", logits).in("target", target);
-    c.expect("loss", loss.reshape({1}), 1e-6, 1e-6)
-        .expect("dlogits", l.grad(), 1e-5, 1e-7);
+    c.expect("loss", loss.reshape({1}), 1e-6, 1e-6).expect("dlogits", l.grad(), 1e-5, 1e-7);
   }
 }
 
@@ -388,10 +355,9 @@ void add_optimizer_cases(Table &t) {
     double lr, momentum, dampening, weight_decay;
     bool nesterov;
   };
-  for (const Sgd &s :
-       {Sgd{"sgd.plain", 0.1, 0.0, 0.0, 0.0, false},
-        Sgd{"sgd.momentum_dampening_wd", 0.05, 0.9, 0.1, 1e-2, false},
-        Sgd{"sgd.nesterov_wd", 0.1, 0.9, 0.0, 5e-2, true}}) {
+  for (const Sgd &s : {Sgd{"sgd.plain", 0.1, 0.0, 0.0, 0.0, false},
+                       Sgd{"sgd.momentum_dampening_wd", 0.05, 0.9, 0.1, 1e-2, false},
+                       Sgd{"sgd.nesterov_wd", 0.1, 0.9, 0.0, 5e-2, true}}) {
     const Tensor p0 = randn({3, 4});
     Case &c = t.add(s.name, "sgd",
                     {{"lr", s.lr},
@@ -412,16 +378,14 @@ void add_optimizer_cases(Table &t) {
     }
     c.expect("p", p, 1e-6, 1e-6);
     if (s.momentum != 0.0)
-      c.expect("momentum_buffer",
-               opt.state_dict().at("state.0.momentum_buffer"), 1e-6, 1e-6);
+      c.expect("momentum_buffer", opt.state_dict().at("state.0.momentum_buffer"), 1e-6, 1e-6);
   }
   struct Adam {
     const char *name;
     double lr, beta1, beta2, eps, weight_decay;
   };
-  for (const Adam &a :
-       {Adam{"adamw.default_betas_wd0.1", 1e-2, 0.9, 0.999, 1e-8, 0.1},
-        Adam{"adamw.betas0.8_0.95_eps1e-3", 3e-2, 0.8, 0.95, 1e-3, 1e-2}}) {
+  for (const Adam &a : {Adam{"adamw.default_betas_wd0.1", 1e-2, 0.9, 0.999, 1e-8, 0.1},
+                        Adam{"adamw.betas0.8_0.95_eps1e-3", 3e-2, 0.8, 0.95, 1e-3, 1e-2}}) {
     const Tensor p0 = randn({3, 4});
     Case &c = t.add(a.name, "adamw",
                     {{"lr", a.lr},
@@ -432,8 +396,7 @@ void add_optimizer_cases(Table &t) {
                      {"steps", kSteps}});
     c.in("p", p0);
     Tensor p = leaf(p0);
-    AdamW opt({ParamGroup{{p}, a.lr, a.weight_decay}},
-              AdamWOptions{a.beta1, a.beta2, a.eps});
+    AdamW opt({ParamGroup{{p}, a.lr, a.weight_decay}}, AdamWOptions{a.beta1, a.beta2, a.eps});
     for (int i = 0; i < kSteps; ++i) {
       const Tensor g = randn({3, 4});
       c.in("g" + std::to_string(i), g);
@@ -450,33 +413,27 @@ void add_optimizer_cases(Table &t) {
 // Schedules: lr_at(t) for t = 0 .. steps - 1 against the lr a torch scheduler
 // gives the optimizer before its t-th step. Both are double: the tolerance is
 // torch's recursive forms' accumulated rounding.
-void schedule_case(Table &t, const std::string &name, double base_lr,
-                   int64_t steps, const json &spec, const LrSchedule &s,
-                   const std::string &note = "") {
+void schedule_case(Table &t, const std::string &name, double base_lr, int64_t steps,
+                   const json &spec, const LrSchedule &s, const std::string &note = "") {
   std::vector<double> lr;
-  for (int64_t i = 0; i < steps; ++i)
-    lr.push_back(s.lr_at(i));
-  t.add(name, "lr_schedule",
-        {{"base_lr", base_lr}, {"steps", steps}, {"schedule", spec}}, note)
+  for (int64_t i = 0; i < steps; ++i) lr.push_back(s.lr_at(i));
+  t.add(name, "lr_schedule", {{"base_lr", base_lr}, {"steps", steps}, {"schedule", spec}}, note)
       .expect("lr", from_vector(lr, {steps}, DType::f64), 1e-12, 1e-15);
 }
 
 void add_schedule_cases(Table &t) {
-  schedule_case(t, "lr.constant", 0.1, 20, {{"kind", "constant"}},
-                ConstantLr(0.1));
-  schedule_case(t, "lr.step", 0.1, 30,
-                {{"kind", "step"}, {"step_size", 7}, {"gamma", 0.5}},
+  schedule_case(t, "lr.constant", 0.1, 20, {{"kind", "constant"}}, ConstantLr(0.1));
+  schedule_case(t, "lr.step", 0.1, 30, {{"kind", "step"}, {"step_size", 7}, {"gamma", 0.5}},
                 StepLr(0.1, 7, 0.5));
-  schedule_case(
-      t, "lr.multistep", 0.1, 30,
-      {{"kind", "multistep"}, {"milestones", {5, 12, 20}}, {"gamma", 0.1}},
-      MultiStepLr(0.1, {5, 12, 20}, 0.1));
+  schedule_case(t, "lr.multistep", 0.1, 30,
+                {{"kind", "multistep"}, {"milestones", {5, 12, 20}}, {"gamma", 0.1}},
+                MultiStepLr(0.1, {5, 12, 20}, 0.1));
   // Documented difference (train/schedule.h): CosineLr holds eta_min after
   // t_max, torch's CosineAnnealingLR rises again; parity.py takes torch's lr at
   // min(t, t_max).
   schedule_case(t, "lr.cosine_past_t_max", 0.1, 30,
-                {{"kind", "cosine"}, {"t_max", 20}, {"eta_min", 1e-3}},
-                CosineLr(0.1, 20, 1e-3), "lowbit holds eta_min after t_max");
+                {{"kind", "cosine"}, {"t_max", 20}, {"eta_min", 1e-3}}, CosineLr(0.1, 20, 1e-3),
+                "lowbit holds eta_min after t_max");
   // Every step OneCycleLR allows: t = 0 .. total_steps.
   schedule_case(t, "lr.onecycle", 0.1, 51,
                 {{"kind", "onecycle"},
@@ -490,30 +447,25 @@ void add_schedule_cases(Table &t) {
   // torch's LinearLR in a ChainedScheduler with the inner one. (Cosine with
   // eta_min != 0 does not chain multiplicatively in torch, so the composed
   // cosine case has eta_min = 0.)
-  schedule_case(
-      t, "lr.warmup5_cosine", 0.1, 30,
-      {{"kind", "warmup"},
-       {"warmup_steps", 5},
-       {"start_factor", 0.1},
-       {"inner", {{"kind", "cosine"}, {"t_max", 30}, {"eta_min", 0.0}}}},
-      LinearWarmup(std::make_shared<CosineLr>(0.1, 30, 0.0), 5, 0.1));
-  schedule_case(
-      t, "lr.warmup6_step3", 0.1, 20,
-      {{"kind", "warmup"},
-       {"warmup_steps", 6},
-       {"start_factor", 0.25},
-       {"inner", {{"kind", "step"}, {"step_size", 3}, {"gamma", 0.5}}}},
-      LinearWarmup(std::make_shared<StepLr>(0.1, 3, 0.5), 6, 0.25));
-  schedule_case(
-      t, "lr.warmup5_multistep", 0.1, 25,
-      {{"kind", "warmup"},
-       {"warmup_steps", 5},
-       {"start_factor", 1.0 / 3.0},
-       {"inner",
-        {{"kind", "multistep"}, {"milestones", {8, 16}}, {"gamma", 0.1}}}},
-      LinearWarmup(
-          std::make_shared<MultiStepLr>(0.1, std::vector<int64_t>{8, 16}, 0.1),
-          5, 1.0 / 3.0));
+  schedule_case(t, "lr.warmup5_cosine", 0.1, 30,
+                {{"kind", "warmup"},
+                 {"warmup_steps", 5},
+                 {"start_factor", 0.1},
+                 {"inner", {{"kind", "cosine"}, {"t_max", 30}, {"eta_min", 0.0}}}},
+                LinearWarmup(std::make_shared<CosineLr>(0.1, 30, 0.0), 5, 0.1));
+  schedule_case(t, "lr.warmup6_step3", 0.1, 20,
+                {{"kind", "warmup"},
+                 {"warmup_steps", 6},
+                 {"start_factor", 0.25},
+                 {"inner", {{"kind", "step"}, {"step_size", 3}, {"gamma", 0.5}}}},
+                LinearWarmup(std::make_shared<StepLr>(0.1, 3, 0.5), 6, 0.25));
+  schedule_case(t, "lr.warmup5_multistep", 0.1, 25,
+                {{"kind", "warmup"},
+                 {"warmup_steps", 5},
+                 {"start_factor", 1.0 / 3.0},
+                 {"inner", {{"kind", "multistep"}, {"milestones", {8, 16}}, {"gamma", 0.1}}}},
+                LinearWarmup(std::make_shared<MultiStepLr>(0.1, std::vector<int64_t>{8, 16}, 0.1),
+                             5, 1.0 / 3.0));
 }
 
 // --- quantizers
@@ -523,41 +475,35 @@ void add_schedule_cases(Table &t) {
 // same f32 code round_half_even(x * (1 / s)) + z on both sides (METHODS 2.1),
 // so a level never differs; the atol admits only the last-bit rounding of (q -
 // z) * s. dx is the STE mask (2.2).
-void fq_case(Table &t, const std::string &name, const Tensor &x,
-             const Tensor &scale, const Tensor &zp, quant::QuantRange r,
-             int64_t axis) {
+void fq_case(Table &t, const std::string &name, const Tensor &x, const Tensor &scale,
+             const Tensor &zp, quant::QuantRange r, int64_t axis) {
   Tensor xl = leaf(x);
   const Tensor y = quant::fake_quantize(xl, scale, zp, r, axis);
   const Tensor g = randn(y.shape());
   sum(y * g).backward();
-  Case &c = t.add(name, "fake_quantize",
-                  {{"per_channel", scale.numel() > 1},
-                   {"axis", axis},
-                   {"qmin", r.qmin},
-                   {"qmax", r.qmax}});
+  Case &c = t.add(
+      name, "fake_quantize",
+      {{"per_channel", scale.numel() > 1}, {"axis", axis}, {"qmin", r.qmin}, {"qmax", r.qmax}});
   c.in("x", x).in("g", g).in("scale", scale).in("zero_point", zp);
   c.expect("y", y, 0.0, 1e-6).expect("dx", xl.grad(), 0.0, 0.0);
 }
 
 void add_fake_quant_cases(Table &t) {
-  fq_case(t, "fake_quantize.per_tensor_u8", randn({2, 5, 5, 3}) * 2.0,
-          full({1}, 0.02), full({1}, 100.0, DType::i32), {0, 255}, 0);
+  fq_case(t, "fake_quantize.per_tensor_u8", randn({2, 5, 5, 3}) * 2.0, full({1}, 0.02),
+          full({1}, 100.0, DType::i32), {0, 255}, 0);
   {
     // Ties: x = (k + 1/2) * 0.25 lands exactly on half a level, so both must
     // round half to even.
     std::vector<float> v;
-    for (int k = -40; k < 40; ++k)
-      v.push_back((float(k) + 0.5f) * 0.25f);
-    fq_case(t, "fake_quantize.per_tensor_s8_ties", from_vector(v, {80}),
-            full({1}, 0.25), full({1}, 0.0, DType::i32), {-128, 127}, 0);
+    for (int k = -40; k < 40; ++k) v.push_back((float(k) + 0.5f) * 0.25f);
+    fq_case(t, "fake_quantize.per_tensor_s8_ties", from_vector(v, {80}), full({1}, 0.25),
+            full({1}, 0.0, DType::i32), {-128, 127}, 0);
   }
   fq_case(t, "fake_quantize.per_channel_s4_axis0", randn({6, 3, 3, 4}) * 0.5,
-          rand({6}) * 0.1 + 0.05,
-          from_vector(std::vector<int32_t>{-2, -1, 0, 0, 1, 2}, {6}), {-8, 7},
-          0);
+          rand({6}) * 0.1 + 0.05, from_vector(std::vector<int32_t>{-2, -1, 0, 0, 1, 2}, {6}),
+          {-8, 7}, 0);
   fq_case(t, "fake_quantize.per_channel_u8_axis3", randn({2, 4, 4, 5}) * 2.0,
-          rand({5}) * 0.02 + 0.01,
-          from_vector(std::vector<int32_t>{0, 30, 128, 200, 255}, {5}),
+          rand({5}) * 0.02 + 0.01, from_vector(std::vector<int32_t>{0, 30, 128, 200, 255}, {5}),
           {0, 255}, 3);
 
   // The "uniform" quantizer with min-max observers against torch's FakeQuantize
@@ -576,10 +522,7 @@ void add_fake_quant_cases(Table &t) {
            false,
            false},
         Uq{"uniform.weight_s4_per_channel_symmetric",
-           {{"role", "weight"},
-            {"bits", "4"},
-            {"per_channel", "true"},
-            {"channels", "6"}},
+           {{"role", "weight"}, {"bits", "4"}, {"per_channel", "true"}, {"channels", "6"}},
            {6, 3, 3, 4},
            true,
            true}}) {
@@ -620,24 +563,20 @@ void add_fake_quant_cases(Table &t) {
 // x gets, in each channel (a block along axis 0), elements at u = qmax + 1/4,
 // qmin - 1/4 and qmin - 1/2 (a tie, rounding to the even qmin or qmin - 1), so
 // the bands are always exercised.
-Tensor with_band_elements(const Tensor &x, const Tensor &scale,
-                          const Tensor &zero_point, quant::QuantRange r) {
+Tensor with_band_elements(const Tensor &x, const Tensor &scale, const Tensor &zero_point,
+                          quant::QuantRange r) {
   std::vector<float> v = x.to_vector<float>();
-  const std::vector<float> s = scale.to_vector<float>(),
-                           z = zero_point.to_vector<float>();
+  const std::vector<float> s = scale.to_vector<float>(), z = zero_point.to_vector<float>();
   const size_t block = v.size() / s.size();
   for (size_t c = 0; c < s.size(); ++c) {
-    const float us[] = {float(r.qmax) + 0.25f, float(r.qmin) - 0.25f,
-                        float(r.qmin) - 0.5f};
-    for (size_t i = 0; i < 3; ++i)
-      v[c * block + i] = (us[i] - z[c]) * s[c];
+    const float us[] = {float(r.qmax) + 0.25f, float(r.qmin) - 0.25f, float(r.qmin) - 0.5f};
+    for (size_t i = 0; i < 3; ++i) v[c * block + i] = (us[i] - z[c]) * s[c];
   }
   return from_vector(v, x.shape());
 }
 
-void lsq_case(Table &t, const std::string &name, const Tensor &x_in,
-              const Tensor &scale, const Tensor &zero_point,
-              quant::QuantRange r, int64_t axis, int64_t count, bool plus,
+void lsq_case(Table &t, const std::string &name, const Tensor &x_in, const Tensor &scale,
+              const Tensor &zero_point, quant::QuantRange r, int64_t axis, int64_t count, bool plus,
               quant::QuantizerPtr module = nullptr) {
   LOWBIT_CHECK(axis == 0, "lsq_case plants band elements along axis 0 only");
   const Tensor x = with_band_elements(x_in, scale, zero_point, r);
@@ -653,51 +592,42 @@ void lsq_case(Table &t, const std::string &name, const Tensor &x_in,
   const Tensor g = randn(y.shape());
   sum(y * g).backward();
   const Tensor ds =
-      module ? dynamic_cast<quant::LsqQuantizerBase &>(*module).scale().grad()
-             : sl.grad();
-  Case &c =
-      t.add(name, "lsq",
-            {{"per_channel", scale.numel() > 1},
-             {"axis", axis},
-             {"qmin", r.qmin},
-             {"qmax", r.qmax},
-             {"count", count},
-             {"offset", plus}},
-            plus ? "LSQ paper masks; offset beta = -z * s" : "LSQ paper masks");
+      module ? dynamic_cast<quant::LsqQuantizerBase &>(*module).scale().grad() : sl.grad();
+  Case &c = t.add(name, "lsq",
+                  {{"per_channel", scale.numel() > 1},
+                   {"axis", axis},
+                   {"qmin", r.qmin},
+                   {"qmax", r.qmax},
+                   {"count", count},
+                   {"offset", plus}},
+                  plus ? "LSQ paper masks; offset beta = -z * s" : "LSQ paper masks");
   c.in("x", x).in("g", g).in("scale", scale).in("zero_point", zero_point);
-  c.expect("y", y, 0.0, 1e-6)
-      .expect("dx", xl.grad(), 0.0, 0.0)
-      .expect("dscale", ds, 1e-5, 1e-6);
-  if (plus)
-    c.expect("doffset", ol.grad(), 1e-5, 1e-6);
+  c.expect("y", y, 0.0, 1e-6).expect("dx", xl.grad(), 0.0, 0.0).expect("dscale", ds, 1e-5, 1e-6);
+  if (plus) c.expect("doffset", ol.grad(), 1e-5, 1e-6);
 }
 
 void add_lsq_cases(Table &t) {
   // Activations, unsigned 4 bits: half the inputs are negative, so many sit in
   // [-1/2, 0] (the lower band) and above 15.5 * s.
-  lsq_case(t, "lsq.activation_u4", randn({2, 4, 4, 3}) * 1.5, full({1}, 0.17),
-           zeros({1}), {0, 15}, 0, 4 * 4 * 3, false);
+  lsq_case(t, "lsq.activation_u4", randn({2, 4, 4, 3}) * 1.5, full({1}, 0.17), zeros({1}), {0, 15},
+           0, 4 * 4 * 3, false);
   {
     // The "lsq" weight quantizer (per-channel, grad_scale auto: N = R*S*C
     // elements per scale).
-    quant::QuantizerPtr q =
-        quant::create_quantizer("lsq", {{"role", "weight"},
-                                        {"bits", "4"},
-                                        {"per_channel", "true"},
-                                        {"channels", "6"}});
+    quant::QuantizerPtr q = quant::create_quantizer(
+        "lsq", {{"role", "weight"}, {"bits", "4"}, {"per_channel", "true"}, {"channels", "6"}});
     const Tensor s = rand({6}) * 0.1 + 0.05;
-    q->load_state_dict(
-        {{"scale", s}, {"initialized", full({}, 1.0, DType::i64)}});
+    q->load_state_dict({{"scale", s}, {"initialized", full({}, 1.0, DType::i64)}});
     q->train();
-    lsq_case(t, "lsq.weight_s4_per_channel_module", randn({6, 3, 3, 4}) * 0.4,
-             s, zeros({6}), {-8, 7}, 0, 3 * 3 * 4, false, q);
+    lsq_case(t, "lsq.weight_s4_per_channel_module", randn({6, 3, 3, 4}) * 0.4, s, zeros({6}),
+             {-8, 7}, 0, 3 * 3 * 4, false, q);
   }
-  lsq_case(t, "lsq_plus.activation_u4", randn({2, 4, 4, 3}) * 1.2,
-           full({1}, 0.125), full({1}, 3.0), {0, 15}, 0, 4 * 4 * 3, true);
+  lsq_case(t, "lsq_plus.activation_u4", randn({2, 4, 4, 3}) * 1.2, full({1}, 0.125), full({1}, 3.0),
+           {0, 15}, 0, 4 * 4 * 3, true);
   lsq_case(t, "lsq_plus.weight_s4_per_channel", randn({4, 3, 3, 2}) * 0.5,
            from_vector(std::vector<float>{0.0625f, 0.125f, 0.25f, 0.125f}, {4}),
-           from_vector(std::vector<float>{-2.0f, 0.0f, 1.0f, 3.0f}, {4}),
-           {-8, 7}, 0, 3 * 3 * 2, true);
+           from_vector(std::vector<float>{-2.0f, 0.0f, 1.0f, 3.0f}, {4}), {-8, 7}, 0, 3 * 3 * 2,
+           true);
 }
 
 // QConv2d folded with its BatchNorm2d (METHODS 4, docs/quantization.md) against
@@ -707,13 +637,12 @@ void add_lsq_cases(Table &t) {
 void conv_bn_case(Table &t, const std::string &name, Shape x_shape,
                   const layers::Conv2dOptions &o) {
   const int64_t k = o.out_channels;
-  const Tensor x = randn(x_shape), w = randn({k, o.kernel[0], o.kernel[1],
-                                              o.in_channels / o.groups});
+  const Tensor x = randn(x_shape),
+               w = randn({k, o.kernel[0], o.kernel[1], o.in_channels / o.groups});
   const Tensor gamma = randn({k}) * 0.5 + 1.0, beta = randn({k});
   const Tensor rm = randn({k}) * 0.2, rv = rand({k}) * 2.0 + 0.5;
   layers::Conv2d conv(o);
-  auto bn = std::make_shared<layers::BatchNorm2d>(
-      layers::BatchNormOptions{k, 1e-5, 0.1});
+  auto bn = std::make_shared<layers::BatchNorm2d>(layers::BatchNormOptions{k, 1e-5, 0.1});
   {
     autograd::NoGradGuard no_grad;
     conv.weight().copy_(w);
@@ -722,13 +651,12 @@ void conv_bn_case(Table &t, const std::string &name, Shape x_shape,
     bn->running_mean().copy_(rm);
     bn->running_var().copy_(rv);
   }
-  quant::QConv2d qc(
-      conv,
-      quant::create_quantizer("uniform", {{"role", "weight"},
-                                          {"bits", "4"},
-                                          {"per_channel", "true"},
-                                          {"channels", std::to_string(k)}}),
-      nullptr);
+  quant::QConv2d qc(conv,
+                    quant::create_quantizer("uniform", {{"role", "weight"},
+                                                        {"bits", "4"},
+                                                        {"per_channel", "true"},
+                                                        {"channels", std::to_string(k)}}),
+                    nullptr);
   qc.fold_bn(bn);
   qc.train();
   bn->train();
@@ -744,10 +672,7 @@ void conv_bn_case(Table &t, const std::string &name, Shape x_shape,
                    {"momentum", 0.1},
                    {"qmin", -8},
                    {"qmax", 7}});
-  c.in("x", nchw(x))
-      .in("w", layers::krsc_to_oihw(w))
-      .in("g", nchw(g))
-      .in("gamma", gamma);
+  c.in("x", nchw(x)).in("w", layers::krsc_to_oihw(w)).in("g", nchw(g)).in("gamma", gamma);
   c.in("beta", beta).in("running_mean", rm).in("running_var", rv);
   // Both sides in f32: the conv, BN and their backward round on both. The
   // folded weights are bit for bit torch's (so are their levels and STE mask);
@@ -774,8 +699,7 @@ void add_conv_bn_cases(Table &t) {
 TEST(ParityTorch, EveryCaseMatchesPyTorch) {
   const std::string python = LOWBIT_PYTHON;
   const auto [probe, why] = shell(python + " -c 'import torch, safetensors'");
-  if (probe != 0)
-    GTEST_SKIP() << python << " cannot import torch and safetensors: " << why;
+  if (probe != 0) GTEST_SKIP() << python << " cannot import torch and safetensors: " << why;
   manual_seed(20);
   Table table;
   add_conv_cases(table);
@@ -789,24 +713,22 @@ TEST(ParityTorch, EveryCaseMatchesPyTorch) {
   add_lsq_cases(table);
   add_conv_bn_cases(table);
 
-  const fs::path dir = fs::temp_directory_path() /
-                       ("lowbit_torch_parity_" + std::to_string(::getpid()));
+  const fs::path dir =
+      fs::temp_directory_path() / ("lowbit_torch_parity_" + std::to_string(::getpid()));
   fs::create_directories(dir);
   const std::string in = (dir / "in.safetensors").string(),
                     out = (dir / "out.safetensors").string();
   save_safetensors(in, table.inputs(), {{"cases", table.cases_json()}});
-  const auto [rc, log] = shell(python + " " + LOWBIT_SOURCE_DIR +
-                               "/tests/torch/parity.py " + in + " " + out);
+  const auto [rc, log] =
+      shell(python + " " + LOWBIT_SOURCE_DIR + "/tests/torch/parity.py " + in + " " + out);
   std::map<std::string, Tensor> ref;
-  if (rc == 0)
-    ref = load_safetensors(out).tensors;
+  if (rc == 0) ref = load_safetensors(out).tensors;
   fs::remove_all(dir);
   ASSERT_EQ(rc, 0) << log;
 
   std::ostringstream report;
-  report << std::left << std::setw(56) << "case.result" << std::right
-         << std::setw(8) << "rtol" << std::setw(8) << "atol" << std::setw(11)
-         << "max|err|" << std::setw(10) << "err/tol"
+  report << std::left << std::setw(56) << "case.result" << std::right << std::setw(8) << "rtol"
+         << std::setw(8) << "atol" << std::setw(11) << "max|err|" << std::setw(10) << "err/tol"
          << "\n";
   for (const Case &c : table.cases()) {
     for (const Expect &e : c.expects) {
@@ -825,13 +747,11 @@ TEST(ParityTorch, EveryCaseMatchesPyTorch) {
         const double d = std::abs(a[i] - b[i]);
         err = std::max(err, d);
         const double tol = e.atol + e.rtol * std::abs(b[i]);
-        ratio =
-            std::max(ratio, tol > 0.0 ? d / tol : (d > 0.0 ? INFINITY : 0.0));
+        ratio = std::max(ratio, tol > 0.0 ? d / tol : (d > 0.0 ? INFINITY : 0.0));
       }
-      report << std::left << std::setw(56) << key << std::right
-             << std::setprecision(0) << std::scientific << std::setw(8)
-             << e.rtol << std::setw(8) << e.atol << std::setprecision(2)
-             << std::setw(11) << err << std::fixed << std::setw(10) << ratio
+      report << std::left << std::setw(56) << key << std::right << std::setprecision(0)
+             << std::scientific << std::setw(8) << e.rtol << std::setw(8) << e.atol
+             << std::setprecision(2) << std::setw(11) << err << std::fixed << std::setw(10) << ratio
              << (c.note.empty() ? "" : "  *") << "\n";
     }
   }
@@ -840,5 +760,5 @@ TEST(ParityTorch, EveryCaseMatchesPyTorch) {
   std::cout << report.str();
 }
 
-} // namespace
-} // namespace lowbit::train
+}  // namespace
+}  // namespace lowbit::train

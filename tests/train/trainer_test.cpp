@@ -1,16 +1,16 @@
 // The trainer end to end on a small synthetic dataset: outputs, resume bit for bit, and the
 // errors a user meets (bad config values, missing data, corrupt checkpoints).
+#include "train/trainer.h"
+
 #include <gmock/gmock.h>
 
 #include <filesystem>
 #include <fstream>
-
 #include <nlohmann/json.hpp>
 
+#include "tests/common/test_util.h"
 #include "train/config.h"
 #include "train/safetensors.h"
-#include "train/trainer.h"
-#include "tests/common/test_util.h"
 
 namespace lowbit::train {
 namespace {
@@ -38,7 +38,8 @@ stages:
 )";
 
 fs::path fresh_dir(const std::string& name) {
-  fs::path d = fs::temp_directory_path() / ("lowbit_trainer_test_" + name + "_" + std::to_string(::getpid()));
+  fs::path d = fs::temp_directory_path() /
+               ("lowbit_trainer_test_" + name + "_" + std::to_string(::getpid()));
   fs::remove_all(d);
   return d;
 }
@@ -58,7 +59,8 @@ TEST(Trainer, RunsStagesAndWritesOutputs) {
   EXPECT_EQ(s.epochs_done, 3);
   EXPECT_EQ(s.device, "cpu");
   EXPECT_GT(s.params, 0);
-  for (const char* f : {"summary.json", "log.jsonl", "checkpoint.safetensors", "model.safetensors", "config.yaml"}) {
+  for (const char* f : {"summary.json", "log.jsonl", "checkpoint.safetensors", "model.safetensors",
+                        "config.yaml"}) {
     EXPECT_TRUE(fs::exists(out / f)) << f;
   }
   std::ifstream sj(out / "summary.json");
@@ -144,7 +146,8 @@ TEST(Trainer, QatStagesQuantizeResumeAndEvaluate) {
   auto final_weights = load_safetensors((full / "model.safetensors").string());
   EXPECT_TRUE(final_weights.metadata.count("quant_plan"));
   bool has_scale = false;
-  for (auto& [k, v] : final_weights.tensors) has_scale |= k.find("input_quantizer.scale") != std::string::npos;
+  for (auto& [k, v] : final_weights.tensors)
+    has_scale |= k.find("input_quantizer.scale") != std::string::npos;
   EXPECT_TRUE(has_scale);
   // The quantized model evaluates from its weights file alone (the plan is in its metadata).
   EXPECT_NEAR(run_evaluation(cfg, (full / "model.safetensors").string()).top1, s.test.top1, 1e-12);
@@ -174,12 +177,14 @@ TEST(Trainer, QatStageFromAFloatInitFile) {
   fs::path p = fresh_dir("pre"), q = fresh_dir("qat_init");
   run_training(pre, quiet(p));
   const std::string init = (p / "model.safetensors").string();
-  ExperimentConfig cfg =
-      parse_config(kQat, "tinyqat.yaml", {"stages=[{name: q, kind: qat, epochs: 1, init: " + init + "}]"});
+  ExperimentConfig cfg = parse_config(
+      kQat, "tinyqat.yaml", {"stages=[{name: q, kind: qat, epochs: 1, init: " + init + "}]"});
   RunSummary s = run_training(cfg, quiet(q));
   EXPECT_TRUE(s.finished);
-  ExperimentConfig bad = parse_config(kQat, "tinyqat.yaml", {"stages=[{name: q, kind: qat, init: /nonexistent.safetensors}]"});
-  EXPECT_THAT(testing::error_of([&] { run_training(bad, quiet(q)); }), HasSubstr("/nonexistent.safetensors"));
+  ExperimentConfig bad = parse_config(
+      kQat, "tinyqat.yaml", {"stages=[{name: q, kind: qat, init: /nonexistent.safetensors}]"});
+  EXPECT_THAT(testing::error_of([&] { run_training(bad, quiet(q)); }),
+              HasSubstr("/nonexistent.safetensors"));
   fs::remove_all(p);
   fs::remove_all(q);
 }
@@ -188,9 +193,10 @@ TEST(Trainer, QatStageFromAFloatInitFile) {
 // bit for bit across the shape change (the checkpoint's "pruned" metadata rebuilds the shapes).
 TEST(Trainer, PruneStageThenQatResumes) {
   const std::string yaml = std::string(kQat) + "prune: {method: l1, ratio: 0.25}\n";
-  ExperimentConfig cfg = parse_config(yaml, "tinyprune.yaml",
-                                      {"stages=[{name: float, epochs: 1}, {name: prune, kind: prune, epochs: 1},"
-                                       " {name: q, kind: qat, epochs: 1}]"});
+  ExperimentConfig cfg =
+      parse_config(yaml, "tinyprune.yaml",
+                   {"stages=[{name: float, epochs: 1}, {name: prune, kind: prune, epochs: 1},"
+                    " {name: q, kind: qat, epochs: 1}]"});
   fs::path full = fresh_dir("prune_full"), parts = fresh_dir("prune_parts");
   RunSummary s = run_training(cfg, quiet(full));
   ASSERT_TRUE(s.finished);
@@ -215,7 +221,8 @@ TEST(Trainer, PruneStageThenQatResumes) {
     ASSERT_TRUE(b.count(k)) << k;
     EXPECT_TENSOR_NEAR(b.at(k), v, 0, 0) << k;
   }
-  EXPECT_THAT(testing::error_of([] { parse_config(kQat, "tinyqat.yaml", {"stages=[{name: p, kind: prune}]"}); }),
+  EXPECT_THAT(testing::error_of(
+                  [] { parse_config(kQat, "tinyqat.yaml", {"stages=[{name: p, kind: prune}]"}); }),
               HasSubstr("prune needs a top-level prune: section"));
   fs::remove_all(full);
   fs::remove_all(parts);
@@ -226,8 +233,8 @@ TEST(Trainer, DivergedLossStopsTheRunWithAClearError) {
   // pixels of both signs make the first convolution NaN and the loss NaN from the first step.
   // (SGD at lr 100 used to get there within 5 epochs, until BN's statistics became exact for
   // huge activations and kept that run finite.)
-  ExperimentConfig cfg = parse_config(kSynthetic, "tiny.yaml",
-                                      {"data.mean=[0.5]", "data.std=[1.0e-39]", "stages.0.epochs=3"});
+  ExperimentConfig cfg = parse_config(
+      kSynthetic, "tiny.yaml", {"data.mean=[0.5]", "data.std=[1.0e-39]", "stages.0.epochs=3"});
   fs::path out = fresh_dir("diverged");
   try {
     run_training(cfg, quiet(out));
@@ -240,7 +247,8 @@ TEST(Trainer, DivergedLossStopsTheRunWithAClearError) {
 }
 
 TEST(Trainer, MissingDataFileIsAnInputError) {
-  ExperimentConfig cfg = parse_config(kSynthetic, "tiny.yaml", {"data.dataset=cifar10", "data.root=/nonexistent/cifar"});
+  ExperimentConfig cfg = parse_config(kSynthetic, "tiny.yaml",
+                                      {"data.dataset=cifar10", "data.root=/nonexistent/cifar"});
   fs::path out = fresh_dir("missing");
   try {
     run_training(cfg, quiet(out));
@@ -282,7 +290,8 @@ TEST(Trainer, WhatWouldFailLaterIsRefusedAtTheStart) {
               HasSubstr("model.num_classes 3 is smaller than the dataset's 4 classes"));
   EXPECT_THAT(err(kSynthetic, {"stages.1.init=/no/such/file.safetensors"}),
               HasSubstr("stages.1.init: '/no/such/file.safetensors' is not a file"));
-  EXPECT_THAT(err(kQat, {"quant.rules=[{match: '*', weight: {bits: 8}}, {match: '*', type: Conv2d, weight: {bits: 40}}]"}),
+  EXPECT_THAT(err(kQat, {"quant.rules=[{match: '*', weight: {bits: 8}}, {match: '*', type: Conv2d, "
+                         "weight: {bits: 40}}]"}),
               HasSubstr("tiny.yaml: quant.rules.1: "));
   EXPECT_FALSE(fs::exists(out));  // nothing was written
 }
@@ -295,7 +304,8 @@ TEST(Trainer, ResumeDropsTheLogRecordsOfTheRedoneEpoch) {
   o.stop_after_epochs = 1;
   run_training(cfg, o);
   // Records of an epoch the checkpoint does not hold (as a kill mid-epoch 2 leaves them).
-  std::ofstream(parts / "log.jsonl", std::ios::app) << R"({"kind":"step","epoch":2,"step":7})" << "\n";
+  std::ofstream(parts / "log.jsonl", std::ios::app) << R"({"kind":"step","epoch":2,"step":7})"
+                                                    << "\n";
   o.resume = true;
   o.stop_after_epochs = -1;
   run_training(cfg, o);
@@ -322,7 +332,8 @@ TEST(Trainer, CheckpointsInsideAnEpochResumeBitForBit) {
   fs::path full = fresh_dir("midfull"), parts = fresh_dir("midparts");
   run_training(cfg, quiet(full));
   ::setenv("LOWBIT_FAULT", "throw:0:2:4", 1);
-  EXPECT_THAT(testing::error_of([&] { run_training(cfg, quiet(parts)); }), HasSubstr("injected failure at epoch 2 batch 4"));
+  EXPECT_THAT(testing::error_of([&] { run_training(cfg, quiet(parts)); }),
+              HasSubstr("injected failure at epoch 2 batch 4"));
   ::unsetenv("LOWBIT_FAULT");
   SafetensorsFile ck = load_safetensors((parts / "checkpoint.safetensors").string());
   EXPECT_EQ(ck.metadata["batch"], "2");
@@ -344,10 +355,15 @@ TEST(Trainer, CheckpointsInsideAnEpochResumeBitForBit) {
   };
   EXPECT_EQ(steps(parts), steps(full));
   for (const char* bad : {"3 hours", "-2", "1.5 steps", "2 steps extra"}) {
-    EXPECT_THAT(testing::error_of([&] { parse_config(kSynthetic, "tiny.yaml", {std::string("checkpoint_every=") + bad}); }),
-                HasSubstr("tiny.yaml: checkpoint_every: '")) << bad;
+    EXPECT_THAT(testing::error_of([&] {
+                  parse_config(kSynthetic, "tiny.yaml", {std::string("checkpoint_every=") + bad});
+                }),
+                HasSubstr("tiny.yaml: checkpoint_every: '"))
+        << bad;
   }
-  EXPECT_EQ(parse_config(kSynthetic, "tiny.yaml", {"checkpoint_every=15 min"}).checkpoint_every_minutes, 15.0);
+  EXPECT_EQ(
+      parse_config(kSynthetic, "tiny.yaml", {"checkpoint_every=15 min"}).checkpoint_every_minutes,
+      15.0);
   fs::remove_all(full);
   fs::remove_all(parts);
 }
