@@ -2,11 +2,12 @@
 # Installs, with apt-get, every system package lowbit needs that is missing, and the venv of the
 # PyTorch reference tests (PyPI's safetensors). Idempotent: a machine that already has
 # everything runs no apt or pip command at all. Nothing is fetched from anywhere but Debian's
-# archive and PyPI. `--no-torch` (what quickstart uses) skips the test-only Python parts.
+# archive and PyPI. `--no-torch` (what quickstart uses) skips the test-only parts (PyTorch,
+# clang-format, Slurm, clang-16).
 set -euo pipefail
 
 packages=(
-  build-essential cmake ninja-build pkg-config ccache clang-format
+  build-essential cmake ninja-build pkg-config ccache
   libgtest-dev libgmock-dev
   libyaml-cpp-dev
   libdnnl-dev
@@ -14,17 +15,20 @@ packages=(
   libjpeg62-turbo-dev
   zlib1g-dev
   libopenmpi-dev openmpi-bin
+  nlohmann-json3-dev
+  dataset-fashion-mnist
+)
+# Only the tests and CI need these; quickstart (--no-torch) skips them.
+torch_packages=(
+  python3-torch python3-numpy python3-venv  # the PyTorch reference and parity tests
+  clang-format                              # scripts/check_format.sh
   # A throw-away one-node Slurm cluster for tests/dist/slurm_test.sh (slurmctld, slurmd, srun,
   # sbatch, sinfo, munged, mungekey); no service is enabled or started.
   slurmctld slurmd slurm-client munge
-  nlohmann-json3-dev
-  dataset-fashion-mnist
   # scripts/fuzz.sh and scripts/sanitize.sh: libFuzzer and the ASan/UBSan runtimes of clang 16,
   # its OpenMP runtime, and llvm-symbolizer-16 for readable sanitizer stacks.
   clang-16 libclang-rt-16-dev libomp-16-dev llvm-16
 )
-# Only the test suites need these (the PyTorch reference tests); quickstart skips them.
-torch_packages=(python3-torch python3-numpy python3-venv)
 with_torch=1
 if [ "${1:-}" = "--no-torch" ]; then with_torch=0; fi
 if [ $with_torch -eq 1 ]; then packages+=("${torch_packages[@]}"); fi
