@@ -15,13 +15,17 @@
 #   3. configure build-gpu with LOWBIT_CUDA=ON against the prefix, build with all cores;
 #   4. run all tests (ctest), with LOWBIT_FASHION_MNIST_DIR pointing at the bundled data;
 #   5. fail unless at least one test labelled `gpu` ran without being skipped;
-#   6. with --bench: scripts/gpu_bench.sh (the issue 8 speed measurements against PyTorch).
+#   6. with --bench: scripts/gpu_bench.sh (the issue 8 speed measurements against PyTorch);
+#   7. with --sanitize: every GPU suite (*Gpu.*) once more under compute-sanitizer, memcheck then
+#      racecheck, each test binary on its own; any report fails the check (log in $OUT).
 # Exits non-zero on any failure.
 #
 #   scripts/gpu_check.sh                 everything above but 6
 #   scripts/gpu_check.sh --gpu-only      only the `gpu`-labelled tests in step 4 (CI runs the
 #                                        rest on every push): what a short device lease needs
 #   scripts/gpu_check.sh --bench         also step 6 (after the verdict, also when tests failed)
+#   scripts/gpu_check.sh --sanitize      also step 7 (after the benchmarks: timings come first on
+#                                        a short lease; memcheck makes the suites 10-100x slower)
 #   scripts/gpu_check.sh --unpack-only   step 2 only, then print the environment (no GPU needed)
 #
 # Where $OUT is set (the device tool's folder that comes back), the GPU test log, the failing
@@ -38,12 +42,14 @@ bundle="$root/.gpu_bundle"
 unpack_only=0
 gpu_only=0
 bench=0
+sanitize=0
 for arg in "$@"; do
   case "$arg" in
     --unpack-only) unpack_only=1 ;;
     --gpu-only) gpu_only=1 ;;
     --bench) bench=1 ;;
-    *) echo "usage: $0 [--unpack-only | [--gpu-only] [--bench]]" >&2; exit 2 ;;
+    --sanitize) sanitize=1 ;;
+    *) echo "usage: $0 [--unpack-only | [--gpu-only] [--bench] [--sanitize]]" >&2; exit 2 ;;
   esac
 done
 
@@ -271,5 +277,29 @@ fi
 if [ "$bench" -eq 1 ]; then
   bash "$root/scripts/gpu_bench.sh" --lowbit "$build/tools/lowbit" --device cuda \
     --out "${OUT:-$build/bench-results}" || verdict=1
+fi
+# --- 7. compute-sanitizer (--sanitize): memcheck and racecheck over the GPU suites ------------
+if [ "$sanitize" -eq 1 ]; then
+  cs=$(command -v compute-sanitizer || true)
+  if [ -z "$cs" ] && command -v nvcc >/dev/null; then cs="$(dirname "$(command -v nvcc)")/compute-sanitizer"; fi
+  san_log="$build/compute-sanitizer.log"
+  : >"$san_log"
+  if [ -z "$cs" ] || [ ! -x "$cs" ]; then
+    say "FAILED: --sanitize: compute-sanitizer not found (it ships with the CUDA toolkit)"; verdict=1
+  else
+    for bin in $(find "$build/tests" -name 'lowbit_*_tests' -type f -perm -u+x | sort); do
+      # Only binaries that hold GPU suites.
+      "$bin" --gtest_list_tests --gtest_filter='*Gpu.*' 2>/dev/null | grep -q '^[A-Za-z]' || continue
+      for tool in memcheck racecheck; do
+        say "compute-sanitizer --tool $tool $(basename "$bin")"
+        if ! "$cs" --tool "$tool" --error-exitcode 99 --print-limit 20 "$bin" --gtest_filter='*Gpu.*' \
+               >>"$san_log" 2>&1; then
+          say "FAILED: compute-sanitizer $tool reported on $(basename "$bin") (see $san_log)"; verdict=1
+        fi
+      done
+    done
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$san_log" | sort | uniq -c || true
+  fi
+  if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then cp "$san_log" "$OUT/compute-sanitizer.log"; fi
 fi
 exit "$verdict"
