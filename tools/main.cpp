@@ -9,6 +9,7 @@
 #include "dist/process_group.h"
 #include "dist/world.h"
 #include "tools/bench.h"
+#include "tools/compare.h"
 #include "tools/info.h"
 #include "train/config.h"
 #include "train/registries.h"
@@ -25,6 +26,7 @@ const char* kUsage =
     "  prune     prune a trained model with the config's prune: section (PfQ, L1, BN-gamma)\n"
     "  bench     time kernels and training steps (lowbit bench --help)\n"
     "  info      print the build, backends and devices; --model CONFIG: per-layer size/BOPs\n"
+    "  compare   the summaries of finished runs side by side (markdown), with differences\n"
     "\n"
     "Run 'lowbit <command> --help' for a command's options.\n"
     "Exit codes: 0 success, 1 runtime failure, 2 bad input (config, data, arguments).\n";
@@ -195,6 +197,18 @@ int run(int argc, char** argv) {
   if (cmd == "eval") return run_eval(argc, argv);
   if (cmd == "prune") return run_prune_cmd(argc, argv);
   if (cmd == "bench") return lowbit::tools::run_bench(argc, argv, std::cout);
+  if (cmd == "compare") {
+    if (argc > 2 && is_help(argv[2])) {
+      std::cout
+          << "usage: lowbit compare RUN [RUN...]\n\n"
+             "One markdown table of the runs' summary.json (RUN: a run folder or a summary.json):\n"
+             "config (and the keys that differ from the first run's), top-1, top-5, parameters,\n"
+             "model bytes, compression ratio, BOPs, images/s, wall time and ranks, with each\n"
+             "run's difference to the first in parentheses.\n";
+      return 0;
+    }
+    return lowbit::tools::run_compare(std::vector<std::string>(argv + 2, argv + argc), std::cout);
+  }
   if (cmd == "info") {
     if (argc > 2 && is_help(argv[2])) {
       std::cout

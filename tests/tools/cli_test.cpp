@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <cstring>
@@ -212,6 +213,26 @@ TEST(Cli, NonFiniteWeightsAreRefusedNamingTheTensor) {
           " --no-progress --set stages.0.init=" + nan_file);
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_THAT(r.output, HasSubstr("holds nan"));
+  fs::remove_all(d);
+}
+
+TEST(Cli, CompareTabulatesRunsWithDifferencesToTheFirst) {
+  fs::path d = temp_dir() / "compare";
+  fs::create_directories(d);
+  std::ofstream(d / "c.yaml") << kTiny;
+  const std::string cfg = (d / "c.yaml").string();
+  ASSERT_EQ(run("train " + cfg + " --out " + (d / "a").string() + " --no-progress").code, 0);
+  ASSERT_EQ(
+      run("train " + cfg + " --out " + (d / "b").string() + " --no-progress --set seed=7").code, 0);
+  Result r = run("compare " + (d / "a").string() + " " + (d / "b" / "summary.json").string());
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("| run | config | top-1 % | top-5 % | params |"));
+  EXPECT_THAT(r.output, HasSubstr("(seed: (absent) -> 7)"));
+  // The header, its rule and one row per run.
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 4) << r.output;
+  r = run("compare " + (d / "nothing").string());
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.output, HasSubstr("no summary.json"));
   fs::remove_all(d);
 }
 
