@@ -22,6 +22,7 @@ packages=(
 torch_packages=(
   python3-torch python3-numpy python3-venv  # the PyTorch reference and parity tests
   clang-format                              # scripts/check_format.sh
+  python3-matplotlib                        # lowbit plot (scripts/plot_runs.py) and its test
   # A throw-away one-node Slurm cluster for tests/dist/slurm_test.sh (slurmctld, slurmd, srun,
   # sbatch, sinfo, munged, mungekey); no service is enabled or started.
   slurmctld slurmd slurm-client munge

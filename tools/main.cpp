@@ -1,5 +1,9 @@
 // The lowbit CLI: dispatches subcommands and turns exceptions into exit codes (2 for bad
 // input: config, data files, arguments; 1 for runtime failures) with one clear line on stderr.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <string>
@@ -27,6 +31,7 @@ const char* kUsage =
     "  bench     time kernels and training steps (lowbit bench --help)\n"
     "  info      print the build, backends and devices; --model CONFIG: per-layer size/BOPs\n"
     "  compare   the summaries of finished runs side by side (markdown), with differences\n"
+    "  plot      loss, top-1, learning rate, bits and channels per layer of runs, as a PNG\n"
     "\n"
     "Run 'lowbit <command> --help' for a command's options.\n"
     "Exit codes: 0 success, 1 runtime failure, 2 bad input (config, data, arguments).\n";
@@ -187,6 +192,30 @@ int run_prune_cmd(int argc, char** argv) {
   return 0;
 }
 
+// `lowbit plot`: scripts/plot_runs.py (matplotlib) with the same arguments; its --help answers.
+// The interpreter is LOWBIT_PLOT_PYTHON, else Debian's /usr/bin/python3 (python3-matplotlib),
+// else python3 on PATH; the script is LOWBIT_PLOT_SCRIPT, else the source tree's.
+int run_plot(int argc, char** argv) {
+  const auto env = [](const char* k, const std::string& fallback) {
+    const char* v = std::getenv(k);
+    return v && *v ? std::string(v) : fallback;
+  };
+  const std::string python = env(
+      "LOWBIT_PLOT_PYTHON", access("/usr/bin/python3", X_OK) == 0 ? "/usr/bin/python3" : "python3");
+  const std::string script = env("LOWBIT_PLOT_SCRIPT", LOWBIT_PLOT_SCRIPT);
+  const auto quote = [](const std::string& a) {
+    std::string q = "'";
+    for (char c : a) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return q + "'";
+  };
+  std::string cmd = quote(python) + " " + quote(script);
+  for (int i = 2; i < argc; ++i) cmd += " " + quote(argv[i]);
+  std::cout.flush();
+  const int status = std::system(cmd.c_str());
+  if (status == -1) throw lowbit::Error("plot: could not start " + python);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+}
+
 int run(int argc, char** argv) {
   if (argc < 2 || is_help(argv[1])) {
     std::cout << kUsage;
@@ -197,6 +226,7 @@ int run(int argc, char** argv) {
   if (cmd == "eval") return run_eval(argc, argv);
   if (cmd == "prune") return run_prune_cmd(argc, argv);
   if (cmd == "bench") return lowbit::tools::run_bench(argc, argv, std::cout);
+  if (cmd == "plot") return run_plot(argc, argv);
   if (cmd == "compare") {
     if (argc > 2 && is_help(argv[2])) {
       std::cout

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -233,6 +234,47 @@ TEST(Cli, CompareTabulatesRunsWithDifferencesToTheFirst) {
   r = run("compare " + (d / "nothing").string());
   EXPECT_EQ(r.code, 2);
   EXPECT_THAT(r.output, HasSubstr("no summary.json"));
+  fs::remove_all(d);
+}
+
+// The height of a PNG (its IHDR chunk), 0 when the file is not a PNG.
+uint32_t png_height(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::string b((std::istreambuf_iterator<char>(in)), {});
+  if (b.size() < 24 || b.compare(0, 8, "\x89PNG\r\n\x1a\n") != 0) return 0;
+  const auto* u = reinterpret_cast<const unsigned char*>(b.data());
+  return (uint32_t(u[20]) << 24) | (uint32_t(u[21]) << 16) | (uint32_t(u[22]) << 8) | u[23];
+}
+
+TEST(Cli, PlotDrawsTheRunsAndABitsPanelForQuantizedOnes) {
+  if (std::system("/usr/bin/python3 -c 'import matplotlib' >/dev/null 2>&1") != 0) {
+    GTEST_SKIP()
+        << "/usr/bin/python3 has no matplotlib (scripts/setup.sh installs python3-matplotlib)";
+  }
+  fs::path d = temp_dir() / "plot";
+  fs::create_directories(d);
+  std::ofstream(d / "c.yaml") << kTiny;
+  std::ofstream(d / "q.yaml") << R"(name: tinyq
+device: cpu
+data: {dataset: synthetic, synthetic_size: 32, synthetic_hw: 8, synthetic_channels: 1, synthetic_classes: 2, batch_size: 16}
+model: {name: dsnet}
+quant: {weight: {quantizer: lsq, bits: 4}, activation: {quantizer: lsq, bits: 4}}
+stages: [{epochs: 1, optimizer: {lr: 0.01}}, {kind: qat, epochs: 1, optimizer: {lr: 0.01}}]
+)";
+  const std::string f = (d / "f").string(), q = (d / "q").string();
+  ASSERT_EQ(run("train " + (d / "c.yaml").string() + " --out " + f + " --no-progress").code, 0);
+  Result t = run("train " + (d / "q.yaml").string() + " --out " + q + " --no-progress");
+  ASSERT_EQ(t.code, 0) << t.output;
+  Result r = run("plot " + f + " --out " + (d / "f.png").string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  // Three panels of 3.2 in at 90 dpi for a float run; a fourth (bits per layer) once quantized.
+  EXPECT_EQ(png_height(d / "f.png"), 3u * 288u);
+  r = run("plot " + f + " " + q + " --out " + (d / "fq.png").string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(png_height(d / "fq.png"), 4u * 288u);
+  r = run("plot " + (d / "nothing").string() + " --out " + (d / "x.png").string());
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.output, HasSubstr("no log.jsonl"));
   fs::remove_all(d);
 }
 
