@@ -91,7 +91,6 @@ struct GradientReducer::State {
   std::vector<Bucket> buckets;
   size_t next_launch = 0;
   bool sync = true;
-  bool active = true;  // false once the reducer is gone (hooks stay registered on the leaves)
   double wait_s = 0.0;
 
   // The local group of a world of one has nothing to reduce. (A one-rank nccl group still runs
@@ -123,7 +122,7 @@ struct GradientReducer::State {
   }
 
   void on_grad(size_t i) {
-    if (!active || !sync || marked[i]) return;
+    if (!sync || marked[i]) return;
     marked[i] = 1;
     ++buckets[bucket_of[i]].ready;
     launch_ready();
@@ -176,7 +175,9 @@ GradientReducer::GradientReducer(std::vector<Tensor> params, dist::ProcessGroup&
   }
 }
 
-GradientReducer::~GradientReducer() { state_->active = false; }
+// The hooks stay registered on the leaves but hold the state weakly: once the reducer is gone
+// they find nothing and return.
+GradientReducer::~GradientReducer() = default;
 
 void GradientReducer::set_sync(bool sync) { state_->sync = sync; }
 
