@@ -275,3 +275,44 @@ TEST(MixedPrecision, BadPlansAreInputErrors) {
 
 }  // namespace
 }  // namespace lowbit::quant
+
+namespace lowbit::quant {
+namespace {
+
+// The mixed layer on CUDA against the CPU: same output, input, weight, alpha and BN gradients,
+// for separate BNs and for the shared form.
+TEST(MixedPrecisionGpu, MatchesCpu) {
+  LOWBIT_SKIP_WITHOUT_GPU();
+  for (bool shared : {false, true}) {
+    manual_seed(13);
+    auto run = [&](Device dev) {
+      manual_seed(13);
+      auto conv = std::make_shared<layers::Conv2d>(layers::Conv2dOptions(3, 8, 3).with_padding(1));
+      auto bn = std::make_shared<layers::BatchNorm2d>(8);
+      std::vector<QuantizerPtr> cands{
+          create_quantizer("binary", {{"role", "weight"}, {"channels", "8"}}),
+          create_quantizer("uniform", {{"role", "weight"}, {"bits", "4"}, {"channels", "8"}})};
+      auto m = std::make_shared<MixedConv2d>(*conv, cands, bn, shared);
+      m->to(dev);
+      bn->to(dev);
+      m->train();
+      {
+        autograd::NoGradGuard g;
+        m->choice().alpha().copy_(from_vector(std::vector<float>{0.2f, -0.1f}, {2}).to(dev));
+      }
+      Tensor x = randn({4, 6, 6, 3}).to(dev).requires_grad_(true);
+      Tensor up = randn({4, 6, 6, 8}).to(dev);
+      Tensor y = bn->forward(m->forward(x));
+      sum(y * up).backward();
+      return std::vector<Tensor>{y, x.grad(), m->weight().grad(), m->choice().alpha().grad()};
+    };
+    auto c = run(Device::cpu());
+    auto g = run(Device::cuda(0));
+    for (size_t i = 0; i < c.size(); ++i) {
+      EXPECT_TENSOR_NEAR(g[i].to(Device::cpu()), c[i], 1e-4, 1e-4) << "shared " << shared << " " << i;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace lowbit::quant
