@@ -309,7 +309,8 @@ TEST(MixedPrecisionGpu, MatchesCpu) {
     auto c = run(Device::cpu());
     auto g = run(Device::cuda(0));
     for (size_t i = 0; i < c.size(); ++i) {
-      EXPECT_TENSOR_NEAR(g[i].to(Device::cpu()), c[i], 1e-4, 1e-4) << "shared " << shared << " " << i;
+      EXPECT_TENSOR_NEAR(g[i].to(Device::cpu()), c[i], 1e-4, 1e-4)
+          << "shared " << shared << " " << i;
     }
   }
 }
