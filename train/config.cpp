@@ -503,6 +503,7 @@ SearchConfig parse_search(Section q, const std::string& file) {
     q.fail("val_fraction",
            str_cat(c.val_fraction, " leaves no ", c.val_fraction <= 0.0 ? "validation" : "training",
                    " split; wants a fraction strictly between 0 and 1"));
+  c.max_samples = q.integer("max_samples", c.max_samples, 0, kBig);
   c.stable_epochs = q.integer("stable_epochs", c.stable_epochs, 1, kBig);
   c.alpha_optimizer = parse_optimizer(q.sub("alpha_optimizer"), c.alpha_optimizer);
   q.finish();

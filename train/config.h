@@ -111,6 +111,7 @@ struct SearchConfig {
   double theta_factor = 1.1;
   int64_t theta_batches = 20;
   double val_fraction = 0.5;  // of the training set, for the alpha steps (the rest trains w)
+  int64_t max_samples = 0;    // the search uses this many training images (0: all), split as above
   int64_t stable_epochs = 5;  // the search ends when every layer's argmax held this many epochs
   OptimizerConfig alpha_optimizer = [] {
     OptimizerConfig o;

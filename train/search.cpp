@@ -35,11 +35,19 @@ namespace {
 using json = nlohmann::json;
 namespace fs = std::filesystem;
 
-// The training set's split for a search: the first val_fraction of a permutation drawn from the
-// seed is the validation part, the rest trains the weights. The same on every rank and run.
+// The training set's split for a search: of a permutation drawn from the seed (its first
+// max_samples when given), the first val_fraction is the validation part, the rest trains the
+// weights. The same on every rank and run.
 std::pair<std::vector<int64_t>, std::vector<int64_t>> search_split(int64_t n, double val_fraction,
+                                                                   int64_t max_samples,
                                                                    uint64_t seed) {
-  const std::vector<int64_t> perm = data::permutation(n, seed ^ 0x5ea4c11ULL, 0);
+  std::vector<int64_t> perm = data::permutation(n, seed ^ 0x5ea4c11ULL, 0);
+  if (max_samples > 0 && max_samples < n) {
+    perm.resize(size_t(max_samples));
+    n = max_samples;
+  }
+  LOWBIT_CHECK_INPUT(n >= 2, "search: the training set has ", n,
+                     " image(s); the search needs at least 2 (search.max_samples)");
   const int64_t nv = std::clamp<int64_t>(int64_t(std::llround(double(n) * val_fraction)), 1, n - 1);
   std::vector<int64_t> val(perm.begin(), perm.begin() + nv), train(perm.begin() + nv, perm.end());
   std::sort(val.begin(), val.end());
@@ -90,7 +98,7 @@ class SearchLoop : public StageLoop {
     // The split and its loaders, with the training set's options and transforms.
     const data::DataLoader& full = *c.data.train;
     const auto [train_idx, val_idx] =
-        search_split(full.dataset().size(), sc_.val_fraction, cfg_.seed);
+        search_split(full.dataset().size(), sc_.val_fraction, sc_.max_samples, cfg_.seed);
     data::LoaderOptions o = full.options();
     train_ = std::make_unique<data::DataLoader>(
         data::subset(c.data.train_dataset, train_idx, "search training split"), o,

@@ -151,7 +151,8 @@ TEST(SearchStage, BoundNeverMetStepsOnTheLossOnly) {
 
 TEST(SearchStage, ResumeInsideTheSearchIsBitForBit) {
   ExperimentConfig cfg =
-      parse_config(kSearch, "tinysearch.yaml", {"search.theta=1.5x", "checkpoint_every=1 steps"});
+      parse_config(kSearch, "tinysearch.yaml",
+                   {"search.theta=1.5x", "checkpoint_every=1 steps", "search.max_samples=64"});
   fs::path full = fresh_dir("rfull"), parts = fresh_dir("rparts");
   run_training(cfg, quiet(full));
   // Stopped after the first search epoch (global epoch 2), then killed inside the next one.
