@@ -5,7 +5,9 @@ with matplotlib from their log.jsonl and summary.json only (docs/training.md, "W
 Panels: training loss against the optimizer step (stages placed one after the other), test top-1
 against the epoch, the learning rate against the step, and, where a run has them, the weight bits
 of each layer (a quantized run's summary) and the channels kept per layer (prune_report_*.json).
-Exits 2 naming the run when a folder has no log.jsonl.
+Exits 2 naming the run when a folder has no log.jsonl or a line of it is not a JSON record, except
+a last line without its newline (a record cut short while written), which is skipped with a
+warning; exits 2 when matplotlib cannot be imported.
 """
 import argparse
 import json
@@ -18,6 +20,16 @@ def fail(msg):
     sys.exit(2)
 
 
+def read_json(path):
+    try:
+        j = json.loads(path.read_text())
+    except ValueError as e:
+        fail(f"{path}: not JSON ({e})")
+    if not isinstance(j, dict):
+        fail(f"{path}: not a JSON object")
+    return j
+
+
 def read_run(folder):
     p = pathlib.Path(folder)
     log = p / "log.jsonl"
@@ -25,12 +37,21 @@ def read_run(folder):
         fail(f"{p}: no log.jsonl (is it a lowbit run folder?)")
     steps, epochs = [], []
     offset, last_stage, last_step = 0, None, -1
-    for n, line in enumerate(log.read_text().splitlines(), 1):
+    text = log.read_text()
+    lines = text.splitlines()
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             r = json.loads(line)
-        except json.JSONDecodeError:
+            if not isinstance(r, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            if n == len(lines) and not text.endswith("\n"):
+                # A record cut short: the run is writing it now, or was killed while writing it.
+                print(f"lowbit plot: warning: {log}:{n}: ignoring the last line, an incomplete "
+                      "record (a run still writing, or killed mid-write)", file=sys.stderr)
+                break
             fail(f"{log}:{n}: not a JSON record")
         if r.get("kind") == "step":
             if last_stage is not None and r.get("stage") != last_stage:
@@ -39,12 +60,10 @@ def read_run(folder):
             steps.append((offset + r.get("step", 0), r.get("train_loss"), r.get("lr")))
         elif r.get("kind") == "epoch":
             epochs.append((r.get("epoch"), r.get("test_top1")))
-    summary = {}
-    if (p / "summary.json").is_file():
-        summary = json.loads((p / "summary.json").read_text())
+    summary = read_json(p / "summary.json") if (p / "summary.json").is_file() else {}
     prune = []
     for rep in sorted(p.glob("prune_report*.json")):
-        prune += json.loads(rep.read_text()).get("layers", [])
+        prune += read_json(rep).get("layers", [])
     return {"name": str(p), "steps": steps, "epochs": epochs, "summary": summary, "prune": prune}
 
 

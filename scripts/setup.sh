@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs, with apt-get, every system package lowbit needs that is missing, and the venv of the
-# PyTorch reference tests (PyPI's safetensors). Idempotent: a machine that already has
+# PyTorch reference tests (PyPI's safetensors and tensorboard). Idempotent: a machine that already has
 # everything runs no apt or pip command at all. Nothing is fetched from anywhere but Debian's
 # archive and PyPI. `--no-torch` (what quickstart uses) skips the test-only parts (PyTorch,
 # clang-format, Slurm, clang-16).
@@ -53,15 +53,25 @@ else
 fi
 
 # The PyTorch reference tests (ctest label `torch`) run Debian's python3-torch through a
-# project venv that sees the system packages and adds PyPI's `safetensors` (not in Debian 12).
-# The venv lives in .venv (ignored); tests find it through CMake (LOWBIT_PYTHON).
+# project venv that sees the system packages and adds from PyPI what Debian 12 lacks:
+# `safetensors` (checkpoint interop) and `tensorboard` (its event reader checks lowbit's
+# TensorBoard files). The venv lives in .venv (ignored); tests find it through CMake
+# (LOWBIT_PYTHON). An existing venv only gets what it is missing.
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv="$root/.venv"
-if [ $with_torch -eq 1 ] && ! "$venv/bin/python" -c 'import torch, safetensors, numpy' >/dev/null 2>&1; then
-  echo "setup: creating $venv (system site packages + safetensors from PyPI)"
-  rm -rf "$venv"
-  /usr/bin/python3 -m venv --system-site-packages "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check 'safetensors==0.4.5' ||
-    echo "setup: warning: pip could not install safetensors; the torch interop tests will skip"
+if [ $with_torch -eq 1 ]; then
+  if ! "$venv/bin/python" -c 'import torch, numpy' >/dev/null 2>&1; then
+    echo "setup: creating $venv (system site packages)"
+    rm -rf "$venv"
+    /usr/bin/python3 -m venv --system-site-packages "$venv"
+  fi
+  pip_missing=()
+  "$venv/bin/python" -c 'import safetensors' >/dev/null 2>&1 || pip_missing+=('safetensors==0.4.5')
+  "$venv/bin/python" -c 'import tensorboard' >/dev/null 2>&1 || pip_missing+=('tensorboard==2.21.0')
+  if [ ${#pip_missing[@]} -gt 0 ]; then
+    echo "setup: pip install ${pip_missing[*]} into $venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${pip_missing[@]}" ||
+      echo "setup: warning: pip could not install ${pip_missing[*]}; the tests that need them fail or skip"
+  fi
 fi
 echo "setup: done"

@@ -639,6 +639,7 @@ ExperimentConfig parse_config(const std::string& yaml_text, const std::string& f
              str_cat("'", c.device, "' is not allowed; allowed: auto, cpu, cuda, cuda:N"));
   }
   c.log_interval = top.integer("log_interval", c.log_interval, 1, kBig);
+  c.tensorboard = top.boolean("tensorboard", c.tensorboard);
   c.threads = top.integer("threads", c.threads, 0, 1024);
   c.amp = top.str("amp", c.amp, {"off", "bf16", "f16"});
   c.cpu_conv =

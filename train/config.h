@@ -130,6 +130,7 @@ struct ExperimentConfig {
   uint64_t seed = 0;
   std::string device = "auto";  // auto | cpu | cuda | cuda:N
   int64_t log_interval = 50;    // steps between log records
+  bool tensorboard = true;      // also write TensorBoard event files into the run folder
   int64_t threads = 0;          // CPU threads (0 = OpenMP's default)
   std::string amp = "off";      // mixed precision: off | bf16 | f16 (core/autocast.h)
   // checkpoint_every: also checkpoint inside epochs, every N optimizer steps or M minutes ("500",

@@ -41,6 +41,7 @@
 #include "train/optimizer.h"
 #include "train/progress.h"
 #include "train/registries.h"
+#include "train/run_log.h"
 #include "train/safetensors.h"
 #include "train/schedule.h"
 #include "train/stage_context.h"
@@ -704,9 +705,10 @@ class TrainingRun {
     } else {
       trim_log_to(pos_);
     }
-    log_ = std::make_unique<JsonlLog>((out_ / "log.jsonl").string());
+    log_ = std::make_unique<RunLog>(out_.string(), cfg_.tensorboard);
     std::ofstream cfg_out(out_ / "config.yaml");
     cfg_out << cfg_.raw_yaml << "\n";
+    log_->config_text(cfg_.raw_yaml);
   }
 
   static std::string read_file_or_empty(const fs::path& p) {
@@ -722,7 +724,8 @@ class TrainingRun {
       const std::string name = entry.path().filename().string();
       const bool run_file = name == "config.yaml" || name == "log.jsonl" || name == kCheckpoint ||
                             name == "model.safetensors" || name == "summary.json" ||
-                            name.rfind("prune_report", 0) == 0;
+                            name.rfind("prune_report", 0) == 0 ||
+                            name.rfind("events.out.tfevents.", 0) == 0;
       if (run_file) fs::remove(entry.path(), ec);
     }
   }
@@ -759,7 +762,7 @@ class TrainingRun {
   }
 
   void write_log(const json& j) {
-    if (log_) log_->write(j.dump());
+    if (log_) log_->record(j);
   }
 
   void run_stage(int64_t s, const Fault& fault) {
@@ -1036,6 +1039,7 @@ class TrainingRun {
     }
     if (stage.loop) stage.loop->end_epoch(e, rec);
     write_log(rec);
+    if (log_) log_->histograms(*model_, pos_.global_epoch + 1);
     pos_.stage = stage.index;
     pos_.epoch = e + 1;
     pos_.global_epoch += 1;
@@ -1043,8 +1047,19 @@ class TrainingRun {
     summary_.test = ev;
     if (root_)
       save_checkpoint(out_, *model_, stage.opt.get(), pos_, cfg_, dev_, ms_, stage.loop.get());
+    if (progress_) print_where_results_go();
     if (opts_.stop_after_epochs >= 0 && pos_.global_epoch >= opts_.stop_after_epochs)
       stopped_ = true;
+  }
+
+  // After each epoch's line: where its results are and how to watch them.
+  void print_where_results_go() const {
+    const std::string dir = out_.string();
+    std::fprintf(stderr, "  saved %s; curves in %s/log.jsonl%s (lowbit plot %s%s)\n",
+                 (out_ / kCheckpoint).c_str(), dir.c_str(),
+                 cfg_.tensorboard ? " and TensorBoard events" : "", dir.c_str(),
+                 cfg_.tensorboard ? str_cat(", tensorboard --logdir ", dir).c_str() : "");
+    std::fflush(stderr);
   }
 
   // The summary; when every stage ran, the final model and summary.json (rank 0).
@@ -1115,7 +1130,7 @@ class TrainingRun {
   bool resuming_ = false;
   bool stopped_ = false;
   std::chrono::steady_clock::time_point last_checkpoint_;
-  std::unique_ptr<JsonlLog> log_;
+  std::unique_ptr<RunLog> log_;  // rank 0: log.jsonl and the TensorBoard event file
   RunSummary summary_;
   int64_t images_seen_ = 0;
   double train_seconds_ = 0.0, comm_wait_seconds_ = 0.0;

@@ -1,5 +1,6 @@
 // The staged Trainer: builds the data loaders and the model from an ExperimentConfig, runs its
-// stages (optimizer, LR schedule, epochs), evaluates, logs (progress bar, OUT/log.jsonl),
+// stages (optimizer, LR schedule, epochs), evaluates, logs (progress bar, OUT/log.jsonl and
+// TensorBoard events, train/run_log.h),
 // writes checkpoints atomically each epoch (OUT/checkpoint.safetensors: weights in PyTorch
 // layout and names, optimizer state, RNG state and position) and OUT/summary.json at the end.
 // --resume continues from the checkpoint and ends with the same weights as an uninterrupted

@@ -1,7 +1,10 @@
 #include "tests/common/test_util.h"
 
+#include <sys/wait.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <sstream>
 
 namespace lowbit::testing {
@@ -76,6 +79,17 @@ Tensor non_contiguous_copy(const Tensor& t) {
          << " elements (rtol " << rtol << ", atol " << atol << "); worst at " << idx.str() << ": "
          << x[size_t(worst)] << " vs " << y[size_t(worst)] << " (|diff| "
          << std::fabs(x[size_t(worst)] - y[size_t(worst)]) << ")";
+}
+
+std::pair<int, std::string> run_command(const std::string& cmd) {
+  std::string out;
+  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
+  if (p == nullptr) return {-1, "popen failed"};
+  char buf[4096];
+  size_t n = 0;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  const int status = ::pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
 }  // namespace lowbit::testing

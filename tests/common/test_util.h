@@ -8,6 +8,7 @@
 #include <cmath>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/backend.h"
@@ -60,6 +61,10 @@ inline std::string error_of(const std::function<void()>& f) {
   }
   return "<no error>";
 }
+
+// Runs a shell command (the Python reference and interop tests); its exit status (-1 when it did
+// not exit normally) and its stdout and stderr together.
+std::pair<int, std::string> run_command(const std::string& cmd);
 
 }  // namespace lowbit::testing
 

@@ -12,7 +12,9 @@
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
+#include <vector>
 
 namespace {
 
@@ -246,7 +248,46 @@ uint32_t png_height(const fs::path& p) {
   return (uint32_t(u[20]) << 24) | (uint32_t(u[21]) << 16) | (uint32_t(u[22]) << 8) | u[23];
 }
 
-TEST(Cli, PlotDrawsTheRunsAndABitsPanelForQuantizedOnes) {
+// Reads a plot back: a panel is framed by two long black horizontal lines (its axes' top and
+// bottom spines); inside it, the coloured pixels are the curves. Prints "panels N" and the
+// coloured pixel count of each panel.
+const char* kCountPanels = R"PY(
+import sys
+import matplotlib.image as mi
+a = mi.imread(sys.argv[1])[:, :, :3]
+h, w, _ = a.shape
+rows = [y for y in range(h) if (a[y].sum(axis=1) < 0.4).sum() > 0.5 * w]
+lines = [y for i, y in enumerate(rows) if i == 0 or rows[i - 1] != y - 1]
+colored = (a.max(axis=2) - a.min(axis=2)) > 0.25
+counts = [int(colored[top:bottom].sum()) for top, bottom in zip(lines[0::2], lines[1::2])]
+print("panels", len(lines) // 2, "colored", *counts)
+)PY";
+
+struct Panels {
+  int count = -1;
+  std::vector<int> colored;  // per panel
+  std::string raw;
+};
+
+Panels count_panels(const fs::path& png) {
+  const fs::path script = png.parent_path() / "count_panels.py";
+  std::ofstream(script) << kCountPanels;
+  Panels p;
+  FILE* f = popen(
+      ("/usr/bin/python3 '" + script.string() + "' '" + png.string() + "' 2>&1").c_str(), "r");
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), f)) > 0) p.raw.append(buf.data(), n);
+  pclose(f);
+  std::istringstream in(p.raw);
+  std::string word;
+  if (in >> word && word == "panels" && in >> p.count >> word) {
+    for (int c; in >> c;) p.colored.push_back(c);
+  }
+  return p;
+}
+
+TEST(Cli, PlotDrawsOnePanelPerQuantityForFloatQatAndPfqRuns) {
   if (std::system("/usr/bin/python3 -c 'import matplotlib' >/dev/null 2>&1") != 0) {
     GTEST_SKIP()
         << "/usr/bin/python3 has no matplotlib (scripts/setup.sh installs python3-matplotlib)";
@@ -254,27 +295,101 @@ TEST(Cli, PlotDrawsTheRunsAndABitsPanelForQuantizedOnes) {
   fs::path d = temp_dir() / "plot";
   fs::create_directories(d);
   std::ofstream(d / "c.yaml") << kTiny;
-  std::ofstream(d / "q.yaml") << R"(name: tinyq
-device: cpu
-data: {dataset: synthetic, synthetic_size: 32, synthetic_hw: 8, synthetic_channels: 1, synthetic_classes: 2, batch_size: 16}
-model: {name: dsnet}
+  const std::string data =
+      "data: {dataset: synthetic, synthetic_size: 32, synthetic_hw: 8, synthetic_channels: 1, "
+      "synthetic_classes: 2, batch_size: 16}\n";
+  std::ofstream(d / "q.yaml") << "name: tinyq\ndevice: cpu\n"
+                              << data << R"(model: {name: dsnet}
 quant: {weight: {quantizer: lsq, bits: 4}, activation: {quantizer: lsq, bits: 4}}
 stages: [{epochs: 1, optimizer: {lr: 0.01}}, {kind: qat, epochs: 1, optimizer: {lr: 0.01}}]
 )";
-  const std::string f = (d / "f").string(), q = (d / "q").string();
-  ASSERT_EQ(run("train " + (d / "c.yaml").string() + " --out " + f + " --no-progress").code, 0);
-  Result t = run("train " + (d / "q.yaml").string() + " --out " + q + " --no-progress");
-  ASSERT_EQ(t.code, 0) << t.output;
-  Result r = run("plot " + f + " --out " + (d / "f.png").string());
-  ASSERT_EQ(r.code, 0) << r.output;
-  // Three panels of 3.2 in at 90 dpi for a float run; a fourth (bits per layer) once quantized.
-  EXPECT_EQ(png_height(d / "f.png"), 3u * 288u);
-  r = run("plot " + f + " " + q + " --out " + (d / "fq.png").string());
-  ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_EQ(png_height(d / "fq.png"), 4u * 288u);
-  r = run("plot " + (d / "nothing").string() + " --out " + (d / "x.png").string());
-  EXPECT_EQ(r.code, 2);
-  EXPECT_THAT(r.output, HasSubstr("no log.jsonl"));
+  // PfQ with a threshold above the smallest running variances of this short run (they start at 1
+  // and fall towards 0.81 after two batches), so some channels go, as after a real pretraining.
+  std::ofstream(d / "p.yaml") << "name: tinyp\ndevice: cpu\n"
+                              << data << R"(model: {name: dsnet}
+prune: {method: pfq, var_threshold: 0.83}
+quant: {weight: {quantizer: lsq, bits: 4}, activation: {quantizer: lsq, bits: 4}}
+stages:
+  - {name: pretrain, epochs: 1, optimizer: {lr: 0.01}}
+  - {name: pfq, kind: prune, epochs: 0}
+  - {name: qat, kind: qat, epochs: 1, optimizer: {lr: 0.01}}
+)";
+  const std::string f = (d / "f").string(), q = (d / "q").string(), p = (d / "p").string();
+  for (const auto& [cfg, out] : {std::pair{"c.yaml", f}, {"q.yaml", q}, {"p.yaml", p}}) {
+    Result t = run("train " + (d / cfg).string() + " --out " + out +
+                   " --no-progress --set log_interval=1");
+    ASSERT_EQ(t.code, 0) << t.output;
+  }
+  // Loss, top-1 and learning rate; bits per layer once quantized; channels kept once pruned.
+  const std::vector<std::pair<std::string, int>> cases = {
+      {f, 3}, {q, 4}, {p, 5}, {f + " " + q + " " + p, 5}};
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const fs::path png = d / ("plot" + std::to_string(i) + ".png");
+    Result r = run("plot " + cases[i].first + " --out " + png.string());
+    ASSERT_EQ(r.code, 0) << r.output;
+    // Panels of 3.2 in at 90 dpi, each drawn with curves.
+    EXPECT_EQ(png_height(png), uint32_t(cases[i].second) * 288u) << cases[i].first;
+    const Panels panels = count_panels(png);
+    EXPECT_EQ(panels.count, cases[i].second) << cases[i].first << ": " << panels.raw;
+    ASSERT_EQ(int(panels.colored.size()), cases[i].second) << panels.raw;
+    for (int c : panels.colored) EXPECT_GT(c, 100) << cases[i].first << ": " << panels.raw;
+  }
+  fs::remove_all(d);
+}
+
+TEST(Cli, PlotRefusesWhatIsNotARunAndSkipsACutLastRecord) {
+  if (std::system("/usr/bin/python3 -c 'import matplotlib' >/dev/null 2>&1") != 0) {
+    GTEST_SKIP()
+        << "/usr/bin/python3 has no matplotlib (scripts/setup.sh installs python3-matplotlib)";
+  }
+  fs::path d = temp_dir() / "plot_bad";
+  fs::create_directories(d / "not_a_run");
+  std::ofstream(d / "not_a_run" / "notes.txt") << "hello\n";
+  Result r = run("plot " + (d / "not_a_run").string() + " --out " + (d / "x.png").string());
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("not_a_run: no log.jsonl"));
+  EXPECT_FALSE(fs::exists(d / "x.png"));
+
+  std::ofstream(d / "c.yaml") << kTiny;
+  const fs::path run_dir = d / "run";
+  ASSERT_EQ(run("train " + (d / "c.yaml").string() + " --out " + run_dir.string() +
+                " --no-progress --set log_interval=1")
+                .code,
+            0);
+  const fs::path log = run_dir / "log.jsonl";
+  std::ifstream in(log);
+  const std::string whole((std::istreambuf_iterator<char>(in)), {});
+  in.close();
+  ASSERT_GT(whole.size(), 40u);
+  // Killed while writing the last record: the line is cut in the middle, without its newline.
+  std::ofstream(log, std::ios::trunc) << whole.substr(0, whole.size() - 30);
+  r = run("plot " + run_dir.string() + " --out " + (d / "cut.png").string());
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("warning: " + log.string() + ":"));
+  EXPECT_THAT(r.output, HasSubstr("ignoring the last line"));
+  EXPECT_GT(png_height(d / "cut.png"), 0u);
+  // A broken record that is not the last line is an error naming the line.
+  std::ofstream(log, std::ios::trunc) << "{\"kind\": \"st\n" << whole;
+  r = run("plot " + run_dir.string() + " --out " + (d / "bad.png").string());
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr(log.string() + ":1: not a JSON record"));
+  std::ofstream(log, std::ios::trunc) << whole;
+
+  // No matplotlib for the interpreter: a package of that name that fails to import stands in.
+  fs::create_directories(d / "fake" / "matplotlib");
+  std::ofstream(d / "fake" / "matplotlib" / "__init__.py")
+      << "raise ImportError('No module named matplotlib')\n";
+  const char* old_path = std::getenv("PYTHONPATH");
+  const std::string saved = old_path ? old_path : "";
+  ::setenv("PYTHONPATH", (d / "fake").c_str(), 1);
+  r = run("plot " + run_dir.string() + " --out " + (d / "y.png").string());
+  if (old_path)
+    ::setenv("PYTHONPATH", saved.c_str(), 1);
+  else
+    ::unsetenv("PYTHONPATH");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("matplotlib is missing"));
+  EXPECT_FALSE(fs::exists(d / "y.png"));
   fs::remove_all(d);
 }
 

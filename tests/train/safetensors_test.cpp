@@ -28,6 +28,7 @@ namespace lowbit::train {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::run_command;
 using testing::tensor_of;
 
 // A fresh directory per test, removed afterwards.
@@ -504,18 +505,6 @@ save_file({
 }, dst, metadata={"producer": "torch"})
 print("python side ok")
 )PY";
-
-// Runs a shell command; returns its exit status and (merged) output.
-std::pair<int, std::string> run_command(const std::string& cmd) {
-  std::string out;
-  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
-  if (p == nullptr) return {-1, "popen failed"};
-  char buf[4096];
-  size_t n = 0;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int status = ::pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
 
 TEST(SafetensorsTorch, InteropWithPython) {
   const auto [probe, why] =

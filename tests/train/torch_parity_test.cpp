@@ -48,18 +48,8 @@ namespace lowbit::train {
 namespace {
 
 namespace fs = std::filesystem;
+using lowbit::testing::run_command;
 using nlohmann::json;
-
-std::pair<int, std::string> shell(const std::string &cmd) {
-  std::string out;
-  FILE *p = ::popen((cmd + " 2>&1").c_str(), "r");
-  if (!p) return {-1, "popen failed"};
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int status = ::pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
 
 // (N, H, W, C) -> (N, C, H, W).
 Tensor nchw(const Tensor &t) { return t.permute({0, 3, 1, 2}).contiguous(); }
@@ -698,7 +688,7 @@ void add_conv_bn_cases(Table &t) {
 
 TEST(ParityTorch, EveryCaseMatchesPyTorch) {
   const std::string python = LOWBIT_PYTHON;
-  const auto [probe, why] = shell(python + " -c 'import torch, safetensors'");
+  const auto [probe, why] = run_command(python + " -c 'import torch, safetensors'");
   if (probe != 0) GTEST_SKIP() << python << " cannot import torch and safetensors: " << why;
   manual_seed(20);
   Table table;
@@ -720,7 +710,7 @@ TEST(ParityTorch, EveryCaseMatchesPyTorch) {
                     out = (dir / "out.safetensors").string();
   save_safetensors(in, table.inputs(), {{"cases", table.cases_json()}});
   const auto [rc, log] =
-      shell(python + " " + LOWBIT_SOURCE_DIR + "/tests/torch/parity.py " + in + " " + out);
+      run_command(python + " " + LOWBIT_SOURCE_DIR + "/tests/torch/parity.py " + in + " " + out);
   std::map<std::string, Tensor> ref;
   if (rc == 0) ref = load_safetensors(out).tensors;
   fs::remove_all(dir);
