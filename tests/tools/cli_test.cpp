@@ -229,7 +229,9 @@ TEST(Cli, CompareTabulatesRunsWithDifferencesToTheFirst) {
       run("train " + cfg + " --out " + (d / "b").string() + " --no-progress --set seed=7").code, 0);
   Result r = run("compare " + (d / "a").string() + " " + (d / "b" / "summary.json").string());
   EXPECT_EQ(r.code, 0) << r.output;
-  EXPECT_THAT(r.output, HasSubstr("| run | config | top-1 % | top-5 % | params |"));
+  // The columns docs/training.md lists, in its order.
+  EXPECT_THAT(r.output, HasSubstr("| run | config | top-1 % | top-5 % | params | model bytes | "
+                                  "compression | GBOPs | images/s | wall s | ranks |\n"));
   EXPECT_THAT(r.output, HasSubstr("(seed: (absent) -> 7)"));
   // The header, its rule and one row per run.
   EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 4) << r.output;
