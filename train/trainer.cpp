@@ -40,6 +40,7 @@
 #include "train/optimizer.h"
 #include "train/progress.h"
 #include "train/registries.h"
+#include "train/run_support.h"
 #include "train/safetensors.h"
 #include "train/schedule.h"
 
@@ -156,13 +157,7 @@ struct Position {
 
 const char* kCheckpoint = "checkpoint.safetensors";
 
-// Structure the weights need besides the model config: the quantization plan (metadata
-// "quant_plan") when the model was converted.
-struct ModelState {
-  bool pruned = false;  // channel shapes differ from the config's model ("pruned" metadata)
-  bool quantized = false;
-  quant::QuantPlan plan;
-};
+}  // namespace
 
 void add_structure_meta(const ModelState& ms, std::map<std::string, std::string>* meta) {
   if (ms.pruned) (*meta)["pruned"] = "1";
@@ -305,7 +300,7 @@ void all_reduce_sums(std::vector<double>& v) {
 
 // Top-1/top-5 and mean loss over the whole test set: each rank evaluates its shard (no padding,
 // data/loader.h) and the counts are summed over the ranks, so the result is the one-process one.
-EvalResult evaluate(layers::Module& model, DataSource& data, Device dev) {
+EvalResult evaluate(layers::Module& model, DataSource& data, Device dev, int64_t max_samples) {
   autograd::NoGradGuard guard;
   model.eval();
   EvalResult r;
@@ -315,7 +310,7 @@ EvalResult evaluate(layers::Module& model, DataSource& data, Device dev) {
   data.test->reset();
   Batch b;
   int64_t samples = 0;
-  while (data.test->next(b)) {
+  while ((max_samples <= 0 || samples < max_samples) && data.test->next(b)) {
     Tensor logits = loss_precision(model.forward(b.images));
     const int64_t n = b.labels.size(0);
     loss_sum = loss_sum + cross_entropy(logits, b.labels).to(DType::f64) * double(n);
@@ -377,36 +372,6 @@ void write_prune_report(const prune::PruneReport& rep, const fs::path& out,
   std::ofstream(out / ("prune_report_" + stage + ".txt")) << table;
   std::ofstream(out / ("prune_report_" + stage + ".json")) << rep.to_json().dump(2) << "\n";
 }
-
-}  // namespace
-
-// What a stage kind's prepare() works on (train/registries.h).
-struct StageContext {
-  const ExperimentConfig& cfg;
-  int64_t stage;
-  layers::Module& model;
-  ModelState& ms;
-  DataSource& data;
-  Device dev;
-  int64_t global_epoch;
-  const fs::path& out_dir;
-  bool progress;
-  dist::ProcessGroup& group;
-
-  const StageConfig& config() const { return cfg.stages[size_t(stage)]; }
-  // A source of the first n training batches of this epoch's order (calibration).
-  std::function<bool(Tensor&)> batches(int64_t n) {
-    data.train->set_epoch(global_epoch);
-    data.train->reset();
-    DataLoader* loader = data.train.get();
-    return [loader, n, i = int64_t(0)](Tensor& x) mutable {
-      Batch b;
-      if (i++ >= n || !loader->next(b)) return false;
-      x = b.images;
-      return true;
-    };
-  }
-};
 
 namespace {
 
@@ -1106,8 +1071,6 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
   return TrainingRun(cfg, opts).run();
 }
 
-namespace {
-
 // The config's data and model with the weights (and the pruned / quantized structure) of
 // `checkpoint`, on `dev`.
 layers::ModulePtr load_trained(const ExperimentConfig& cfg, const std::string& checkpoint,
@@ -1121,8 +1084,6 @@ layers::ModulePtr load_trained(const ExperimentConfig& cfg, const std::string& c
   model->to(dev);
   return model;
 }
-
-}  // namespace
 
 PruneRunResult run_prune(const ExperimentConfig& cfg, const std::string& checkpoint,
                          const std::string& out_dir, const std::string& device_override,
