@@ -50,6 +50,12 @@ int64_t count_batchnorm(layers::Module& model) {
   return n;
 }
 
+void require_batchnorm(layers::Module& model, const std::string& what) {
+  LOWBIT_CHECK_INPUT(count_batchnorm(model) > 0, what,
+                     " distils data from the running statistics of BatchNorm2d layers, and this "
+                     "model has none (calibrate on train or noise instead)");
+}
+
 std::pair<Tensor, Tensor> per_sample_stats(const Tensor& x) {
   LOWBIT_CHECK(x.dim() == 4, "per_sample_stats: wants an NHWC tensor, got ", x.dim(), " dims");
   Tensor m = mean(x, {1, 2});
@@ -80,10 +86,30 @@ Tensor zeroq_bn_loss(layers::Module& model, const Tensor& x, Tensor* logits) {
 }
 
 double mean_kl_divergence(const Tensor& logits_p, const Tensor& logits_q) {
-  autograd::NoGradGuard ng;
-  Tensor lp = log_softmax(logits_p.to(DType::f32), 1), lq = log_softmax(logits_q.to(DType::f32), 1);
-  Tensor kl = sum(exp(lp) * (lp - lq)) * (1.0 / double(logits_p.size(0)));
-  return kl.item();
+  LOWBIT_CHECK(logits_p.dim() == 2 && logits_p.shape() == logits_q.shape(),
+               "mean_kl_divergence: wants two (N, classes) logits of one shape");
+  // On the host in double: the sums of tiny differences stay >= 0 (f32 gives -1e-9 for a
+  // quantized layer that barely changes the output).
+  const std::vector<float> p = logits_p.to(Device::cpu(), DType::f32).to_vector<float>(),
+                           q = logits_q.to(Device::cpu(), DType::f32).to_vector<float>();
+  const int64_t n = logits_p.size(0), k = logits_p.size(1);
+  auto log_softmax_row = [k](const float* x, std::vector<double>& out) {
+    double mx = -std::numeric_limits<double>::infinity(), s = 0.0;
+    for (int64_t j = 0; j < k; ++j) mx = std::max(mx, double(x[j]));
+    for (int64_t j = 0; j < k; ++j) s += std::exp(double(x[j]) - mx);
+    out.resize(size_t(k));
+    for (int64_t j = 0; j < k; ++j) out[size_t(j)] = double(x[j]) - mx - std::log(s);
+  };
+  double total = 0.0;
+  std::vector<double> lp, lq;
+  for (int64_t i = 0; i < n; ++i) {
+    log_softmax_row(p.data() + i * k, lp);
+    log_softmax_row(q.data() + i * k, lq);
+    double kl = 0.0;
+    for (int64_t j = 0; j < k; ++j) kl += std::exp(lp[size_t(j)]) * (lp[size_t(j)] - lq[size_t(j)]);
+    total += std::max(kl, 0.0);  // >= 0 in exact arithmetic
+  }
+  return total / double(n);
 }
 
 std::vector<WeightLayer> weight_layers(layers::Module& model) {

@@ -21,6 +21,10 @@ namespace lowbit::quant {
 // Number of BatchNorm2d layers that track running statistics (ZeroQ needs at least one).
 int64_t count_batchnorm(layers::Module& model);
 
+// InputError unless the model has a BatchNorm2d with running statistics (ZeroQ distils from
+// them); `what` names the caller's setting ("ptq.calibration: zeroq").
+void require_batchnorm(layers::Module& model, const std::string& what);
+
 // The ZeroQ distillation loss of x (NHWC) through `model` (run as it is; call eval() first), a
 // differentiable 0-d tensor: sum over BN layers l and over the input (l = 0) of
 //   ( ||mu_l - m_l||^2 + ||sqrt(var_l + 1e-6) - d_l||^2 ) / N

@@ -160,11 +160,14 @@ std::vector<Tensor> calibration_data(layers::Module& model, const PtqConfig& p, 
   } else if (p.calibration == "noise") {
     calib = noise_images(sample, p.calibration_images, 256, dev);
   } else {
-    LOWBIT_CHECK_INPUT(quant::count_batchnorm(model) > 0,
-                       "ptq.calibration: zeroq needs BatchNorm2d layers with running statistics "
-                       "to distill data from; this model has none (use train or noise)");
+    quant::require_batchnorm(model, "ptq.calibration: zeroq");
     std::vector<double> curve;
-    calib = distill_data(model, p.zeroq, sample, dev, &curve);
+    const auto td = Clock::now();
+    calib = distill_data(model, p.zeroq, sample, dev, &curve, [&](int64_t b, int64_t i, double l) {
+      rep.line(str_cat("ptq: ZeroQ batch ", b, " iteration ", i, ": loss ", fmt("%.4g", l), " (",
+                       fmt("%.1f", since(td)), " s)"));
+    });
+    (*summary)["distill_s"] = since(td);
     const int64_t it = p.zeroq.iterations;
     for (size_t b = 0; b < calib.size(); ++b) {
       for (int64_t i = 0; i < it; i += std::max<int64_t>(1, it / 10)) {
@@ -195,8 +198,6 @@ std::map<std::string, int64_t> zeroq_allocation(layers::Module& model, const Ptq
   const auto t0 = Clock::now();
   const std::vector<quant::WeightLayer> layers = quant::weight_layers(model);
   const int64_t budget = quant::parse_size_budget(p.budget, layers);
-  LOWBIT_CHECK_INPUT(quant::count_batchnorm(model) > 0 || p.calibration != "zeroq",
-                     "ptq.budget with calibration zeroq needs BatchNorm2d layers");
   quant::Sensitivity s = quant::zeroq_sensitivity(model, data, p.mp_bits);
   const double sens_s = since(t0);
   std::vector<std::vector<int64_t>> size(layers.size());
@@ -343,7 +344,9 @@ PtqConfig apply_knobs(const PtqConfig& base, const quant::ConfigSpace& space,
 }
 
 std::vector<Tensor> distill_data(layers::Module& model, const ZeroqConfig& z, const Shape& sample,
-                                 Device dev, std::vector<double>* loss_curve) {
+                                 Device dev, std::vector<double>* loss_curve,
+                                 const std::function<void(int64_t, int64_t, double)>& progress) {
+  quant::require_batchnorm(model, "ZeroQ");
   const bool was_training = model.is_training();
   model.eval();
   // The model's parameters need no gradient here: only the input is optimised.
@@ -375,6 +378,7 @@ std::vector<Tensor> distill_data(layers::Module& model, const ZeroqConfig& z, co
       opt.step();
       const double l = loss.item();
       if (loss_curve) loss_curve->push_back(l);
+      if (progress && (it % 50 == 0 || it + 1 == z.iterations)) progress(b, it, l);
       if (l < best * (1.0 - 1e-4)) {
         best = l;
         bad = 0;

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -37,8 +38,11 @@ PtqRunResult run_ptq(const ExperimentConfig& cfg, const std::string& checkpoint,
 // ZeroQ distilled data: `batches` batches of NHWC images whose BN statistics through `model`
 // match its running statistics (Adam on the input, ReduceLROnPlateau; docs/methods.md).
 // loss_curve (when not null) receives the loss of every iteration of every batch.
-std::vector<Tensor> distill_data(layers::Module& model, const ZeroqConfig& z, const Shape& sample,
-                                 Device dev, std::vector<double>* loss_curve = nullptr);
+// progress (when set) is called every 50 iterations with (batch, iteration, loss).
+std::vector<Tensor> distill_data(
+    layers::Module& model, const ZeroqConfig& z, const Shape& sample, Device dev,
+    std::vector<double>* loss_curve = nullptr,
+    const std::function<void(int64_t, int64_t, double)>& progress = nullptr);
 
 // The five knobs of Quantune's search space (docs/ptq.md), and a knob configuration applied to
 // a ptq: section (also the calibration images it asks for).
