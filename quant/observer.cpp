@@ -245,17 +245,14 @@ class EmaObserver : public Observer {
   double c_;
 };
 
-// --- percentile ---------------------------------------------------------------------------
+// --- observers of every calibration value (percentile, mse, kl) ---------------------------
 
-class PercentileObserver : public Observer {
+// Keeps every calibration value (ValueStore) and computes each channel's range when the
+// quantizer asks for it.
+class StoredValuesObserver : public Observer {
  public:
-  PercentileObserver(double lo, double hi, int64_t max_values)
-      : lo_(lo), hi_(hi), store_(max_values) {}
-  const char* name() const override { return "percentile"; }
+  explicit StoredValuesObserver(int64_t max_values) : store_(max_values) {}
   bool observes_in_training() const override { return false; }
-  std::string repr() const override {
-    return str_cat("percentile, percentile_low=", lo_, ", percentile_high=", hi_);
-  }
   void observe(const Tensor& x, const ChannelLayout& l, Tensor&, Tensor&) override {
     store_.add(x, l);
     pending_ = true;
@@ -265,75 +262,85 @@ class PercentileObserver : public Observer {
     const int64_t C = store_.channels();
     std::vector<float> mn(static_cast<size_t>(C)), mx(static_cast<size_t>(C));
     for (int64_t c = 0; c < C; ++c) {
-      mn[size_t(c)] = float(store_.percentile(c, lo_));
-      mx[size_t(c)] = float(store_.percentile(c, hi_));
+      const auto [lo, hi] = channel_range(c);
+      mn[size_t(c)] = lo;
+      mx[size_t(c)] = hi;
     }
     assign(min_val, mn);
     assign(max_val, mx);
     pending_ = false;
+  }
+
+ protected:
+  // The range of channel c from the stored values.
+  virtual std::pair<float, float> channel_range(int64_t c) = 0;
+  ValueStore store_;
+
+ private:
+  bool pending_ = false;
+};
+
+// --- percentile ---------------------------------------------------------------------------
+
+class PercentileObserver : public StoredValuesObserver {
+ public:
+  PercentileObserver(double lo, double hi, int64_t max_values)
+      : StoredValuesObserver(max_values), lo_(lo), hi_(hi) {}
+  const char* name() const override { return "percentile"; }
+  std::string repr() const override {
+    return str_cat("percentile, percentile_low=", lo_, ", percentile_high=", hi_);
+  }
+
+ protected:
+  std::pair<float, float> channel_range(int64_t c) override {
+    return {float(store_.percentile(c, lo_)), float(store_.percentile(c, hi_))};
   }
 
  private:
   double lo_, hi_;
-  ValueStore store_;
-  bool pending_ = false;
 };
 
 // --- MSE search ---------------------------------------------------------------------------
 
-class MseObserver : public Observer {
+class MseObserver : public StoredValuesObserver {
  public:
   MseObserver(int64_t steps, int64_t max_values, const ObserverContext& ctx)
-      : steps_(steps), ctx_(ctx), store_(max_values) {}
+      : StoredValuesObserver(max_values), steps_(steps), ctx_(ctx) {}
   const char* name() const override { return "mse"; }
-  bool observes_in_training() const override { return false; }
   std::string repr() const override { return str_cat("mse, mse_steps=", steps_); }
-  void observe(const Tensor& x, const ChannelLayout& l, Tensor&, Tensor&) override {
-    store_.add(x, l);
-    pending_ = true;
-  }
-  void finalize(Tensor& min_val, Tensor& max_val) override {
-    if (!pending_) return;
-    const int64_t C = store_.channels();
-    std::vector<float> mn(static_cast<size_t>(C)), mx(static_cast<size_t>(C));
+
+ protected:
+  std::pair<float, float> channel_range(int64_t c) override {
     std::vector<float> v;
     std::vector<double> w;
     const float qmin = float(ctx_.range.qmin), qmax = float(ctx_.range.qmax);
-    for (int64_t c = 0; c < C; ++c) {
-      store_.points(c, &v, &w);
-      const float lo = store_.min(c), hi = store_.max(c);
-      std::vector<double> err(size_t(steps_), 0.0);
+    store_.points(c, &v, &w);
+    const float lo = store_.min(c), hi = store_.max(c);
+    std::vector<double> err(size_t(steps_), 0.0);
 #pragma omp parallel for schedule(dynamic)
-      for (int64_t j = 1; j <= steps_; ++j) {
-        const float t = float(j) / float(steps_);
-        const QParams q =
-            calc_qparams(t * lo, t * hi, ctx_.range.qmin, ctx_.range.qmax, ctx_.symmetric);
-        const float z = float(q.zero_point);
-        double e = 0.0;
-        for (size_t i = 0; i < v.size(); ++i) {
-          const double d = double(v[i]) - double(fake_quant_value(v[i], q.scale, z, qmin, qmax));
-          e += (w.empty() ? 1.0 : w[i]) * d * d;
-        }
-        err[size_t(j - 1)] = e;
+    for (int64_t j = 1; j <= steps_; ++j) {
+      const float t = float(j) / float(steps_);
+      const QParams q =
+          calc_qparams(t * lo, t * hi, ctx_.range.qmin, ctx_.range.qmax, ctx_.symmetric);
+      const float z = float(q.zero_point);
+      double e = 0.0;
+      for (size_t i = 0; i < v.size(); ++i) {
+        const double d = double(v[i]) - double(fake_quant_value(v[i], q.scale, z, qmin, qmax));
+        e += (w.empty() ? 1.0 : w[i]) * d * d;
       }
-      int64_t best = 1;
-      for (int64_t j = 1; j <= steps_; ++j) {
-        if (err[size_t(j - 1)] <= err[size_t(best - 1)]) best = j;  // ties: the larger t
-      }
-      const float t = float(best) / float(steps_);
-      mn[size_t(c)] = t * lo;
-      mx[size_t(c)] = t * hi;
+      err[size_t(j - 1)] = e;
     }
-    assign(min_val, mn);
-    assign(max_val, mx);
-    pending_ = false;
+    int64_t best = 1;
+    for (int64_t j = 1; j <= steps_; ++j) {
+      if (err[size_t(j - 1)] <= err[size_t(best - 1)]) best = j;  // ties: the larger t
+    }
+    const float t = float(best) / float(steps_);
+    return {t * lo, t * hi};
   }
 
  private:
   int64_t steps_;
   ObserverContext ctx_;
-  ValueStore store_;
-  bool pending_ = false;
 };
 
 }  // namespace
@@ -398,50 +405,36 @@ double kl_threshold(const std::vector<double>& hist, double amax, int64_t levels
 
 namespace {
 
-class KlObserver : public Observer {
+class KlObserver : public StoredValuesObserver {
  public:
   KlObserver(int64_t bins, int64_t max_values, const ObserverContext& ctx)
-      : bins_(bins), ctx_(ctx), store_(max_values) {}
+      : StoredValuesObserver(max_values), bins_(bins), ctx_(ctx) {}
   const char* name() const override { return "kl"; }
-  bool observes_in_training() const override { return false; }
   std::string repr() const override { return str_cat("kl, kl_bins=", bins_); }
-  void observe(const Tensor& x, const ChannelLayout& l, Tensor&, Tensor&) override {
-    store_.add(x, l);
-    pending_ = true;
-  }
-  void finalize(Tensor& min_val, Tensor& max_val) override {
-    if (!pending_) return;
-    const int64_t C = store_.channels();
-    std::vector<float> mn(static_cast<size_t>(C)), mx(static_cast<size_t>(C));
+
+ protected:
+  std::pair<float, float> channel_range(int64_t c) override {
     std::vector<float> v;
     std::vector<double> w;
-    const int64_t codes = ctx_.range.qmax - ctx_.range.qmin + 1;
-    for (int64_t c = 0; c < C; ++c) {
-      store_.points(c, &v, &w);
-      const float lo = store_.min(c), hi = store_.max(c);
-      const double amax = std::max(std::fabs(double(lo)), std::fabs(double(hi)));
-      std::vector<double> hist(size_t(bins_), 0.0);
-      for (size_t i = 0; i < v.size(); ++i) {
-        const int64_t b = amax > 0.0 ? int64_t(std::fabs(double(v[i])) / amax * double(bins_)) : 0;
-        hist[size_t(std::min(b, bins_ - 1))] += w.empty() ? 1.0 : w[i];
-      }
-      // Levels on the side of zero the histogram covers: all codes for one-signed data, half
-      // of them when the values take both signs.
-      const int64_t levels = std::max<int64_t>(1, lo < 0.0f && hi > 0.0f ? codes / 2 : codes);
-      const double t = kl_threshold(hist, amax, levels);
-      mn[size_t(c)] = float(std::max(double(lo), -t));
-      mx[size_t(c)] = float(std::min(double(hi), t));
+    store_.points(c, &v, &w);
+    const float lo = store_.min(c), hi = store_.max(c);
+    const double amax = std::max(std::fabs(double(lo)), std::fabs(double(hi)));
+    std::vector<double> hist(size_t(bins_), 0.0);
+    for (size_t i = 0; i < v.size(); ++i) {
+      const int64_t b = amax > 0.0 ? int64_t(std::fabs(double(v[i])) / amax * double(bins_)) : 0;
+      hist[size_t(std::min(b, bins_ - 1))] += w.empty() ? 1.0 : w[i];
     }
-    assign(min_val, mn);
-    assign(max_val, mx);
-    pending_ = false;
+    // Levels on the side of zero the histogram covers: all codes for one-signed data, half of
+    // them when the values take both signs.
+    const int64_t codes = ctx_.range.qmax - ctx_.range.qmin + 1;
+    const int64_t levels = std::max<int64_t>(1, lo < 0.0f && hi > 0.0f ? codes / 2 : codes);
+    const double t = kl_threshold(hist, amax, levels);
+    return {float(std::max(double(lo), -t)), float(std::min(double(hi), t))};
   }
 
  private:
   int64_t bins_;
   ObserverContext ctx_;
-  ValueStore store_;
-  bool pending_ = false;
 };
 
 constexpr int64_t kDefaultMaxValues = int64_t(1) << 24;
