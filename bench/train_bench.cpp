@@ -22,6 +22,7 @@
 #include "layers/conv2d.h"
 #include "models/registry.h"
 #include "quant/convert.h"
+#include "quant/mixed.h"
 #include "train/ddp.h"
 #include "train/loss.h"
 #include "train/optimizer.h"
@@ -45,8 +46,8 @@ TrainResult run_train_bench(const TrainOptions& o) {
                      o.batch, ", hw ", o.hw, ", cin ", o.cin, ", classes ", o.classes);
   LOWBIT_CHECK_INPUT(o.steps >= 1 && o.warmup >= 0, "bench train: --steps ", o.steps,
                      " must be >= 1 and --warmup ", o.warmup, " >= 0");
-  LOWBIT_CHECK_INPUT(o.mode == "fp32" || o.mode == "bf16" || o.mode == "qat",
-                     "bench train: --mode must be fp32, bf16 or qat, got '", o.mode, "'");
+  LOWBIT_CHECK_INPUT(o.mode == "fp32" || o.mode == "bf16" || o.mode == "qat" || o.mode == "search",
+                     "bench train: --mode must be fp32, bf16, qat or search, got '", o.mode, "'");
   const bool bf16 = o.mode == "bf16";
   const Device dev = o.device;
   if (dev.is_cuda()) cuda::device_allocator(dev.index).reset_peak();
@@ -69,8 +70,29 @@ TrainResult run_train_bench(const TrainOptions& o) {
                           randn({2, o.hw, o.hw, o.cin}, TensorOptions(DType::f32, dev)));
   }
 
+  // search: every conv and linear a mixed layer of the default candidates (binary, 8-bit; one
+  // BN per candidate), and each step adds the alpha step of the search (train/search.cpp): a
+  // forward and backward on the same batch for the alphas alone, then their AdamW step.
+  const bool search = o.mode == "search";
+  std::vector<Tensor> alphas, weights;
+  if (search) {
+    const quant::SearchPlan plan = quant::plan_search(
+        *model, quant::SearchSpec(), randn({2, o.hw, o.hw, o.cin}, TensorOptions(DType::f32, dev)));
+    quant::apply_search_plan(*model, plan);
+    model->to(dev);
+    alphas = quant::search_parameters(*model);
+    for (Tensor& a : alphas) a.requires_grad_(false);
+  }
+  std::unique_ptr<train::AdamW> alpha_opt;
+  if (search)
+    alpha_opt = std::make_unique<train::AdamW>(
+        std::vector<train::ParamGroup>{train::ParamGroup(alphas, 3e-4, 1e-3)});
+
   AutocastGuard amp(bf16 ? std::optional<DType>(DType::bf16) : std::nullopt);
-  std::vector<Tensor> params = model->parameters();
+  std::vector<Tensor> params;
+  for (const Tensor& p : model->parameters()) {
+    if (p.requires_grad()) params.push_back(p);
+  }
   train::SGD opt({train::ParamGroup(params, 0.01, 5e-4)}, train::SgdOptions{0.9, 0.0, false});
 
   Tensor images = randn({o.batch, o.hw, o.hw, o.cin}, TensorOptions(DType::f32, dev));
@@ -94,6 +116,15 @@ TrainResult run_train_bench(const TrainOptions& o) {
     opt.step();
     if (qat) quant::clamp_quantizer_parameters(*model);
     last_loss = loss.detach();
+    if (search) {
+      for (Tensor& w : params) w.requires_grad_(false);
+      for (Tensor& a : alphas) a.requires_grad_(true);
+      alpha_opt->zero_grad();
+      train::cross_entropy(train::loss_precision(model->forward(images)), labels).backward();
+      alpha_opt->step();
+      for (Tensor& a : alphas) a.requires_grad_(false);
+      for (Tensor& w : params) w.requires_grad_(true);
+    }
   };
 
   for (int64_t i = 0; i < o.warmup; ++i) step();

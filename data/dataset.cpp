@@ -135,6 +135,45 @@ class SyntheticDataset final : public Dataset {
 
 }  // namespace
 
+namespace {
+
+class Subset : public Dataset {
+ public:
+  Subset(DatasetPtr inner, std::vector<int64_t> idx, std::string what)
+      : inner_(std::move(inner)), idx_(std::move(idx)), what_(std::move(what)) {
+    for (int64_t i : idx_) {
+      LOWBIT_CHECK(i >= 0 && i < inner_->size(), "subset: index ", i, " out of range for ",
+                   inner_->description());
+    }
+  }
+  int64_t size() const override { return int64_t(idx_.size()); }
+  Sample get(int64_t i) const override {
+    check_index(i);
+    return inner_->get(idx_[size_t(i)]);
+  }
+  int64_t label(int64_t i) const override {
+    check_index(i);
+    return inner_->label(idx_[size_t(i)]);
+  }
+  int64_t num_classes() const override { return inner_->num_classes(); }
+  Shape image_shape() const override { return inner_->image_shape(); }
+  std::vector<std::string> class_names() const override { return inner_->class_names(); }
+  std::string description() const override {
+    return str_cat(inner_->description(), ", ", what_, " (", idx_.size(), ")");
+  }
+
+ private:
+  DatasetPtr inner_;
+  std::vector<int64_t> idx_;
+  std::string what_;
+};
+
+}  // namespace
+
+DatasetPtr subset(DatasetPtr d, std::vector<int64_t> indices, const std::string& what) {
+  return std::make_shared<Subset>(std::move(d), std::move(indices), what);
+}
+
 DatasetPtr synthetic(int64_t n, int64_t h, int64_t w, int64_t c, int64_t classes, uint64_t seed) {
   LOWBIT_CHECK_INPUT(n >= 0, "synthetic dataset: size must be >= 0, got ", n);
   LOWBIT_CHECK_INPUT(h > 0 && w > 0 && c > 0,

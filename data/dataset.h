@@ -90,6 +90,10 @@ DatasetPtr open_image_folder(const std::string& root);
 
 // n images of (h, w, c) with labels in [0, classes), both a pure function of (seed, i). The
 // pixels are noise around a class-dependent level per channel, so a model can learn them.
+// The samples `indices` of d (each in [0, d.size())), in that order: a split, a prefix. `what`
+// is added to the description ("first 1000", "search validation split").
+DatasetPtr subset(DatasetPtr d, std::vector<int64_t> indices, const std::string& what);
+
 DatasetPtr synthetic(int64_t n, int64_t h, int64_t w, int64_t c, int64_t classes,
                      uint64_t seed = 0);
 

@@ -399,6 +399,11 @@ Tensor BatchNorm2d::forward(const Tensor& x) {
   LOWBIT_CHECK(x.defined() && x.size(-1) == opts_.num_features, "BatchNorm2d(", opts_.num_features,
                ") got input of shape ", x.defined() ? shape_str(x.shape()) : "undefined",
                " (channels last)");
+  if (bypass_) {
+    Tensor y = opts_.fuse_relu ? relu(x) : x;
+    notify_forward(*this, x, y);
+    return y;
+  }
   // Frozen statistics (METHODS 4, QAT after freeze_bn_epoch): running statistics, no updates,
   // while gamma and beta keep training.
   const bool batch_stats = is_training() && !frozen_stats_;

@@ -61,6 +61,11 @@ class BatchNorm2d : public Module {
   // input's device. Off by default; a world of one ignores it.
   void set_sync(bool on) { sync_ = on; }
   bool sync() const { return sync_; }
+  // Bypassed: forward returns x (through ReLU when fuse_relu), neither normalising nor updating
+  // statistics. The mixed-precision search (quant/mixed.h) bypasses the BN after a searched conv,
+  // whose candidates carry their own BNs, and keeps the fused ReLU where it was.
+  void set_bypass(bool on) { bypass_ = on; }
+  bool bypass() const { return bypass_; }
   Tensor& weight() { return weight_; }
   Tensor& bias() { return bias_; }
   Tensor& running_mean() { return running_mean_; }
@@ -74,6 +79,7 @@ class BatchNorm2d : public Module {
   BatchNormOptions opts_;
   bool frozen_stats_ = false;
   bool sync_ = false;
+  bool bypass_ = false;
   Tensor weight_, bias_, running_mean_, running_var_, num_batches_tracked_;
 };
 

@@ -179,10 +179,16 @@ QuantPlan plan_quantization(layers::Module& model, const QuantConfig& cfg, const
       if (!r.type.empty() && r.type != type) continue;
       if (!r.match.empty() && fnmatch(r.match.c_str(), name.c_str(), 0) != 0) continue;
       skip = r.skip;
-      if (!r.weight_quantizer.empty()) l.weight.name = r.weight_quantizer;
-      if (!r.activation_quantizer.empty()) input.name = r.activation_quantizer;
-      l.weight.options = merged(l.weight.options, r.weight);
-      input.options = merged(input.options, r.activation);
+      if (r.replace) {
+        if (!r.weight_quantizer.empty()) l.weight = QuantizerChoice{r.weight_quantizer, r.weight};
+        if (!r.activation_quantizer.empty())
+          input = QuantizerChoice{r.activation_quantizer, r.activation};
+      } else {
+        if (!r.weight_quantizer.empty()) l.weight.name = r.weight_quantizer;
+        if (!r.activation_quantizer.empty()) input.name = r.activation_quantizer;
+        l.weight.options = merged(l.weight.options, r.weight);
+        input.options = merged(input.options, r.activation);
+      }
       quantize_input = r.quantize_input;
     }
     if (skip) continue;

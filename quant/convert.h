@@ -37,6 +37,10 @@ struct QuantRule {
   std::string weight_quantizer, activation_quantizer;  // replace the quantizer ("" keeps it)
   QuantizerOptions weight, activation;                 // options merged over the current ones
   bool quantize_input = true;                          // false: this layer's input stays float
+  // The quantizers given replace the current ones with exactly the options given (the options
+  // of the current quantizer are not merged in); a mixed-precision search's choices are such
+  // rules (quant/mixed.h).
+  bool replace = false;
 };
 
 struct QuantConfig {

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <set>
@@ -127,8 +128,7 @@ class Section {
 
 const int64_t kBig = int64_t(1) << 40;
 
-OptimizerConfig parse_optimizer(Section s) {
-  OptimizerConfig o;
+OptimizerConfig parse_optimizer(Section s, OptimizerConfig o = OptimizerConfig()) {
   o.name = s.str("name", o.name, optimizer_registry().names());
   o.lr = s.num("lr", o.lr, 0.0, 100.0);
   o.momentum = s.num("momentum", o.momentum, 0.0, 1.0);
@@ -247,6 +247,7 @@ quant::QuantConfig parse_quant(Section q, const std::string& file) {
       rule.type = r.str("type", "", {"", "Conv2d", "Linear"});
       rule.skip = r.boolean("skip", false);
       rule.quantize_input = r.boolean("quantize_input", true);
+      rule.replace = r.boolean("replace", false);
       // Rules hold option overrides; the quantizer is validated with the merged options later,
       // when the layer they apply to is converted (errors name the layer).
       quant::QuantizerChoice none;
@@ -485,6 +486,135 @@ void parse_ptq(Section p, ExperimentConfig& c) {
   p.finish();
 }
 
+// search: (docs/config.md, "search").
+SearchConfig parse_search(Section q, const std::string& file) {
+  SearchConfig c;
+  YAML::Node cands = q.raw("candidates");
+  if (cands && !cands.IsNull()) {
+    if (!cands.IsSequence() || cands.size() == 0)
+      q.fail("candidates",
+             "wants a non-empty list like [{quantizer: binary}, {quantizer: uniform, bits: 8}]");
+    c.spec.candidates.clear();
+    for (size_t i = 0; i < cands.size(); ++i) {
+      const std::string path = q.key_path(str_cat("candidates.", i));
+      quant::QuantizerChoice none;
+      none.name = "";
+      quant::QuantizerChoice ch =
+          parse_quantizer_choice(cands[i], path, file, none, "weight", false);
+      if (ch.name.empty()) throw InputError(str_cat(file, ": ", path, ": names no quantizer"));
+      // Validated as a weight quantizer of some layer (the plan checks the real channel count).
+      quant::QuantizerOptions o = ch.options;
+      o.set("role", "weight").set("channels", 1);
+      try {
+        quant::create_quantizer(ch.name, o);
+      } catch (const InputError& e) {
+        throw InputError(str_cat(file, ": ", path, ": ", e.what()));
+      }
+      c.spec.candidates.push_back(ch);
+    }
+  }
+  c.spec.shared_bn = q.boolean("shared_bn", c.spec.shared_bn);
+  YAML::Node skip = q.raw("skip");
+  if (skip && !skip.IsNull()) {
+    if (!skip.IsSequence()) q.fail("skip", "wants a list of layer-name globs");
+    for (size_t i = 0; i < skip.size(); ++i) c.spec.skip.push_back(skip[i].as<std::string>());
+  }
+  // theta: an absolute loss (0.35) or a factor of the widest model's loss ("1.1x").
+  const std::string theta = q.str("theta", "1.1x");
+  {
+    std::string num = theta;
+    const bool factor = !num.empty() && (num.back() == 'x' || num.back() == 'X');
+    if (factor) num.pop_back();
+    char* end = nullptr;
+    const double v = std::strtod(num.c_str(), &end);
+    if (num.empty() || end == nullptr || *end != '\0' || !std::isfinite(v) || !(v > 0))
+      q.fail("theta", str_cat("'", theta,
+                              "': wants a loss > 0 (0.35) or a factor > 0 of the "
+                              "widest model's validation loss (\"1.1x\")"));
+    if (factor) {
+      c.theta_factor = v;
+    } else {
+      c.theta = v;
+    }
+  }
+  c.theta_batches = q.integer("theta_batches", c.theta_batches, 1, kBig);
+  c.val_fraction = q.num("val_fraction", c.val_fraction, 0.0, 1.0);
+  if (!(c.val_fraction > 0.0 && c.val_fraction < 1.0))
+    q.fail("val_fraction",
+           str_cat(c.val_fraction, " leaves no ", c.val_fraction <= 0.0 ? "validation" : "training",
+                   " split; wants a fraction strictly between 0 and 1"));
+  c.max_samples = q.integer("max_samples", c.max_samples, 0, kBig);
+  c.stable_epochs = q.integer("stable_epochs", c.stable_epochs, 1, kBig);
+  c.alpha_optimizer = parse_optimizer(q.sub("alpha_optimizer"), c.alpha_optimizer);
+  q.finish();
+  return c;
+}
+
+// include: [files] (paths relative to the including file): each file's mapping is merged under
+// the config, key by key; the config's own values win, except that quant.rules lists are joined
+// with the included rules last (a mixed-precision search's choices, quant/mixed.h, win as they
+// do in the config that ran the search). Included files may not include others.
+YAML::Node merge_yaml(const YAML::Node& base, const YAML::Node& over, const std::string& path) {
+  if (!base || base.IsNull()) return YAML::Clone(over);
+  if (!over || over.IsNull()) return YAML::Clone(base);
+  if (base.IsMap() && over.IsMap()) {
+    YAML::Node out = YAML::Clone(base);
+    for (auto it = over.begin(); it != over.end(); ++it) {
+      const std::string k = it->first.Scalar();
+      const YAML::Node& b = base;
+      out[k] = merge_yaml(b[k], it->second, path.empty() ? k : path + "." + k);
+    }
+    return out;
+  }
+  if (path == "quant.rules" && base.IsSequence() && over.IsSequence()) {
+    YAML::Node out(YAML::NodeType::Sequence);
+    for (const auto& n : over) out.push_back(YAML::Clone(n));  // the config's own
+    for (const auto& n : base) out.push_back(YAML::Clone(n));  // then the included
+    return out;
+  }
+  return YAML::Clone(over);
+}
+
+void apply_includes(YAML::Node& root, const std::string& file) {
+  if (!root.IsMap() || !root["include"]) return;
+  YAML::Node inc = root["include"];
+  if (inc.IsScalar()) {
+    YAML::Node seq(YAML::NodeType::Sequence);
+    seq.push_back(inc);
+    inc = seq;
+  }
+  if (!inc.IsSequence())
+    throw InputError(str_cat(file, ": include: wants a file or a list of files"));
+  const std::string dir = [&] {
+    const size_t slash = file.find_last_of('/');
+    return slash == std::string::npos ? std::string() : file.substr(0, slash + 1);
+  }();
+  YAML::Node merged(YAML::NodeType::Map);
+  for (size_t i = 0; i < inc.size(); ++i) {
+    const std::string rel = inc[i].IsScalar() ? inc[i].Scalar() : "";
+    const std::string path = !rel.empty() && rel[0] != '/' ? dir + rel : rel;
+    std::ifstream in(path);
+    if (rel.empty() || !in)
+      throw InputError(str_cat(file, ": include.", i, ": '", rel,
+                               "' cannot be opened (paths are relative to ",
+                               dir.empty() ? "." : dir, ")"));
+    std::stringstream ss;
+    ss << in.rdbuf();
+    YAML::Node n;
+    try {
+      n = YAML::Load(ss.str());
+    } catch (const YAML::Exception& e) {
+      throw InputError(str_cat(path, ": not valid YAML: ", e.what()));
+    }
+    if (!n || n.IsNull()) continue;
+    if (!n.IsMap()) throw InputError(str_cat(path, ": an included file must be a mapping"));
+    if (n["include"]) throw InputError(str_cat(path, ": an included file may not include others"));
+    merged = merge_yaml(merged, n, "");
+  }
+  root.remove("include");
+  root = merge_yaml(merged, root, "");
+}
+
 // checkpoint_every: N | "N steps" | "M min" | "M minutes" (0 = off).
 void parse_checkpoint_every(Section& top, ExperimentConfig& c) {
   const std::string v = top.str("checkpoint_every", "0");
@@ -532,6 +662,7 @@ ExperimentConfig parse_config(const std::string& yaml_text, const std::string& f
   }
   if (!root || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
   refuse_duplicate_keys(root, file, "");
+  apply_includes(root, file);
   for (const auto& o : overrides) apply_override(root, file, o);
   // An override's value may hold aliases of its own.
   if (!overrides.empty()) refuse_duplicate_keys(root, file, "");
@@ -584,6 +715,7 @@ ExperimentConfig parse_config(const std::string& yaml_text, const std::string& f
   } else {
     top.raw("ptq");
   }
+  c.search = parse_search(top.sub("search"), c.file);
   check_stage_sections(c);
   top.finish();
   YAML::Emitter out;

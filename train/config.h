@@ -11,6 +11,7 @@
 
 #include "prune/criteria.h"
 #include "quant/convert.h"
+#include "quant/mixed.h"
 
 namespace YAML {
 class Node;
@@ -130,6 +131,29 @@ struct PtqConfig {
   ZeroqConfig zeroq;
 };
 
+// The mixed-precision search (stage kind search; quant/mixed.h, docs/methods.md).
+struct SearchConfig {
+  quant::SearchSpec spec;  // candidates, shared_bn, skip
+  // The validation-loss bound: theta (> 0) when given, else theta_factor times the validation
+  // loss of the model with every layer at its widest candidate (measured at the search's start
+  // over theta_batches validation batches).
+  double theta = 0.0;
+  double theta_factor = 1.1;
+  int64_t theta_batches = 20;
+  double val_fraction = 0.5;  // of the training set, for the alpha steps (the rest trains w)
+  int64_t max_samples = 0;    // the search uses this many training images (0: all), split as above
+  int64_t stable_epochs = 5;  // the search ends when every layer's argmax held this many epochs
+  OptimizerConfig alpha_optimizer = [] {
+    OptimizerConfig o;
+    o.name = "adamw";
+    o.lr = 3e-4;
+    o.beta1 = 0.5;
+    o.beta2 = 0.999;
+    o.weight_decay = 1e-3;
+    return o;
+  }();
+};
+
 struct ExperimentConfig {
   std::string file;  // where it came from, for messages
   std::string name = "experiment";
@@ -154,6 +178,7 @@ struct ExperimentConfig {
   prune::PruneOptions prune;
   int64_t prune_calibration_batches = 8;  // prune.calibration_batches (constant: data_mean)
   PtqConfig ptq;                          // the ptq: section (defaults without one)
+  SearchConfig search;                    // search: (defaults when absent)
   std::string raw_yaml;                   // the config after --set overrides, for summary.json
 };
 

@@ -11,29 +11,11 @@ namespace lowbit::train {
 namespace {
 
 // The first n samples of a dataset (smoke tests, quick runs).
-class Prefix : public data::Dataset {
- public:
-  Prefix(data::DatasetPtr inner, int64_t n)
-      : inner_(std::move(inner)), n_(std::min(n, inner_->size())) {}
-  int64_t size() const override { return n_; }
-  data::Sample get(int64_t i) const override {
-    check_index(i);
-    return inner_->get(i);
-  }
-  int64_t label(int64_t i) const override { return inner_->label(i); }
-  int64_t num_classes() const override { return inner_->num_classes(); }
-  Shape image_shape() const override { return inner_->image_shape(); }
-  std::string description() const override {
-    return str_cat(inner_->description(), ", first ", n_);
-  }
-
- private:
-  data::DatasetPtr inner_;
-  int64_t n_;
-};
-
 data::DatasetPtr limit(data::DatasetPtr d, int64_t n) {
-  return n > 0 && n < d->size() ? std::make_shared<Prefix>(d, n) : d;
+  if (!(n > 0 && n < d->size())) return d;
+  std::vector<int64_t> idx(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) idx[size_t(i)] = i;
+  return data::subset(d, std::move(idx), str_cat("first ", n));
 }
 
 std::vector<float> as_floats(const std::vector<double>& v) {
@@ -165,6 +147,7 @@ DataSource make_data(const ExperimentConfig& cfg, Device device) {
   LOWBIT_CHECK_INPUT(w.size == 1 || train->size() >= w.size, cfg.file, ": the training set has ",
                      train->size(), " samples, fewer than the ", w.size,
                      " ranks of this run; use fewer ranks or more data");
+  out.train_dataset = train;
   out.train = std::make_unique<DataLoader>(
       train, lo, data::Pipeline(train_steps, data::to_tensor_normalize(mean, stddev)));
   data::LoaderOptions eo = lo;

@@ -17,6 +17,7 @@ using data::DataLoader;
 struct DataSource {
   std::unique_ptr<DataLoader> train;
   std::unique_ptr<DataLoader> test;
+  data::DatasetPtr train_dataset;  // what train loads (splits of it: the search stage)
   int64_t num_classes = 0;
   int64_t channels = 0;
   int64_t image_size = 0;  // after crops (square)

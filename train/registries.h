@@ -8,13 +8,16 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "core/registry.h"
 #include "data/dataset.h"
+#include "data/loader.h"
 #include "train/config.h"
 #include "train/optimizer.h"
 #include "train/schedule.h"
@@ -58,6 +61,33 @@ Registry<DatasetSpec>& dataset_registry();
 
 // --- stage kinds: stages[].kind ---------------------------------------------------------------
 struct StageContext;  // trainer.cpp: the model, data, device and run folder of a starting stage
+
+// A stage kind that changes the training loop itself (kind: search) gives the trainer one of
+// these per stage, made after prepare() and on a resume inside the stage. The trainer still
+// runs the epochs, the weight steps, evaluation, logs and checkpoints; the loop adds to them.
+class StageLoop {
+ public:
+  virtual ~StageLoop() = default;
+  // The loader the stage's weight steps take their batches from (null: the training set's).
+  virtual data::DataLoader* train_loader() { return nullptr; }
+  // Parameters the weight optimizer and the gradient reducer must leave alone (the loop's own).
+  virtual bool owns(const Tensor& param) const = 0;
+  // After load_state_dict on a resume inside the stage (resumed), or at the stage's start.
+  virtual void begin(bool resumed) = 0;
+  // After each optimizer step on the weights.
+  virtual void after_step(int64_t step) = 0;
+  // The end of an epoch, after evaluation: adds to the epoch's log record.
+  virtual void end_epoch(int64_t epoch, nlohmann::json& record) = 0;
+  // Whether the stage is done before its last epoch (checked before each epoch).
+  virtual bool done() const = 0;
+  // The stage ended: the model becomes what the following stages train. Returns what the stage
+  // found, for summary.json ("stages": {name: ...}).
+  virtual nlohmann::json finish() = 0;
+  // The loop's state in checkpoints (keys prefixed "stage." there).
+  virtual std::map<std::string, Tensor> state_dict() const = 0;
+  virtual void load_state_dict(const std::map<std::string, Tensor>& state) = 0;
+};
+
 struct StageKind {
   std::string what;                  // one line, for --help
   bool quantizes = false;            // the model is quantized in this stage (`quantize:` applies)
@@ -66,6 +96,8 @@ struct StageKind {
   bool before_quantization = false;  // refused once the model is quantized (pruning)
   std::function<void(StageContext& ctx)>
       prepare;  // at the stage's start (not on a mid-stage resume)
+  // Optional: the stage's StageLoop (after prepare, or on a mid-stage resume).
+  std::function<std::unique_ptr<StageLoop>(StageContext& ctx)> make_loop;
 };
 Registry<StageKind>& stage_kind_registry();
 

@@ -1,6 +1,6 @@
 // What the run commands of train/ share (trainer.cpp defines them; ptq.cpp uses them too): the
 // structure a checkpoint records besides the weights, loading a trained model, evaluation, the
-// CPU settings of a run, and the context a stage kind's prepare() works on.
+// CPU settings of a run (ModelState and StageContext: train/stage_context.h).
 #pragma once
 
 #include <cstdint>
@@ -19,22 +19,16 @@
 #include "train/config.h"
 #include "train/data_setup.h"
 #include "train/safetensors.h"
+#include "train/stage_context.h"
 #include "train/trainer.h"
 
 namespace lowbit::train {
 
-// Structure the weights need besides the model config: the quantization plan (metadata
-// "quant_plan") when the model was converted.
-struct ModelState {
-  bool pruned = false;  // channel shapes differ from the config's model ("pruned" metadata)
-  bool quantized = false;
-  quant::QuantPlan plan;
-};
-
 void add_structure_meta(const ModelState& ms, std::map<std::string, std::string>* meta);
-// Rebuilds the structure recorded in a file's metadata on a freshly built float model.
+// Rebuilds the structure recorded in a file's metadata on a freshly built float model (resume:
+// also the run's own records, a finished search's choices and results).
 void apply_structure_meta(layers::Module& model, ModelState* ms, const SafetensorsFile& f,
-                          const std::string& path);
+                          const std::string& path, bool resume = false);
 // The process-wide CPU settings of a run: `threads:` and `cpu_conv:`.
 void apply_cpu_settings(const ExperimentConfig& cfg);
 // Mixed precision of a run (`amp:`): none, bf16 or f16.
@@ -49,33 +43,5 @@ layers::ModulePtr load_trained(const ExperimentConfig& cfg, const std::string& c
 // The config's model for the data's geometry (the model section's values where it sets them).
 layers::ModulePtr build_model(const ExperimentConfig& cfg, const DataSource& data);
 std::string now_iso();
-
-// What a stage kind's prepare() works on (train/registries.h).
-struct StageContext {
-  const ExperimentConfig& cfg;
-  int64_t stage;
-  layers::Module& model;
-  ModelState& ms;
-  DataSource& data;
-  Device dev;
-  int64_t global_epoch;
-  const std::filesystem::path& out_dir;
-  bool progress;
-  dist::ProcessGroup& group;
-
-  const StageConfig& config() const { return cfg.stages[size_t(stage)]; }
-  // A source of the first n training batches of this epoch's order (calibration).
-  std::function<bool(Tensor&)> batches(int64_t n) {
-    data.train->set_epoch(global_epoch);
-    data.train->reset();
-    data::DataLoader* loader = data.train.get();
-    return [loader, n, i = int64_t(0)](Tensor& x) mutable {
-      data::Batch b;
-      if (i++ >= n || !loader->next(b)) return false;
-      x = b.images;
-      return true;
-    };
-  }
-};
 
 }  // namespace lowbit::train

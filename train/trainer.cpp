@@ -33,6 +33,7 @@
 #include "prune/surgery.h"
 #include "quant/accounting.h"
 #include "quant/convert.h"
+#include "quant/mixed.h"
 #include "train/checkpoint_meta.h"
 #include "train/data_setup.h"
 #include "train/ddp.h"
@@ -43,6 +44,7 @@
 #include "train/run_support.h"
 #include "train/safetensors.h"
 #include "train/schedule.h"
+#include "train/stage_context.h"
 
 #ifndef LOWBIT_GIT_COMMIT
 #define LOWBIT_GIT_COMMIT "unknown"
@@ -96,10 +98,12 @@ std::shared_ptr<LrSchedule> make_schedule(const ScheduleConfig& c, double base_l
   return s;
 }
 
-std::unique_ptr<Optimizer> make_optimizer(const OptimizerConfig& c, layers::Module& model) {
+std::unique_ptr<Optimizer> make_optimizer(const OptimizerConfig& c, layers::Module& model,
+                                          const StageLoop* loop = nullptr) {
   ParamGroup decay{{}, c.lr, c.weight_decay, "decay"};
   ParamGroup no_decay{{}, c.lr, 0.0, "no_decay"};
   for (auto& [name, p] : model.named_parameters()) {
+    if (loop && loop->owns(p)) continue;
     (c.no_decay_bn_bias && p.dim() <= 1 ? no_decay : decay).params.push_back(p);
   }
   return optimizer_registry().get(c.name)({decay, no_decay}, c);
@@ -162,6 +166,9 @@ const char* kCheckpoint = "checkpoint.safetensors";
 void add_structure_meta(const ModelState& ms, std::map<std::string, std::string>* meta) {
   if (ms.pruned) (*meta)["pruned"] = "1";
   if (ms.quantized) (*meta)["quant_plan"] = ms.plan.str();
+  if (!ms.search_plan.empty()) (*meta)["search_plan"] = ms.search_plan;
+  if (!ms.search_rules.empty()) (*meta)["search_rules"] = quant::rules_str(ms.search_rules);
+  if (!ms.stage_results.empty()) (*meta)["stage_results"] = ms.stage_results;
 }
 
 std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& all,
@@ -170,7 +177,7 @@ std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& a
 // Rebuilds the structure recorded in a file's metadata on a freshly built float model: pruned
 // channel shapes first (pruning runs on the float model), then the quantization plan.
 void apply_structure_meta(layers::Module& model, ModelState* ms, const SafetensorsFile& f,
-                          const std::string& path) {
+                          const std::string& path, bool resume) {
   try {
     auto pr = f.metadata.find("pruned");
     if (pr != f.metadata.end() && pr->second == "1" && !ms->pruned && !ms->quantized) {
@@ -178,6 +185,16 @@ void apply_structure_meta(layers::Module& model, ModelState* ms, const Safetenso
       if (w.empty()) w = f.tensors;
       prune::apply_channel_shapes(model, w, layers::Layout::pytorch);
       ms->pruned = true;
+    }
+    // A finished search's choices and results belong to the run (not to a stage's init file).
+    auto rules = f.metadata.find("search_rules");
+    if (resume && rules != f.metadata.end()) ms->search_rules = quant::parse_rules(rules->second);
+    auto results = f.metadata.find("stage_results");
+    if (resume && results != f.metadata.end()) ms->stage_results = results->second;
+    auto sp = f.metadata.find("search_plan");
+    if (sp != f.metadata.end() && ms->search_plan.empty() && !ms->quantized) {
+      quant::apply_search_plan(model, quant::SearchPlan::parse(sp->second));
+      ms->search_plan = sp->second;
     }
     auto it = f.metadata.find("quant_plan");
     if (it == f.metadata.end() || ms->quantized) return;
@@ -191,11 +208,14 @@ void apply_structure_meta(layers::Module& model, ModelState* ms, const Safetenso
 
 void save_checkpoint(const fs::path& out, layers::Module& model, const Optimizer* opt,
                      const Position& pos, const ExperimentConfig& cfg, Device dev,
-                     const ModelState& ms) {
+                     const ModelState& ms, const StageLoop* loop = nullptr) {
   std::map<std::string, Tensor> t;
   for (auto& [k, v] : model.state_dict(layers::Layout::pytorch)) t["model." + k] = v;
   if (opt) {
     for (auto& [k, v] : opt->state_dict()) t["optim." + k] = v;
+  }
+  if (loop) {
+    for (auto& [k, v] : loop->state_dict()) t["stage." + k] = v;
   }
   std::map<std::string, std::string> meta;
   meta["format"] = "lowbit-checkpoint-1";
@@ -398,7 +418,11 @@ void prepare_qat_stage(StageContext& c) {
     // The probe decides structure (signed or unsigned activation quantizers): rank 0's for all.
     probe = probe.contiguous();
     c.group.broadcast(probe, 0);
-    c.ms.plan = quant::quantize_model(c.model, c.cfg.quant, probe);
+    // A mixed-precision search before this stage chose each searched layer's weight
+    // quantizer; its rules come after the config's (quant/mixed.h).
+    quant::QuantConfig qc = c.cfg.quant;
+    qc.rules.insert(qc.rules.end(), c.ms.search_rules.begin(), c.ms.search_rules.end());
+    c.ms.plan = quant::quantize_model(c.model, qc, probe);
     c.ms.quantized = true;
     c.model.to(c.dev);
     calibrate_weights = true;
@@ -535,6 +559,9 @@ class TrainingRun {
     std::unique_ptr<Optimizer> opt;
     std::shared_ptr<LrSchedule> sched;
     std::unique_ptr<GradientReducer> reducer;
+    std::unique_ptr<StageLoop> loop;  // kinds that change the loop (kind: search)
+    DataLoader* loader = nullptr;     // the weight steps' batches
+    int64_t batches = 0;              // per epoch, of loader
   };
 
   void set_up() {
@@ -624,7 +651,7 @@ class TrainingRun {
                          " of an epoch that has ", batches_per_epoch_,
                          " batches here (another batch size or data?)");
     }
-    apply_structure_meta(*model_, &ms_, resume_file_, ckpt.string());
+    apply_structure_meta(*model_, &ms_, resume_file_, ckpt.string(), true);
     model_->to(dev_);
     load_weights(*model_, resume_file_, ckpt.string());
     default_generator(Device::cpu()).set_state(cm.rng_cpu_seed, cm.rng_cpu_offset);
@@ -738,15 +765,21 @@ class TrainingRun {
 
   void run_stage(int64_t s, const Fault& fault) {
     const StageConfig& st = cfg_.stages[size_t(s)];
-    Stage stage{st, stage_kind_registry().get(st.kind), s, 0, nullptr, nullptr, nullptr};
-    stage.steps_per_epoch = (batches_per_epoch_ + st.accumulate_steps - 1) / st.accumulate_steps;
+    Stage stage{
+        st, stage_kind_registry().get(st.kind), s, 0, nullptr, nullptr, nullptr, nullptr, nullptr,
+        0};
     const bool mid_stage_resume =
         resuming_ && s == pos_.stage && (pos_.epoch > 0 || pos_.batch > 0);
-    if (!mid_stage_resume) {
-      StageContext ctx{cfg_, s,         *model_, ms_, data_, dev_, pos_.global_epoch,
-                       out_, progress_, *group_};
-      prepare_stage(ctx);
-    }
+    StageContext ctx{cfg_, s,         *model_, ms_, data_, dev_, pos_.global_epoch,
+                     out_, progress_, *group_};
+    if (!mid_stage_resume) prepare_stage(ctx);
+    if (stage.kind.make_loop) stage.loop = stage.kind.make_loop(ctx);
+    stage.loader =
+        stage.loop && stage.loop->train_loader() ? stage.loop->train_loader() : data_.train.get();
+    stage.batches = stage.loader->size();
+    LOWBIT_CHECK_INPUT(stage.batches > 0, cfg_.file, ": stage ", st.name,
+                       ": an epoch has no training batch on rank ", world_.rank);
+    stage.steps_per_epoch = (stage.batches + st.accumulate_steps - 1) / st.accumulate_steps;
     if (world_.size > 1) {
       // Identical structure on every rank (pruning and quantization decisions), then rank 0's
       // values everywhere (per-rank calibration data, per-rank BN statistics).
@@ -758,9 +791,13 @@ class TrainingRun {
       layers::set_sync_batch_norm(*model_, cfg_.dist.sync_bn);
     }
     if (stage.kind.quantizes) quant::set_activation_quantization(*model_, st.quantize == "all");
-    stage.opt = make_optimizer(st.optimizer, *model_);
+    stage.opt = make_optimizer(st.optimizer, *model_, stage.loop.get());
     stage.sched = make_schedule(st.schedule, st.optimizer.lr, stage.steps_per_epoch, st.epochs);
-    stage.reducer = std::make_unique<GradientReducer>(model_->parameters(), *group_,
+    std::vector<Tensor> reduced;
+    for (const Tensor& p : model_->parameters()) {
+      if (!stage.loop || !stage.loop->owns(p)) reduced.push_back(p);
+    }
+    stage.reducer = std::make_unique<GradientReducer>(reduced, *group_,
                                                       int64_t(cfg_.dist.bucket_mb * 1024 * 1024));
     int64_t first_epoch = 0;
     if (resuming_ && s == pos_.stage) {
@@ -769,11 +806,27 @@ class TrainingRun {
       if (!ostate.empty() && (first_epoch > 0 || pos_.batch > 0))
         stage.opt->load_state_dict(ostate);
     }
-    for (int64_t e = first_epoch; e < st.epochs && !stopped_; ++e) run_epoch(stage, e, fault);
+    if (stage.loop) {
+      auto lstate = with_prefix(resume_file_.tensors, "stage.");
+      const bool resumed = mid_stage_resume && !lstate.empty();
+      if (resumed) stage.loop->load_state_dict(lstate);
+      stage.loop->begin(resumed);
+    }
+    for (int64_t e = first_epoch; e < st.epochs && !stopped_ && !(stage.loop && stage.loop->done());
+         ++e)
+      run_epoch(stage, e, fault);
     if (!stopped_) {
       // The next stage starts at its epoch 0 with a fresh optimizer.
       pos_.stage = s + 1;
       pos_.epoch = 0;
+      if (stage.loop) {
+        // The loop's result (a search's choices) changes the model: checkpoint it so a resume
+        // starts the next stage from it.
+        json results = ms_.stage_results.empty() ? json::object() : json::parse(ms_.stage_results);
+        results[st.name] = stage.loop->finish();
+        ms_.stage_results = results.dump();
+        if (root_) save_checkpoint(out_, *model_, nullptr, pos_, cfg_, dev_, ms_);
+      }
     }
   }
 
@@ -830,7 +883,8 @@ class TrainingRun {
     p.correct = v[1];
     p.seen = v[2];
     p.elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - e0).count();
-    if (root_) save_checkpoint(out_, *model_, stage.opt.get(), p, cfg_, dev_, ms_);
+    if (root_)
+      save_checkpoint(out_, *model_, stage.opt.get(), p, cfg_, dev_, ms_, stage.loop.get());
     last_checkpoint_ = std::chrono::steady_clock::now();
   }
 
@@ -844,8 +898,8 @@ class TrainingRun {
       quant::set_quantizers_frozen(
           *model_, qat && qc.freeze_quantizers_epoch >= 0 && e >= qc.freeze_quantizers_epoch);
     }
-    data_.train->set_epoch(pos_.global_epoch);
-    ProgressBar bar(str_cat(st.name, " epoch ", e + 1, "/", st.epochs), batches_per_epoch_);
+    stage.loader->set_epoch(pos_.global_epoch);
+    ProgressBar bar(str_cat(st.name, " epoch ", e + 1, "/", st.epochs), stage.batches);
     EpochSums sums{zeros({}, TensorOptions(DType::f64, dev_)),
                    zeros({}, TensorOptions(DType::f64, dev_)), 0};
     const double wait0 = stage.reducer->wait_seconds();
@@ -855,7 +909,7 @@ class TrainingRun {
     if (pos_.batch > 0) {
       // Resuming inside this epoch: its first batches and their sums are in the checkpoint.
       batch_in_epoch = pos_.batch;
-      data_.train->seek(batch_in_epoch);
+      stage.loader->seek(batch_in_epoch);
       sums.loss_sum.fill_(pos_.loss_sum);
       sums.correct.fill_(pos_.correct);
       sums.seen = int64_t(pos_.seen);
@@ -863,25 +917,24 @@ class TrainingRun {
           std::chrono::duration<double>(pos_.elapsed_s));
       pos_.batch = 0;
     } else {
-      data_.train->reset();
+      stage.loader->reset();
     }
     last_checkpoint_ = std::chrono::steady_clock::now();
     Batch b;
     std::string metrics;
-    while (data_.train->next(b)) {
+    while (stage.loader->next(b)) {
       maybe_fault(fault, pos_.global_epoch + 1, batch_in_epoch + 1);
       // Micro-batch `micro` of the optimizer step `step`; the epoch's last group may be short.
       const int64_t micro = batch_in_epoch % accumulate;
       const int64_t step = e * stage.steps_per_epoch + batch_in_epoch / accumulate;
-      const int64_t group_size =
-          std::min(accumulate, batches_per_epoch_ - (batch_in_epoch - micro));
+      const int64_t group_size = std::min(accumulate, stage.batches - (batch_in_epoch - micro));
       train_step(stage, b, sums, step, micro, group_size);
       ++batch_in_epoch;
-      if (micro == group_size - 1 && batch_in_epoch < batches_per_epoch_ && checkpoint_due(step)) {
+      if (micro == group_size - 1 && batch_in_epoch < stage.batches && checkpoint_due(step)) {
         save_mid_epoch_checkpoint(stage, step, batch_in_epoch, sums, e0);
       }
       const bool log_now =
-          batch_in_epoch % cfg_.log_interval == 0 || batch_in_epoch == batches_per_epoch_;
+          batch_in_epoch % cfg_.log_interval == 0 || batch_in_epoch == stage.batches;
       if (!log_now && !progress_) continue;
       // Reading the sums is the host sync; do it only when something is printed or logged.
       const double el =
@@ -932,6 +985,7 @@ class TrainingRun {
         clip_grad_norm(model_->parameters(), stage.st.clip_grad_norm);
       stage.opt->step();
       if (ms_.quantized) quant::clamp_quantizer_parameters(*model_);
+      if (stage.loop) stage.loop->after_step(step);
     }
     autograd::NoGradGuard g;
     const int64_t n = b.labels.size(0);
@@ -981,13 +1035,15 @@ class TrainingRun {
       rec["world_size"] = world_.size;
       rec["comm_wait_s"] = wait_s;
     }
+    if (stage.loop) stage.loop->end_epoch(e, rec);
     write_log(rec);
     pos_.stage = stage.index;
     pos_.epoch = e + 1;
     pos_.global_epoch += 1;
     pos_.batch = 0;
     summary_.test = ev;
-    if (root_) save_checkpoint(out_, *model_, stage.opt.get(), pos_, cfg_, dev_, ms_);
+    if (root_)
+      save_checkpoint(out_, *model_, stage.opt.get(), pos_, cfg_, dev_, ms_, stage.loop.get());
     if (opts_.stop_after_epochs >= 0 && pos_.global_epoch >= opts_.stop_after_epochs)
       stopped_ = true;
   }
@@ -1025,6 +1081,7 @@ class TrainingRun {
             {"world_size", world_.size},
             {"comm_wait_s", comm_wait_seconds_},
             {"epochs", summary_.epochs_done},
+            {"stages", ms_.stage_results.empty() ? json::object() : json::parse(ms_.stage_results)},
             {"config", cfg_.raw_yaml},
             {"config_file", cfg_.file},
             {"git_commit", LOWBIT_GIT_COMMIT},

@@ -2,8 +2,8 @@
 # `lowbit` under `mpirun -np 2` on real Fashion-MNIST (ctest dist_cli_mpi2, label mpi):
 #   - training writes one run folder (rank 0) that records the world size;
 #   - `lowbit eval` of 2 ranks prints exactly the top-1 of one process;
-#   - a QAT stage (LSQ W4A4, activation steps initialised by EMA observers) and a PfQ stage keep
-#     the ranks identical
+#   - a QAT stage (LSQ W4A4, activation steps initialised by EMA observers), a PfQ stage and a
+#     mixed-precision search (alphas reduced over the ranks) keep the ranks identical
 #     (the trainer checks the structure and the parameters across ranks and fails otherwise);
 #   - a ptq stage (ZeroQ distilled calibration, percentile observers, W6 budget) on 2 ranks;
 #   - a rank killed mid-epoch, a rank that throws and a rank that hangs end the job non-zero
@@ -98,6 +98,26 @@ p2=$(json "$work/p/summary.json" '["test_top1"]')
 p1=$(json "$work/p1/summary.json" '["test_top1"]')
 echo "   ptq stage top-1: 2 ranks $p2, 1 process $p1"
 python3 -c "import sys; sys.exit(0 if $p2 > 0.5 else 1)" || fail "2-rank ptq top-1 $p2 <= 0.5"
+
+echo "== a mixed-precision search and its QAT stage on 2 ranks (alphas identical on both)"
+cat >"$work/search.yaml" <<YAML
+name: search
+seed: 0
+device: cpu
+data: {dataset: fashion_mnist, batch_size: 32, eval_batch_size: 250, num_workers: 1, max_train_samples: 512, max_test_samples: 500}
+model: {name: dsnet}
+search: {theta: 1.2x, theta_batches: 2, stable_epochs: 5}
+quant: {weight: {quantizer: uniform, bits: 8}, first_last_bits: 0, fold_bn: false}
+stages:
+  - {name: float, epochs: 1, optimizer: {lr: 0.1}}
+  - {name: mp, kind: search, epochs: 2, optimizer: {lr: 0.025}}
+  - {name: tune, kind: qat, quantize: weights, epochs: 1, optimizer: {lr: 0.01}}
+YAML
+"${mpirun[@]}" -np 2 "$lowbit" train "$work/search.yaml" --out "$work/s" --no-progress >"$work/s.log" 2>&1 ||
+  { cat "$work/s.log"; fail "2-rank search"; }
+[ -f "$work/s/search_mp.yaml" ] || fail "no search_mp.yaml"
+[ "$(json "$work/s/summary.json" '["stages"]["mp"]["kind"]')" = search ] || fail "summary.json: no search result"
+[ "$(grep -c '"search":' "$work/s/log.jsonl")" = 2 ] || fail "log.jsonl: want 2 search records"
 
 echo "== a rank killed mid-epoch, then --resume"
 start=$(date +%s)
