@@ -410,11 +410,7 @@ PtqRunResult run_ptq(const ExperimentConfig& cfg, const std::string& checkpoint,
   LOWBIT_CHECK_INPUT(p.search == "none" || p.budget.empty(), cfg.file,
                      ": ptq.search and ptq.budget (ZeroQ mixed precision) are separate runs; "
                      "give one");
-  fs::path out(out_dir);
-  std::error_code ec;
-  fs::create_directories(out, ec);
-  LOWBIT_CHECK_INPUT(!ec && fs::is_directory(out), out_dir,
-                     ": cannot create the output folder: ", ec.message());
+  const fs::path out = make_out_dir(out_dir);
   DataSource data;
   ModelState ms;
   layers::ModulePtr model = load_trained(cfg, checkpoint, dev, &data, &ms);

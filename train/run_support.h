@@ -43,5 +43,8 @@ layers::ModulePtr load_trained(const ExperimentConfig& cfg, const std::string& c
 // The config's model for the data's geometry (the model section's values where it sets them).
 layers::ModulePtr build_model(const ExperimentConfig& cfg, const DataSource& data);
 std::string now_iso();
+// Creates the output folder of a command (lowbit prune, lowbit ptq); InputError naming it when
+// that fails.
+std::filesystem::path make_out_dir(const std::string& out_dir);
 
 }  // namespace lowbit::train

@@ -1153,11 +1153,7 @@ PruneRunResult run_prune(const ExperimentConfig& cfg, const std::string& checkpo
   const Device dev = resolve_device(device_override.empty() ? cfg.device : device_override);
   apply_cpu_settings(cfg);
   AutocastGuard amp(amp_dtype(cfg));
-  fs::path out(out_dir);
-  std::error_code ec;
-  fs::create_directories(out, ec);
-  LOWBIT_CHECK_INPUT(!ec && fs::is_directory(out), out_dir,
-                     ": cannot create the output folder: ", ec.message());
+  const fs::path out = make_out_dir(out_dir);
   DataSource data;
   ModelState ms;
   layers::ModulePtr model = load_trained(cfg, checkpoint, dev, &data, &ms);
@@ -1192,6 +1188,15 @@ PruneRunResult run_prune(const ExperimentConfig& cfg, const std::string& checkpo
                    meta);
   if (print) std::printf("%s", rep.table().c_str());
   return r;
+}
+
+fs::path make_out_dir(const std::string& out_dir) {
+  fs::path out(out_dir);
+  std::error_code ec;
+  fs::create_directories(out, ec);
+  LOWBIT_CHECK_INPUT(!ec && fs::is_directory(out), out_dir,
+                     ": cannot create the output folder: ", ec.message());
+  return out;
 }
 
 layers::ModulePtr build_model_offline(const ExperimentConfig& cfg, Shape* sample_hwc) {
