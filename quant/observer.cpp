@@ -421,6 +421,9 @@ class KlObserver : public StoredValuesObserver {
     const double amax = std::max(std::fabs(double(lo)), std::fabs(double(hi)));
     std::vector<double> hist(size_t(bins_), 0.0);
     for (size_t i = 0; i < v.size(); ++i) {
+      // Exact zeros (half of a post-ReLU tensor) are exact at any threshold: left out, they would
+      // dominate the first chunk and drive the threshold to the smallest candidate.
+      if (v[i] == 0.0f) continue;
       const int64_t b = amax > 0.0 ? int64_t(std::fabs(double(v[i])) / amax * double(bins_)) : 0;
       hist[size_t(std::min(b, bins_ - 1))] += w.empty() ? 1.0 : w[i];
     }
