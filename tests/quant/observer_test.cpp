@@ -279,6 +279,21 @@ TEST(KlObserver, OutlierIsClippedAndSignedDataSymmetric) {
   EXPECT_FLOAT_EQ(float(max_of(q)), float(v[3999]));
 }
 
+TEST(KlObserver, ExactZerosDoNotPullTheThresholdDown) {
+  // Half zeros (a post-ReLU tensor), half spread evenly over (0, 1]: at 4 bits the threshold
+  // stays near the top (counted in the histogram, the zeros made the least candidate win,
+  // 16/2048 of the range).
+  std::vector<double> v(4000, 0.0);
+  for (int i = 0; i < 4000; ++i) v.push_back((i + 1) / 4000.0);
+  auto q = uniform({{"observer", "kl"}, {"bits", "4"}, {"signed", "false"}});
+  q->set_calibrating(true);
+  q->forward(tensor_of(v, {int64_t(v.size())}));
+  q->set_calibrating(false);
+  (void)q->scale();
+  EXPECT_EQ(min_of(q), 0.0);
+  EXPECT_GT(max_of(q), 0.5);
+}
+
 TEST(UniformQuantizer, WhenObserversRun) {
   // ema/minmax: every training step unless frozen; not in eval.
   auto q = uniform({{"observer", "minmax"}});
