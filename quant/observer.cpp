@@ -245,17 +245,14 @@ class EmaObserver : public Observer {
   double c_;
 };
 
-// --- percentile ---------------------------------------------------------------------------
+// --- observers of every calibration value (percentile, mse, kl) ---------------------------
 
-class PercentileObserver : public Observer {
+// Keeps every calibration value (ValueStore) and computes each channel's range when the
+// quantizer asks for it.
+class StoredValuesObserver : public Observer {
  public:
-  PercentileObserver(double lo, double hi, int64_t max_values)
-      : lo_(lo), hi_(hi), store_(max_values) {}
-  const char* name() const override { return "percentile"; }
+  explicit StoredValuesObserver(int64_t max_values) : store_(max_values) {}
   bool observes_in_training() const override { return false; }
-  std::string repr() const override {
-    return str_cat("percentile, percentile_low=", lo_, ", percentile_high=", hi_);
-  }
   void observe(const Tensor& x, const ChannelLayout& l, Tensor&, Tensor&) override {
     store_.add(x, l);
     pending_ = true;
@@ -265,75 +262,182 @@ class PercentileObserver : public Observer {
     const int64_t C = store_.channels();
     std::vector<float> mn(static_cast<size_t>(C)), mx(static_cast<size_t>(C));
     for (int64_t c = 0; c < C; ++c) {
-      mn[size_t(c)] = float(store_.percentile(c, lo_));
-      mx[size_t(c)] = float(store_.percentile(c, hi_));
+      const auto [lo, hi] = channel_range(c);
+      mn[size_t(c)] = lo;
+      mx[size_t(c)] = hi;
     }
     assign(min_val, mn);
     assign(max_val, mx);
     pending_ = false;
+  }
+
+ protected:
+  // The range of channel c from the stored values.
+  virtual std::pair<float, float> channel_range(int64_t c) = 0;
+  ValueStore store_;
+
+ private:
+  bool pending_ = false;
+};
+
+// --- percentile ---------------------------------------------------------------------------
+
+class PercentileObserver : public StoredValuesObserver {
+ public:
+  PercentileObserver(double lo, double hi, int64_t max_values)
+      : StoredValuesObserver(max_values), lo_(lo), hi_(hi) {}
+  const char* name() const override { return "percentile"; }
+  std::string repr() const override {
+    return str_cat("percentile, percentile_low=", lo_, ", percentile_high=", hi_);
+  }
+
+ protected:
+  std::pair<float, float> channel_range(int64_t c) override {
+    return {float(store_.percentile(c, lo_)), float(store_.percentile(c, hi_))};
   }
 
  private:
   double lo_, hi_;
-  ValueStore store_;
-  bool pending_ = false;
 };
 
 // --- MSE search ---------------------------------------------------------------------------
 
-class MseObserver : public Observer {
+class MseObserver : public StoredValuesObserver {
  public:
   MseObserver(int64_t steps, int64_t max_values, const ObserverContext& ctx)
-      : steps_(steps), ctx_(ctx), store_(max_values) {}
+      : StoredValuesObserver(max_values), steps_(steps), ctx_(ctx) {}
   const char* name() const override { return "mse"; }
-  bool observes_in_training() const override { return false; }
   std::string repr() const override { return str_cat("mse, mse_steps=", steps_); }
-  void observe(const Tensor& x, const ChannelLayout& l, Tensor&, Tensor&) override {
-    store_.add(x, l);
-    pending_ = true;
-  }
-  void finalize(Tensor& min_val, Tensor& max_val) override {
-    if (!pending_) return;
-    const int64_t C = store_.channels();
-    std::vector<float> mn(static_cast<size_t>(C)), mx(static_cast<size_t>(C));
+
+ protected:
+  std::pair<float, float> channel_range(int64_t c) override {
     std::vector<float> v;
     std::vector<double> w;
     const float qmin = float(ctx_.range.qmin), qmax = float(ctx_.range.qmax);
-    for (int64_t c = 0; c < C; ++c) {
-      store_.points(c, &v, &w);
-      const float lo = store_.min(c), hi = store_.max(c);
-      std::vector<double> err(size_t(steps_), 0.0);
+    store_.points(c, &v, &w);
+    const float lo = store_.min(c), hi = store_.max(c);
+    std::vector<double> err(size_t(steps_), 0.0);
 #pragma omp parallel for schedule(dynamic)
-      for (int64_t j = 1; j <= steps_; ++j) {
-        const float t = float(j) / float(steps_);
-        const QParams q =
-            calc_qparams(t * lo, t * hi, ctx_.range.qmin, ctx_.range.qmax, ctx_.symmetric);
-        const float z = float(q.zero_point);
-        double e = 0.0;
-        for (size_t i = 0; i < v.size(); ++i) {
-          const double d = double(v[i]) - double(fake_quant_value(v[i], q.scale, z, qmin, qmax));
-          e += (w.empty() ? 1.0 : w[i]) * d * d;
-        }
-        err[size_t(j - 1)] = e;
+    for (int64_t j = 1; j <= steps_; ++j) {
+      const float t = float(j) / float(steps_);
+      const QParams q =
+          calc_qparams(t * lo, t * hi, ctx_.range.qmin, ctx_.range.qmax, ctx_.symmetric);
+      const float z = float(q.zero_point);
+      double e = 0.0;
+      for (size_t i = 0; i < v.size(); ++i) {
+        const double d = double(v[i]) - double(fake_quant_value(v[i], q.scale, z, qmin, qmax));
+        e += (w.empty() ? 1.0 : w[i]) * d * d;
       }
-      int64_t best = 1;
-      for (int64_t j = 1; j <= steps_; ++j) {
-        if (err[size_t(j - 1)] <= err[size_t(best - 1)]) best = j;  // ties: the larger t
-      }
-      const float t = float(best) / float(steps_);
-      mn[size_t(c)] = t * lo;
-      mx[size_t(c)] = t * hi;
+      err[size_t(j - 1)] = e;
     }
-    assign(min_val, mn);
-    assign(max_val, mx);
-    pending_ = false;
+    int64_t best = 1;
+    for (int64_t j = 1; j <= steps_; ++j) {
+      if (err[size_t(j - 1)] <= err[size_t(best - 1)]) best = j;  // ties: the larger t
+    }
+    const float t = float(best) / float(steps_);
+    return {t * lo, t * hi};
   }
 
  private:
   int64_t steps_;
   ObserverContext ctx_;
-  ValueStore store_;
-  bool pending_ = false;
+};
+
+}  // namespace
+
+// --- KL entropy (TensorRT / MXNet / TVM calibration) --------------------------------------
+
+// The clipping threshold of hist (counts of |x| over [0, amax] in equal bins) that keeps the
+// quantized distribution closest to the observed one (docs/methods.md, "KL-entropy observer"):
+// for i = levels..bins, P = the first i bins with the counts beyond added to bin i-1; Q = the
+// first i bins merged into `levels` chunks, each chunk's sum spread evenly over its non-empty
+// bins; both smoothed (eps 1e-4 on empty bins) and normalised; the i with the least KL(P || Q)
+// (ties: the smaller i) gives threshold i * amax / bins.
+double kl_threshold(const std::vector<double>& hist, double amax, int64_t levels) {
+  const int64_t bins = int64_t(hist.size());
+  if (levels >= bins || amax <= 0.0) return amax;
+  auto smooth = [](std::vector<double>& d) {
+    constexpr double eps = 1e-4;
+    int64_t zeros = 0;
+    double total = 0.0;
+    for (double v : d) {
+      zeros += v == 0.0;
+      total += v;
+    }
+    const int64_t nonzeros = int64_t(d.size()) - zeros;
+    if (total <= 0.0 || nonzeros == 0) return false;
+    for (double& v : d) v /= total;
+    const double eps1 = zeros > 0 ? eps * double(zeros) / double(nonzeros) : 0.0;
+    for (double& v : d) v = v == 0.0 ? eps : v - eps1;
+    return true;
+  };
+  double best_kl = INFINITY;
+  int64_t best_i = bins;
+  std::vector<double> p, q;
+  for (int64_t i = levels; i <= bins; ++i) {
+    p.assign(hist.begin(), hist.begin() + i);
+    double outliers = 0.0;
+    for (int64_t b = i; b < bins; ++b) outliers += hist[size_t(b)];
+    p[size_t(i - 1)] += outliers;
+    q.assign(size_t(i), 0.0);
+    for (int64_t j = 0; j < levels; ++j) {
+      const int64_t lo = j * i / levels, hi = j + 1 == levels ? i : (j + 1) * i / levels;
+      double sum = 0.0;
+      int64_t nonzero = 0;
+      for (int64_t b = lo; b < hi; ++b) {
+        sum += hist[size_t(b)];
+        nonzero += hist[size_t(b)] != 0.0;
+      }
+      for (int64_t b = lo; b < hi; ++b) {
+        if (hist[size_t(b)] != 0.0) q[size_t(b)] = sum / double(nonzero);
+      }
+    }
+    if (!smooth(p) || !smooth(q)) continue;
+    double kl = 0.0;
+    for (int64_t b = 0; b < i; ++b) kl += p[size_t(b)] * std::log(p[size_t(b)] / q[size_t(b)]);
+    if (kl < best_kl) {
+      best_kl = kl;
+      best_i = i;
+    }
+  }
+  return double(best_i) * amax / double(bins);
+}
+
+namespace {
+
+class KlObserver : public StoredValuesObserver {
+ public:
+  KlObserver(int64_t bins, int64_t max_values, const ObserverContext& ctx)
+      : StoredValuesObserver(max_values), bins_(bins), ctx_(ctx) {}
+  const char* name() const override { return "kl"; }
+  std::string repr() const override { return str_cat("kl, kl_bins=", bins_); }
+
+ protected:
+  std::pair<float, float> channel_range(int64_t c) override {
+    std::vector<float> v;
+    std::vector<double> w;
+    store_.points(c, &v, &w);
+    const float lo = store_.min(c), hi = store_.max(c);
+    const double amax = std::max(std::fabs(double(lo)), std::fabs(double(hi)));
+    std::vector<double> hist(size_t(bins_), 0.0);
+    for (size_t i = 0; i < v.size(); ++i) {
+      // Exact zeros (half of a post-ReLU tensor) are exact at any threshold: left out, they would
+      // dominate the first chunk and drive the threshold to the smallest candidate.
+      if (v[i] == 0.0f) continue;
+      const int64_t b = amax > 0.0 ? int64_t(std::fabs(double(v[i])) / amax * double(bins_)) : 0;
+      hist[size_t(std::min(b, bins_ - 1))] += w.empty() ? 1.0 : w[i];
+    }
+    // Levels on the side of zero the histogram covers: all codes for one-signed data, half of
+    // them when the values take both signs.
+    const int64_t codes = ctx_.range.qmax - ctx_.range.qmin + 1;
+    const int64_t levels = std::max<int64_t>(1, lo < 0.0f && hi > 0.0f ? codes / 2 : codes);
+    const double t = kl_threshold(hist, amax, levels);
+    return {float(std::max(double(lo), -t)), float(std::min(double(hi), t))};
+  }
+
+ private:
+  int64_t bins_;
+  ObserverContext ctx_;
 };
 
 constexpr int64_t kDefaultMaxValues = int64_t(1) << 24;
@@ -358,6 +462,12 @@ LOWBIT_REGISTER_OBSERVER("mse", [](OptionReader& r, const ObserverContext& ctx) 
   const int64_t steps = r.get_int("mse_steps", 100, 1, 100000);
   const int64_t max_values = r.get_int("max_values", kDefaultMaxValues, 1, int64_t(1) << 40);
   return std::unique_ptr<Observer>(std::make_unique<MseObserver>(steps, max_values, ctx));
+});
+
+LOWBIT_REGISTER_OBSERVER("kl", [](OptionReader& r, const ObserverContext& ctx) {
+  const int64_t bins = r.get_int("kl_bins", 2048, 2, 1 << 20);
+  const int64_t max_values = r.get_int("max_values", kDefaultMaxValues, 1, int64_t(1) << 40);
+  return std::unique_ptr<Observer>(std::make_unique<KlObserver>(bins, max_values, ctx));
 });
 
 }  // namespace lowbit::quant

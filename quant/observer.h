@@ -1,17 +1,19 @@
 // Observers: the range statistics (x_min, x_max) that the uniform quantizers turn into a scale
-// and zero-point with calc_qparams (METHODS 2.3). Four are registered by name (the `observer`
+// and zero-point with calc_qparams (METHODS 2.3). Five are registered by name (the `observer`
 // option of a quantizer): minmax (running extremes), ema (PyTorch's moving-average min-max,
-// c = 0.01), percentile (numpy-"linear" percentiles of every calibration value) and mse (the
+// c = 0.01), percentile (numpy-"linear" percentiles of every calibration value), mse (the
 // clipping t * (x_min, x_max), t = j/T, with the least squared fake-quant error; ties go to the
-// larger t). Per-channel observers reduce over every axis but the channel axis.
+// larger t) and kl (the clipping threshold of a histogram of |x| with the least KL divergence
+// between the clipped and the quantized distribution, docs/methods.md "KL-entropy observer").
+// Per-channel observers reduce over every axis but the channel axis.
 //
 // minmax and ema update the quantizer's min_val/max_val buffers on the device with tensor ops
 // (no host sync), on every training step and calibration batch. percentile and mse need every
 // value: they copy calibration batches to the host (calibration is not a training step) and
-// compute the range when the quantizer asks for it (finalize). Up to `max_values` values
-// (default 2^24) are kept exactly; beyond, each channel switches to a 2048-bin histogram over
-// its running [min, max] (METHODS 2.3 allows it for large tensors), re-binned as the range grows,
-// with linear interpolation inside a bin; mse then weighs bin centres by their counts.
+// compute the range when the quantizer asks for it (finalize); so does kl. Up to `max_values`
+// values (default 2^24) are kept exactly; beyond, each channel switches to a 2048-bin histogram
+// over its running [min, max] (METHODS 2.3 allows it for large tensors), re-binned as the range
+// grows, with linear interpolation inside a bin; mse then weighs bin centres by their counts.
 #pragma once
 
 #include <functional>
@@ -69,6 +71,10 @@ struct ObserverRegistrar {
 // Per-channel batch extremes of x (contiguous): f32 (C) tensors on x's device. In a
 // data-parallel run, the extremes over every rank's x (a collective: all ranks call it together).
 std::pair<Tensor, Tensor> batch_min_max(const Tensor& x, const ChannelLayout& l);
+
+// The KL-entropy clipping threshold of a histogram of |x| (equal bins over [0, amax]) for a
+// quantizer with `levels` levels on that side of zero (observer "kl").
+double kl_threshold(const std::vector<double>& hist, double amax, int64_t levels);
 
 // numpy's "linear" percentile (METHODS 2.3) of sorted values, p in [0, 100].
 double percentile_linear(const std::vector<float>& sorted, double p);

@@ -4,12 +4,13 @@
 // MinMax / MovingAverageMinMax / percentile / MSE observers.
 //
 // Options (besides the shared role, bits, signed, narrow_range, per_channel, axis, channels):
-//   observer      minmax | ema | percentile | mse   (default: weights minmax, activations ema)
+//   observer      minmax | ema | percentile | mse | kl   (default: weights minmax, activations ema)
 //   symmetric     true | false                      (default: weights true, activations false)
 //   ema_constant  (0, 1], default 0.01               (ema)
 //   percentile_low, percentile_high  [0, 100], default 0.01, 99.99   (percentile)
 //   mse_steps     T >= 1, default 100                (mse)
-//   max_values    values kept exactly before histograms, default 2^24 (percentile, mse)
+//   kl_bins       histogram bins of |x|, default 2048 (kl)
+//   max_values    values kept exactly before histograms, default 2^24 (percentile, mse, kl)
 // Buffers: scale (C) f32, zero_point (C) i32, min_val (C) f32, max_val (C) f32, C = channels.
 // minmax and ema observe every training step unless frozen; percentile and mse observe while
 // calibrating (or the first training batch when nothing was calibrated). Quantizing in eval mode

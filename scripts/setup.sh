@@ -16,6 +16,7 @@ packages=(
   zlib1g-dev
   libopenmpi-dev openmpi-bin
   nlohmann-json3-dev
+  libxgboost-dev  # Quantune's cost model (lowbit ptq --search quantune)
   dataset-fashion-mnist
 )
 # Only the tests and CI need these; quickstart (--no-torch) skips them.

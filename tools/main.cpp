@@ -16,6 +16,7 @@
 #include "tools/compare.h"
 #include "tools/info.h"
 #include "train/config.h"
+#include "train/ptq.h"
 #include "train/registries.h"
 #include "train/trainer.h"
 
@@ -28,6 +29,7 @@ const char* kUsage =
     "  train     run the stages of an experiment config (YAML)\n"
     "  eval      evaluate a checkpoint on the config's test set\n"
     "  prune     prune a trained model with the config's prune: section (PfQ, L1, BN-gamma)\n"
+    "  ptq       post-training quantization of a trained model (calibration, ZeroQ, Quantune)\n"
     "  bench     time kernels and training steps (lowbit bench --help)\n"
     "  info      print the build, backends and devices; --model CONFIG: per-layer size/BOPs\n"
     "  compare   the summaries of finished runs side by side (markdown), with differences\n"
@@ -85,11 +87,35 @@ const char* kPruneHelp =
     "                      model bytes and BOPs; every pruned channel with its BN statistics\n"
     "  prune_report.json   the same, plus test top-1 before and after\n";
 
+const char* kPtqHelp =
+    "usage: lowbit ptq CONFIG --checkpoint FILE [--out DIR] [--calibration train|zeroq|noise]\n"
+    "                  [--budget 4bit|6bit|BYTES | --search quantune|grid|random --budget N]\n"
+    "                  [--device ...] [--set key.path=value]...\n"
+    "\n"
+    "Quantizes the float model of CONFIG with the weights in FILE without training (docs/ptq.md):\n"
+    "its convolutions and linear layers get uniform quantizers by the config's ptq: section\n"
+    "(bits, observers minmax|percentile|mse|kl, scheme, per-channel weights; BN folded), the\n"
+    "observers calibrate on training images, ZeroQ's distilled images or Gaussian noise, and\n"
+    "the quantized model is evaluated on the test set.\n"
+    "  --calibration C   ptq.calibration: train (ptq.calibration_images images), zeroq (data\n"
+    "                    distilled from the BN statistics), noise (N(0, 1) images)\n"
+    "  --budget B        ZeroQ mixed precision (ptq.budget): the weight size within which the\n"
+    "                    Pareto frontier picks 2, 4 or 8 bits per layer: 4bit, 6bit (the size of\n"
+    "                    every layer at that width) or a number of bytes\n"
+    "  --search M        search the five knobs (calibration, scheme, clipping, granularity,\n"
+    "                    first/last precision) by Quantune's XGBoost cost model, grid or random;\n"
+    "                    --budget N is then the number of measurements (ptq.search_budget)\n"
+    "Writes to DIR (default runs/<name>_ptq): model.safetensors (the quantized model; lowbit\n"
+    "eval reads it), summary.json (float and quantized top-1, bytes, BOPs, times), log.jsonl,\n"
+    "ptq_layers.txt (per layer bits, bytes, BOPs); with a budget sensitivity.txt, pareto.txt\n"
+    "and pareto.csv (the whole frontier); with a search search.txt and search.json.\n";
+
 bool is_help(const char* a) { return !std::strcmp(a, "--help") || !std::strcmp(a, "-h"); }
 
 struct Args {
   std::string config;
   std::string out, device, checkpoint;
+  std::string calibration, budget, search;  // ptq
   bool resume = false, force = false, progress = true;
   std::vector<std::string> sets;
 };
@@ -122,8 +148,15 @@ Args parse(int argc, char** argv, const char* cmd, bool allow_train_flags) {
       a.progress = false;
     else if (!allow_train_flags && s == "--checkpoint")
       a.checkpoint = need(i, "--checkpoint");
-    else if (!allow_train_flags && s == "--out" && std::string(cmd) == "prune")
+    else if (!allow_train_flags && s == "--out" &&
+             (std::string(cmd) == "prune" || std::string(cmd) == "ptq"))
       a.out = need(i, "--out");
+    else if (std::string(cmd) == "ptq" && s == "--calibration")
+      a.calibration = need(i, "--calibration");
+    else if (std::string(cmd) == "ptq" && s == "--budget")
+      a.budget = need(i, "--budget");
+    else if (std::string(cmd) == "ptq" && s == "--search")
+      a.search = need(i, "--search");
     else if (!s.empty() && s[0] == '-')
       throw lowbit::InputError(
           lowbit::str_cat(cmd, ": unknown option '", s, "'; see lowbit ", cmd, " --help"));
@@ -195,6 +228,29 @@ int run_prune_cmd(int argc, char** argv) {
   return 0;
 }
 
+int run_ptq_cmd(int argc, char** argv) {
+  if (argc > 2 && is_help(argv[2])) {
+    std::cout << kPtqHelp;
+    return 0;
+  }
+  Args a = parse(argc, argv, "ptq", false);
+  if (a.checkpoint.empty())
+    throw lowbit::InputError("ptq: --checkpoint FILE is required; see lowbit ptq --help");
+  // The flags are ptq: keys, applied after the config's own and the --set overrides.
+  if (!a.calibration.empty()) a.sets.push_back("ptq.calibration=" + a.calibration);
+  if (!a.search.empty()) a.sets.push_back("ptq.search=" + a.search);
+  if (!a.budget.empty()) {
+    a.sets.push_back((a.search.empty() ? "ptq.budget=" : "ptq.search_budget=") + a.budget);
+  }
+  lowbit::train::ExperimentConfig cfg = lowbit::train::load_config(a.config, a.sets);
+  const std::string out = a.out.empty() ? "runs/" + cfg.name + "_ptq" : a.out;
+  auto r = lowbit::train::run_ptq(cfg, a.checkpoint, out, a.device);
+  std::cout << "lowbit ptq: test top-1 " << 100 * r.before.top1 << "% (float) -> "
+            << 100 * r.after.top1 << "%, " << r.float_bytes << " -> " << r.model_bytes << " bytes, "
+            << r.seconds << " s; results in " << out << "\n";
+  return 0;
+}
+
 // `lowbit plot`: scripts/plot_runs.py (matplotlib) with the same arguments; its --help answers.
 // The interpreter is LOWBIT_PLOT_PYTHON, else Debian's /usr/bin/python3 (python3-matplotlib),
 // else python3 on PATH; the script is LOWBIT_PLOT_SCRIPT, else the source tree's.
@@ -228,6 +284,7 @@ int run(int argc, char** argv) {
   if (cmd == "train") return run_train(argc, argv);
   if (cmd == "eval") return run_eval(argc, argv);
   if (cmd == "prune") return run_prune_cmd(argc, argv);
+  if (cmd == "ptq") return run_ptq_cmd(argc, argv);
   if (cmd == "bench") return lowbit::tools::run_bench(argc, argv, std::cout);
   if (cmd == "plot") return run_plot(argc, argv);
   if (cmd == "compare") {

@@ -446,6 +446,46 @@ void parse_prune(Section p, ExperimentConfig& c) {
   p.finish();
 }
 
+// ptq: (docs/config.md, docs/ptq.md).
+void parse_ptq(Section p, ExperimentConfig& c) {
+  PtqConfig& o = c.ptq;
+  o.calibration = p.str("calibration", o.calibration, {"train", "zeroq", "noise"});
+  o.calibration_images = p.integer("calibration_images", o.calibration_images, 1, kBig);
+  o.weight_bits = p.integer("weight_bits", o.weight_bits, 2, 16);
+  o.activation_bits = p.integer("activation_bits", o.activation_bits, 2, 16);
+  o.weight_observer =
+      p.str("weight_observer", o.weight_observer, {"minmax", "percentile", "mse", "kl"});
+  o.activation_observer = p.str("activation_observer", o.activation_observer,
+                                {"minmax", "ema", "percentile", "mse", "kl"});
+  o.scheme = p.str("scheme", o.scheme, {"asymmetric", "symmetric", "symmetric_unsigned", "pow2"});
+  o.per_channel = p.boolean("per_channel", o.per_channel);
+  o.first_last = p.str("first_last", o.first_last, {"8bit", "float", "same"});
+  o.budget = p.str("budget", o.budget);
+  if (p.has("mp_bits")) {
+    o.mp_bits.clear();
+    for (double b : p.numbers("mp_bits")) {
+      if (!(b >= 2 && b <= 16 && b == std::floor(b)))
+        p.fail("mp_bits", str_cat(b, " is not a bit width in 2..16"));
+      o.mp_bits.push_back(int64_t(b));
+    }
+    if (o.mp_bits.empty()) p.fail("mp_bits", "wants at least one bit width");
+  } else {
+    p.raw("mp_bits");
+  }
+  o.search = p.str("search", o.search, {"none", "quantune", "grid", "random"});
+  o.search_budget = p.integer("search_budget", o.search_budget, 0, kBig);
+  o.search_images = p.integer("search_images", o.search_images, 1, kBig);
+  o.fix = p.str("fix", o.fix);
+  Section z = p.sub("zeroq");
+  o.zeroq.iterations = z.integer("iterations", o.zeroq.iterations, 1, 1000000);
+  o.zeroq.batch_size = z.integer("batch_size", o.zeroq.batch_size, 1, 1 << 20);
+  o.zeroq.batches = z.integer("batches", o.zeroq.batches, 1, 1 << 20);
+  o.zeroq.lr = z.num("lr", o.zeroq.lr, 1e-12, 1e6);
+  o.zeroq.init = z.str("init", o.zeroq.init, {"gaussian", "code"});
+  z.finish();
+  p.finish();
+}
+
 // search: (docs/config.md, "search").
 SearchConfig parse_search(Section q, const std::string& file) {
   SearchConfig c;
@@ -670,6 +710,11 @@ ExperimentConfig parse_config(const std::string& yaml_text, const std::string& f
     parse_prune(top.sub("prune"), c);
   } else {
     top.raw("prune");
+  }
+  if (top.has("ptq") && !top.get("ptq").IsNull()) {
+    parse_ptq(top.sub("ptq"), c);
+  } else {
+    top.raw("ptq");
   }
   c.search = parse_search(top.sub("search"), c.file);
   check_stage_sections(c);

@@ -78,6 +78,7 @@ struct ScheduleConfig {
 struct StageConfig {
   std::string name;
   std::string kind = "train";  // train | qat | prune (prunes at the start, then trains `epochs`)
+                               // | ptq (post-training quantization at the start, epochs 0)
   int64_t epochs = 1;
   // qat: what is quantized in this stage: weights (activations float) | all (weights and inputs).
   std::string quantize = "all";
@@ -99,6 +100,35 @@ struct DistConfig {
   double timeout_s =
       0.0;  // a collective waiting longer ends the job; 0: LOWBIT_DIST_TIMEOUT_S or 300
   bool sync_bn = false;  // BatchNorm batch statistics over the global batch (SyncBN)
+};
+
+// Post-training quantization (lowbit ptq and stages of kind ptq; docs/ptq.md).
+struct ZeroqConfig {
+  int64_t iterations = 500;       // Adam steps on the input batch
+  int64_t batch_size = 32;        // distilled images per batch
+  int64_t batches = 1;            // distilled batches
+  double lr = 0.5;                // Adam, ReduceLROnPlateau on the loss (factor 0.1, patience 100)
+  std::string init = "gaussian";  // gaussian (N(0, 1), the paper) | code (the reference code's)
+};
+
+struct PtqConfig {
+  std::string calibration = "train";  // train | zeroq | noise
+  int64_t calibration_images = 100;   // train and noise (zeroq: zeroq.batch_size * batches)
+  int64_t weight_bits = 8, activation_bits = 8;
+  std::string weight_observer = "minmax";      // minmax | percentile | mse | kl
+  std::string activation_observer = "minmax";  // minmax | percentile | mse | kl | ema
+  // asymmetric | symmetric (signed codes everywhere) | symmetric_unsigned (unsigned codes for
+  // non-negative inputs) | pow2 (symmetric, power-of-two scales)
+  std::string scheme = "asymmetric";
+  bool per_channel = true;                   // weights
+  std::string first_last = "8bit";           // first conv and last layer: 8bit | float | same
+  std::string budget;                        // ZeroQ mixed precision: "" (off) | Kbit | bytes
+  std::vector<int64_t> mp_bits = {2, 4, 8};  // the bit widths the allocation chooses from
+  std::string search = "none";               // none | quantune | grid | random
+  int64_t search_budget = 0;                 // measurements (0: grid the whole space, others 64)
+  int64_t search_images = 1000;              // test images each measurement evaluates
+  std::string fix;                           // search: knobs held fixed, "knob=value,knob=value"
+  ZeroqConfig zeroq;
 };
 
 // The mixed-precision search (stage kind search; quant/mixed.h, docs/methods.md).
@@ -148,6 +178,7 @@ struct ExperimentConfig {
   bool has_prune = false;  // a prune: section was given (needed by prune stages)
   prune::PruneOptions prune;
   int64_t prune_calibration_batches = 8;  // prune.calibration_batches (constant: data_mean)
+  PtqConfig ptq;                          // the ptq: section (defaults without one)
   SearchConfig search;                    // search: (defaults when absent)
   std::string raw_yaml;                   // the config after --set overrides, for summary.json
 };

@@ -42,9 +42,9 @@
 #include "train/progress.h"
 #include "train/registries.h"
 #include "train/run_log.h"
+#include "train/run_support.h"
 #include "train/safetensors.h"
 #include "train/schedule.h"
-#include "train/stage_context.h"
 
 #ifndef LOWBIT_GIT_COMMIT
 #define LOWBIT_GIT_COMMIT "unknown"
@@ -161,6 +161,8 @@ struct Position {
 
 const char* kCheckpoint = "checkpoint.safetensors";
 
+}  // namespace
+
 void add_structure_meta(const ModelState& ms, std::map<std::string, std::string>* meta) {
   if (ms.pruned) (*meta)["pruned"] = "1";
   if (ms.quantized) (*meta)["quant_plan"] = ms.plan.str();
@@ -175,7 +177,7 @@ std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& a
 // Rebuilds the structure recorded in a file's metadata on a freshly built float model: pruned
 // channel shapes first (pruning runs on the float model), then the quantization plan.
 void apply_structure_meta(layers::Module& model, ModelState* ms, const SafetensorsFile& f,
-                          const std::string& path, bool resume = false) {
+                          const std::string& path, bool resume) {
   try {
     auto pr = f.metadata.find("pruned");
     if (pr != f.metadata.end() && pr->second == "1" && !ms->pruned && !ms->quantized) {
@@ -318,7 +320,7 @@ void all_reduce_sums(std::vector<double>& v) {
 
 // Top-1/top-5 and mean loss over the whole test set: each rank evaluates its shard (no padding,
 // data/loader.h) and the counts are summed over the ranks, so the result is the one-process one.
-EvalResult evaluate(layers::Module& model, DataSource& data, Device dev) {
+EvalResult evaluate(layers::Module& model, DataSource& data, Device dev, int64_t max_samples) {
   autograd::NoGradGuard guard;
   model.eval();
   EvalResult r;
@@ -328,7 +330,7 @@ EvalResult evaluate(layers::Module& model, DataSource& data, Device dev) {
   data.test->reset();
   Batch b;
   int64_t samples = 0;
-  while (data.test->next(b)) {
+  while ((max_samples <= 0 || samples < max_samples) && data.test->next(b)) {
     Tensor logits = loss_precision(model.forward(b.images));
     const int64_t n = b.labels.size(0);
     loss_sum = loss_sum + cross_entropy(logits, b.labels).to(DType::f64) * double(n);
@@ -390,8 +392,6 @@ void write_prune_report(const prune::PruneReport& rep, const fs::path& out,
   std::ofstream(out / ("prune_report_" + stage + ".txt")) << table;
   std::ofstream(out / ("prune_report_" + stage + ".json")) << rep.to_json().dump(2) << "\n";
 }
-
-}  // namespace
 
 namespace {
 
@@ -1142,8 +1142,6 @@ RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts)
   return TrainingRun(cfg, opts).run();
 }
 
-namespace {
-
 // The config's data and model with the weights (and the pruned / quantized structure) of
 // `checkpoint`, on `dev`.
 layers::ModulePtr load_trained(const ExperimentConfig& cfg, const std::string& checkpoint,
@@ -1158,8 +1156,6 @@ layers::ModulePtr load_trained(const ExperimentConfig& cfg, const std::string& c
   return model;
 }
 
-}  // namespace
-
 PruneRunResult run_prune(const ExperimentConfig& cfg, const std::string& checkpoint,
                          const std::string& out_dir, const std::string& device_override,
                          bool print) {
@@ -1171,11 +1167,7 @@ PruneRunResult run_prune(const ExperimentConfig& cfg, const std::string& checkpo
   const Device dev = resolve_device(device_override.empty() ? cfg.device : device_override);
   apply_cpu_settings(cfg);
   AutocastGuard amp(amp_dtype(cfg));
-  fs::path out(out_dir);
-  std::error_code ec;
-  fs::create_directories(out, ec);
-  LOWBIT_CHECK_INPUT(!ec && fs::is_directory(out), out_dir,
-                     ": cannot create the output folder: ", ec.message());
+  const fs::path out = make_out_dir(out_dir);
   DataSource data;
   ModelState ms;
   layers::ModulePtr model = load_trained(cfg, checkpoint, dev, &data, &ms);
@@ -1210,6 +1202,15 @@ PruneRunResult run_prune(const ExperimentConfig& cfg, const std::string& checkpo
                    meta);
   if (print) std::printf("%s", rep.table().c_str());
   return r;
+}
+
+fs::path make_out_dir(const std::string& out_dir) {
+  fs::path out(out_dir);
+  std::error_code ec;
+  fs::create_directories(out, ec);
+  LOWBIT_CHECK_INPUT(!ec && fs::is_directory(out), out_dir,
+                     ": cannot create the output folder: ", ec.message());
+  return out;
 }
 
 layers::ModulePtr build_model_offline(const ExperimentConfig& cfg, Shape* sample_hwc) {

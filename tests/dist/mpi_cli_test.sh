@@ -5,6 +5,7 @@
 #   - a QAT stage (LSQ W4A4, activation steps initialised by EMA observers), a PfQ stage and a
 #     mixed-precision search (alphas reduced over the ranks) keep the ranks identical
 #     (the trainer checks the structure and the parameters across ranks and fails otherwise);
+#   - a ptq stage (ZeroQ distilled calibration, percentile observers, W6 budget) on 2 ranks;
 #   - a rank killed mid-epoch, a rank that throws and a rank that hangs end the job non-zero
 #     within the timeout, naming the rank; `--resume` after the kill equals the uninterrupted run;
 #   - a 2-rank checkpoint resumed by one process continues (and says so);
@@ -76,6 +77,27 @@ YAML
 "${mpirun[@]}" -np 2 "$lowbit" train "$work/qat.yaml" --out "$work/q" --no-progress >"$work/q.log" 2>&1 ||
   { cat "$work/q.log"; fail "2-rank PfQ + QAT"; }
 [ -f "$work/q/prune_report_pfq.json" ] || fail "no prune report"
+
+echo "== post-training quantization (kind: ptq, percentile activations, ZeroQ W4 budget) on 2 ranks"
+cat >"$work/ptq.yaml" <<YAML
+name: ptq
+seed: 0
+device: cpu
+data: {dataset: fashion_mnist, batch_size: 32, eval_batch_size: 250, num_workers: 1, max_train_samples: 512, max_test_samples: 500}
+model: {name: resnet20}
+ptq: {calibration: zeroq, activation_observer: percentile, budget: 6bit, zeroq: {iterations: 20, batch_size: 8}}
+stages:
+  - {name: ptq, kind: ptq, epochs: 0, init: $work/a/model.safetensors}
+YAML
+"${mpirun[@]}" -np 2 "$lowbit" train "$work/ptq.yaml" --out "$work/p" --no-progress >"$work/p.log" 2>&1 ||
+  { cat "$work/p.log"; fail "2-rank ptq stage"; }
+[ -f "$work/p/ptq_ptq.json" ] && [ -f "$work/p/pareto.csv" ] || fail "ptq stage: no ptq_ptq.json or pareto.csv"
+"$lowbit" train "$work/ptq.yaml" --out "$work/p1" --no-progress >"$work/p1.log" 2>&1 ||
+  { cat "$work/p1.log"; fail "1-process ptq stage"; }
+p2=$(json "$work/p/summary.json" '["test_top1"]')
+p1=$(json "$work/p1/summary.json" '["test_top1"]')
+echo "   ptq stage top-1: 2 ranks $p2, 1 process $p1"
+python3 -c "import sys; sys.exit(0 if $p2 > 0.5 else 1)" || fail "2-rank ptq top-1 $p2 <= 0.5"
 
 echo "== a mixed-precision search and its QAT stage on 2 ranks (alphas identical on both)"
 cat >"$work/search.yaml" <<YAML

@@ -244,6 +244,56 @@ TEST(MseObserver, PicksTheLeastSquaredErrorPerChannel) {
   EXPECT_LT(max_of(q, 1), 40.0);  // the outlier was clipped
 }
 
+// KL-entropy threshold by hand: |x| counts [6, 2, 1, 1] in 4 bins of width 1 (amax 4), 2 levels
+// (1-bit unsigned). i = 2: P = [.6, .4], Q = [6, 2]/8, KL = .6 ln .8 + .4 ln 1.6 = 0.0541;
+// i = 3: P = [.6, .2, .2], Q = [6, 1.5, 1.5]/9, KL = .6 ln .9 + .4 ln 1.2 = 0.0097;
+// i = 4: P = [.6, .2, .1, .1], Q = [4, 4, 1, 1]/10, KL = .6 ln 1.5 + .2 ln .5 = 0.1046.
+// The least is i = 3: threshold 3 (smoothing changes nothing, no bin is empty).
+TEST(KlObserver, ThresholdByHand) {
+  EXPECT_DOUBLE_EQ(kl_threshold({6, 2, 1, 1}, 4.0, 2), 3.0);
+  // [4, 4, 1, 1]: at i = 4 Q equals P (KL 0), every smaller i moves mass: no clipping.
+  EXPECT_DOUBLE_EQ(kl_threshold({4, 4, 1, 1}, 4.0, 2), 4.0);
+  auto q = uniform({{"observer", "kl"}, {"bits", "1"}, {"signed", "false"}, {"kl_bins", "4"}});
+  q->set_calibrating(true);
+  q->forward(tensor_of({0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 1.5, 1.5, 2.5, 4.0}, {10}));
+  q->set_calibrating(false);
+  (void)q->scale();
+  EXPECT_DOUBLE_EQ(min_of(q), 0.5);  // the data's own minimum (zero is added by calc_qparams)
+  EXPECT_DOUBLE_EQ(max_of(q), 3.0);
+}
+
+TEST(KlObserver, OutlierIsClippedAndSignedDataSymmetric) {
+  // 4000 values spread over [-1, 1] and one at -50: 8-bit signed (128 levels a side), 2048 bins.
+  std::vector<double> v;
+  for (int i = 0; i < 4000; ++i) v.push_back(-1.0 + 2.0 * (i + 0.5) / 4000.0);
+  v.push_back(-50.0);
+  auto q = uniform({{"observer", "kl"}, {"bits", "8"}, {"signed", "true"}});
+  q->set_calibrating(true);
+  q->forward(tensor_of(v, {int64_t(v.size())}));
+  q->set_calibrating(false);
+  (void)q->scale();
+  // The threshold lands near the bulk (the least candidate is 128 of 2048 bins of 50, 3.125),
+  // far from the outlier; max stays the data's own.
+  EXPECT_GE(min_of(q), -3.2);
+  EXPECT_LT(min_of(q), -0.9);
+  EXPECT_FLOAT_EQ(float(max_of(q)), float(v[3999]));
+}
+
+TEST(KlObserver, ExactZerosDoNotPullTheThresholdDown) {
+  // Half zeros (a post-ReLU tensor), half spread evenly over (0, 1]: at 4 bits the threshold
+  // stays near the top (counted in the histogram, the zeros made the least candidate win,
+  // 16/2048 of the range).
+  std::vector<double> v(4000, 0.0);
+  for (int i = 0; i < 4000; ++i) v.push_back((i + 1) / 4000.0);
+  auto q = uniform({{"observer", "kl"}, {"bits", "4"}, {"signed", "false"}});
+  q->set_calibrating(true);
+  q->forward(tensor_of(v, {int64_t(v.size())}));
+  q->set_calibrating(false);
+  (void)q->scale();
+  EXPECT_EQ(min_of(q), 0.0);
+  EXPECT_GT(max_of(q), 0.5);
+}
+
 TEST(UniformQuantizer, WhenObserversRun) {
   // ema/minmax: every training step unless frozen; not in eval.
   auto q = uniform({{"observer", "minmax"}});

@@ -51,7 +51,7 @@ stages: [{epochs: 1, optimizer: {lr: 0.01}}]
 )";
 
 TEST(Cli, HelpOnEveryCommand) {
-  for (const char* c : {"--help", "train --help", "eval --help", "info --help"}) {
+  for (const char* c : {"--help", "train --help", "eval --help", "info --help", "ptq --help"}) {
     Result r = run(c);
     EXPECT_EQ(r.code, 0) << c;
     EXPECT_THAT(r.output, HasSubstr("usage: lowbit")) << c;
@@ -112,6 +112,73 @@ TEST(Cli, TrainThenEvalAndCorruptCheckpoint) {
   r = run("eval " + (d / "c.yaml").string() + " --checkpoint " + (d / "cut.safetensors").string());
   EXPECT_EQ(r.code, 2);
   EXPECT_THAT(r.output, HasSubstr("cut.safetensors"));
+  fs::remove_all(d);
+}
+
+// lowbit ptq on a small trained model: real-data calibration writes the model, summary.json and
+// the per-layer table; ZeroQ with a budget writes the frontier; bad input exits 2 naming it.
+TEST(Cli, PtqCalibratesAndRefusesBadInput) {
+  fs::path d = temp_dir();
+  std::ofstream(d / "c.yaml") << kTiny;
+  Result r =
+      run("train " + (d / "c.yaml").string() + " --out " + (d / "out").string() + " --no-progress");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string model = (d / "out" / "model.safetensors").string();
+  const std::string base = "ptq " + (d / "c.yaml").string() + " --checkpoint " + model;
+  r = run(base + " --out " + (d / "p").string() + " --set ptq.activation_observer=kl");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("lowbit ptq: test top-1"));
+  for (const char* f : {"model.safetensors", "summary.json", "log.jsonl", "ptq_layers.txt"}) {
+    EXPECT_TRUE(fs::exists(d / "p" / f)) << f;
+  }
+  nlohmann::json s = nlohmann::json::parse(std::ifstream(d / "p" / "summary.json"));
+  for (const char* k : {"test_top1", "float_top1", "model_bytes", "bops", "wall_s"}) {
+    EXPECT_TRUE(s.contains(k)) << k;
+  }
+  EXPECT_LT(s["model_bytes"].get<double>(), s["float_bytes"].get<double>());
+  // The quantized model evaluates with lowbit eval (its plan is in the file).
+  r = run("eval " + (d / "c.yaml").string() + " --checkpoint " +
+          (d / "p" / "model.safetensors").string());
+  EXPECT_EQ(r.code, 0) << r.output;
+  r = run(base + " --out " + (d / "z").string() +
+          " --calibration zeroq --budget 4bit --set ptq.zeroq.iterations=5");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(fs::exists(d / "z" / "pareto.csv"));
+  EXPECT_THAT(r.output, HasSubstr("ZeroQ allocation within"));
+
+  r = run("ptq " + (d / "c.yaml").string() + " --checkpoint " + (d / "nope.safetensors").string());
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.output, HasSubstr("nope.safetensors: no such file"));
+  r = run(base + " --out " + (d / "z2").string() + " --budget 10");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.output, HasSubstr("size budget 10 bytes is below the smallest model"));
+  r = run(base + " --out " + (d / "z3").string() + " --budget 4bits");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.output, HasSubstr("size budget '4bits'"));
+  r = run(base + " --out " + (d / "s").string() + " --search grid --set ptq.fix=scheme=bogus");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.output, HasSubstr("knob scheme: unknown value 'bogus'; allowed: asymmetric"));
+  r = run(base + " --set ptq.scheme=bogus");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.output, HasSubstr("ptq.scheme: 'bogus' is not allowed"));
+  fs::remove_all(d);
+}
+
+// Grid search over a space narrowed by ptq.fix: every configuration measured, the best applied.
+TEST(Cli, PtqGridSearchOverAFixedSpace) {
+  fs::path d = temp_dir();
+  std::ofstream(d / "c.yaml") << kTiny;
+  Result r =
+      run("train " + (d / "c.yaml").string() + " --out " + (d / "out").string() + " --no-progress");
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = run("ptq " + (d / "c.yaml").string() + " --checkpoint " +
+          (d / "out" / "model.safetensors").string() + " --out " + (d / "g").string() +
+          " --search grid --set ptq.search_images=16" +
+          " --set ptq.fix=calibration=minmax/10,clipping=none,precision=first_last_8bit");
+  ASSERT_EQ(r.code, 0) << r.output;
+  nlohmann::json s = nlohmann::json::parse(std::ifstream(d / "g" / "search.json"));
+  EXPECT_EQ(s["space_size"], 4 * 2);
+  EXPECT_EQ(s["measurements"], 8);
   fs::remove_all(d);
 }
 
