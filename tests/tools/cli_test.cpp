@@ -202,7 +202,7 @@ TEST(Cli, BenchHelpAndBadArgumentsExitTwo) {
       {"bench kernel all --device cpu --size 4", "different meaning"},
       {"bench train --device cpu --mode qat --quantizer nosuch", "unknown quantizer 'nosuch'"},
       {"bench train --device cpu --mode bf16 --steps 0", "must be >= 1"},
-      {"bench train --device cpu --mode fp16", "fp32, bf16 or qat"},
+      {"bench train --device cpu --mode fp16", "fp32, bf16, qat or search"},
       {"bench train --device cpu --model nosuch", "nosuch"},
       {"bench train --device cpu --batch x", "wants an integer"},
       {"bench train --device cpu --bogus", "unknown option '--bogus'"},
