@@ -237,6 +237,15 @@ quant::QuantConfig parse_quant(Section q, const std::string& file) {
   c.freeze_quantizers_epoch =
       q.integer("freeze_quantizers_epoch", c.freeze_quantizers_epoch, -1, kBig);
   c.calibration_batches = q.integer("calibration_batches", c.calibration_batches, 0, kBig);
+  if (q.has("sat") && !q.get("sat").IsNull()) {  // METHODS 8.1
+    Section sat = q.sub("sat");
+    c.sat = sat.boolean("enabled", true);
+    c.sat_rescale_conv = sat.boolean("rescale_conv", c.sat_rescale_conv);
+    if (c.sat_rescale_conv && !c.sat) sat.fail("rescale_conv", "needs sat.enabled: true");
+    sat.finish();
+  } else {
+    q.raw("sat");
+  }
   YAML::Node rules = q.raw("rules");
   if (rules && !rules.IsNull()) {
     if (!rules.IsSequence()) q.fail("rules", "wants a list of rules");

@@ -155,6 +155,33 @@ stages:
               HasSubstr("quantize"));
 }
 
+TEST(Config, QuantSat) {
+  const std::string base = R"(
+model: {name: dsnet}
+quant:
+  weight: {quantizer: dorefa, bits: 4}
+  activation: {quantizer: cg_pact, bits: 4}
+stages:
+  - {name: q, kind: qat, epochs: 2}
+)";
+  ExperimentConfig c = parse_config(base, "q.yaml");
+  EXPECT_FALSE(c.quant.sat);
+  EXPECT_FALSE(c.quant.sat_rescale_conv);
+  c = parse_config(base, "q.yaml", {"quant.sat={rescale_conv: true}"});
+  EXPECT_TRUE(c.quant.sat);  // a sat: mapping turns SAT on
+  EXPECT_TRUE(c.quant.sat_rescale_conv);
+  c = parse_config(base, "q.yaml", {"quant.sat={enabled: false}"});
+  EXPECT_FALSE(c.quant.sat);
+  EXPECT_THAT(testing::error_of([&] {
+                parse_config(base, "q.yaml", {"quant.sat={enabled: false, rescale_conv: true}"});
+              }),
+              AllOf(HasSubstr("q.yaml: quant.sat.rescale_conv"), HasSubstr("sat.enabled")));
+  EXPECT_THAT(testing::error_of([&] { parse_config(base, "q.yaml", {"quant.sat.scope=all"}); }),
+              HasSubstr("quant.sat.scope"));
+  EXPECT_THAT(testing::error_of([&] { parse_config(base, "q.yaml", {"quant.sat.enabled=2"}); }),
+              HasSubstr("quant.sat.enabled"));
+}
+
 TEST(Config, ShippedConfigsParse) {
   // Every ready experiment in configs/ parses and validates, including those whose data is
   // not on this machine.
