@@ -201,7 +201,7 @@ Tensor QLinear::forward(const Tensor& x) {
 }
 
 Tensor QLinear::quantized_weight() {
-  Tensor wq = weight_q_->forward(weight_);
+  Tensor wq = weight_q_->forward(effective_weight());  // a pruning mask applies first
   return sat_rescale_ ? quant::sat_rescale(wq, sat_fan_out(wq)) : wq;
 }
 

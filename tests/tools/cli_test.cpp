@@ -106,6 +106,18 @@ quant:
   fs::remove_all(d);
 }
 
+TEST(Cli, PrecropBadBudgetOrScoreExitsTwoNamingTheKey) {
+  fs::path d = temp_dir();
+  std::ofstream(d / "c.yaml") << kTiny;
+  const std::string stage = " --set 'stages=[{kind: precrop, precrop: {budget: ";
+  for (const char* bad : {"0}}]'", "1.5}}]'", "0.5, score: grasp}}]'"}) {
+    Result r = run("train " + (d / "c.yaml").string() + stage + bad);
+    EXPECT_EQ(r.code, 2) << bad << r.output;
+    EXPECT_THAT(r.output, HasSubstr("c.yaml: stages.0.precrop.")) << bad;
+  }
+  fs::remove_all(d);
+}
+
 TEST(Cli, MissingDataFileExitsTwo) {
   fs::path d = temp_dir();
   std::ofstream(d / "c.yaml") << kTiny;

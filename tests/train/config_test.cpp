@@ -182,6 +182,32 @@ stages:
               HasSubstr("quant.sat.enabled"));
 }
 
+TEST(Config, PrecropStage) {
+  const std::string base = R"(
+model: {name: resnet20}
+stages:
+  - {name: c, kind: precrop, epochs: 1, precrop: {budget: 0.25, score: snip}}
+)";
+  ExperimentConfig c = parse_config(base, "p.yaml");
+  EXPECT_EQ(c.stages[0].precrop.budget, 0.25);
+  EXPECT_EQ(c.stages[0].precrop.score, "snip");
+  EXPECT_EQ(c.stages[0].precrop.method, "precrop");
+  EXPECT_EQ(c.stages[0].precrop.budget_kind, "params");
+  EXPECT_EQ(c.stages[0].precrop.iterations, 100);
+  EXPECT_THAT(error_of(base, {"stages.0.precrop.budget=0"}),
+              HasSubstr("cfg.yaml: stages.0.precrop.budget: 0 is out of range (0, 1]"));
+  EXPECT_THAT(error_of(base, {"stages.0.precrop.budget=1.5"}),
+              HasSubstr("stages.0.precrop.budget: 1.5 is out of range"));
+  EXPECT_THAT(error_of(base, {"stages.0.precrop.score=grasp"}),
+              HasSubstr("stages.0.precrop.score: 'grasp' is not allowed; allowed: synflow, snip"));
+  EXPECT_THAT(error_of(base, {"stages.0.precrop.method=magic"}),
+              HasSubstr("stages.0.precrop.method"));
+  EXPECT_THAT(error_of(base, {"stages.0.precrop.budgett=1"}),
+              HasSubstr("stages.0.precrop.budgett"));
+  EXPECT_THAT(error_of(base, {"stages.0.kind=train"}),
+              HasSubstr("stages.0.precrop: applies to kind: precrop only"));
+}
+
 TEST(Config, ShippedConfigsParse) {
   // Every ready experiment in configs/ parses and validates, including those whose data is
   // not on this machine.
