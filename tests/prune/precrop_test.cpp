@@ -141,8 +141,12 @@ void check_constraints(const std::string& name, const models::ModelOptions& o, d
       EXPECT_EQ(a.in_channels, a.out_channels) << a.name;
       EXPECT_EQ(a.conv()->options().groups, a.out_channels) << a.name;
     }
-    if (a.kind == LayerKind::linear) EXPECT_EQ(a.out_channels, b.out_channels) << a.name;
-    if (i == 0) EXPECT_EQ(a.in_channels, b.in_channels) << "the input is never cropped";
+    if (a.kind == LayerKind::linear) {
+      EXPECT_EQ(a.out_channels, b.out_channels) << a.name;
+    }
+    if (i == 0) {
+      EXPECT_EQ(a.in_channels, b.in_channels) << "the input is never cropped";
+    }
   }
   for (const ChannelGroup& g : before.groups) {
     if (!g.removable || g.roots.empty() || g.has_input) {
