@@ -61,9 +61,21 @@ Tensor dropout(const Tensor& x, double p, bool training) {
 Tensor ReLU::forward(const Tensor& x) { return relu(x); }
 
 Tensor Linear::forward(const Tensor& x) {
-  Tensor y = linear(x, weight_, bias_);
+  Tensor y = linear(x, effective_weight(), bias_);
   notify_forward(*this, x, y);
   return y;
+}
+
+Tensor Linear::effective_weight() const {
+  return weight_mask_.defined() ? weight_ * weight_mask_ : weight_;
+}
+
+void Linear::set_weight_mask(const Tensor& mask) {
+  LOWBIT_CHECK(mask.defined() && mask.shape() == weight_.shape(), "Linear weight mask must be ",
+               weight_.shape(), ", got ", mask.defined() ? shape_str(mask.shape()) : "undefined");
+  const bool first = !weight_mask_.defined();
+  weight_mask_ = mask.detach().to(weight_.device(), weight_.dtype()).contiguous();
+  if (first) register_buffer("weight_mask", &weight_mask_);
 }
 
 Linear::Linear(int64_t in_features, int64_t out_features, bool bias)
@@ -81,6 +93,7 @@ Linear::Linear(int64_t in_features, int64_t out_features, bool bias)
 void Linear::keep_inputs(const std::vector<int64_t>& keep) {
   LOWBIT_CHECK(!keep.empty(), "Linear(", extra_repr(), ").keep_inputs: cannot remove every input");
   weight_ = keep_along(weight_, 1, keep);
+  if (weight_mask_.defined()) weight_mask_ = keep_along(weight_mask_, 1, keep);
   in_ = int64_t(keep.size());
 }
 

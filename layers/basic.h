@@ -67,10 +67,18 @@ class Linear : public Module {
   void keep_inputs(const std::vector<int64_t>& keep);
   // Creates a zero bias (parameter "bias", requires_grad) when the layer has none.
   void ensure_bias();
+  // An element mask (out, in), 0 or 1 (unstructured pruning at initialization,
+  // prune/precrop.h): the layer then uses weight * mask, so masked weights get zero gradient.
+  // Registered as the buffer "weight_mask" on first use.
+  void set_weight_mask(const Tensor& mask);
+  const Tensor& weight_mask() const { return weight_mask_; }
+  // weight * weight_mask when a mask is set, else the weight (QLinear quantizes this one).
+  Tensor effective_weight() const;
 
  protected:
   int64_t in_, out_;
   Tensor weight_, bias_;
+  Tensor weight_mask_;  // (out, in) or undefined
 };
 
 class Dropout : public Module {

@@ -527,6 +527,7 @@ Tensor Conv2d::forward(const Tensor& x) {
 
 Tensor Conv2d::effective_weight() const {
   if (!weight_mask_.defined()) return weight_;
+  if (weight_mask_.dim() == 4) return weight_ * weight_mask_;
   return weight_ * weight_mask_.view({weight_mask_.numel(), 1, 1, 1});
 }
 
@@ -542,8 +543,9 @@ Tensor Conv2d::add_bias_map(const Tensor& y) const {
 }
 
 void Conv2d::set_weight_mask(const Tensor& mask) {
-  LOWBIT_CHECK(mask.defined() && mask.dim() == 1 && mask.size(0) == weight_.size(0),
-               "Conv2d weight mask must be (", weight_.size(0), "), got ",
+  LOWBIT_CHECK(mask.defined() && ((mask.dim() == 1 && mask.size(0) == weight_.size(0)) ||
+                                  mask.shape() == weight_.shape()),
+               "Conv2d weight mask must be (", weight_.size(0), ") or ", weight_.shape(), ", got ",
                mask.defined() ? shape_str(mask.shape()) : "undefined");
   const bool first = !weight_mask_.defined();
   weight_mask_ = mask.detach().to(weight_.device(), weight_.dtype()).contiguous();
@@ -603,7 +605,12 @@ void Conv2d::keep_channels(const std::vector<int64_t>& out_keep,
     weight_ = keep_along(weight_, 3, in_keep);
   }
   if (bias_.defined()) bias_ = keep_along(bias_, 0, out_keep);
-  if (weight_mask_.defined()) weight_mask_ = keep_along(weight_mask_, 0, out_keep);
+  if (weight_mask_.defined()) {
+    weight_mask_ = keep_along(weight_mask_, 0, out_keep);
+    if (weight_mask_.dim() == 4 && !depthwise && int64_t(in_keep.size()) != opts_.in_channels) {
+      weight_mask_ = keep_along(weight_mask_, 3, in_keep);
+    }
+  }
   if (bias_map_.defined()) bias_map_ = keep_along(bias_map_, 2, out_keep);
   opts_.out_channels = int64_t(out_keep.size());
   opts_.in_channels = int64_t(in_keep.size());
@@ -626,7 +633,9 @@ std::string Conv2d::extra_repr() const {
 
 Tensor Conv2d::to_layout(const std::string& local_name, const Tensor& t, Layout from,
                          Layout to) const {
-  if (local_name != "weight" || from == to) return t;
+  // An element mask has the weight's layout.
+  const bool weight_like = local_name == "weight" || (local_name == "weight_mask" && t.dim() == 4);
+  if (!weight_like || from == to) return t;
   LOWBIT_CHECK(t.dim() == 4, "Conv2d weight must be 4-D, got ", t.shape());
   return to == Layout::pytorch ? krsc_to_oihw(t) : oihw_to_krsc(t);
 }

@@ -136,13 +136,15 @@ class Conv2d : public Module {
 
   // Pruning support (prune/, METHODS 5.4). Subclasses that override forward (QConv2d) call
   // effective_weight() and add_bias_map() so masks and bias maps apply to them too.
-  // The weight the convolution uses: weight * weight_mask (per output channel) when a mask is
-  // set, else the weight itself. Masked filters are exactly zero and get zero gradient.
+  // The weight the convolution uses: weight * weight_mask (per output channel, or per element for
+  // a mask of the weight's shape) when a mask is set, else the weight itself. Masked filters or
+  // elements are exactly zero and get zero gradient.
   Tensor effective_weight() const;
   // y (N, P, Q, K) + bias_map (P, Q, K) when a bias map is set (PfQ border = exact), else y.
   Tensor add_bias_map(const Tensor& y) const;
-  // Sets the per-output-channel mask (K), 0 or 1, on the weight's device (registered as the
-  // buffer "weight_mask" on first use, so unpruned state dicts keep their keys).
+  // Sets the mask, 0 or 1, on the weight's device: per output channel (K) (PfQ's mask mode) or
+  // per element (K, R, S, C/groups) (unstructured pruning at initialization, prune/precrop.h).
+  // Registered as the buffer "weight_mask" on first use, so unmasked state dicts keep their keys.
   void set_weight_mask(const Tensor& mask);
   const Tensor& weight_mask() const { return weight_mask_; }
   // Sets the (P, Q, K) bias map (buffer "bias_map"; the conv then wants P x Q outputs).
@@ -161,7 +163,7 @@ class Conv2d : public Module {
   Conv2dOptions opts_;
   Tensor weight_;       // (K, R, S, C/groups)
   Tensor bias_;         // (K) or undefined
-  Tensor weight_mask_;  // (K) or undefined
+  Tensor weight_mask_;  // (K), the weight's shape, or undefined
   Tensor bias_map_;     // (P, Q, K) or undefined
 };
 

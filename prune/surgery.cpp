@@ -150,7 +150,12 @@ void mask_channels(layers::Conv2d& conv, layers::BatchNorm2d* bn,
   if (channels.empty()) return;
   const int64_t k = conv.weight().size(0);
   std::vector<float> keep(size_t(k), 1.0f);
-  if (conv.weight_mask().defined()) keep = conv.weight_mask().to(DType::f32).to_vector<float>();
+  if (conv.weight_mask().defined()) {
+    LOWBIT_CHECK_INPUT(conv.weight_mask().dim() == 1,
+                       "mask_channels: the conv has an element mask "
+                       "(pruned at initialization); channel masks do not combine with it");
+    keep = conv.weight_mask().to(DType::f32).to_vector<float>();
+  }
   for (int64_t c : channels) {
     LOWBIT_CHECK_INPUT(c >= 0 && c < k, "mask_channels: channel ", c, " out of range [0, ", k, ")");
     keep[size_t(c)] = 0.0f;
@@ -211,7 +216,7 @@ int apply_channel_shapes(layers::Module& model, const layers::StateDict& state,
         did = true;
       }
       if (const Tensor* wm = find(p + "weight_mask"); wm && !conv->weight_mask().defined()) {
-        conv->set_weight_mask(ones({k}));
+        conv->set_weight_mask(wm->dim() == 1 ? ones({k}) : ones(conv->weight().shape()));
         did = true;
       }
       if (const Tensor* bm = find(p + "bias_map"); bm && !conv->bias_map().defined()) {
@@ -244,6 +249,10 @@ int apply_channel_shapes(layers::Module& model, const layers::StateDict& state,
       }
       if (find(p + "bias") && !lin->bias().defined()) {
         lin->ensure_bias();
+        did = true;
+      }
+      if (find(p + "weight_mask") && !lin->weight_mask().defined()) {
+        lin->set_weight_mask(ones(lin->weight().shape()));
         did = true;
       }
       changed += did;

@@ -101,7 +101,8 @@ ModelAccount account_model(layers::Module& model, const Shape& sample_hwc) {
       l.macs = p * q * w.numel();  // P*Q*K*R*S*C/groups
       const bool bias = conv->bias().defined() || (qc && qc->folded_bn());
       l.bytes = packed_bytes(l.weight_elems, l.weight_bits) + (bias ? 4 * k : 0) +
-                (qc ? scalars_of(qc->weight_quantizer()) + scalars_of(qc->input_quantizer()) : 0);
+                (qc ? scalars_of(qc->weight_quantizer()) + scalars_of(qc->input_quantizer()) : 0) +
+                (qc && qc->sat_rescale() ? 4 : 0);  // SAT's constant (METHODS 8.1)
       l.shape = str_cat(shape_str(w.shape()), " -> ", p, "x", q);
       acc.float_bytes += 4 * l.params;
     } else if (auto* lin = dynamic_cast<layers::Linear*>(s.module)) {
@@ -114,7 +115,8 @@ ModelAccount account_model(layers::Module& model, const Shape& sample_hwc) {
       l.macs = w.numel();
       l.bytes = packed_bytes(l.weight_elems, l.weight_bits) +
                 (lin->bias().defined() ? 4 * w.size(0) : 0) +
-                (ql ? scalars_of(ql->weight_quantizer()) + scalars_of(ql->input_quantizer()) : 0);
+                (ql ? scalars_of(ql->weight_quantizer()) + scalars_of(ql->input_quantizer()) : 0) +
+                (ql && ql->sat_rescale() ? 4 : 0);
       l.shape = shape_str(w.shape());
       acc.float_bytes += 4 * l.params;
     } else if (auto* bn = dynamic_cast<layers::BatchNorm2d*>(s.module)) {

@@ -1,4 +1,5 @@
-// Model accounting (METHODS 10): model bytes with every tensor at its own bit width, the
+// Model accounting (METHODS 10): model bytes with every tensor at its own bit width (a layer that
+// SAT rescales, METHODS 8.1, adds its constant: one fp32 scalar), the
 // weight compression ratio against float, and BOPs (MACs x weight bits x input-activation bits).
 // Output sizes come from one recorded forward pass on a zero input of the given shape, so any
 // model whose layers report through layers::notify_forward (Conv2d, Linear, BatchNorm2d and the

@@ -75,6 +75,7 @@ json QuantPlan::to_json() const {
            {"type", l.type},
            {"weight", options_json(l.weight)},
            {"fold_bn", l.fold_bn}};
+    if (l.sat_rescale) e["sat_rescale"] = true;  // absent in plans written before SAT
     e["input"] = l.input.name.empty() ? json(nullptr) : options_json(l.input);
     arr.push_back(e);
   }
@@ -92,6 +93,7 @@ QuantPlan QuantPlan::from_json(const json& j) {
     l.weight = choice_from_json(e.at("weight"));
     if (!e.at("input").is_null()) l.input = choice_from_json(e.at("input"));
     l.fold_bn = e.value("fold_bn", "");
+    l.sat_rescale = e.value("sat_rescale", false);
     p.layers.push_back(l);
   }
   return p;
@@ -191,7 +193,13 @@ QuantPlan plan_quantization(layers::Module& model, const QuantConfig& cfg, const
       }
       quantize_input = r.quantize_input;
     }
-    if (skip) continue;
+    if (skip) {
+      LOWBIT_CHECK_INPUT(!(cfg.sat && lin && i + 1 == order.size()),
+                         "sat.enabled: SAT rescales the "
+                         "quantized weights of the classifier '",
+                         name, "', which a rule skips");
+      continue;
+    }
     const int64_t out = conv ? conv->options().out_channels : lin->out_features();
     l.weight.options.set("role", "weight").set("channels", out);
     input.options.set("role", "activation");
@@ -201,6 +209,16 @@ QuantPlan plan_quantization(layers::Module& model, const QuantConfig& cfg, const
     }
     if (quantize_input) l.input = input;
     if (cfg.fold_bn && conv && bn_of.count(c.module)) l.fold_bn = bn_of[c.module];
+    if (cfg.sat) {
+      const bool last = i + 1 == order.size();
+      if (last) {
+        LOWBIT_CHECK_INPUT(lin != nullptr,
+                           "sat.enabled: SAT rescales the last linear layer (the "
+                           "classifier), but the model's last layer '",
+                           name, "' is a Conv2d; set quant.sat.enabled: false for this model");
+      }
+      l.sat_rescale = last || (conv && cfg.sat_rescale_conv);
+    }
     // Validate now, naming the layer, rather than at apply time.
     build(l.weight, name, "weights");
     if (!l.input.name.empty()) build(l.input, name, "input");
@@ -233,13 +251,16 @@ void apply_quant_plan(layers::Module& model, const QuantPlan& plan) {
                            l.name, ") is not a BatchNorm2d of the model");
         qc->fold_bn(bn);
       }
+      qc->set_sat_rescale(l.sat_rescale);
       q = qc;
     } else {
       auto* lin = dynamic_cast<layers::Linear*>(it->second.get());
       LOWBIT_CHECK_INPUT(l.type == "Linear" && lin && !dynamic_cast<QLinear*>(lin),
                          "quantization plan: '", l.name, "' is not a float Linear but ",
                          it->second->type_name());
-      q = std::make_shared<QLinear>(*lin, wq, iq);
+      auto ql = std::make_shared<QLinear>(*lin, wq, iq);
+      ql->set_sat_rescale(l.sat_rescale);
+      q = ql;
     }
     q->to(dev);
     layers::replace_module(model, l.name, q);

@@ -55,14 +55,19 @@ struct QuantConfig {
       4;                            // observers / learned ranges frozen from this epoch; -1: never
   int64_t calibration_batches = 4;  // batches observed before a stage that turns quantizers on
   std::vector<QuantRule> rules;
+  // SAT (METHODS 8.1, quant/sat.h): rescale the quantized weights of the last layer, which must be
+  // a quantized Linear (the classifier), and with sat_rescale_conv of every quantized Conv2d.
+  bool sat = false;
+  bool sat_rescale_conv = false;
 };
 
 struct LayerPlan {
   std::string name;  // dotted module name
   std::string type;  // Conv2d | Linear (the float type)
   QuantizerChoice weight;
-  QuantizerChoice input;  // name empty: float input
-  std::string fold_bn;    // dotted name of the folded BatchNorm2d, "" for none
+  QuantizerChoice input;     // name empty: float input
+  std::string fold_bn;       // dotted name of the folded BatchNorm2d, "" for none
+  bool sat_rescale = false;  // SAT's constant rescaling of the quantized weight (quant/sat.h)
 };
 
 struct QuantPlan {
@@ -76,7 +81,9 @@ struct QuantPlan {
 // Decides what quantize_model will do, from one recorded forward pass on `probe` (a batch in
 // NHWC, e.g. the first training batch; eval mode, no gradients, model restored): the order of the
 // layers (first and last), conv -> BN pairs for folding, and whether each layer's input is
-// signed (its minimum over the probe is negative) unless the options say `signed`.
+// signed (its minimum over the probe is negative) unless the options say `signed`, and which
+// layers SAT rescales (InputError naming quant.sat.enabled when the last layer is not a quantized
+// Linear).
 QuantPlan plan_quantization(layers::Module& model, const QuantConfig& cfg, const Tensor& probe);
 // Swaps every planned layer for its quantized form (quantizers on the model's device).
 void apply_quant_plan(layers::Module& model, const QuantPlan& plan);

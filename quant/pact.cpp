@@ -1,5 +1,5 @@
-// PACT: the fused op (CPU kernels; CUDA in pact.cu), its autograd, and the quantizer
-// registered as "pact".
+// PACT: the fused op (CPU kernels; CUDA in pact.cu), its autograd, and the quantizers registered
+// as "pact" and "cg_pact" (METHODS 8.2: PACT's forward with the calibrated clip gradient).
 #include "quant/pact.h"
 
 #include <cmath>
@@ -60,9 +60,18 @@ QuantizerTraits pact_traits() {
 }  // namespace
 
 PactQuantizer::PactQuantizer(OptionReader& r) : Quantizer(r, pact_traits()) {
-  const double alpha0 = r.get_double("alpha", 10.0, 0.0, 1e30, /*lo_open=*/true);
-  alpha_decay_ = r.get_double("alpha_decay", 0.0, 0.0, 1e30);
   calibrated_ = r.get_choice("gradient", "pact", {"pact", "calibrated"}) == "calibrated";
+  init(r, 10.0);  // METHODS 3.3
+}
+
+PactQuantizer::PactQuantizer(OptionReader& r, double alpha0) : Quantizer(r, pact_traits()) {
+  calibrated_ = true;
+  init(r, alpha0);
+}
+
+void PactQuantizer::init(OptionReader& r, double alpha0) {
+  alpha0 = r.get_double("alpha", alpha0, 0.0, 1e30, /*lo_open=*/true);
+  alpha_decay_ = r.get_double("alpha_decay", 0.0, 0.0, 1e30);
   alpha_ = full({1}, alpha0);
   register_parameter("alpha", &alpha_);
 }
@@ -77,5 +86,6 @@ Tensor PactQuantizer::quantize(const Tensor& x) {
 }
 
 LOWBIT_REGISTER_QUANTIZER("pact", PactQuantizer);
+LOWBIT_REGISTER_QUANTIZER("cg_pact", CgPactQuantizer);
 
 }  // namespace lowbit::quant

@@ -1,5 +1,6 @@
-// PACT, parameterized clipping activation (Choi et al. 2018; METHODS 3.3), and its calibrated
-// gradient CG-PACT (Jin et al., SAT; METHODS 8.2), registered as "pact". Activations only,
+// PACT, parameterized clipping activation (Choi et al. 2018; METHODS 3.3), registered as "pact",
+// and its calibrated gradient CG-PACT (Jin et al., SAT; METHODS 8.2, docs/methods.md), registered
+// as "cg_pact" (also reachable as pact with gradient: calibrated). Activations only,
 // per-tensor, unsigned: with a = |alpha| and n = 2^b - 1,
 //   y = clamp(x, 0, a),  y_q = round(y * n / a) * a / n,  dy_q/dx = 1[0 <= x < a],
 //   dy_q/dalpha = 1[x >= a]                                 (gradient = pact)
@@ -9,8 +10,10 @@
 // needs no extra loss term: set alpha_decay to the run's weight decay and keep alpha out of the
 // optimizer's weight decay. One fused pass gives dx and dalpha (quant/fused.h).
 //
-// Options: bits (default 4), alpha (initial clip, default 10), alpha_decay (default 0),
-// gradient (pact | calibrated, default pact). Parameters: alpha (1).
+// Options: bits (default 4), alpha (initial clip, default 10 for pact, 8 for cg_pact as the SAT
+// code does for convolutions; its linear layers use 10, a quant rule sets that), alpha_decay
+// (default 0), gradient (pact: pact | calibrated, default pact; cg_pact is always calibrated and
+// does not read it). Parameters: alpha (1). Both run the one fused op PactOp.
 #pragma once
 
 #include <string>
@@ -79,17 +82,29 @@ Tensor pact_quantize(const Tensor& x, const Tensor& alpha, int64_t bits, bool ca
 class PactQuantizer : public Quantizer {
  public:
   explicit PactQuantizer(OptionReader& r);
+  // cg_pact: the calibrated gradient always, initial clip `alpha0` unless the options give one.
+  PactQuantizer(OptionReader& r, double alpha0);
   std::string type_name() const override { return "PactQuantizer"; }
   Tensor& alpha() { return alpha_; }
+  bool calibrated() const { return calibrated_; }
 
  protected:
   Tensor quantize(const Tensor& x) override;
   std::string options_repr() const override;
 
  private:
+  void init(OptionReader& r, double alpha0);
+
   Tensor alpha_;
   bool calibrated_ = false;
   double alpha_decay_ = 0.0;
+};
+
+// "cg_pact": PACT with the calibrated clip gradient (METHODS 8.2), alpha0 = 8.
+class CgPactQuantizer : public PactQuantizer {
+ public:
+  explicit CgPactQuantizer(OptionReader& r) : PactQuantizer(r, 8.0) {}
+  std::string type_name() const override { return "CgPactQuantizer"; }
 };
 
 }  // namespace lowbit::quant

@@ -5,6 +5,7 @@
 #include "core/autograd.h"
 #include "core/ops.h"
 #include "core/parallel.h"
+#include "quant/sat.h"
 
 namespace lowbit::quant {
 
@@ -143,10 +144,14 @@ Tensor QConv2d::fold_factor() const {
 }
 
 Tensor QConv2d::quantized_weight() {
-  const Tensor w = effective_weight();  // PfQ's mask mode zeroes (and freezes) pruned filters
-  if (bn_.expired()) return weight_q_->forward(w);
-  Tensor sf = fold_factor();
-  return weight_q_->forward(w * sf.reshape({opts_.out_channels, 1, 1, 1}));
+  return quantized_weight(bn_.expired() ? Tensor() : fold_factor());
+}
+
+Tensor QConv2d::quantized_weight(const Tensor& sf) {
+  Tensor w = effective_weight();  // PfQ's mask mode zeroes (and freezes) pruned filters
+  if (sf.defined()) w = w * sf.reshape({opts_.out_channels, 1, 1, 1});
+  Tensor wq = weight_q_->forward(w);
+  return sat_rescale_ ? quant::sat_rescale(wq, sat_fan_out(wq)) : wq;
 }
 
 Tensor QConv2d::forward(const Tensor& x) {
@@ -156,8 +161,7 @@ Tensor QConv2d::forward(const Tensor& x) {
     y = layers::conv2d(xq, quantized_weight(), bias_, opts_);
   } else {
     const Tensor sf = fold_factor();
-    const Tensor wq =
-        weight_q_->forward(effective_weight() * sf.reshape({opts_.out_channels, 1, 1, 1}));
+    const Tensor wq = quantized_weight(sf);
     layers::Conv2dOptions o = opts_;
     o.bias = false;
     y = ScaleChannels::apply(layers::conv2d(xq, wq, Tensor(), o),
@@ -171,7 +175,7 @@ Tensor QConv2d::forward(const Tensor& x) {
 
 std::string QConv2d::extra_repr() const {
   return layers::Conv2d::extra_repr() + quant_repr(weight_q_.get(), input_q_.get()) +
-         (bn_.expired() ? "" : ", bn_folded=True");
+         (bn_.expired() ? "" : ", bn_folded=True") + (sat_rescale_ ? ", sat_rescale=True" : "");
 }
 
 QLinear::QLinear(layers::Linear& src, QuantizerPtr weight_q, QuantizerPtr input_q)
@@ -191,13 +195,19 @@ QLinear::QLinear(layers::Linear& src, QuantizerPtr weight_q, QuantizerPtr input_
 
 Tensor QLinear::forward(const Tensor& x) {
   const Tensor xq = input_q_ ? input_q_->forward(x) : x;
-  Tensor y = layers::linear(xq, weight_q_->forward(weight_), bias_);
+  Tensor y = layers::linear(xq, quantized_weight(), bias_);
   layers::notify_forward(*this, x, y);
   return y;
 }
 
+Tensor QLinear::quantized_weight() {
+  Tensor wq = weight_q_->forward(effective_weight());  // a pruning mask applies first
+  return sat_rescale_ ? quant::sat_rescale(wq, sat_fan_out(wq)) : wq;
+}
+
 std::string QLinear::extra_repr() const {
-  return layers::Linear::extra_repr() + quant_repr(weight_q_.get(), input_q_.get());
+  return layers::Linear::extra_repr() + quant_repr(weight_q_.get(), input_q_.get()) +
+         (sat_rescale_ ? ", sat_rescale=True" : "");
 }
 
 QuantAct::QuantAct(std::string activation, QuantizerPtr q)

@@ -37,14 +37,20 @@ class QConv2d : public layers::Conv2d {
 
   Quantizer* weight_quantizer() const { return weight_q_.get(); }
   Quantizer* input_quantizer() const { return input_q_.get(); }
-  // The weight the convolution uses: FQ(W * sf) with folding, FQ(W) without (through autograd).
+  // The weight the convolution uses: FQ(W * sf) with folding, FQ(W) without (through autograd),
+  // times SAT's constant when sat_rescale is on.
   Tensor quantized_weight();
+  // SAT's rescaling of the quantized weight (quant/sat.h, METHODS 8.1), on in training and eval.
+  void set_sat_rescale(bool on) { sat_rescale_ = on; }
+  bool sat_rescale() const { return sat_rescale_; }
 
  private:
-  Tensor fold_factor() const;  // sf (K), differentiable in gamma
+  Tensor fold_factor() const;                 // sf (K), differentiable in gamma
+  Tensor quantized_weight(const Tensor& sf);  // sf undefined: no folding
 
   QuantizerPtr weight_q_, input_q_;
   std::weak_ptr<layers::BatchNorm2d> bn_;
+  bool sat_rescale_ = false;
 };
 
 class QLinear : public layers::Linear {
@@ -55,9 +61,14 @@ class QLinear : public layers::Linear {
   std::string extra_repr() const override;
   Quantizer* weight_quantizer() const { return weight_q_.get(); }
   Quantizer* input_quantizer() const { return input_q_.get(); }
+  // FQ(W), times SAT's constant when sat_rescale is on (quant/sat.h).
+  Tensor quantized_weight();
+  void set_sat_rescale(bool on) { sat_rescale_ = on; }
+  bool sat_rescale() const { return sat_rescale_; }
 
  private:
   QuantizerPtr weight_q_, input_q_;
+  bool sat_rescale_ = false;
 };
 
 // An activation (relu | relu6 | identity) followed by a quantizer (child "quantizer"), for

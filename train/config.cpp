@@ -179,6 +179,27 @@ StageConfig parse_stage(Section s, size_t index) {
   st.label_smoothing = s.num("label_smoothing", st.label_smoothing, 0.0, 1.0);
   st.clip_grad_norm = s.num("clip_grad_norm", st.clip_grad_norm, 0.0, 1e9);
   st.accumulate_steps = s.integer("accumulate_steps", st.accumulate_steps, 1, 1 << 20);
+  if (st.kind == "precrop") {
+    Section p = s.sub("precrop");
+    prune::PrecropOptions& o = st.precrop;
+    o.method = p.str("method", o.method);
+    o.score = p.str("score", o.score);
+    o.budget_kind = p.str("budget_kind", o.budget_kind);
+    o.budget = p.num("budget", o.budget, -1e300, 1e300);  // the range is validate()'s
+    o.iterations = p.integer("iterations", o.iterations, -kBig, kBig);
+    o.snip_batches = p.integer("snip_batches", o.snip_batches, -kBig, kBig);
+    o.seed = uint64_t(p.integer("seed", 0, 0, kBig));
+    p.finish();
+    try {
+      o.validate();
+    } catch (const InputError& e) {  // "key: what" -> "file: stages.N.precrop.key: what"
+      const std::string m = e.what();
+      const size_t colon = m.find(": ");
+      p.fail(m.substr(0, colon), colon == std::string::npos ? m : m.substr(colon + 2));
+    }
+  } else if (s.has("precrop")) {
+    s.fail("precrop", "applies to kind: precrop only");
+  }
   s.finish();
   return st;
 }
@@ -237,6 +258,15 @@ quant::QuantConfig parse_quant(Section q, const std::string& file) {
   c.freeze_quantizers_epoch =
       q.integer("freeze_quantizers_epoch", c.freeze_quantizers_epoch, -1, kBig);
   c.calibration_batches = q.integer("calibration_batches", c.calibration_batches, 0, kBig);
+  if (q.has("sat") && !q.get("sat").IsNull()) {  // METHODS 8.1
+    Section sat = q.sub("sat");
+    c.sat = sat.boolean("enabled", true);
+    c.sat_rescale_conv = sat.boolean("rescale_conv", c.sat_rescale_conv);
+    if (c.sat_rescale_conv && !c.sat) sat.fail("rescale_conv", "needs sat.enabled: true");
+    sat.finish();
+  } else {
+    q.raw("sat");
+  }
   YAML::Node rules = q.raw("rules");
   if (rules && !rules.IsNull()) {
     if (!rules.IsSequence()) q.fail("rules", "wants a list of rules");

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "prune/criteria.h"
+#include "prune/precrop.h"
 #include "quant/convert.h"
 #include "quant/mixed.h"
 
@@ -77,8 +78,8 @@ struct ScheduleConfig {
 
 struct StageConfig {
   std::string name;
-  std::string kind = "train";  // train | qat | prune (prunes at the start, then trains `epochs`)
-                               // | ptq (post-training quantization at the start, epochs 0)
+  std::string kind =
+      "train";  // a stage_kind_registry() name: train | qat | prune | search | ptq | precrop
   int64_t epochs = 1;
   // qat: what is quantized in this stage: weights (activations float) | all (weights and inputs).
   std::string quantize = "all";
@@ -92,6 +93,8 @@ struct StageConfig {
   // Micro-batches per optimizer step: gradients of k batches are summed (each batch's loss
   // divided by k), then one step (and, distributed, one all-reduce) follows.
   int64_t accumulate_steps = 1;
+  // precrop: PreCropping and its baselines at the stage's start (prune/precrop.h).
+  prune::PrecropOptions precrop;
 };
 
 // Data-parallel training (docs/distributed.md); read only when the run has several ranks.

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,7 @@ struct ModelState {
   std::string search_plan;                     // quant::SearchPlan JSON while a search runs
   std::vector<quant::QuantRule> search_rules;  // quant::choice_rules of the last search
   std::string stage_results;                   // JSON object: what stage loops found, by stage name
+  nlohmann::json precrop;  // the report of a precrop stage (log.jsonl, summary.json), or null
 };
 
 // What a stage kind's prepare() works on (train/registries.h).

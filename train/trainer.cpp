@@ -29,6 +29,7 @@
 #include "layers/batchnorm.h"
 #include "layers/conv2d.h"
 #include "models/registry.h"
+#include "prune/precrop.h"
 #include "prune/prune.h"
 #include "prune/surgery.h"
 #include "quant/accounting.h"
@@ -405,6 +406,52 @@ void prepare_prune_stage(StageContext& c) {
   if (dist::is_root()) write_prune_report(rep, c.out_dir, c.config().name, c.progress);
 }
 
+// kind: precrop (prune/precrop.h): PreCropping or one of its baselines at the stage's start, on
+// the model as built (at initialization) or as its init: loaded it. Every rank plans; rank 0's
+// channel counts are applied everywhere (SNIP's batches differ by rank), then run_stage
+// broadcasts rank 0's values (the re-initialised weights, pai's masks).
+void prepare_precrop_stage(StageContext& c) {
+  const Shape sample{c.data.image_size, c.data.image_size, c.data.channels};
+  const prune::PrecropOptions& o = c.config().precrop;
+  std::function<Tensor(layers::Module&)> loss;
+  if (o.score == "snip") {
+    c.data.train->set_epoch(c.global_epoch);
+    c.data.train->reset();
+    DataLoader* loader = c.data.train.get();
+    const Device dev = c.dev;
+    const std::string file = c.cfg.file;
+    loss = [loader, dev, file](layers::Module& m) {
+      Batch b;
+      LOWBIT_CHECK_INPUT(loader->next(b), file,
+                         ": precrop.snip_batches: the training set has "
+                         "fewer batches");
+      return cross_entropy(m.forward(b.images.to(dev)), b.labels.to(dev));
+    };
+  }
+  prune::PrecropPlan plan = prune::plan_precrop(c.model, o, sample, loss);
+  if (dist::is_distributed() && !plan.kept.empty()) {
+    std::vector<float> counts;
+    for (const auto& [gid, k] : plan.kept) counts.push_back(float(k));
+    Tensor t = from_vector(counts, {int64_t(counts.size())}).to(c.dev);
+    c.group.broadcast(t, 0);
+    const std::vector<float> root = t.to(Device::cpu()).to_vector<float>();
+    size_t i = 0;
+    for (auto& [gid, k] : plan.kept) k = int64_t(root[i++]);
+  }
+  prune::apply_precrop(c.model, plan, sample);
+  c.model.to(c.dev);
+  c.ms.pruned = true;  // new channel shapes, or the masks' buffers
+  c.ms.precrop = plan.report.to_json();
+  c.ms.precrop["stage"] = c.config().name;
+  if (dist::is_root()) {
+    const std::string table = plan.report.table();
+    if (c.progress) std::printf("%s", table.c_str());
+    std::ofstream(c.out_dir / ("precrop_report_" + c.config().name + ".txt")) << table;
+    std::ofstream(c.out_dir / ("precrop_report_" + c.config().name + ".json"))
+        << c.ms.precrop.dump(2) << "\n";
+  }
+}
+
 // kind: qat: the first one converts the model with the quant: rules; calibrates the quantizers
 // this stage turns on for the first time (weights when the model was just converted; activations
 // when the previous stage did not quantize them).
@@ -469,6 +516,13 @@ const bool kStageKindsRegistered = [] {
   prune.before_quantization = true;
   prune.prepare = prepare_prune_stage;
   r.add("prune", prune);
+  StageKind precrop;
+  precrop.what =
+      "PreCropping at the start (precrop: method, score, budget): crop channels to a score's layer "
+      "densities (or mask / crop randomly, the baselines), re-initialise, then train `epochs`";
+  precrop.before_quantization = true;
+  precrop.prepare = prepare_precrop_stage;
+  r.add("precrop", precrop);
   return true;
 }();
 
@@ -774,7 +828,14 @@ class TrainingRun {
         resuming_ && s == pos_.stage && (pos_.epoch > 0 || pos_.batch > 0);
     StageContext ctx{cfg_, s,         *model_, ms_, data_, dev_, pos_.global_epoch,
                      out_, progress_, *group_};
-    if (!mid_stage_resume) prepare_stage(ctx);
+    if (!mid_stage_resume) {
+      prepare_stage(ctx);
+      if (!ms_.precrop.is_null() && st.kind == "precrop") {
+        json rec = ms_.precrop;
+        rec["kind"] = "precrop";
+        write_log(rec);
+      }
+    }
     if (stage.kind.make_loop) stage.loop = stage.kind.make_loop(ctx);
     stage.loader =
         stage.loop && stage.loop->train_loader() ? stage.loop->train_loader() : data_.train.get();
@@ -1083,6 +1144,7 @@ class TrainingRun {
             {"test_top5", summary_.test.top5},
             {"test_loss", summary_.test.loss},
             {"params", summary_.params},
+            {"nonzero_params", nonzero_parameters(*model_)},
             {"model_bytes", summary_.model_bytes},
             {"float_bytes", account.float_bytes},
             {"compression_ratio", account.compression_ratio},
@@ -1100,6 +1162,7 @@ class TrainingRun {
             {"config_file", cfg_.file},
             {"git_commit", LOWBIT_GIT_COMMIT},
             {"finished_at", now_iso()}};
+    if (!ms_.precrop.is_null()) sj["precrop"] = ms_.precrop;
     const fs::path tmp = out_ / "summary.json.tmp";
     {
       std::ofstream f(tmp);
@@ -1107,6 +1170,15 @@ class TrainingRun {
       LOWBIT_CHECK(f.good(), tmp.string(), ": write failed");
     }
     fs::rename(tmp, out_ / "summary.json");
+  }
+
+  // Parameter entries that are not zero (a masked network's real size; pruned at init: pai).
+  static int64_t nonzero_parameters(layers::Module& m) {
+    int64_t n = 0;
+    for (const Tensor& p : m.parameters()) {
+      for (float v : p.detach().to(Device::cpu(), DType::f32).to_vector<float>()) n += v != 0.0f;
+    }
+    return n;
   }
 
   const ExperimentConfig& cfg_;

@@ -14,8 +14,10 @@
 #include "layers/conv2d.h"
 #include "models/registry.h"
 #include "quant/accounting.h"
+#include "quant/dorefa.h"
 #include "quant/lsq.h"
 #include "quant/qlayers.h"
+#include "quant/sat.h"
 #include "tests/common/test_util.h"
 
 namespace lowbit::quant {
@@ -473,6 +475,136 @@ TEST(Accounting, PublishedResNet20ParameterCount) {
   auto model = resnet20(3);
   EXPECT_EQ(account_model(*model, {32, 32, 3}).params, 269722);  // He et al.: 0.27M
   EXPECT_EQ(account_model(*model, {32, 32, 3}).params, model->num_parameters());
+}
+
+// --- SAT (METHODS 8.1) -------------------------------------------------------------------------
+
+QuantizerPtr dorefa_weight(int64_t bits) {
+  return create_quantizer("dorefa", {{"role", "weight"}, {"bits", std::to_string(bits)}});
+}
+
+// 2-bit DoReFa of w = [[2, -2, 0.1], [-0.1, 0.6, -0.6]]: m = tanh 2, codes round(3 r) with
+// r = tanh(w) / (2m) + 1/2 are 3, 0, 2, 1, 2, 1, so w_q = [[1, -1, 1/3], [-1/3, 1/3, -1/3]].
+// Mean 0, unbiased variance (1 + 1 + 4/9) / 5 = 22/45, n_out = 2 (out_features):
+// factor = 1 / sqrt(2 * 22/45) = sqrt(45/44).
+TEST(Sat, ScaleOfALinearLayerByHand) {
+  layers::Linear lin(3, 2, true);
+  {
+    autograd::NoGradGuard g;
+    lin.weight().copy_(tensor_of({2, -2, 0.1, -0.1, 0.6, -0.6}, {2, 3}));
+    lin.bias().copy_(tensor_of({0.25, -0.5}, {2}));
+  }
+  auto plain = std::make_shared<QLinear>(lin, dorefa_weight(2), nullptr);
+  auto sat = std::make_shared<QLinear>(lin, dorefa_weight(2), nullptr);
+  sat->set_sat_rescale(true);
+  const double c = std::sqrt(45.0 / 44.0);
+  EXPECT_EQ(sat_fan_out(lin.weight()), 2);
+  EXPECT_NEAR(sat_factor(plain->quantized_weight(), 2).item(), c, 1e-6);
+  const std::vector<double> wq = {1, -1, 1.0 / 3, -1.0 / 3, 1.0 / 3, -1.0 / 3};
+  std::vector<double> want;
+  for (double v : wq) want.push_back(v * c);
+  EXPECT_TENSOR_NEAR(sat->quantized_weight(), tensor_of(want, {2, 3}), 1e-6, 1e-6);
+  EXPECT_NEAR(var(sat->quantized_weight()).item(), 0.5, 1e-6);  // Var[w_sat] = 1 / n_out
+  // The layer's output by hand, the same in training and eval.
+  const std::vector<double> x = {0.5, -1.0, 2.0};
+  for (bool training : {true, false}) {
+    sat->train(training);
+    std::vector<double> y = {0.25, -0.5};
+    for (int j = 0; j < 2; ++j) {
+      for (int i = 0; i < 3; ++i) y[size_t(j)] += want[size_t(j * 3 + i)] * x[size_t(i)];
+    }
+    EXPECT_TENSOR_NEAR(sat->forward(tensor_of(x, {1, 3})), tensor_of(y, {1, 2}), 1e-5, 1e-6);
+  }
+  // The factor is a constant: the weight gradient is the plain one times c.
+  sat->train();
+  Tensor up = tensor_of({1.0, -2.0}, {1, 2});
+  sum(plain->forward(tensor_of(x, {1, 3})) * up).backward();
+  Tensor g_plain = lin.weight().grad().clone();
+  lin.weight().zero_grad();
+  sum(sat->forward(tensor_of(x, {1, 3})) * up).backward();
+  EXPECT_TENSOR_NEAR(lin.weight().grad(), g_plain * c, 1e-6, 1e-6);
+}
+
+// The classifier always, convolutions with sat_rescale_conv; kept in the plan (checkpoints,
+// lowbit eval) and through BN folding; one fp32 constant per rescaled layer in the model size.
+TEST(Sat, PlanFoldingAndAccounting) {
+  manual_seed(23);
+  auto make_model = [] {
+    auto m = std::make_shared<layers::Sequential>();
+    m->add(std::make_shared<layers::Conv2d>(
+        layers::Conv2dOptions(3, 4, 3).with_padding(1).with_bias(false)));
+    m->add(std::make_shared<layers::BatchNorm2d>(4));
+    m->add(std::make_shared<layers::Flatten>());
+    m->add(std::make_shared<layers::Linear>(256, 10));
+    return m;
+  };
+  Tensor x = randn({2, 8, 8, 3});
+  QuantConfig cfg;
+  cfg.weight = {"dorefa", QuantizerOptions{{"bits", "4"}}};
+  cfg.first_last_bits = 0;
+  auto base = make_model();
+  auto sat = make_model();
+  sat->load_state_dict(base->state_dict());
+  quantize_model(*base, cfg, x);
+  cfg.sat = true;
+  QuantPlan plan = quantize_model(*sat, cfg, x);
+  ASSERT_EQ(plan.layers.size(), 2u);
+  EXPECT_FALSE(plan.layers[0].sat_rescale);
+  EXPECT_TRUE(plan.layers[1].sat_rescale);
+  EXPECT_EQ(account_model(*sat, {8, 8, 3}).model_bytes,
+            account_model(*base, {8, 8, 3}).model_bytes + 4);
+  cfg.sat_rescale_conv = true;
+  auto both = make_model();
+  both->load_state_dict(base->state_dict(), false);
+  QuantPlan plan2 = quantize_model(*both, cfg, x);
+  EXPECT_TRUE(plan2.layers[0].sat_rescale);
+  EXPECT_EQ(account_model(*both, {8, 8, 3}).model_bytes,
+            account_model(*base, {8, 8, 3}).model_bytes + 8);
+  // The plan round trip rebuilds the rescaling.
+  auto rebuilt = make_model();
+  apply_quant_plan(*rebuilt, QuantPlan::parse(plan2.str()));
+  rebuilt->load_state_dict(both->state_dict(), true);
+  both->eval();
+  rebuilt->eval();
+  EXPECT_TENSOR_NEAR(rebuilt->forward(x), both->forward(x), 0, 0);
+  // Folded conv in eval: conv(x, c FQ(W_f)) + b_f with c of FQ(W_f) (DoReFa, 4 bits).
+  auto* qc = dynamic_cast<QConv2d*>(both->child("0").get());
+  ASSERT_NE(qc, nullptr);
+  ASSERT_NE(qc->folded_bn(), nullptr);
+  auto* bn = qc->folded_bn();
+  qc->input_quantizer()->set_enabled(false);  // the reference convolves the float input
+  autograd::NoGradGuard g;
+  Tensor std_r = sqrt(bn->running_var() + 1e-5);
+  Tensor wf = qc->weight() * (bn->weight() / std_r).reshape({4, 1, 1, 1});
+  Tensor fq = dorefa_quantize(wf, 4, true);
+  const double c = 1.0 / std::sqrt(36.0 * var(fq).item());  // n_out = K R S = 4 * 3 * 3
+  Tensor b_f = bn->bias() - bn->weight() * bn->running_mean() / std_r;
+  Tensor ref = layers::conv2d(x, fq * c, b_f, qc->options());
+  EXPECT_TENSOR_NEAR(bn->forward(qc->forward(x)), ref, 1e-4, 1e-4);
+}
+
+TEST(Sat, ModelWithoutALinearClassifierIsRefusedNamingTheKey) {
+  auto m = std::make_shared<layers::Sequential>();
+  m->add(std::make_shared<layers::Conv2d>(layers::Conv2dOptions(3, 4, 3).with_padding(1)));
+  m->add(std::make_shared<layers::Flatten>());
+  QuantConfig cfg;
+  cfg.sat = true;
+  try {
+    quantize_model(*m, cfg, randn({2, 8, 8, 3}));
+    FAIL() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("sat.enabled"));
+    EXPECT_THAT(e.what(), HasSubstr("Conv2d"));
+  }
+  // A rule that keeps the classifier float leaves SAT nothing to rescale.
+  auto r = resnet20();
+  cfg.rules.push_back(QuantRule{"linear", "", true, "", "", {}, {}, true});
+  try {
+    quantize_model(*r, cfg, randn({2, 16, 16, 1}));
+    FAIL() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("sat.enabled"));
+  }
 }
 
 // The quantized ResNet-20 (LSQ W4A4, folded BN) gives the same training step on both backends.

@@ -55,8 +55,8 @@ std::shared_ptr<T> make(const std::string& name, const QuantizerOptions& o) {
 
 TEST(QuantizerRegistry, KnowsEveryQuantizer) {
   const std::vector<std::string> names = quantizer_names();
-  for (const char* n :
-       {"uniform", "lsq", "lsq_plus", "pact", "dorefa", "dsq", "binary", "ternary", "pow2"}) {
+  for (const char* n : {"uniform", "lsq", "lsq_plus", "pact", "cg_pact", "dorefa", "dsq", "binary",
+                        "ternary", "pow2"}) {
     EXPECT_TRUE(has_quantizer(n)) << n;
     EXPECT_NE(std::find(names.begin(), names.end(), n), names.end()) << n;
   }
@@ -346,6 +346,102 @@ TEST(Pact, AlphaGradientMatchesFiniteDifferencesOutsideTheRangeAndDecay) {
   EXPECT_EQ(q->alpha().item(), 10.0);  // METHODS 3.3 default alpha0
   sum(q->forward(tensor_of({12.0}, {1}))).backward();
   EXPECT_NEAR(q->alpha().grad().item(), 1.0 + 2 * 0.5 * 10.0, 1e-5);
+}
+
+// --- CG-PACT (METHODS 8.2) -------------------------------------------------------------------
+
+// The forward is homogeneous of degree one: q(t x, t alpha) = t q(x, alpha) exactly (the codes
+// round(x n / alpha) do not change along the ray), so its derivative along the ray is q itself
+// and finite differences along (x, alpha) never cross a rounding step. The gradients of a
+// quantizer that takes the STE dq/dx = 1 inside the range must then satisfy
+// x dq/dx + alpha dq/dalpha = q: CG-PACT's does (its dq/dalpha = (q - x) / alpha), plain PACT's
+// (dq/dalpha = 0 inside) does not.
+double ray_gradient_gap(bool calibrated) {
+  manual_seed(62);
+  const double alpha = 4.0, eps = 1e-6;
+  // f64: the codes are computed in double, so the ray keeps them up to eps.
+  Tensor x0 = (rand({400}, TensorOptions(DType::f64)) * 7.0 - 1.0);
+  Tensor w = randn({400}, TensorOptions(DType::f64));
+  auto loss = [&](double t) {
+    return sum(pact_quantize(x0 * t, full({1}, alpha * t, TensorOptions(DType::f64)), 3,
+                             calibrated) *
+               w)
+        .item();
+  };
+  const double fd = (loss(1 + eps) - loss(1 - eps)) / (2 * eps);
+  Tensor x = x0.detach().requires_grad_();
+  Tensor a = full({1}, alpha, TensorOptions(DType::f64)).requires_grad_();
+  sum(pact_quantize(x, a, 3, calibrated) * w).backward();
+  const double analytic = sum(x.grad() * x0).item() + a.grad().item() * alpha;
+  EXPECT_NEAR(fd, loss(1.0), 1e-6 * (1 + std::fabs(fd)));  // the ray derivative is q itself
+  return std::fabs(analytic - fd);
+}
+
+TEST(CgPact, GradientMatchesFiniteDifferencesAlongTheScalingRay) {
+  EXPECT_LT(ray_gradient_gap(true), 1e-6);
+  // Plain PACT misses the inside term sum(w (q - x)) by far more: the check can fail.
+  EXPECT_GT(ray_gradient_gap(false), 1.0);
+}
+
+TEST(CgPact, ClipGradientMatchesFiniteDifferencesAwayFromRoundingSteps) {
+  // Per element, with the codes held (x and alpha both moved less than to the next step), the
+  // forward's alpha-derivative is q / alpha inside, 1 above alpha, 0 below 0; CG-PACT adds the
+  // STE term -x / alpha * dq/dx inside. Elements within 1e-3 of a step are skipped.
+  const int bits = 3;
+  const double alpha = 2.5, n = 7.0, h = 1e-7;
+  std::vector<double> xs;
+  for (double v = -1.0; v <= 4.0; v += 0.0371) xs.push_back(v);
+  Tensor a = full({1}, alpha, TensorOptions(DType::f64));
+  int checked_inside = 0;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const double u = xs[i] * n / alpha;
+    if (std::fabs(u - std::floor(u) - 0.5) < 1e-3 || std::fabs(xs[i] - alpha) < 1e-3) continue;
+    Tensor ai = a.detach().requires_grad_();
+    Tensor xi = full({1}, xs[i], TensorOptions(DType::f64)).requires_grad_();
+    sum(pact_quantize(xi, ai, bits, true)).backward();
+    auto q = [&](double al) {
+      return pact_quantize(full({1}, xs[i], TensorOptions(DType::f64)),
+                           full({1}, al, TensorOptions(DType::f64)), bits, true)
+          .item();
+    };
+    const double fd_alpha = (q(alpha + h) - q(alpha - h)) / (2 * h);
+    const double ste = xi.grad().item() * (-xs[i] / alpha);
+    EXPECT_NEAR(ai.grad().item(), fd_alpha + ste, 1e-6) << "x = " << xs[i];
+    if (xs[i] > 0 && xs[i] < alpha) {
+      ++checked_inside;
+      EXPECT_NEAR(ai.grad().item(), (q(alpha) - xs[i]) / alpha, 1e-12);
+    }
+  }
+  EXPECT_GT(checked_inside, 40);
+}
+
+TEST(CgPact, IsPactWithTheCalibratedGradientAndSatInitialClip) {
+  auto cg = make<CgPactQuantizer>("cg_pact", {{"bits", "3"}});
+  EXPECT_EQ(cg->type_name(), "CgPactQuantizer");
+  EXPECT_TRUE(cg->calibrated());
+  EXPECT_EQ(cg->alpha().item(), 8.0);  // METHODS 8.2: the SAT code's conv value
+  EXPECT_EQ(make<CgPactQuantizer>("cg_pact", {{"alpha", "10"}})->alpha().item(), 10.0);
+  // Same forward and gradients as pact with gradient: calibrated.
+  auto pc =
+      make<PactQuantizer>("pact", {{"bits", "3"}, {"alpha", "8"}, {"gradient", "calibrated"}});
+  manual_seed(63);
+  Tensor x0 = randn({2, 5, 5, 4}) * 4.0 + 2.0;
+  Tensor xa = x0.detach().requires_grad_(), xb = x0.detach().requires_grad_();
+  Tensor ya = cg->forward(xa), yb = pc->forward(xb);
+  EXPECT_TENSOR_NEAR(ya, yb, 0, 0);
+  sum(ya * x0).backward();
+  sum(yb * x0).backward();
+  EXPECT_TENSOR_NEAR(xa.grad(), xb.grad(), 0, 0);
+  EXPECT_TENSOR_NEAR(cg->alpha().grad(), pc->alpha().grad(), 0, 0);
+  // gradient is not an option of cg_pact (it is always calibrated), nor are weights.
+  EXPECT_THAT(error_of([] {
+                create_quantizer("cg_pact", {{"gradient", "pact"}});
+              }),
+              HasSubstr("gradient"));
+  EXPECT_THAT(error_of([] {
+                create_quantizer("cg_pact", {{"role", "weight"}});
+              }),
+              HasSubstr("weight"));
 }
 
 // --- DoReFa ------------------------------------------------------------------------------------
@@ -668,6 +764,8 @@ std::vector<ParityCase> parity_cases() {
       {"lsq", {}, {8, 6, 6, 16}, 0, 0},
       {"lsq_plus", {}, {8, 6, 6, 16}, 0, 0},
       {"pact", {{"alpha", "2.0"}, {"gradient", "calibrated"}}, {8, 6, 6, 16}, 0, 0},
+      {"pact", {{"alpha", "2.0"}}, {8, 6, 6, 16}, 0, 0},
+      {"cg_pact", {{"alpha", "2.0"}}, {8, 6, 6, 16}, 0, 0},
       // DSQ's backward uses tanh/log: CUDA's and glibc's differ by ulps.
       {"dsq",
        {{"role", "weight"}, {"per_channel", "true"}, {"channels", "16"}},

@@ -82,6 +82,44 @@ TEST(Cli, BadConfigExitsTwoNamingTheKey) {
   fs::remove_all(d);
 }
 
+// SAT (docs/methods.md) rescales the classifier: a config whose classifier a rule keeps float
+// gives SAT nothing to rescale, and is refused before training, naming the key.
+TEST(Cli, SatWithoutAQuantizedClassifierExitsTwoNamingTheKey) {
+  fs::path d = temp_dir();
+  const std::string base = R"(device: cpu
+data: {dataset: synthetic, synthetic_size: 32, synthetic_hw: 8, synthetic_channels: 1, synthetic_classes: 2, batch_size: 16}
+model: {name: dsnet}
+stages: [{kind: qat, epochs: 1, optimizer: {lr: 0.01}}]
+quant:
+  weight: {quantizer: dorefa, bits: 4}
+  activation: {quantizer: cg_pact, bits: 4}
+)";
+  std::ofstream(d / "sat.yaml") << "name: tiny_sat\n"
+                                << base << "  sat: {enabled: true}\n"
+                                << "  rules: [{type: Linear, skip: true}]\n";
+  Result r = run("train " + (d / "sat.yaml").string() + " --out " + (d / "out").string());
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("sat.enabled"));
+  EXPECT_THAT(r.output, HasSubstr("sat.yaml"));
+  // Without the rule the same config trains (SAT on dsnet's classifier).
+  std::ofstream(d / "ok.yaml") << "name: tiny_sat_ok\n" << base << "  sat: {rescale_conv: true}\n";
+  r = run("train " + (d / "ok.yaml").string() + " --out " + (d / "ok").string() + " --no-progress");
+  EXPECT_EQ(r.code, 0) << r.output;
+  fs::remove_all(d);
+}
+
+TEST(Cli, PrecropBadBudgetOrScoreExitsTwoNamingTheKey) {
+  fs::path d = temp_dir();
+  std::ofstream(d / "c.yaml") << kTiny;
+  const std::string stage = " --set 'stages=[{kind: precrop, precrop: {budget: ";
+  for (const char* bad : {"0}}]'", "1.5}}]'", "0.5, score: grasp}}]'"}) {
+    Result r = run("train " + (d / "c.yaml").string() + stage + bad);
+    EXPECT_EQ(r.code, 2) << bad << r.output;
+    EXPECT_THAT(r.output, HasSubstr("c.yaml: stages.0.precrop.")) << bad;
+  }
+  fs::remove_all(d);
+}
+
 TEST(Cli, MissingDataFileExitsTwo) {
   fs::path d = temp_dir();
   std::ofstream(d / "c.yaml") << kTiny;

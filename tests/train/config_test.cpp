@@ -155,6 +155,59 @@ stages:
               HasSubstr("quantize"));
 }
 
+TEST(Config, QuantSat) {
+  const std::string base = R"(
+model: {name: dsnet}
+quant:
+  weight: {quantizer: dorefa, bits: 4}
+  activation: {quantizer: cg_pact, bits: 4}
+stages:
+  - {name: q, kind: qat, epochs: 2}
+)";
+  ExperimentConfig c = parse_config(base, "q.yaml");
+  EXPECT_FALSE(c.quant.sat);
+  EXPECT_FALSE(c.quant.sat_rescale_conv);
+  c = parse_config(base, "q.yaml", {"quant.sat={rescale_conv: true}"});
+  EXPECT_TRUE(c.quant.sat);  // a sat: mapping turns SAT on
+  EXPECT_TRUE(c.quant.sat_rescale_conv);
+  c = parse_config(base, "q.yaml", {"quant.sat={enabled: false}"});
+  EXPECT_FALSE(c.quant.sat);
+  EXPECT_THAT(testing::error_of([&] {
+                parse_config(base, "q.yaml", {"quant.sat={enabled: false, rescale_conv: true}"});
+              }),
+              AllOf(HasSubstr("q.yaml: quant.sat.rescale_conv"), HasSubstr("sat.enabled")));
+  EXPECT_THAT(testing::error_of([&] { parse_config(base, "q.yaml", {"quant.sat.scope=all"}); }),
+              HasSubstr("quant.sat.scope"));
+  EXPECT_THAT(testing::error_of([&] { parse_config(base, "q.yaml", {"quant.sat.enabled=2"}); }),
+              HasSubstr("quant.sat.enabled"));
+}
+
+TEST(Config, PrecropStage) {
+  const std::string base = R"(
+model: {name: resnet20}
+stages:
+  - {name: c, kind: precrop, epochs: 1, precrop: {budget: 0.25, score: snip}}
+)";
+  ExperimentConfig c = parse_config(base, "p.yaml");
+  EXPECT_EQ(c.stages[0].precrop.budget, 0.25);
+  EXPECT_EQ(c.stages[0].precrop.score, "snip");
+  EXPECT_EQ(c.stages[0].precrop.method, "precrop");
+  EXPECT_EQ(c.stages[0].precrop.budget_kind, "params");
+  EXPECT_EQ(c.stages[0].precrop.iterations, 100);
+  EXPECT_THAT(error_of(base, {"stages.0.precrop.budget=0"}),
+              HasSubstr("cfg.yaml: stages.0.precrop.budget: 0 is out of range (0, 1]"));
+  EXPECT_THAT(error_of(base, {"stages.0.precrop.budget=1.5"}),
+              HasSubstr("stages.0.precrop.budget: 1.5 is out of range"));
+  EXPECT_THAT(error_of(base, {"stages.0.precrop.score=grasp"}),
+              HasSubstr("stages.0.precrop.score: 'grasp' is not allowed; allowed: synflow, snip"));
+  EXPECT_THAT(error_of(base, {"stages.0.precrop.method=magic"}),
+              HasSubstr("stages.0.precrop.method"));
+  EXPECT_THAT(error_of(base, {"stages.0.precrop.budgett=1"}),
+              HasSubstr("stages.0.precrop.budgett"));
+  EXPECT_THAT(error_of(base, {"stages.0.kind=train"}),
+              HasSubstr("stages.0.precrop: applies to kind: precrop only"));
+}
+
 TEST(Config, ShippedConfigsParse) {
   // Every ready experiment in configs/ parses and validates, including those whose data is
   // not on this machine.

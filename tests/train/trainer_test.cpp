@@ -191,6 +191,26 @@ TEST(Trainer, QatStageFromAFloatInitFile) {
 
 // Pretrain, prune (L1 at 25%: shapes change), then QAT: reports are written and the run resumes
 // bit for bit across the shape change (the checkpoint's "pruned" metadata rebuilds the shapes).
+// Runs `cfg` stopped after epoch 1 and 2 and resumed each time into `parts`: the final model
+// must equal `want` (an uninterrupted run's) tensor for tensor.
+void expect_resumed_run_matches(const ExperimentConfig& cfg, const fs::path& parts,
+                                const std::map<std::string, Tensor>& want) {
+  TrainerOptions o = quiet(parts);
+  for (int64_t stop : {1, 2}) {
+    o.stop_after_epochs = stop;
+    EXPECT_FALSE(run_training(cfg, o).finished);
+    o.resume = true;
+  }
+  o.stop_after_epochs = -1;
+  EXPECT_TRUE(run_training(cfg, o).finished);
+  auto b = load_safetensors((parts / "model.safetensors").string()).tensors;
+  ASSERT_EQ(want.size(), b.size());
+  for (auto& [k, v] : want) {
+    ASSERT_TRUE(b.count(k)) << k;
+    EXPECT_TENSOR_NEAR(b.at(k), v, 0, 0) << k;
+  }
+}
+
 TEST(Trainer, PruneStageThenQatResumes) {
   const std::string yaml = std::string(kQat) + "prune: {method: l1, ratio: 0.25}\n";
   ExperimentConfig cfg =
@@ -207,25 +227,65 @@ TEST(Trainer, PruneStageThenQatResumes) {
   auto fw = load_safetensors((full / "model.safetensors").string());
   EXPECT_EQ(fw.metadata.at("pruned"), "1");
   EXPECT_NEAR(run_evaluation(cfg, (full / "model.safetensors").string()).top1, s.test.top1, 1e-12);
-  TrainerOptions o = quiet(parts);
-  for (int64_t stop : {1, 2}) {
-    o.stop_after_epochs = stop;
-    EXPECT_FALSE(run_training(cfg, o).finished);
-    o.resume = true;
-  }
-  o.stop_after_epochs = -1;
-  EXPECT_TRUE(run_training(cfg, o).finished);
-  auto b = load_safetensors((parts / "model.safetensors").string()).tensors;
-  ASSERT_EQ(fw.tensors.size(), b.size());
-  for (auto& [k, v] : fw.tensors) {
-    ASSERT_TRUE(b.count(k)) << k;
-    EXPECT_TENSOR_NEAR(b.at(k), v, 0, 0) << k;
-  }
+  expect_resumed_run_matches(cfg, parts, fw.tensors);
   EXPECT_THAT(testing::error_of(
                   [] { parse_config(kQat, "tinyqat.yaml", {"stages=[{name: p, kind: prune}]"}); }),
               HasSubstr("prune needs a top-level prune: section"));
   fs::remove_all(full);
   fs::remove_all(parts);
+}
+
+// kind: precrop (prune/precrop.h). pai: the score's masks stay applied through SGD steps with
+// momentum and weight decay and AdamW steps (the masked weights are exactly zero in the saved
+// model, the others trained), survive --resume and lowbit eval; precrop: a narrower dense model.
+TEST(Trainer, PrecropStageMasksStayThroughOptimizerStepsAndCropsShrink) {
+  const std::string stages =
+      "stages=[{name: crop, kind: precrop, epochs: 2, precrop: {method: pai, budget: 0.2, "
+      "iterations: 5}, optimizer: {name: sgd, lr: 0.05, momentum: 0.9, weight_decay: 0.01}},"
+      " {name: b, epochs: 1, optimizer: {name: adamw, lr: 0.001, weight_decay: 0.01}}]";
+  ExperimentConfig cfg = parse_config(kSynthetic, "tinypai.yaml", {stages});
+  fs::path full = fresh_dir("pai_full"), parts = fresh_dir("pai_parts");
+  RunSummary s = run_training(cfg, quiet(full));
+  ASSERT_TRUE(s.finished);
+  auto f = load_safetensors((full / "model.safetensors").string());
+  int masked = 0, trained = 0;
+  for (auto& [k, mask] : f.tensors) {
+    const size_t at = k.rfind(".weight_mask");
+    if (at == std::string::npos) continue;
+    const std::vector<float> m = mask.to_vector<float>();
+    const std::vector<float> w = f.tensors.at(k.substr(0, at) + ".weight").to_vector<float>();
+    ASSERT_EQ(m.size(), w.size()) << k;
+    for (size_t i = 0; i < m.size(); ++i) {
+      if (m[i] == 0.0f) {
+        ++masked;
+        ASSERT_EQ(w[i], 0.0f) << k << " element " << i;
+      } else {
+        trained += w[i] != 0.0f;
+      }
+    }
+  }
+  EXPECT_GT(masked, 0);
+  EXPECT_GT(trained, 0);
+  std::ifstream sj(full / "summary.json");
+  nlohmann::json sum = nlohmann::json::parse(sj);
+  EXPECT_EQ(sum["precrop"]["method"], "pai");
+  EXPECT_LT(sum["nonzero_params"].get<int64_t>(), sum["params"].get<int64_t>());
+  EXPECT_TRUE(fs::exists(full / "precrop_report_crop.json"));
+  EXPECT_NEAR(run_evaluation(cfg, (full / "model.safetensors").string()).top1, s.test.top1, 1e-12);
+  // Stopped after each epoch and resumed: the same weights, masks included.
+  expect_resumed_run_matches(cfg, parts, f.tensors);
+  // precrop: a dense model with fewer parameters.
+  ExperimentConfig crop = parse_config(
+      kSynthetic, "tinycrop.yaml",
+      {"stages=[{name: crop, kind: precrop, epochs: 1, precrop: {budget: 0.5, iterations: 5}}]"});
+  fs::path cdir = fresh_dir("crop");
+  RunSummary c = run_training(crop, quiet(cdir));
+  ASSERT_TRUE(c.finished);
+  EXPECT_LT(c.params, s.params);
+  EXPECT_NEAR(run_evaluation(crop, (cdir / "model.safetensors").string()).top1, c.test.top1, 1e-12);
+  fs::remove_all(full);
+  fs::remove_all(parts);
+  fs::remove_all(cdir);
 }
 
 TEST(Trainer, DivergedLossStopsTheRunWithAClearError) {
