@@ -1,6 +1,7 @@
 // Lowering a QAT model to the integer model (see int_export.h).
 #include "quant/int_export.h"
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <set>
@@ -454,14 +455,15 @@ IntModel lower_to_int(layers::Module& model, const std::vector<int64_t>& input_s
   return Lowerer(o).run(model, input_shape);
 }
 
-std::map<std::string, std::vector<int32_t>> fake_quant_codes(layers::Module& model,
-                                                             const Tensor& x) {
+std::map<std::string, std::vector<int32_t>> fake_quant_codes(layers::Module& model, const Tensor& x,
+                                                             Tensor* logits) {
   autograd::NoGradGuard ng;
   model.eval();
   InputRecorder rec;
   {
     layers::RecordForward guard(&rec);
-    model.forward(x);
+    Tensor y = model.forward(x);
+    if (logits) *logits = y;
   }
   std::map<layers::Module*, std::string> names;
   for (auto& [n, mod] : model.named_modules()) names[mod.get()] = n;
@@ -480,6 +482,61 @@ std::map<std::string, std::vector<int32_t>> fake_quant_codes(layers::Module& mod
     out[name] = std::move(codes);
   }
   return out;
+}
+
+void CodeStats::add(const CodeStats& o) {
+  total += o.total;
+  equal += o.equal;
+  max_diff = std::max(max_diff, o.max_diff);
+}
+
+CodeStats CodeComparison::total() const {
+  CodeStats t;
+  for (const auto& [name, s] : layers) t.add(s);
+  return t;
+}
+
+void CodeComparison::add(const CodeComparison& o) {
+  if (layers.empty())
+    layers = o.layers;
+  else {
+    LOWBIT_CHECK(layers.size() == o.layers.size(), "CodeComparison::add: different models");
+    for (size_t i = 0; i < layers.size(); ++i) layers[i].second.add(o.layers[i].second);
+  }
+  int_logits.insert(int_logits.end(), o.int_logits.begin(), o.int_logits.end());
+  fake_quant_logits.insert(fake_quant_logits.end(), o.fake_quant_logits.begin(),
+                           o.fake_quant_logits.end());
+}
+
+CodeComparison compare_with_fake_quant(layers::Module& model, const IntModel& im, const Tensor& x,
+                                       bool fixed_point, bool per_layer) {
+  Tensor fl;
+  const auto want = fake_quant_codes(model, x, &fl);
+  CodeComparison c;
+  c.fake_quant_logits = host_f32(fl);
+  IntRunOptions o;
+  o.fixed_point = fixed_point;
+  o.observer = [&](const IntOp& op, IntTensor& t) {
+    if (op.kind != "requant" && op.kind != "quantize") return;
+    auto it = want.find(op.name);
+    LOWBIT_CHECK(it != want.end() && it->second.size() == t.data.size(),
+                 "compare_with_fake_quant: no fake-quant codes of the size of layer '", op.name,
+                 "' input");
+    CodeStats s;
+    s.total = int64_t(t.data.size());
+    for (size_t i = 0; i < t.data.size(); ++i) {
+      const int64_t d = std::llabs(t.data[i] - int64_t(it->second[i]));
+      s.equal += d == 0;
+      s.max_diff = std::max(s.max_diff, d);
+    }
+    c.layers.emplace_back(op.name, s);
+    if (per_layer) t.data.assign(it->second.begin(), it->second.end());
+  };
+  const Tensor xc = x.detach().to(Device::cpu(), DType::f32).contiguous();
+  c.int_logits = run_int_model(im, xc.data<float>(), xc.size(0), o);
+  LOWBIT_CHECK(c.layers.size() == want.size(), "compare_with_fake_quant: the integer model has ",
+               c.layers.size(), " quantized inputs, the model ", want.size());
+  return c;
 }
 
 }  // namespace lowbit::quant

@@ -37,7 +37,27 @@ IntModel lower_to_int(layers::Module& model, const std::vector<int64_t>& input_s
 // The codes lowbit's fake quantization gives at the input of every quantized layer for the batch
 // x (N, H, W, C): layer name -> codes (N x the layer's input, NHWC), computed from the recorded
 // float input with the quantizer's integer form exactly as the fake-quant kernel rounds.
-std::map<std::string, std::vector<int32_t>> fake_quant_codes(layers::Module& model,
-                                                             const Tensor& x);
+// *logits (when given) receives the model's output.
+std::map<std::string, std::vector<int32_t>> fake_quant_codes(layers::Module& model, const Tensor& x,
+                                                             Tensor* logits = nullptr);
+
+// Codes of one layer's input, integer model against fake quantization.
+struct CodeStats {
+  int64_t total = 0, equal = 0, max_diff = 0;
+  void add(const CodeStats& o);
+};
+struct CodeComparison {
+  std::vector<std::pair<std::string, CodeStats>> layers;  // in the integer model's order
+  std::vector<float> int_logits;                          // N x classes
+  std::vector<float> fake_quant_logits;
+  CodeStats total() const;
+  void add(const CodeComparison& o);  // another batch of the same model (logits appended)
+};
+// Runs the integer model and the fake-quant model on x (N, H, W, C) and compares the codes at
+// every quantized layer's input. per_layer: each layer reads the fake-quant codes of its input
+// (checks each layer's integer arithmetic alone); otherwise the integer model runs on its own
+// codes end to end (a rare one-code difference then reaches the layers after it).
+CodeComparison compare_with_fake_quant(layers::Module& model, const IntModel& im, const Tensor& x,
+                                       bool fixed_point, bool per_layer);
 
 }  // namespace lowbit::quant

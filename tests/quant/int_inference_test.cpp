@@ -211,46 +211,13 @@ TEST(IntLayers, ConvAndLinearMatchTheFakeQuantLayers) {
   }
 }
 
-struct CodeStats {
-  int64_t total = 0, equal = 0, max_diff = 0;
-  std::string worst;
-};
-
-// Every quantized layer's input codes: integer model against fake quant. teacher: each layer
-// then reads the fake-quant codes (a per-layer check of the integer arithmetic); otherwise the
-// integer model runs on its own codes end to end.
-CodeStats compare_codes(layers::Module& model, const IntModel& im, const Tensor& x,
-                        bool fixed_point, bool teacher, std::vector<float>* logits = nullptr) {
-  const auto want = fake_quant_codes(model, x);
-  CodeStats s;
-  int64_t layers_seen = 0;
-  IntRunOptions o;
-  o.fixed_point = fixed_point;
-  o.observer = [&](const IntOp& op, IntTensor& t) {
-    if (op.kind != "requant" && op.kind != "quantize") return;
-    auto it = want.find(op.name);
-    ASSERT_NE(it, want.end()) << op.name;
-    ASSERT_EQ(it->second.size(), t.data.size()) << op.name;
-    ++layers_seen;
-    int64_t eq = 0;
-    for (size_t i = 0; i < t.data.size(); ++i) {
-      const int64_t d = std::llabs(int64_t(t.data[i]) - it->second[i]);
-      eq += d == 0;
-      if (d > s.max_diff) {
-        s.max_diff = d;
-        s.worst = op.name;
-      }
-    }
-    // Per layer: at least 99.9% equal.
-    EXPECT_GE(double(eq), 0.999 * double(t.data.size())) << op.name;
-    s.equal += eq;
-    s.total += int64_t(t.data.size());
-    if (teacher) t.data.assign(it->second.begin(), it->second.end());
-  };
-  auto out = run_int_model(im, x.contiguous().data<float>(), x.size(0), o);
-  EXPECT_EQ(layers_seen, int64_t(want.size()));
-  if (logits) *logits = out;
-  return s;
+// Every layer at least 99.9% equal and never more than one code apart.
+void expect_codes_match(const CodeComparison& c) {
+  EXPECT_FALSE(c.layers.empty());
+  for (const auto& [name, s] : c.layers) {
+    EXPECT_GE(double(s.equal), 0.999 * double(s.total)) << name;
+    EXPECT_LE(s.max_diff, 1) << name;
+  }
 }
 
 struct ModelCase {
@@ -300,11 +267,9 @@ TEST_P(WholeModel, EveryLayersCodesEqualFakeQuant) {
       if (!teacher && !c.end_to_end) continue;
       SCOPED_TRACE(std::string(fixed ? "fixed point" : "float multiplier") +
                    (teacher ? ", per layer" : ", end to end"));
-      std::vector<float> il;
-      const CodeStats s = compare_codes(*model, im, x, fixed, teacher, &il);
-      EXPECT_GT(s.total, 0);
-      EXPECT_LE(s.max_diff, 1) << s.worst;
-      EXPECT_GE(double(s.equal), 0.999 * double(s.total));
+      const CodeComparison cmp = compare_with_fake_quant(*model, im, x, fixed, teacher);
+      expect_codes_match(cmp);
+      const std::vector<float>& il = cmp.int_logits;
       // Logits: the fake-quant model's, up to float summation order and rare one-code steps.
       double mx = 0, err = 0;
       for (size_t i = 0; i < fv.size(); ++i) {
