@@ -1,4 +1,4 @@
-// Integer-only reference inference (METHODS 12, docs/export.md): the integer model that
+// Integer-only reference inference (docs/methods.md, "Integer inference"; docs/export.md): the integer model that
 // `lowbit export --format int` writes, how it is stored, and the loops that run it.
 //
 // A model is a list of ops on values. A value is one of

@@ -152,7 +152,7 @@ class Quantizer : public layers::Module {
   // How many fp32 values inference needs besides the integer weights (METHODS 10: scales,
   // zero-points of asymmetric quantizers, learned clip values). Default: one scale per channel.
   virtual int64_t inference_scalars() const { return spec_.channels > 0 ? spec_.channels : 1; }
-  // The integer form for export (METHODS 12, docs/export.md): codes
+  // The integer form for export (docs/methods.md, "Integer inference"; docs/export.md): codes
   // q = clamp(round(x * (1/s)) + z, qmin, qmax) with one (s, z) per channel (one entry when
   // per-tensor), such that the fake-quantized value is (q - z) * s. nullopt for quantizers
   // without one (DSQ, DoReFa, PACT, ...), and while disabled or calibrating.
