@@ -325,6 +325,8 @@ TEST(Cli, ExportIntWritesTheIntegerModelAndRefusesBadInput) {
   EXPECT_EQ(rep["verified_images"], 8);  // 32 synthetic images, a quarter for test
   EXPECT_GE(rep["codes"]["equal_fraction"].get<double>(), 0.999);
   EXPECT_LE(rep["codes"]["max_diff"].get<int>(), 1);
+  EXPECT_GE(rep["codes_fed"]["equal_fraction"].get<double>(), 0.999);
+  EXPECT_LE(rep["codes_fed"]["max_diff"].get<int>(), 1);
   EXPECT_EQ(rep["codes_per_layer"].size(), 4u);  // dsnet: three convs and the classifier
   // Again into the same folder (an earlier export is replaced), with fixed-point multipliers.
   r = run("export " + q + " --checkpoint " + ckpt + " --format int --out " + (d / "qi").string() +
