@@ -25,7 +25,8 @@ namespace lowbit::quant {
 struct LowerOptions {
   // Round each folded bias to its integer grid (scale s_x s_w[k]) in the model itself (BN beta,
   // conv or linear bias), so that the fake-quant evaluation and the integer model add the same
-  // bias (docs/methods.md, "Integer inference"). Without it the integer model still rounds, the model is left untouched.
+  // bias (docs/methods.md, "Integer inference"). Without it the integer model still rounds, the
+  // model is left untouched.
   bool snap_biases = true;
 };
 

@@ -1,5 +1,6 @@
-// Integer-only reference inference (docs/methods.md, "Integer inference"; docs/export.md): the integer model that
-// `lowbit export --format int` writes, how it is stored, and the loops that run it.
+// Integer-only reference inference (docs/methods.md, "Integer inference"; docs/export.md): the
+// integer model that `lowbit export --format int` writes, how it is stored, and the loops that run
+// it.
 //
 // A model is a list of ops on values. A value is one of
 //   - the float input (the normalised image; quantized once by a `quantize` op),

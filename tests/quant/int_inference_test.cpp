@@ -1,7 +1,8 @@
-// Integer-only reference inference (quant/int_inference.h, quant/int_export.h; docs/methods.md, "Integer inference"):
-// requantization against exact references (ties, saturation), code packing at 1-8 bits, the
-// integer conv/linear against the fake-quant layer, whole QAT models whose every layer's codes
-// match lowbit's fake-quant evaluation, the files, and the errors for what has no integer form.
+// Integer-only reference inference (quant/int_inference.h, quant/int_export.h; docs/methods.md,
+// "Integer inference"): requantization against exact references (ties, saturation), code packing at
+// 1-8 bits, the integer conv/linear against the fake-quant layer, whole QAT models whose every
+// layer's codes match lowbit's fake-quant evaluation, the files, and the errors for what has no
+// integer form.
 #include "quant/int_inference.h"
 
 #include <gtest/gtest.h>
