@@ -46,8 +46,8 @@ ConvShape conv2d_shape(const Tensor& x, const Tensor& w, const Conv2dOptions& o)
                " must be positive in both dims");
   LOWBIT_CHECK(s.pad_h >= 0 && s.pad_w >= 0, "conv2d: padding ", s.pad_h, "x", s.pad_w,
                " must be non-negative in both dims");
-  s.p = (s.h + 2 * s.pad_h - s.dil_h * (s.r - 1) - 1) / s.stride_h + 1;
-  s.q = (s.w + 2 * s.pad_w - s.dil_w * (s.s - 1) - 1) / s.stride_w + 1;
+  s.p = conv_out_size(s.h, s.r, s.stride_h, s.pad_h, s.dil_h);
+  s.q = conv_out_size(s.w, s.s, s.stride_w, s.pad_w, s.dil_w);
   LOWBIT_CHECK(s.p > 0 && s.q > 0, "conv2d: input ", x.shape(), " is too small for kernel ", s.r,
                "x", s.s, " with padding ", s.pad_h, "x", s.pad_w, " and dilation ", s.dil_h, "x",
                s.dil_w, " (output ", s.p, "x", s.q, ")");

@@ -59,6 +59,10 @@ struct ConvShape {
 };
 
 ConvShape conv2d_shape(const Tensor& x, const Tensor& w, const Conv2dOptions& o);
+// Output size along one axis: (in + 2 pad - dil (k - 1) - 1) / stride + 1.
+inline int64_t conv_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dil) {
+  return (in + 2 * pad - dil * (k - 1) - 1) / stride + 1;
+}
 
 // Functional form: x (N, H, W, C), weight (K, R, S, C/groups), bias (K) or undefined.
 // Differentiable in x, weight and bias.

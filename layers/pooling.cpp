@@ -11,7 +11,6 @@
 
 namespace lowbit::layers {
 
-namespace {
 int64_t pooled_size(int64_t in, int64_t k, int64_t s, int64_t p, bool ceil_mode) {
   const int64_t span = in + 2 * p - k;
   int64_t out = (ceil_mode ? (span + s - 1) / s : span / s) + 1;
@@ -19,7 +18,6 @@ int64_t pooled_size(int64_t in, int64_t k, int64_t s, int64_t p, bool ceil_mode)
   if (ceil_mode && (out - 1) * s >= in + p) --out;
   return out;
 }
-}  // namespace
 
 PoolGeom pool_geom(const Tensor& x, const Pool2dOptions& o, const char* op) {
   LOWBIT_CHECK(x.defined() && x.dim() == 4, op, " wants NHWC input (4-D), got ",

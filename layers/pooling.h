@@ -43,6 +43,8 @@ Tensor max_pool2d(const Tensor& x, const Pool2dOptions& o);
 Tensor avg_pool2d(const Tensor& x, const Pool2dOptions& o);
 // Mean over H and W: (N, H, W, C) -> (N, C).
 Tensor global_avg_pool2d(const Tensor& x);
+// Output size of a pooling window k, stride s, padding p over `in` (PyTorch's, ceil mode too).
+int64_t pooled_size(int64_t in, int64_t k, int64_t s, int64_t p, bool ceil_mode);
 
 class MaxPool2d : public Module {
  public:
@@ -50,6 +52,7 @@ class MaxPool2d : public Module {
   Tensor forward(const Tensor& x) override { return max_pool2d(x, opts_); }
   std::string type_name() const override { return "MaxPool2d"; }
   std::string extra_repr() const override;
+  const Pool2dOptions& options() const { return opts_; }
 
  private:
   Pool2dOptions opts_;

@@ -130,6 +130,11 @@ Tensor LsqQuantizer::quantize(const Tensor& x) {
   return lsq_quantize(x, s, spec().range, grad_scale(x), spec().axis);
 }
 
+std::optional<IntegerForm> LsqQuantizer::integer_form() {
+  if (!enabled() || calibrating() || !initialized()) return std::nullopt;
+  return make_integer_form(scale_, Tensor(), spec().range);
+}
+
 LOWBIT_REGISTER_QUANTIZER("lsq", LsqQuantizer);
 
 }  // namespace lowbit::quant

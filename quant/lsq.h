@@ -57,6 +57,7 @@ class LsqQuantizer : public LsqQuantizerBase {
  public:
   explicit LsqQuantizer(OptionReader& r);
   std::string type_name() const override { return "LsqQuantizer"; }
+  std::optional<IntegerForm> integer_form() override;
 
  protected:
   Tensor quantize(const Tensor& x) override;

@@ -308,4 +308,18 @@ void clamp_quantizer_parameters(layers::Module& root) {
   for (auto& [name, q] : find_quantizers(root)) q->clamp_parameters();
 }
 
+IntegerForm make_integer_form(const Tensor& scale, const Tensor& zero_point, QuantRange range) {
+  IntegerForm f;
+  f.range = range;
+  const Tensor s = scale.detach().to(Device::cpu(), DType::f64).contiguous();
+  f.scale.assign(s.data<double>(), s.data<double>() + s.numel());
+  if (zero_point.defined()) {
+    const Tensor z = zero_point.detach().to(Device::cpu(), DType::i64).contiguous();
+    f.zero_point.assign(z.data<int64_t>(), z.data<int64_t>() + z.numel());
+  } else {
+    f.zero_point.assign(f.scale.size(), 0);
+  }
+  return f;
+}
+
 }  // namespace lowbit::quant

@@ -20,6 +20,7 @@
 #include <initializer_list>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
@@ -115,6 +116,13 @@ struct QuantizerSpec {
   QuantRange range;      // quant_range(bits, is_signed, narrow_range), or the quantizer's own
 };
 
+// A quantizer's integer form: scales (f32 values, held in double), zero points and code range.
+struct IntegerForm {
+  std::vector<double> scale;
+  std::vector<int64_t> zero_point;
+  QuantRange range;
+};
+
 class Quantizer : public layers::Module {
  public:
   // The fake-quantized x (its dtype and shape), differentiable, or x itself when calibrating or
@@ -144,6 +152,11 @@ class Quantizer : public layers::Module {
   // How many fp32 values inference needs besides the integer weights (METHODS 10: scales,
   // zero-points of asymmetric quantizers, learned clip values). Default: one scale per channel.
   virtual int64_t inference_scalars() const { return spec_.channels > 0 ? spec_.channels : 1; }
+  // The integer form for export (docs/methods.md, "Integer inference"; docs/export.md): codes
+  // q = clamp(round(x * (1/s)) + z, qmin, qmax) with one (s, z) per channel (one entry when
+  // per-tensor), such that the fake-quantized value is (q - z) * s. nullopt for quantizers
+  // without one (DSQ, DoReFa, PACT, ...), and while disabled or calibrating.
+  virtual std::optional<IntegerForm> integer_form() { return std::nullopt; }
 
  protected:
   // Parses the shared options (role, bits, signed, narrow_range, per_channel, axis, channels)
@@ -176,6 +189,10 @@ class Quantizer : public layers::Module {
   bool enabled_ = true;
   bool frozen_ = false;
 };
+
+// An IntegerForm from a scale tensor (f32, any device) and a zero-point tensor (integer, or
+// undefined for zero), with `range`.
+IntegerForm make_integer_form(const Tensor& scale, const Tensor& zero_point, QuantRange range);
 
 using QuantizerPtr = std::shared_ptr<Quantizer>;
 using QuantizerFactory = std::function<QuantizerPtr(OptionReader& options)>;

@@ -93,4 +93,9 @@ Tensor UniformQuantizer::quantize(const Tensor& x) {
 
 LOWBIT_REGISTER_QUANTIZER("uniform", UniformQuantizer);
 
+std::optional<IntegerForm> UniformQuantizer::integer_form() {
+  if (!enabled() || calibrating() || !has_statistics()) return std::nullopt;
+  return make_integer_form(scale(), zero_point(), spec().range);
+}
+
 }  // namespace lowbit::quant

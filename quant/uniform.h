@@ -39,6 +39,7 @@ class UniformQuantizer : public Quantizer {
   bool symmetric() const { return symmetric_; }
   const Observer& observer() const { return *observer_; }
   // Scales, plus zero-points when asymmetric (METHODS 10).
+  std::optional<IntegerForm> integer_form() override;
   int64_t inference_scalars() const override {
     return Quantizer::inference_scalars() * (symmetric_ ? 1 : 2);
   }

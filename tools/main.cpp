@@ -14,6 +14,7 @@
 #include "dist/world.h"
 #include "tools/bench.h"
 #include "tools/compare.h"
+#include "tools/export.h"
 #include "tools/info.h"
 #include "train/config.h"
 #include "train/ptq.h"
@@ -34,6 +35,7 @@ const char* kUsage =
     "  info      print the build, backends and devices; --model CONFIG: per-layer size/BOPs\n"
     "  compare   the summaries of finished runs side by side (markdown), with differences\n"
     "  plot      loss, top-1, learning rate, bits and channels per layer of runs, as a PNG\n"
+    "  export    write a checkpoint as an integer-only model or ONNX, checked against lowbit\n"
     "\n"
     "Run 'lowbit <command> --help' for a command's options.\n"
     "Exit codes: 0 success, 1 runtime failure, 2 bad input (config, data, arguments).\n";
@@ -286,6 +288,7 @@ int run(int argc, char** argv) {
   if (cmd == "prune") return run_prune_cmd(argc, argv);
   if (cmd == "ptq") return run_ptq_cmd(argc, argv);
   if (cmd == "bench") return lowbit::tools::run_bench(argc, argv, std::cout);
+  if (cmd == "export") return lowbit::tools::run_export(argc, argv, std::cout);
   if (cmd == "plot") return run_plot(argc, argv);
   if (cmd == "compare") {
     if (argc > 2 && is_help(argv[2])) {

@@ -1228,6 +1228,16 @@ layers::ModulePtr load_trained(const ExperimentConfig& cfg, const std::string& c
   return model;
 }
 
+layers::ModulePtr load_trained_model(const ExperimentConfig& cfg, const std::string& checkpoint,
+                                     Device dev, DataSource* data) {
+  ModelState ms;
+  return load_trained(cfg, checkpoint, dev, data, &ms);
+}
+
+EvalResult evaluate_model(layers::Module& model, DataSource& data, Device dev) {
+  return evaluate(model, data, dev);
+}
+
 PruneRunResult run_prune(const ExperimentConfig& cfg, const std::string& checkpoint,
                          const std::string& out_dir, const std::string& device_override,
                          bool print) {

@@ -14,6 +14,7 @@
 #include "core/device.h"
 #include "layers/module.h"
 #include "train/config.h"
+#include "train/data_setup.h"
 
 namespace lowbit::train {
 
@@ -74,5 +75,13 @@ layers::ModulePtr build_model_offline(const ExperimentConfig& cfg, Shape* sample
 // weights-only file, PyTorch layout) on the config's test set.
 EvalResult run_evaluation(const ExperimentConfig& cfg, const std::string& checkpoint,
                           const std::string& device_override = "");
+
+// The config's data (*data) and model with the weights (and the pruned / quantized structure)
+// of `checkpoint`, on `dev`; what run_evaluation evaluates. InputError when the checkpoint does
+// not match the config.
+layers::ModulePtr load_trained_model(const ExperimentConfig& cfg, const std::string& checkpoint,
+                                     Device dev, DataSource* data);
+// Top-1/top-5 and mean loss of `model` over data's whole test set (all ranks together).
+EvalResult evaluate_model(layers::Module& model, DataSource& data, Device dev);
 
 }  // namespace lowbit::train

@@ -51,7 +51,8 @@ stages: [{epochs: 1, optimizer: {lr: 0.01}}]
 )";
 
 TEST(Cli, HelpOnEveryCommand) {
-  for (const char* c : {"--help", "train --help", "eval --help", "info --help", "ptq --help"}) {
+  for (const char* c :
+       {"--help", "train --help", "eval --help", "info --help", "ptq --help", "export --help"}) {
     Result r = run(c);
     EXPECT_EQ(r.code, 0) << c;
     EXPECT_THAT(r.output, HasSubstr("usage: lowbit")) << c;
@@ -501,3 +502,88 @@ TEST(Cli, PlotRefusesWhatIsNotARunAndSkipsACutLastRecord) {
 }
 
 }  // namespace
+
+// lowbit export --format int: the integer model's files and report; bad input exits 2 and
+// leaves nothing at --out.
+TEST(Cli, ExportIntWritesTheIntegerModelAndRefusesBadInput) {
+  fs::path d = temp_dir() / "export";
+  fs::create_directories(d);
+  const std::string data =
+      "data: {dataset: synthetic, synthetic_size: 32, synthetic_hw: 8, synthetic_channels: 1, "
+      "synthetic_classes: 2, batch_size: 16}\n";
+  const std::string stages =
+      "stages: [{epochs: 1, optimizer: {lr: 0.01}}, {kind: qat, epochs: 1, optimizer: {lr: "
+      "0.01}}]\n";
+  std::ofstream(d / "q.yaml") << "name: q\ndevice: cpu\n"
+                              << data
+                              << "model: {name: dsnet}\n"
+                                 "quant: {weight: {quantizer: lsq, bits: 4}, activation: "
+                                 "{quantizer: lsq, bits: 4}}\n"
+                              << stages;
+  std::ofstream(d / "dsq.yaml") << "name: dsq\ndevice: cpu\n"
+                                << data
+                                << "model: {name: dsnet}\n"
+                                   "quant: {weight: {quantizer: lsq, bits: 4}, activation: "
+                                   "{quantizer: dsq, bits: 4}}\n"
+                                << stages;
+  std::ofstream(d / "other.yaml") << "name: other\ndevice: cpu\n"
+                                  << data
+                                  << "model: {name: resnet20}\n"
+                                     "quant: {weight: {quantizer: lsq, bits: 4}, activation: "
+                                     "{quantizer: lsq, bits: 4}}\n"
+                                  << stages;
+  for (const char* n : {"q", "dsq"}) {
+    Result t = run("train " + (d / (std::string(n) + ".yaml")).string() + " --out " +
+                   (d / n).string() + " --no-progress");
+    ASSERT_EQ(t.code, 0) << t.output;
+  }
+  const std::string q = (d / "q.yaml").string(), ckpt = (d / "q" / "model.safetensors").string();
+  Result r = run("export " + q + " --checkpoint " + ckpt + " --format int --out " +
+                 (d / "qi").string() + " --verify all");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("integer top-1"));
+  for (const char* f : {"model.json", "weights.bin", "export_report.json"})
+    EXPECT_TRUE(fs::exists(d / "qi" / f)) << f;
+  nlohmann::json rep = nlohmann::json::parse(std::ifstream(d / "qi" / "export_report.json"));
+  EXPECT_EQ(rep["verified_images"], 8);  // 32 synthetic images, a quarter for test
+  EXPECT_GE(rep["codes"]["equal_fraction"].get<double>(), 0.999);
+  EXPECT_LE(rep["codes"]["max_diff"].get<int>(), 1);
+  EXPECT_GE(rep["codes_fed"]["equal_fraction"].get<double>(), 0.999);
+  EXPECT_LE(rep["codes_fed"]["max_diff"].get<int>(), 1);
+  EXPECT_EQ(rep["codes_per_layer"].size(), 4u);  // dsnet: three convs and the classifier
+  // Again into the same folder (an earlier export is replaced), with fixed-point multipliers.
+  r = run("export " + q + " --checkpoint " + ckpt + " --format int --out " + (d / "qi").string() +
+          " --fixed-point");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(nlohmann::json::parse(std::ifstream(d / "qi" / "export_report.json"))["requant"],
+            "fixed_point");
+
+  struct Bad {
+    std::string args, out, message;
+  };
+  const std::vector<Bad> bad{
+      {(d / "dsq.yaml").string() + " --checkpoint " + (d / "dsq" / "model.safetensors").string(),
+       "b1", "layer 'features.0.0': its input quantizer 'dsq' has no integer form"},
+      {(d / "other.yaml").string() + " --checkpoint " + ckpt, "b2", "model.safetensors"},
+      {q + " --checkpoint " + ckpt, "/proc/lowbit_no/x", "cannot create the output folder"},
+      {q + " --checkpoint " + (d / "missing.safetensors").string(), "b3", "missing.safetensors"},
+      {q + " --checkpoint " + ckpt + " --verify some", "b4", "--verify 'some'"},
+  };
+  for (const Bad& b : bad) {
+    const fs::path out = b.out[0] == '/' ? fs::path(b.out) : d / b.out;
+    r = run("export " + b.args + " --format int --out " + out.string());
+    EXPECT_EQ(r.code, 2) << b.args << "\n" << r.output;
+    EXPECT_THAT(r.output, HasSubstr(b.message));
+    EXPECT_FALSE(fs::exists(out)) << out;
+  }
+  // A folder holding something else is not replaced.
+  fs::create_directories(d / "keep");
+  std::ofstream(d / "keep" / "mine.txt") << "x";
+  r = run("export " + q + " --checkpoint " + ckpt + " --format int --out " + (d / "keep").string());
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.output, HasSubstr("not an earlier export"));
+  EXPECT_TRUE(fs::exists(d / "keep" / "mine.txt"));
+  for (const auto& e : fs::directory_iterator(d))
+    EXPECT_EQ(e.path().string().find(".partial-"), std::string::npos) << e.path();
+  fs::remove_all(d);
+}
