@@ -35,7 +35,7 @@ def read_run(folder):
     log = p / "log.jsonl"
     if not log.is_file():
         fail(f"{p}: no log.jsonl (is it a lowbit run folder?)")
-    steps, epochs = [], []
+    steps, epochs, search = [], [], []
     offset, last_stage, last_step = 0, None, -1
     text = log.read_text()
     lines = text.splitlines()
@@ -60,11 +60,14 @@ def read_run(folder):
             steps.append((offset + r.get("step", 0), r.get("train_loss"), r.get("lr")))
         elif r.get("kind") == "epoch":
             epochs.append((r.get("epoch"), r.get("test_top1")))
+            if isinstance(r.get("search"), dict):  # a mixed-precision search's epoch
+                search.append((r.get("epoch"), r["search"].get("probabilities", {})))
     summary = read_json(p / "summary.json") if (p / "summary.json").is_file() else {}
     prune = []
     for rep in sorted(p.glob("prune_report*.json")):
         prune += read_json(rep).get("layers", [])
-    return {"name": str(p), "steps": steps, "epochs": epochs, "summary": summary, "prune": prune}
+    return {"name": str(p), "steps": steps, "epochs": epochs, "summary": summary, "prune": prune,
+            "search": search}
 
 
 def main():
@@ -86,7 +89,8 @@ def main():
 
     quantized = [r for r in runs if any(l["weight_bits"] < 32 for l in weighted(r))]
     pruned = [r for r in runs if r["prune"]]
-    panels = 3 + (1 if quantized else 0) + (1 if pruned else 0)
+    searched = [r for r in runs if r["search"]]
+    panels = 3 + (1 if quantized else 0) + (1 if pruned else 0) + (1 if searched else 0)
     fig, axes = plt.subplots(panels, 1, figsize=(9, 3.2 * panels))
     ax_loss, ax_top1, ax_lr = axes[0], axes[1], axes[2]
     for r in runs:
@@ -114,6 +118,18 @@ def main():
             ax.plot(range(len(ls)), [l.get("channels_after", 0) for l in ls], marker=".", label=r["name"] + " kept")
             ax.plot(range(len(ls)), [l.get("channels_before", 0) for l in ls], linestyle=":", label=r["name"] + " before")
         ax.set(xlabel="pruned layer", ylabel="channels", title="channels kept per layer")
+        k += 1
+    if searched:
+        # The probability of each layer's last candidate (the widest in the recipes) per epoch.
+        ax = axes[k]
+        for r in searched:
+            layers = list(r["search"][-1][1].keys())
+            for name in layers:
+                pts = [(e, p[name][-1]) for e, p in r["search"] if name in p and p[name]]
+                ax.plot([e for e, _ in pts], [v for _, v in pts], marker=".",
+                        label=(r["name"] + " " if len(searched) > 1 else "") + name)
+        ax.set(xlabel="epoch", ylabel="p(last candidate)",
+               title="mixed-precision search: probability of the last candidate per layer")
     for ax in axes:
         ax.grid(alpha=0.3)
         if ax.lines:

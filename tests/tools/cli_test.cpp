@@ -395,7 +395,7 @@ Panels count_panels(const fs::path& png) {
   return p;
 }
 
-TEST(Cli, PlotDrawsOnePanelPerQuantityForFloatQatAndPfqRuns) {
+TEST(Cli, PlotDrawsOnePanelPerQuantityForFloatQatPfqAndSearchRuns) {
   if (std::system("/usr/bin/python3 -c 'import matplotlib' >/dev/null 2>&1") != 0) {
     GTEST_SKIP()
         << "/usr/bin/python3 has no matplotlib (scripts/setup.sh installs python3-matplotlib)";
@@ -422,15 +422,28 @@ stages:
   - {name: pfq, kind: prune, epochs: 0}
   - {name: qat, kind: qat, epochs: 1, optimizer: {lr: 0.01}}
 )";
-  const std::string f = (d / "f").string(), q = (d / "q").string(), p = (d / "p").string();
-  for (const auto& [cfg, out] : {std::pair{"c.yaml", f}, {"q.yaml", q}, {"p.yaml", p}}) {
+  // A mixed-precision search, then QAT with its choices: bits per layer and the search's
+  // probabilities per layer over its epochs.
+  std::ofstream(d / "s.yaml") << "name: tinys\ndevice: cpu\n"
+                              << data << R"(model: {name: dsnet}
+search: {theta_batches: 1}
+quant: {weight: {quantizer: lsq, bits: 4}, first_last_bits: 0, fold_bn: false}
+stages:
+  - {name: mp, kind: search, epochs: 2, optimizer: {lr: 0.01}}
+  - {name: qat, kind: qat, quantize: weights, epochs: 1, optimizer: {lr: 0.01}}
+)";
+  const std::string f = (d / "f").string(), q = (d / "q").string(), p = (d / "p").string(),
+                    sr = (d / "s").string();
+  for (const auto& [cfg, out] :
+       {std::pair{"c.yaml", f}, {"q.yaml", q}, {"p.yaml", p}, {"s.yaml", sr}}) {
     Result t = run("train " + (d / cfg).string() + " --out " + out +
                    " --no-progress --set log_interval=1");
     ASSERT_EQ(t.code, 0) << t.output;
   }
-  // Loss, top-1 and learning rate; bits per layer once quantized; channels kept once pruned.
+  // Loss, top-1 and learning rate; bits per layer once quantized; channels kept once pruned;
+  // the probabilities of a search.
   const std::vector<std::pair<std::string, int>> cases = {
-      {f, 3}, {q, 4}, {p, 5}, {f + " " + q + " " + p, 5}};
+      {f, 3}, {q, 4}, {p, 5}, {f + " " + q + " " + p, 5}, {sr, 5}};
   for (size_t i = 0; i < cases.size(); ++i) {
     const fs::path png = d / ("plot" + std::to_string(i) + ".png");
     Result r = run("plot " + cases[i].first + " --out " + png.string());
