@@ -184,9 +184,10 @@ TEST(SearchStage, BadConfigsNameTheKey) {
       {"search.val_fraction=0", "search.val_fraction"},
       {"search.val_fraction=1", "search.val_fraction"},
   };
-  for (const auto& [set, want] : cases) {
+  for (const auto& c : cases) {
+    const std::string set = c.first;
     EXPECT_THAT(testing::error_of([&] { parse_config(kSearch, "tinysearch.yaml", {set}); }),
-                HasSubstr("tinysearch.yaml: " + want))
+                HasSubstr("tinysearch.yaml: " + c.second))
         << set;
   }
   ExperimentConfig cfg = parse_config(kSearch, "tinysearch.yaml", {"search.skip=[\"*\"]"});
