@@ -42,9 +42,11 @@ int64_t round_scaled_fixed(int64_t v, FixedPointMultiplier f) {
   using i128 = __int128;
   if (f.shift >= 126) return 0;  // |v m0| < 2^94: below one half
   const i128 p = i128(v) * f.m0;
-  if (f.shift <= 0) return int64_t(p << -f.shift);
+  // Multiplications by powers of two, not left shifts: shifting a negative value left is
+  // undefined in C++17 (UBSan reports it).
+  if (f.shift <= 0) return int64_t(p * (i128(1) << -f.shift));
   i128 q = p >> f.shift;  // floor (arithmetic shift)
-  const i128 rem = p - (q << f.shift), half = i128(1) << (f.shift - 1);
+  const i128 rem = p - q * (i128(1) << f.shift), half = i128(1) << (f.shift - 1);
   if (rem > half || (rem == half && (q & 1))) ++q;
   return int64_t(q);
 }

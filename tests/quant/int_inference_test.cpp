@@ -55,7 +55,7 @@ TEST(Requant, FloatMultiplierMatchesExactReferenceWithTies) {
   EXPECT_EQ(round_scaled(-7, 0.5), -4);
   for (int k = 1; k < 20; ++k)
     for (int64_t n = -50; n <= 50; ++n) {
-      const int64_t v = (2 * n + 1) << (k - 1);  // v / 2^k = n + 1/2
+      const int64_t v = (2 * n + 1) * (int64_t(1) << (k - 1));  // v / 2^k = n + 1/2
       const int64_t even = (n % 2 == 0) ? n : n + 1;
       ASSERT_EQ(round_scaled(v, std::ldexp(1.0, -k)), even) << v << " k=" << k;
       ASSERT_EQ(round_scaled_fixed(v, fixed_point_multiplier(std::ldexp(1.0, -k))), even);
