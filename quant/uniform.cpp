@@ -80,6 +80,12 @@ const Tensor& UniformQuantizer::zero_point() {
 
 void UniformQuantizer::calibrate(const Tensor& x) { observe(x); }
 
+void UniformQuantizer::end_calibration() {
+  autograd::NoGradGuard guard;
+  observer_->finalize(min_val_, max_val_);
+  stale_ = true;  // the qparams follow the buffers, whoever writes them next
+}
+
 Tensor UniformQuantizer::quantize(const Tensor& x) {
   if (is_training() && !frozen() && (observer_->observes_in_training() || !has_statistics())) {
     observe(x);

@@ -50,6 +50,10 @@ class UniformQuantizer : public Quantizer {
 
   Tensor quantize(const Tensor& x) override;
   void calibrate(const Tensor& x) override;
+  // Fixes the range of what was calibrated into min_val/max_val (percentile, mse, kl compute it
+  // from their stored values here), so that writing the buffers afterwards (a distributed run
+  // broadcasts rank 0's) decides the qparams, not this process's stored values.
+  void end_calibration() override;
   std::string options_repr() const override;
   // Turns the observed range (f32 (C) each) into {scale f32 (C), zero_point i32 (C)}. The
   // default is calc_qparams (METHODS 2.3); a subclass may adjust the result (pow2 rounds the

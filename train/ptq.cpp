@@ -586,6 +586,7 @@ void prepare_ptq_stage(StageContext& c) {
   c.ms.plan = o.plan;
   c.ms.quantized = true;
   c.model.to(c.dev);
+  c.report(o.summary);
   if (root) {
     std::ofstream(c.out_dir / ("ptq_" + c.config().name + ".json")) << o.summary.dump(2) << "\n";
   }

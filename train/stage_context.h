@@ -26,8 +26,9 @@ struct ModelState {
   quant::QuantPlan plan;
   std::string search_plan;                     // quant::SearchPlan JSON while a search runs
   std::vector<quant::QuantRule> search_rules;  // quant::choice_rules of the last search
-  std::string stage_results;                   // JSON object: what stage loops found, by stage name
-  nlohmann::json precrop;  // the report of a precrop stage (log.jsonl, summary.json), or null
+  // JSON object by stage name: what a stage's prepare() reported (StageContext::report) and what
+  // its loop found (StageLoop::finish); summary.json's "stages".
+  std::string stage_results;
 };
 
 // What a stage kind's prepare() works on (train/registries.h).
@@ -44,6 +45,17 @@ struct StageContext {
   dist::ProcessGroup& group;
 
   const StageConfig& config() const { return cfg.stages[size_t(stage)]; }
+  // What prepare() did, for the run's records: a log.jsonl record {"kind": <stage kind>,
+  // "stage": <name>, ...rec} written when prepare() returns, and the stage's entry in
+  // summary.json's "stages" (kept in checkpoints, so a resumed run still reports it).
+  void report(nlohmann::json rec) {
+    rec["kind"] = config().kind;
+    rec["stage"] = config().name;
+    nlohmann::json all = ms.stage_results.empty() ? nlohmann::json::object()
+                                                  : nlohmann::json::parse(ms.stage_results);
+    all[config().name] = std::move(rec);
+    ms.stage_results = all.dump();
+  }
   // A source of the first n training batches of this epoch's order (calibration).
   std::function<bool(Tensor&)> batches(int64_t n) {
     data.train->set_epoch(global_epoch);

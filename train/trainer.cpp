@@ -441,14 +441,14 @@ void prepare_precrop_stage(StageContext& c) {
   prune::apply_precrop(c.model, plan, sample);
   c.model.to(c.dev);
   c.ms.pruned = true;  // new channel shapes, or the masks' buffers
-  c.ms.precrop = plan.report.to_json();
-  c.ms.precrop["stage"] = c.config().name;
+  json rec = plan.report.to_json();
+  c.report(rec);
   if (dist::is_root()) {
     const std::string table = plan.report.table();
     if (c.progress) std::printf("%s", table.c_str());
     std::ofstream(c.out_dir / ("precrop_report_" + c.config().name + ".txt")) << table;
     std::ofstream(c.out_dir / ("precrop_report_" + c.config().name + ".json"))
-        << c.ms.precrop.dump(2) << "\n";
+        << rec.dump(2) << "\n";
   }
 }
 
@@ -830,10 +830,10 @@ class TrainingRun {
                      out_, progress_, *group_};
     if (!mid_stage_resume) {
       prepare_stage(ctx);
-      if (!ms_.precrop.is_null() && st.kind == "precrop") {
-        json rec = ms_.precrop;
-        rec["kind"] = "precrop";
-        write_log(rec);
+      if (!ms_.stage_results.empty()) {  // what prepare() reported (StageContext::report)
+        const json results = json::parse(ms_.stage_results);
+        auto rec = results.find(st.name);
+        if (rec != results.end()) write_log(*rec);
       }
     }
     if (stage.kind.make_loop) stage.loop = stage.kind.make_loop(ctx);
@@ -886,7 +886,12 @@ class TrainingRun {
         // The loop's result (a search's choices) changes the model: checkpoint it so a resume
         // starts the next stage from it.
         json results = ms_.stage_results.empty() ? json::object() : json::parse(ms_.stage_results);
-        results[st.name] = stage.loop->finish();
+        json found = stage.loop->finish();
+        if (results.contains(st.name) && found.is_object()) {
+          results[st.name].update(found);  // beside what prepare() reported
+        } else {
+          results[st.name] = std::move(found);
+        }
         ms_.stage_results = results.dump();
         if (root_) save_checkpoint(out_, *model_, nullptr, pos_, cfg_, dev_, ms_);
       }
@@ -1162,7 +1167,6 @@ class TrainingRun {
             {"config_file", cfg_.file},
             {"git_commit", LOWBIT_GIT_COMMIT},
             {"finished_at", now_iso()}};
-    if (!ms_.precrop.is_null()) sj["precrop"] = ms_.precrop;
     const fs::path tmp = out_ / "summary.json.tmp";
     {
       std::ofstream f(tmp);

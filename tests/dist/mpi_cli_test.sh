@@ -92,6 +92,9 @@ YAML
 "${mpirun[@]}" -np 2 "$lowbit" train "$work/ptq.yaml" --out "$work/p" --no-progress >"$work/p.log" 2>&1 ||
   { cat "$work/p.log"; fail "2-rank ptq stage"; }
 [ -f "$work/p/ptq_ptq.json" ] && [ -f "$work/p/pareto.csv" ] || fail "ptq stage: no ptq_ptq.json or pareto.csv"
+grep -q '"kind":"ptq"' "$work/p/log.jsonl" || fail "ptq stage: no ptq record in log.jsonl"
+[ "$(json "$work/p/summary.json" '["stages"]["ptq"]["calibration_images"]')" -gt 0 ] ||
+  fail "ptq stage: summary.json has no stages.ptq.calibration_images"
 "$lowbit" train "$work/ptq.yaml" --out "$work/p1" --no-progress >"$work/p1.log" 2>&1 ||
   { cat "$work/p1.log"; fail "1-process ptq stage"; }
 p2=$(json "$work/p/summary.json" '["test_top1"]')

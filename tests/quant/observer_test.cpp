@@ -132,6 +132,28 @@ TEST(PercentileObserver, NumpyLinearOverAllCalibrationValues) {
   EXPECT_DOUBLE_EQ(percentile_linear({1, 3}, 100.0), 3.0);
 }
 
+// A distributed run calibrates on each rank's shard, then broadcasts rank 0's buffers: the range
+// is fixed when calibration ends, so the buffers written afterwards decide the qparams (the
+// stored values of this rank must not be finalised over them). Every stored-values observer.
+TEST(PercentileObserver, BuffersWrittenAfterCalibrationDecideTheRange) {
+  for (const char* observer : {"percentile", "mse", "kl"}) {
+    auto q = uniform({{"observer", observer}});
+    q->set_calibrating(true);
+    std::vector<double> v;
+    for (int i = 0; i < 100; ++i) v.push_back(double(i) - 30.0);
+    q->forward(tensor_of(v, {100}));
+    q->set_calibrating(false);
+    EXPECT_LT(min_of(q), 0.0) << observer;        // computed when calibration ended
+    for (auto& [name, b] : q->named_buffers()) {  // what a broadcast from rank 0 writes
+      if (name == "min_val") b.copy_(tensor_of({-1.0}, {1}));
+      if (name == "max_val") b.copy_(tensor_of({3.0}, {1}));
+    }
+    EXPECT_NEAR(to_doubles(q->scale())[0], 4.0 / 255.0, 1e-7) << observer;
+    EXPECT_EQ(min_of(q), -1.0) << observer;
+    EXPECT_EQ(max_of(q), 3.0) << observer;
+  }
+}
+
 TEST(PercentileObserver, DefaultsAndPerChannel) {
   auto q = uniform({{"observer", "percentile"},
                     {"role", "weight"},

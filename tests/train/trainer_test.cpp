@@ -268,12 +268,26 @@ TEST(Trainer, PrecropStageMasksStayThroughOptimizerStepsAndCropsShrink) {
   EXPECT_GT(trained, 0);
   std::ifstream sj(full / "summary.json");
   nlohmann::json sum = nlohmann::json::parse(sj);
-  EXPECT_EQ(sum["precrop"]["method"], "pai");
+  EXPECT_EQ(sum["stages"]["crop"]["kind"], "precrop");
+  EXPECT_EQ(sum["stages"]["crop"]["method"], "pai");
+  bool logged = false;  // the report is a log.jsonl record too
+  std::ifstream lj(full / "log.jsonl");
+  for (std::string line; std::getline(lj, line);) {
+    const nlohmann::json rec = nlohmann::json::parse(line);
+    if (rec.value("kind", "") == "precrop") {
+      EXPECT_EQ(rec["stage"], "crop");
+      EXPECT_EQ(rec["params_after"], sum["stages"]["crop"]["params_after"]);
+      logged = true;
+    }
+  }
+  EXPECT_TRUE(logged);
   EXPECT_LT(sum["nonzero_params"].get<int64_t>(), sum["params"].get<int64_t>());
   EXPECT_TRUE(fs::exists(full / "precrop_report_crop.json"));
   EXPECT_NEAR(run_evaluation(cfg, (full / "model.safetensors").string()).top1, s.test.top1, 1e-12);
-  // Stopped after each epoch and resumed: the same weights, masks included.
+  // Stopped after each epoch and resumed: the same weights, masks included, and the report.
   expect_resumed_run_matches(cfg, parts, f.tensors);
+  std::ifstream psj(parts / "summary.json");
+  EXPECT_EQ(nlohmann::json::parse(psj)["stages"]["crop"], sum["stages"]["crop"]);
   // precrop: a dense model with fewer parameters.
   ExperimentConfig crop = parse_config(
       kSynthetic, "tinycrop.yaml",
