@@ -138,4 +138,29 @@ struct TrainResult {
 // loading is measured. Throws InputError for bad options (unknown model, mode).
 TrainResult run_train_bench(const TrainOptions& opts);
 
+// --- input-pipeline benchmark ----------------------------------------------------------------
+
+struct DataOptions {
+  std::string folder;  // an image folder: folder/<class>/*.jpg
+  int64_t size = 224;  // random_resized_crop output (size x size)
+  int64_t batch = 64;
+  int64_t workers = 0;    // loader threads; 0: on the calling thread (one core)
+  int64_t images = 2000;  // samples timed (whole batches), after 2 workers + 1 untimed batches
+  bool scaled_decode = true;
+  uint64_t seed = 0;
+};
+
+struct DataResult {
+  DataOptions options;
+  int64_t images = 0;  // samples timed
+  double seconds = 0.0;
+  double images_per_s = 0.0;
+  double images_per_s_per_core = 0.0;  // images_per_s / max(1, workers)
+};
+
+// The ImageNet training pipeline of lowbit's data loader over an image folder: read, decode
+// (scaled and cropped, or whole), random_resized_crop(size), random_horizontal_flip, ImageNet
+// normalisation into f32 NHWC batches. Throws InputError for a bad folder or option.
+DataResult run_data_bench(const DataOptions& opts);
+
 }  // namespace lowbit::bench

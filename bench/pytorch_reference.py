@@ -16,6 +16,11 @@ batch are channels_last (NHWC, lowbit's layout) unless --channels-last off.
 kernel: the kernels `lowbit bench kernel` times, with the same sizes and byte/FLOP counts;
 median of --iters calls after --warmup, CUDA with events, CPU with perf_counter.
 
+data: `lowbit bench data`'s input pipeline with torchvision (needs Debian's python3-torchvision):
+ImageFolder (PIL decode), RandomResizedCrop(size), RandomHorizontalFlip, ToTensor, Normalize
+(ImageNet statistics), a DataLoader of --workers processes (0: the main process), --images
+images timed after 2 workers + 1 untimed batches (start-up and prefetch, as lowbit's).
+
 Threads: --threads, else OMP_NUM_THREADS, else every core (lowbit's OpenMP default; Debian's
 torch would otherwise start with one thread).
 """
@@ -693,6 +698,54 @@ def run_kernel(args):
     return 0
 
 
+# --- input pipeline (torchvision) ----------------------------------------------------------------
+
+
+def run_data(args):
+    try:
+        import torchvision.datasets as tvd
+        import torchvision.transforms as T
+    except ImportError as e:
+        raise InputError(f"data needs torchvision (Debian: python3-torchvision): {e}")
+    if args.size < 1 or args.batch < 1 or args.images < 1 or args.workers < 0:
+        raise InputError("--size, --batch and --images must be positive, --workers >= 0")
+    if not os.path.isdir(args.folder):
+        raise InputError(f"--folder {args.folder}: no such directory")
+    torch.set_num_threads(1)  # as a loader worker gets; the pipeline is per-sample Python work
+    tf = T.Compose([T.RandomResizedCrop(args.size), T.RandomHorizontalFlip(), T.ToTensor(),
+                    T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    ds = tvd.ImageFolder(args.folder, transform=tf)
+    torch.manual_seed(args.seed)
+    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True,
+                                         num_workers=args.workers,
+                                         persistent_workers=args.workers > 0)
+
+    def batches():
+        while True:
+            yield from loader
+
+    it = batches()
+    for _ in range(2 * args.workers + 1):  # untimed: start-up and the prefetched batches
+        next(it)
+    t0 = time.perf_counter()
+    seen = 0
+    while seen < args.images:
+        seen += len(next(it)[1])
+    seconds = time.perf_counter() - t0
+    r = {"bench": "data", "framework": "pytorch", "folder": args.folder, "size": args.size,
+         "batch": args.batch, "workers": args.workers, "images": seen, "seconds": seconds,
+         "images_per_s": seen / seconds,
+         "images_per_s_per_core": seen / seconds / max(1, args.workers)}
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print(f"pytorch data: {args.folder}, RandomResizedCrop({args.size}) + flip + normalise, "
+              f"batch {args.batch}, {args.workers} worker(s)\n"
+              f"  {r['images_per_s']:.1f} images/s ({r['images_per_s_per_core']:.1f} per core) "
+              f"over {seen} images in {seconds:.2f} s")
+    return 0
+
+
 # --- command line --------------------------------------------------------------------------------
 
 
@@ -730,7 +783,17 @@ def main(argv):
     k.add_argument("--dtype", default="f32")
     k.add_argument("--iters", type=int, default=20)
     k.add_argument("--warmup", type=int, default=3)
+    d = sub.add_parser("data", help="the ImageNet input pipeline over a JPEG folder")
+    d.add_argument("--folder", required=True, help="DIR/<class>/*.jpg (scripts/make_jpegs.py)")
+    d.add_argument("--size", type=int, default=224)
+    d.add_argument("--batch", type=int, default=64)
+    d.add_argument("--workers", type=int, default=0)
+    d.add_argument("--images", type=int, default=2000)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
+    if args.cmd == "data":
+        return run_data(args)
     return run_train(args) if args.cmd == "train" else run_kernel(args)
 
 

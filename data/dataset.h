@@ -33,6 +33,12 @@ struct Sample {
   int64_t width = 0;
   int64_t channels = 0;
 
+  // A sample not decoded yet (Dataset::get_encoded): the JPEG file's bytes and its path for
+  // messages; height, width and channels come from its header and `image` is empty. The first
+  // transform decodes it (random_resized_crop only the window it keeps, docs/data.md).
+  std::shared_ptr<const std::vector<uint8_t>> encoded;
+  std::string source;
+
   Shape shape() const { return {height, width, channels}; }
   int64_t numel() const { return height * width * channels; }
 };
@@ -43,6 +49,9 @@ class Dataset {
   virtual int64_t size() const = 0;
   // Sample i, for 0 <= i < size(). Thread-safe.
   virtual Sample get(int64_t i) const = 0;
+  // Sample i, possibly still encoded (Sample::encoded; image folders), for a pipeline that
+  // decodes it (Pipeline::augment). The default decodes: get(i).
+  virtual Sample get_encoded(int64_t i) const { return get(i); }
   // The label of sample i without decoding its image.
   virtual int64_t label(int64_t i) const { return get(i).label; }
   virtual int64_t num_classes() const = 0;
@@ -59,6 +68,9 @@ class Dataset {
 };
 
 using DatasetPtr = std::shared_ptr<const Dataset>;
+
+// Decodes an encoded sample (Sample::encoded) in place; a no-op for a decoded one.
+void decode_sample(Sample& s);
 
 // MNIST-format IDX pair. Throws InputError naming the file: missing, bad magic, zero or
 // inconsistent dimensions, truncated or overlong, image and label counts that differ, corrupt

@@ -68,14 +68,21 @@ class ImageFolderDataset final : public Dataset {
   }
 
   Sample get(int64_t i) const override {
+    Sample s = get_encoded(i);
+    decode_sample(s);
+    return s;
+  }
+
+  Sample get_encoded(int64_t i) const override {
     check_index(i);
     const std::string& path = files_[size_t(i)];
-    const std::vector<uint8_t> bytes = read_file_bytes(path);
-    DecodedImage img = decode_jpeg(bytes.data(), bytes.size(), path);
+    auto bytes = std::make_shared<const std::vector<uint8_t>>(read_file_bytes(path));
+    const JpegSize size = read_jpeg_size(bytes->data(), bytes->size(), path);
     Sample s;
-    s.image = std::move(img.pixels);
-    s.height = img.height;
-    s.width = img.width;
+    s.encoded = std::move(bytes);
+    s.source = path;
+    s.height = size.height;
+    s.width = size.width;
     s.channels = 3;
     s.label = labels_[size_t(i)];
     return s;

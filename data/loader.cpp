@@ -166,7 +166,7 @@ struct DataLoader::State {
       }
       const int64_t i = hb.indices[size_t(k)];
       try {
-        Sample s = dataset->get(i);
+        Sample s = dataset->get_encoded(i);  // the pipeline decodes it
         SampleRng rng(opts.seed, uint64_t(ep), uint64_t(i));
         transform.augment(s, rng);
         LOWBIT_CHECK(int64_t(s.image.size()) == s.numel() && s.numel() > 0, "the sample holds ",

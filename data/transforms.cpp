@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/philox.h"
+#include "data/jpeg.h"
 
 namespace lowbit::data {
 
@@ -82,7 +83,9 @@ void check_size(const char* what, int64_t h, int64_t w) {
   LOWBIT_CHECK_INPUT(h > 0 && w > 0, what, ": output size must be positive, got ", h, "x", w);
 }
 
-void check_sample(const char* what, const Sample& s) {
+// Decodes an encoded sample (every transform but random_resized_crop needs all its pixels).
+void check_sample(const char* what, Sample& s) {
+  decode_sample(s);
   LOWBIT_CHECK(
       s.height > 0 && s.width > 0 && s.channels > 0 && int64_t(s.image.size()) == s.numel(), what,
       ": bad sample: ", s.image.size(), " bytes for an image of ", s.shape());
@@ -213,8 +216,9 @@ class CenterCrop final : public Transform {
 
 class RandomResizedCrop final : public Transform {
  public:
-  RandomResizedCrop(int64_t h, int64_t w, std::array<double, 2> scale, std::array<double, 2> ratio)
-      : h_(h), w_(w), scale_(scale), ratio_(ratio) {
+  RandomResizedCrop(int64_t h, int64_t w, std::array<double, 2> scale, std::array<double, 2> ratio,
+                    bool scaled_decode)
+      : h_(h), w_(w), scale_(scale), ratio_(ratio), scaled_decode_(scaled_decode) {
     check_size("random_resized_crop", h, w);
     LOWBIT_CHECK_INPUT(scale[0] > 0.0 && scale[0] <= scale[1] && scale[1] <= 1.0,
                        "random_resized_crop: scale must satisfy 0 < min <= max <= 1, got (",
@@ -225,8 +229,21 @@ class RandomResizedCrop final : public Transform {
   }
 
   void apply(Sample& s, SampleRng& rng) const override {
-    check_sample("random_resized_crop", s);
     int64_t top = 0, left = 0, ch = 0, cw = 0;
+    if (s.encoded &&
+        scaled_decode_) {  // decode the window alone, at the smallest scale that keeps h_ x w_
+      params(s.height, s.width, rng, &top, &left, &ch, &cw);
+      const DecodedWindow d = decode_jpeg_window(s.encoded->data(), s.encoded->size(), s.source,
+                                                 top, left, ch, cw, h_, w_);
+      std::vector<uint8_t> out(size_t(h_ * w_ * 3));
+      resize_region_u8(d.image.pixels.data(), d.image.height, d.image.width, 3, d.top, d.left,
+                       d.height, d.width, out.data(), h_, w_);
+      s.encoded.reset();
+      s.channels = 3;
+      set_image(s, std::move(out), h_, w_);
+      return;
+    }
+    check_sample("random_resized_crop", s);
     params(s.height, s.width, rng, &top, &left, &ch, &cw);
     std::vector<uint8_t> out(size_t(h_ * w_ * s.channels));
     resize_window_u8(s.image.data(), s.height, s.width, s.channels, top, left, ch, cw, out.data(),
@@ -278,6 +295,7 @@ class RandomResizedCrop final : public Transform {
  private:
   int64_t h_, w_;
   std::array<double, 2> scale_, ratio_;
+  bool scaled_decode_;
 };
 
 // ---------------------------------------------------------------------------- Compose
@@ -314,8 +332,8 @@ TransformPtr random_crop(int64_t height, int64_t width, int64_t padding) {
 }
 TransformPtr random_horizontal_flip(double p) { return std::make_shared<RandomHorizontalFlip>(p); }
 TransformPtr random_resized_crop(int64_t height, int64_t width, std::array<double, 2> scale,
-                                 std::array<double, 2> ratio) {
-  return std::make_shared<RandomResizedCrop>(height, width, scale, ratio);
+                                 std::array<double, 2> ratio, bool scaled_decode) {
+  return std::make_shared<RandomResizedCrop>(height, width, scale, ratio, scaled_decode);
 }
 TransformPtr resize(int64_t height, int64_t width) {
   return std::make_shared<Resize>(height, width, 0);
@@ -333,35 +351,23 @@ TransformPtr compose(std::vector<TransformPtr> steps) {
 
 // ---------------------------------------------------------------------------- resize kernel
 
-void resize_window_u8(const uint8_t* src, int64_t H, int64_t W, int64_t C, int64_t top,
-                      int64_t left, int64_t h, int64_t w, uint8_t* dst, int64_t out_h,
-                      int64_t out_w) {
-  LOWBIT_DCHECK(top >= 0 && left >= 0 && top + h <= H && left + w <= W, "window outside image");
-  (void)H;
-  // Source coordinate of output pixel o: (o + 0.5) * in / out - 0.5, clamped to [0, in - 1].
-  struct Tap {
-    int64_t i0, i1;
-    float f;
-  };
-  auto taps = [](int64_t in, int64_t out) {
-    std::vector<Tap> t(static_cast<size_t>(out));
-    const double scale = double(in) / double(out);
-    for (int64_t o = 0; o < out; ++o) {
-      double pos = (double(o) + 0.5) * scale - 0.5;
-      pos = std::max(pos, 0.0);
-      int64_t i0 = std::min<int64_t>(int64_t(pos), in - 1);
-      const int64_t i1 = std::min<int64_t>(i0 + 1, in - 1);
-      t[size_t(o)] = {i0, i1, float(pos - double(i0))};
-    }
-    return t;
-  };
-  const std::vector<Tap> ty = taps(h, out_h);
-  const std::vector<Tap> tx = taps(w, out_w);
-  for (int64_t oy = 0; oy < out_h; ++oy) {
-    const Tap& y = ty[size_t(oy)];
-    const uint8_t* r0 = src + ((top + y.i0) * W + left) * C;
-    const uint8_t* r1 = src + ((top + y.i1) * W + left) * C;
-    uint8_t* out = dst + oy * out_w * C;
+namespace {
+
+// One bilinear tap: output pixel o reads source pixels i0 and i1 (absolute), weight f on i1.
+struct Tap {
+  int64_t i0, i1;
+  float f;
+};
+
+// Bilinear resize through precomputed row and column taps, rounding half up.
+void resize_with_taps(const uint8_t* src, int64_t W, int64_t C, const std::vector<Tap>& ty,
+                      const std::vector<Tap>& tx, uint8_t* dst) {
+  const int64_t out_w = int64_t(tx.size());
+  for (size_t oy = 0; oy < ty.size(); ++oy) {
+    const Tap& y = ty[oy];
+    const uint8_t* r0 = src + y.i0 * W * C;
+    const uint8_t* r1 = src + y.i1 * W * C;
+    uint8_t* out = dst + int64_t(oy) * out_w * C;
     for (int64_t ox = 0; ox < out_w; ++ox) {
       const Tap& x = tx[size_t(ox)];
       for (int64_t c = 0; c < C; ++c) {
@@ -372,6 +378,41 @@ void resize_window_u8(const uint8_t* src, int64_t H, int64_t W, int64_t C, int64
       }
     }
   }
+}
+
+// Taps of `out` pixels over the span [start, start + len) of an axis of `in` pixels: source
+// coordinate start + (o + 0.5) * len / out - 0.5, clamped to [lo, hi - 1].
+std::vector<Tap> taps(double start, double len, int64_t out, int64_t lo, int64_t hi) {
+  std::vector<Tap> t(static_cast<size_t>(out));
+  const double scale = len / double(out);
+  for (int64_t o = 0; o < out; ++o) {
+    double pos = start + (double(o) + 0.5) * scale - 0.5;
+    pos = std::max(pos, double(lo));
+    const int64_t i0 = std::min<int64_t>(int64_t(pos), hi - 1);
+    const int64_t i1 = std::min<int64_t>(i0 + 1, hi - 1);
+    t[size_t(o)] = {i0, i1, float(pos - double(i0))};
+  }
+  return t;
+}
+
+}  // namespace
+
+void resize_window_u8(const uint8_t* src, int64_t H, int64_t W, int64_t C, int64_t top,
+                      int64_t left, int64_t h, int64_t w, uint8_t* dst, int64_t out_h,
+                      int64_t out_w) {
+  LOWBIT_DCHECK(top >= 0 && left >= 0 && top + h <= H && left + w <= W, "window outside image");
+  (void)H;
+  // Window-relative coordinates, clamped to the window (torchvision crops, then resizes).
+  std::vector<Tap> ty = taps(0.0, double(h), out_h, 0, h);
+  std::vector<Tap> tx = taps(0.0, double(w), out_w, 0, w);
+  for (Tap& t : ty) t.i0 += top, t.i1 += top;
+  for (Tap& t : tx) t.i0 += left, t.i1 += left;
+  resize_with_taps(src, W, C, ty, tx, dst);
+}
+
+void resize_region_u8(const uint8_t* src, int64_t H, int64_t W, int64_t C, double top, double left,
+                      double h, double w, uint8_t* dst, int64_t out_h, int64_t out_w) {
+  resize_with_taps(src, W, C, taps(top, h, out_h, 0, H), taps(left, w, out_w, 0, W), dst);
 }
 
 // ---------------------------------------------------------------------------- ToTensorNormalize
@@ -420,6 +461,7 @@ ToTensorNormalize to_tensor_normalize(std::vector<float> mean, std::vector<float
 
 void Pipeline::augment(Sample& s, SampleRng& rng) const {
   for (const TransformPtr& t : steps) t->apply(s, rng);
+  decode_sample(s);  // no step decoded it
 }
 
 Shape Pipeline::output_shape(const Shape& in) const {

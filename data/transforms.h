@@ -65,9 +65,13 @@ using TransformPtr = std::shared_ptr<const Transform>;
 // Parameters come from configs: bad values throw lowbit::InputError naming the transform.
 TransformPtr random_crop(int64_t height, int64_t width, int64_t padding = 0);
 TransformPtr random_horizontal_flip(double p = 0.5);
+// scaled_decode: on a sample still encoded (an image folder's), decode only the window at the
+// smallest JPEG scale that keeps height x width (decode_jpeg_window); false: decode the whole
+// image and resize its window, pixel for pixel torchvision's RandomResizedCrop.
 TransformPtr random_resized_crop(int64_t height, int64_t width,
                                  std::array<double, 2> scale = {0.08, 1.0},
-                                 std::array<double, 2> ratio = {3.0 / 4.0, 4.0 / 3.0});
+                                 std::array<double, 2> ratio = {3.0 / 4.0, 4.0 / 3.0},
+                                 bool scaled_decode = true);
 TransformPtr resize(int64_t height, int64_t width);
 // The shorter side becomes `size`, the longer one int(size * long / short) (torchvision).
 TransformPtr resize_shorter(int64_t size);
@@ -80,6 +84,12 @@ TransformPtr compose(std::vector<TransformPtr> steps);
 void resize_window_u8(const uint8_t* src, int64_t H, int64_t W, int64_t C, int64_t top,
                       int64_t left, int64_t h, int64_t w, uint8_t* dst, int64_t out_h,
                       int64_t out_w);
+
+// Bilinear resize of a fractional window (top, left, h, w) of src (H, W, C) to (out_h, out_w, C):
+// output pixel o reads source coordinate top + (o + 0.5) h / out_h - 0.5, clamped to the image
+// (the window of a scaled JPEG decode, decode_jpeg_window).
+void resize_region_u8(const uint8_t* src, int64_t H, int64_t W, int64_t C, double top, double left,
+                      double h, double w, uint8_t* dst, int64_t out_h, int64_t out_w);
 
 // uint8 HWC -> f32, out = (x / 255 - mean[c]) / stddev[c], as torchvision's ToTensor + Normalize
 // (same float operations, same results). mean/stddev hold one value per channel, or one value for

@@ -22,6 +22,7 @@ packages=(
 # Only the tests and CI need these; quickstart (--no-torch) skips them.
 torch_packages=(
   python3-torch python3-numpy python3-venv  # the PyTorch reference and parity tests
+  python3-pil python3-torchvision           # scripts/make_jpegs.py, pytorch_reference.py data
   clang-format                              # scripts/check_format.sh
   python3-matplotlib                        # lowbit plot (scripts/plot_runs.py) and its test
   # A throw-away one-node Slurm cluster for tests/dist/slurm_test.sh (slurmctld, slurmd, srun,

@@ -21,15 +21,18 @@ namespace {
 using json = nlohmann::json;
 
 const char* kBenchHelp =
-    "usage: lowbit bench <kernel|train> [options]\n"
+    "usage: lowbit bench <kernel|train|data> [options]\n"
     "\n"
     "  kernel NAME   time one kernel (conv, bn, add, relu, sgd, adamw, cross_entropy, copy) or\n"
     "                all of them; reports the median time per call, GB/s against the measured\n"
     "                copy bandwidth, GFLOP/s for convolutions\n"
     "  train         time full training steps (forward, cross-entropy, backward, SGD) of a\n"
     "                model on synthetic data; reports images/s, ms per step, peak memory\n"
+    "  data          time the ImageNet input pipeline (JPEG decode, random resized crop, flip,\n"
+    "                normalise) over an image folder; reports images/s and images/s per core\n"
     "\n"
-    "Run 'lowbit bench kernel --help' or 'lowbit bench train --help' for the options.\n"
+    "Run 'lowbit bench kernel --help', 'lowbit bench train --help' or 'lowbit bench data --help'\n"
+    "for the options.\n"
     "bench/pytorch_reference.py measures the same work with PyTorch; bench/compare.sh runs\n"
     "both (docs/benchmarks.md).\n";
 
@@ -80,6 +83,28 @@ const char* kTrainHelp =
     "\n"
     "Peak memory: on CUDA the caching allocator's peak of bytes in use during the benchmark;\n"
     "on the CPU the process's peak resident set size (getrusage).\n";
+
+const char* kDataHelp =
+    "usage: lowbit bench data --folder DIR [--size S] [--batch B] [--workers N] [--images M]\n"
+    "                         [--exact-decode] [--seed S] [--json]\n"
+    "\n"
+    "Times the training input pipeline of an ImageNet config over the JPEG folder DIR\n"
+    "(DIR/<class>/*.jpg): read, decode, random_resized_crop(S) (scale 0.08-1, ratio 3/4-4/3),\n"
+    "random_horizontal_flip, ImageNet normalisation into f32 batches of B, by the data loader\n"
+    "with N worker threads, over M images after 2N+1 untimed batches (start-up and prefetch).\n"
+    "scripts/make_jpegs.py writes a folder of test JPEGs; bench/pytorch_reference.py data\n"
+    "times torchvision on the same one.\n"
+    "\n"
+    "  --folder DIR     the image folder (required)\n"
+    "  --size S         crop output size (default 224)\n"
+    "  --batch B        batch size (default 64)\n"
+    "  --workers N      loader threads (default 0: on the calling thread, one core)\n"
+    "  --images M       images timed (default 2000; rounded up to whole batches)\n"
+    "  --exact-decode   decode whole images, then crop and resize (`data.scaled_decode: false`);\n"
+    "                   default: decode only the crop at the smallest JPEG scale that keeps S\n"
+    "  --seed S         shuffling and augmentation seed (default 0)\n"
+    "  --json           print one JSON object: folder, size, batch, workers, scaled_decode,\n"
+    "                   images, seconds, images_per_s, images_per_s_per_core\n";
 
 std::string kernel_help() {
   std::ostringstream os;
@@ -404,6 +429,68 @@ int run_train(int argc, char** argv, std::ostream& out) {
   return 0;
 }
 
+int run_data(int argc, char** argv, std::ostream& out) {
+  bench::DataOptions o;
+  bool as_json = false, help = false;
+  ArgWalker{argc, argv, 3, "bench data"}.walk(
+      {"--folder", "--size", "--batch", "--workers", "--images", "--seed"},
+      {"--exact-decode", "--json", "--help", "-h"},
+      [&](const std::string& f, const std::string& v) {
+        if (f == "--folder")
+          o.folder = v;
+        else if (f == "--size")
+          o.size = parse_int(f, v);
+        else if (f == "--batch")
+          o.batch = parse_int(f, v);
+        else if (f == "--workers")
+          o.workers = parse_int(f, v);
+        else if (f == "--images")
+          o.images = parse_int(f, v);
+        else if (f == "--seed")
+          o.seed = uint64_t(parse_int(f, v));
+        else if (f == "--exact-decode")
+          o.scaled_decode = false;
+        else if (f == "--json")
+          as_json = true;
+        else
+          help = true;
+      },
+      [&](const std::string& p) {
+        throw InputError(
+            str_cat("bench data: unexpected argument '", p, "'; see lowbit bench data --help"));
+      });
+  if (help) {
+    out << kDataHelp;
+    return 0;
+  }
+  LOWBIT_CHECK_INPUT(!o.folder.empty(),
+                     "bench data: --folder DIR is required (lowbit bench data "
+                     "--help)");
+  const bench::DataResult r = bench::run_data_bench(o);
+  if (as_json) {
+    out << json{{"bench", "data"},
+                {"framework", "lowbit"},
+                {"folder", o.folder},
+                {"size", o.size},
+                {"batch", o.batch},
+                {"workers", o.workers},
+                {"scaled_decode", o.scaled_decode},
+                {"images", r.images},
+                {"seconds", r.seconds},
+                {"images_per_s", r.images_per_s},
+                {"images_per_s_per_core", r.images_per_s_per_core}}
+               .dump()
+        << "\n";
+  } else {
+    out << "lowbit bench data: " << o.folder << ", random_resized_crop(" << o.size << ") + flip + "
+        << "normalise, " << (o.scaled_decode ? "scaled window decode" : "whole-image decode")
+        << ", batch " << o.batch << ", " << o.workers << " worker(s)\n"
+        << "  " << fixed(r.images_per_s, 1) << " images/s (" << fixed(r.images_per_s_per_core, 1)
+        << " per core) over " << r.images << " images in " << fixed(r.seconds, 2) << " s\n";
+  }
+  return 0;
+}
+
 }  // namespace
 
 int run_bench(int argc, char** argv, std::ostream& out_all) {
@@ -417,9 +504,9 @@ int run_bench(int argc, char** argv, std::ostream& out_all) {
   const std::string sub = argv[2];
   if (sub == "kernel") return run_kernel(argc, argv, out);
   if (sub == "train") return run_train(argc, argv, out);
+  if (sub == "data") return run_data(argc, argv, out);
   throw InputError(str_cat("bench: unknown subcommand '", sub,
-                           "'; use kernel or train (lowbit "
-                           "bench --help)"));
+                           "'; use kernel, train or data (lowbit bench --help)"));
 }
 
 }  // namespace lowbit::tools

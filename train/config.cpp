@@ -415,6 +415,7 @@ DataConfig parse_data(Section d) {
   dc.random_crop_padding = d.integer("random_crop_padding", dc.random_crop_padding, 0, 1024);
   dc.hflip = d.boolean("hflip", dc.hflip);
   dc.random_resized_crop = d.boolean("random_resized_crop", dc.random_resized_crop);
+  dc.scaled_decode = d.boolean("scaled_decode", dc.scaled_decode);
   dc.image_size = d.integer("image_size", dc.image_size, 0, 1 << 16);
   dc.resize = d.integer("resize", dc.resize, 0, 1 << 16);
   dc.mean = d.numbers("mean");

@@ -33,6 +33,7 @@ struct DataConfig {
   int64_t random_crop_padding = 0;  // 0 = off
   bool hflip = false;
   bool random_resized_crop = false;  // ImageNet recipe
+  bool scaled_decode = true;         // random_resized_crop decodes its window of the JPEG alone
   int64_t image_size = 0;            // output size of (random resized / centre) crops; 0 = native
   int64_t resize = 0;                // eval: resize shorter side to this before the centre crop
   std::vector<double> mean;          // per channel, on [0, 1] pixels; empty = dataset default

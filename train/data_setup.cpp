@@ -121,8 +121,10 @@ DataSource make_data(const ExperimentConfig& cfg, Device device) {
   int64_t size = shape[0];
   if (spec.crops) {
     const int64_t s = d.image_size > 0 ? d.image_size : 224;
-    train_steps.push_back(d.random_resized_crop ? data::random_resized_crop(s, s)
-                                                : data::center_crop(s, s));
+    train_steps.push_back(
+        d.random_resized_crop
+            ? data::random_resized_crop(s, s, {0.08, 1.0}, {3.0 / 4.0, 4.0 / 3.0}, d.scaled_decode)
+            : data::center_crop(s, s));
     if (d.resize > 0) test_steps.push_back(data::resize_shorter(d.resize));
     test_steps.push_back(data::center_crop(s, s));
     size = s;

@@ -222,7 +222,8 @@ TEST(Cli, PtqGridSearchOverAFixedSpace) {
 }
 
 TEST(Cli, BenchHelpAndBadArgumentsExitTwo) {
-  for (const char* c : {"bench --help", "bench kernel --help", "bench train --help"}) {
+  for (const char* c :
+       {"bench --help", "bench kernel --help", "bench train --help", "bench data --help"}) {
     Result r = run(c);
     EXPECT_EQ(r.code, 0) << c;
     EXPECT_THAT(r.output, HasSubstr("usage: lowbit bench")) << c;
@@ -245,6 +246,9 @@ TEST(Cli, BenchHelpAndBadArgumentsExitTwo) {
       {"bench train --device cpu --model nosuch", "nosuch"},
       {"bench train --device cpu --batch x", "wants an integer"},
       {"bench train --device cpu --bogus", "unknown option '--bogus'"},
+      {"bench data", "--folder DIR is required"},
+      {"bench data --folder /nonexistent/jpegs", "/nonexistent/jpegs"},
+      {"bench data --folder . --size 0", "must be positive"},
   };
   for (const Case& c : cases) {
     Result r = run(c.args);
