@@ -1,7 +1,7 @@
 // Registry<T>: named entries of one kind (models, pruning criteria, optimizers, LR schedules,
 // datasets, stage kinds), so the framework looks choices up by name and never chains ifs over
 // names. Entries are added by static registrar objects in the files that define them, into a
-// function-local static (the one kind of mutable global STYLE.md allows); registering a name
+// function-local static (the one kind of mutable global docs/style.md allows); registering a name
 // twice is an error. Lookups of unknown names throw InputError listing what is registered, and
 // names() feeds config validation, --help and the docs checks.
 #pragma once

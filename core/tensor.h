@@ -1,7 +1,7 @@
 // Tensor: a reference-counted view (shape, strides, offset, dtype) on a Storage, plus the
 // autograd metadata (requires_grad, grad, grad_fn). Copying a Tensor copies the handle, not the
 // data, as in PyTorch. Activations are NHWC and conv weights KRSC by convention (see
-// ARCHITECTURE.md); nothing here transposes behind the caller's back.
+// docs/style.md); nothing here transposes behind the caller's back.
 #pragma once
 
 #include <atomic>

@@ -2,8 +2,8 @@
 // features.N, classifier.N). Inputs of 64x64 and more get torchvision's classifier (adaptive
 // 7x7 pool emulated by requiring 224x224, 4096-4096-classes with dropout); smaller inputs
 // (CIFAR, Fashion-MNIST) get the usual CIFAR head, one Linear(512, classes) after global pooling.
-// Also the small depthwise-separable net of the mixed-precision paper (METHODS.md sec. 6.5,
-// lowbit default architecture).
+// Also the small depthwise-separable net of the mixed-precision paper (docs/methods.md,
+// "Mixed-precision search", lowbit default architecture).
 #include <memory>
 
 #include "core/ops.h"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks that every tracked C++/CUDA source is formatted by .clang-format (Google style, 100
-# columns; STYLE.md). Exits 1 listing the files that are not; `scripts/check_format.sh --fix`
+# columns; docs/style.md). Exits 1 listing the files that are not; `scripts/check_format.sh --fix`
 # formats them in place. scripts/test.sh runs the check.
 set -euo pipefail
 cd "$(dirname "$0")/.."

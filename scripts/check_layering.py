@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Checks the layering of ARCHITECTURE.md: a folder includes only folders above it in the table
+"""Checks the layering of docs/style.md (the README's folder table): a folder includes only folders above it in the table
 (core, cuda, dist, layers, models, quant, prune, data, train, bench, tools). Exits 1 listing every
 include that points down the table. Run by ctest (`layering`)."""
 import pathlib

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
-bash scripts/check_format.sh   # STYLE.md's formatting, before spending minutes on a build
+bash scripts/check_format.sh   # docs/style.md's formatting, before spending minutes on a build
 
 build_dir=${LOWBIT_BUILD_DIR:-build}
 jobs=$(nproc 2>/dev/null || echo 2)
