@@ -10,6 +10,7 @@
 
 #include "quant/convert.h"
 #include "tests/common/test_util.h"
+#include "tests/train/train_test_util.h"
 #include "train/config.h"
 #include "train/safetensors.h"
 #include "train/trainer.h"
@@ -18,6 +19,8 @@ namespace lowbit::train {
 namespace {
 
 namespace fs = std::filesystem;
+using testing_util::quiet;
+fs::path fresh_dir(const std::string& name) { return testing_util::fresh_dir("search_test", name); }
 using ::testing::HasSubstr;
 using json = nlohmann::json;
 
@@ -47,20 +50,6 @@ stages:
   - {name: search, kind: search, epochs: 3, optimizer: {lr: 0.025, weight_decay: 3.0e-4}}
   - {name: tune, kind: qat, quantize: weights, epochs: 1, optimizer: {lr: 0.01}}
 )";
-
-fs::path fresh_dir(const std::string& name) {
-  fs::path d =
-      fs::temp_directory_path() / ("lowbit_search_test_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(d);
-  return d;
-}
-
-TrainerOptions quiet(const fs::path& out) {
-  TrainerOptions o;
-  o.out_dir = out.string();
-  o.progress = false;
-  return o;
-}
 
 std::vector<json> search_records(const fs::path& out) {
   std::vector<json> r;

@@ -17,6 +17,7 @@
 #include <string>
 
 #include "tests/common/test_util.h"
+#include "tests/train/train_test_util.h"
 #include "train/config.h"
 #include "train/trainer.h"
 
@@ -154,9 +155,7 @@ TEST(TensorBoard, EventsEncodeAsTheProtoFilesSay) {
 }
 
 fs::path fresh_dir(const std::string& name) {
-  fs::path d = fs::temp_directory_path() /
-               ("lowbit_tensorboard_test_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(d);
+  fs::path d = testing_util::fresh_dir("tensorboard_test", name);
   fs::create_directories(d);
   return d;
 }

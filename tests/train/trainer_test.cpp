@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tests/common/test_util.h"
+#include "tests/train/train_test_util.h"
 #include "train/config.h"
 #include "train/safetensors.h"
 
@@ -16,6 +17,10 @@ namespace lowbit::train {
 namespace {
 
 namespace fs = std::filesystem;
+using testing_util::quiet;
+fs::path fresh_dir(const std::string& name) {
+  return testing_util::fresh_dir("trainer_test", name);
+}
 using ::testing::HasSubstr;
 
 const char* kSynthetic = R"(
@@ -36,20 +41,6 @@ stages:
     optimizer: {name: adamw, lr: 0.001, weight_decay: 0.01}
     schedule: {name: constant}
 )";
-
-fs::path fresh_dir(const std::string& name) {
-  fs::path d = fs::temp_directory_path() /
-               ("lowbit_trainer_test_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(d);
-  return d;
-}
-
-TrainerOptions quiet(const fs::path& out) {
-  TrainerOptions o;
-  o.out_dir = out.string();
-  o.progress = false;
-  return o;
-}
 
 TEST(Trainer, RunsStagesAndWritesOutputs) {
   ExperimentConfig cfg = parse_config(kSynthetic, "tiny.yaml");
