@@ -109,6 +109,9 @@ struct TrainOptions {
   std::string mode = "fp32";
   // "qat": the model converted by quantize_model (quant/convert.h) with `quantizer` for weights
   // (per-channel) and activations at `bits` bits, first and last layers at 8 bits, BN folded.
+  // "bf16": the step under the trainer's `amp: bf16` whatever the mode (qat with amp: bf16, as
+  // users train); "off": f32 unless mode is "bf16".
+  std::string amp = "off";
   std::string quantizer = "lsq";
   int64_t bits = 4;
   uint64_t seed = 0;

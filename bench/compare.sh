@@ -8,9 +8,10 @@
 #   bench/compare.sh --threads 2 resnet20,128,28,1 resnet56,128,32,3
 #   bench/compare.sh resnet18,64,224,3,bf16,cuda       # on a GPU machine
 #
-# CONFIG is MODEL,BATCH,HW,CIN[,MODE[,DEVICE]] (MODE fp32, bf16 or qat, default fp32; DEVICE default
-# cpu). Options: --lowbit PATH (default build/tools/lowbit, or $LOWBIT), --python PATH (default
-# .venv/bin/python, else python3), --threads T (default 2; both sides get it as --threads and
+# CONFIG is MODEL,BATCH,HW,CIN[,MODE[,DEVICE]] (MODE fp32, bf16, qat or qat_bf16 -- QAT under
+# amp: bf16 -- default fp32; DEVICE default cpu). Options: --lowbit PATH (default
+# build/tools/lowbit, or $LOWBIT), --python PATH (default .venv/bin/python, else python3),
+# --threads T (default 2; both sides get it as --threads and
 # OMP_NUM_THREADS/OPENBLAS_NUM_THREADS), --steps N (default 20), --warmup W (default 3),
 # --repeat R (default 3), --classes K (default 10), --jsonl FILE (also append every raw JSON
 # result to FILE).
@@ -69,8 +70,10 @@ for cfg in "${configs[@]}"; do
   fi
   mode="${mode:-fp32}"
   device="${device:-cpu}"
+  amp=off
+  if [[ "$mode" == qat_bf16 ]]; then mode=qat amp=bf16; fi  # QAT under amp: bf16
   args=(--model "$model" --batch "$batch" --hw "$hw" --cin "$cin" --classes "$classes"
-        --steps "$steps" --warmup "$warmup" --device "$device" --mode "$mode"
+        --steps "$steps" --warmup "$warmup" --device "$device" --mode "$mode" --amp "$amp"
         --threads "$threads" --json)
   echo "compare.sh: $cfg ($repeat x each, $threads threads, load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
   for ((r = 0; r < repeat; ++r)); do
@@ -85,11 +88,12 @@ import json, statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
     r = json.loads(line)
-    key = (r["model"], r["batch"], r["hw"], r["cin"], r["mode"], r["device"], r["threads"])
+    mode = r["mode"] + ("_bf16" if r.get("amp") == "bf16" and r["mode"] != "bf16" else "")
+    key = (r["model"], r["batch"], r["hw"], r["cin"], mode, r["device"], r["threads"])
     rows.setdefault(key, {}).setdefault(r["framework"], []).append(r)
 hdr = ("model", "batch", "input", "mode", "device", "thr", "lowbit img/s", "torch img/s",
        "ratio", "lowbit ms", "torch ms", "lowbit MiB", "torch MiB")
-fmt = "{:<13}{:>6}  {:<10}{:<6}{:<8}{:>4}{:>14}{:>13}{:>7}{:>11}{:>10}{:>12}{:>11}"
+fmt = "{:<13}{:>6}  {:<10}{:<9}{:<8}{:>4}{:>14}{:>13}{:>7}{:>11}{:>10}{:>12}{:>11}"
 print(fmt.format(*hdr))
 for (model, batch, hw, cin, mode, device, thr), fw in rows.items():
     def med(name, field):

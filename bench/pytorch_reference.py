@@ -379,6 +379,14 @@ def prepare_qat_model(model, args):
                 fq.scale = nn.Parameter(torch.ones(n))
                 fq.zero_point = nn.Parameter(torch.zeros(n))
                 fq.channel_len = n
+    if args.amp == "bf16":
+        # Under autocast the activations reaching a fake-quant module are bf16, which PyTorch's
+        # CPU fake-quant kernels (1.13) do not take: quantize in f32 and hand back bf16.
+        from torch.ao.quantization import FakeQuantizeBase
+        for m in model.modules():
+            if isinstance(m, FakeQuantizeBase):
+                f32_forward = m.forward
+                m.forward = (lambda fwd: lambda x: fwd(x.float()).to(x.dtype))(f32_forward)
     return model
 
 
@@ -403,7 +411,7 @@ def run_train(args):
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    amp = args.mode == "bf16"
+    amp = args.mode == "bf16" or args.amp == "bf16"
 
     def step():
         # Autocast only when asked: constructing it queries CUDA even when disabled.
@@ -429,6 +437,7 @@ def run_train(args):
         peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak RSS"
     r = {"bench": "train", "framework": "pytorch", "model": args.model, "batch": args.batch,
          "hw": args.hw, "cin": args.cin, "classes": args.classes, "mode": args.mode,
+         "amp": "bf16" if amp else "off",
          "device": str(dev), "threads": threads, "cpu_conv": "direct", "steps": args.steps, "warmup": args.warmup,
          "params": sum(p.numel() for p in model.parameters()),
          "images_per_s": args.batch * args.steps / seconds,
@@ -441,7 +450,7 @@ def run_train(args):
         print(json.dumps(r, sort_keys=True))
     else:
         print(f"pytorch bench train: {args.model} batch {args.batch} {args.hw}x{args.hw}x{args.cin},"
-              f" {args.classes} classes, {args.mode} on {dev} ({threads} CPU thread(s)),"
+              f" {args.classes} classes, {args.mode}{' amp bf16' if amp and args.mode != 'bf16' else ''} on {dev} ({threads} CPU thread(s)),"
               f" {r['params']} parameters, channels_last {cl}\n"
               f"  {r['images_per_s']:.1f} images/s, {r['ms_per_step']:.2f} ms/step over"
               f" {args.steps} steps after {args.warmup} warm-up\n"
@@ -774,6 +783,8 @@ def main(argv):
     t.add_argument("--steps", type=int, default=20)
     t.add_argument("--warmup", type=int, default=3)
     t.add_argument("--mode", default="fp32", choices=("fp32", "bf16", "qat"))
+    t.add_argument("--amp", default="off", choices=("off", "bf16"),
+                   help="any mode under torch.autocast(bfloat16) (--mode qat --amp bf16)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--quantizer", default="lsq", help="qat: uniform or lsq (default lsq)")
     t.add_argument("--bits", type=int, default=4, help="qat: weight and activation bits")

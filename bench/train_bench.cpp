@@ -48,7 +48,9 @@ TrainResult run_train_bench(const TrainOptions& o) {
                      " must be >= 1 and --warmup ", o.warmup, " >= 0");
   LOWBIT_CHECK_INPUT(o.mode == "fp32" || o.mode == "bf16" || o.mode == "qat" || o.mode == "search",
                      "bench train: --mode must be fp32, bf16, qat or search, got '", o.mode, "'");
-  const bool bf16 = o.mode == "bf16";
+  LOWBIT_CHECK_INPUT(o.amp == "off" || o.amp == "bf16",
+                     "bench train: --amp must be off or bf16, got '", o.amp, "'");
+  const bool bf16 = o.mode == "bf16" || o.amp == "bf16";  // --mode bf16 is fp32 with --amp bf16
   const Device dev = o.device;
   if (dev.is_cuda()) cuda::device_allocator(dev.index).reset_peak();
 

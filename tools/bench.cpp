@@ -39,7 +39,7 @@ const char* kBenchHelp =
 const char* kTrainHelp =
     "usage: lowbit bench train [--model NAME] [--batch B] [--hw H] [--cin C] [--classes K]\n"
     "                          [--steps N] [--warmup W] [--device auto|cpu|cuda|cuda:N]\n"
-    "                          [--mode fp32|bf16|qat] [--quantizer Q] [--bits B]\n"
+    "                          [--mode fp32|bf16|qat] [--amp off|bf16] [--quantizer Q] [--bits B]\n"
     "                          [--threads T] [--cpu-conv A] [--seed S] [--bucket-mb M] [--json]\n"
     "\n"
     "Times N training steps (after W untimed ones) of model NAME on one synthetic batch of B\n"
@@ -62,6 +62,8 @@ const char* kTrainHelp =
     "                 or search: the mixed-precision search's step (every conv and linear mixes\n"
     "                 binary and 8-bit weights, one BN per candidate; a weight step, then an\n"
     "                 alpha step on the same batch, docs/methods.md)\n"
+    "  --amp A        off (default) or bf16: any mode under `amp: bf16` (--mode qat --amp bf16\n"
+    "                 is QAT as users train it; --mode bf16 is --mode fp32 --amp bf16)\n"
     "  --quantizer Q  qat: a registered quantizer (default lsq; uniform, dsq, ...)\n"
     "  --bits B       qat: weight and activation bits (default 4)\n"
     "  --threads T    CPU threads (OpenMP and OpenBLAS; default: OMP_NUM_THREADS or all cores)\n"
@@ -72,7 +74,7 @@ const char* kTrainHelp =
     "                 or winograd_f2 (lowbit's F(2x2, 3x3): slower, 5-10x less rounding error)\n"
     "  --seed S       seed of the weights and the synthetic batch (default 0)\n"
     "  --bucket-mb M  data-parallel gradient buckets in MiB (default 25; docs/distributed.md)\n"
-    "  --json         print one JSON object: model, batch, hw, cin, classes, mode, device,\n"
+    "  --json         print one JSON object: model, batch, hw, cin, classes, mode, amp, device,\n"
     "                 threads, cpu_conv, steps, warmup, params, images_per_s, ms_per_step,\n"
     "                 peak_mem_bytes, peak_mem_kind, final_loss, world_size, comm_wait_share;\n"
     "                 qat adds quantizer, bits\n"
@@ -335,7 +337,8 @@ int run_train(int argc, char** argv, std::ostream& out) {
   int threads = 0;
   ArgWalker{argc, argv, 3, "bench train"}.walk(
       {"--model", "--batch", "--hw", "--cin", "--classes", "--steps", "--warmup", "--device",
-       "--mode", "--threads", "--cpu-conv", "--seed", "--quantizer", "--bits", "--bucket-mb"},
+       "--mode", "--amp", "--threads", "--cpu-conv", "--seed", "--quantizer", "--bits",
+       "--bucket-mb"},
       {"--json", "--help", "-h"},
       [&](const std::string& f, const std::string& v) {
         if (f == "--model")
@@ -356,6 +359,8 @@ int run_train(int argc, char** argv, std::ostream& out) {
           device = v;
         else if (f == "--mode")
           o.mode = v;
+        else if (f == "--amp")
+          o.amp = v;
         else if (f == "--threads")
           threads = int(parse_int(f, v));
         else if (f == "--cpu-conv")
@@ -394,6 +399,7 @@ int run_train(int argc, char** argv, std::ostream& out) {
            {"cin", o.cin},
            {"classes", o.classes},
            {"mode", o.mode},
+           {"amp", o.mode == "bf16" ? std::string("bf16") : o.amp},
            {"device", o.device.str()},
            {"threads", r.threads},
            {"cpu_conv", layers::cpu_conv_algo_name(layers::cpu_conv_algo())},
@@ -414,7 +420,8 @@ int run_train(int argc, char** argv, std::ostream& out) {
     out << j.dump() << "\n";
   } else {
     out << "lowbit bench train: " << o.model << " batch " << o.batch << " " << o.hw << "x" << o.hw
-        << "x" << o.cin << ", " << o.classes << " classes, " << o.mode << " on " << o.device.str()
+        << "x" << o.cin << ", " << o.classes << " classes, " << o.mode
+        << (o.amp == "bf16" && o.mode != "bf16" ? " amp bf16" : "") << " on " << o.device.str()
         << " (" << r.threads << " CPU thread(s)), " << r.params << " parameters\n"
         << "  " << fixed(r.images_per_s, 1) << " images/s, " << fixed(r.ms_per_step, 2)
         << " ms/step over " << o.steps << " steps after " << o.warmup << " warm-up\n"

@@ -72,6 +72,14 @@ foreach(q lsq uniform)
   endif()
 endforeach()
 
+# QAT under amp: bf16 (how users train): the mode stays qat, amp says bf16.
+check_run(kinds "model;mode;amp;images_per_s;quantizer;bits"
+          train --model resnet20 --batch 8 --hw 28 --cin 1 --steps 2 --warmup 1 --device cpu
+          --mode qat --amp bf16 --quantizer lsq --bits 4 --json)
+if(NOT kinds MATCHES "^(train|skipped)$")
+  message(FATAL_ERROR "bench train --mode qat --amp bf16 --json printed '${kinds}', expected one train object")
+endif()
+
 # Mixed precision (amp: bf16, autocast) on the CPU.
 check_run(kinds "model;mode;images_per_s;ms_per_step;final_loss"
           train --model resnet20 --batch 8 --hw 28 --cin 1 --steps 2 --warmup 1 --device cpu --mode bf16 --json)
