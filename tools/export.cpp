@@ -255,7 +255,7 @@ int run_export(int argc, char** argv, std::ostream& out) {
   if (a.format == "int") {
     export_int(*model, data, a, stage.path(), report);
   } else {
-    export_onnx(*model, data, stage.path(), report);
+    export_onnx(*model, data, stage.path(), a.verify, report);
   }
   report["wall_s"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::ofstream(stage.path() / "export_report.json") << report.dump(1) << "\n";
