@@ -90,6 +90,7 @@ class OnnxWriter : public quant::ModelWalker {
   int64_t classes() const { return classes_; }
   json layers_json() const { return layers_; }
   json float_weights_json() const { return float_weights_; }
+  json grid_weights_json() const { return grid_weights_; }
   bool quantized() const { return quantized_; }
 
  protected:
@@ -376,6 +377,11 @@ class OnnxWriter : public quant::ModelWalker {
     return init_raw(base, is_unsigned ? onnx::TensorProto::UINT8 : onnx::TensorProto::INT8, dims,
                     b.data(), b.size());
   }
+  std::string init_i32(const std::string& base, const std::vector<int64_t>& dims,
+                       const std::vector<int64_t>& v) {
+    const std::vector<int32_t> b(v.begin(), v.end());
+    return init_raw(base, onnx::TensorProto::INT32, dims, b.data(), b.size() * sizeof(int32_t));
+  }
   std::string scalar_f32(float v) {
     const std::string key = "f32:" + std::to_string(v);
     auto it = constants_.find(key);
@@ -470,6 +476,30 @@ class OnnxWriter : public quant::ModelWalker {
       }
     }
     if (!why.empty()) {
+      // No integer form: the fake-quantized values may still lie on a grid q s per output
+      // channel (DoReFa: odd multiples of 1 / (2^b - 1); binary: +-mean|w|; times SAT's
+      // constant): int8 codes then, each value reproduced within f32 rounding (grid_codes).
+      if (auto gw = grid_codes(w, k)) {
+        // int8 when the codes fit, else int32 (DequantizeLinear takes both; 8-bit DoReFa's odd
+        // codes reach +-255).
+        bool fits = true;
+        for (int64_t v : gw->first) fits = fits && v >= -128 && v <= 127;
+        const std::vector<int64_t> zeros(size_t(k), 0);
+        const std::string wc = fits ? init_codes(layer + ".weight_codes", dims, gw->first, false)
+                                    : init_i32(layer + ".weight_codes", dims, gw->first);
+        const std::string sc = init_f32(layer + ".weight_scale", {k}, gw->second);
+        const std::string zp = fits ? init_codes(layer + ".weight_zero_point", {k}, zeros, false)
+                                    : init_i32(layer + ".weight_zero_point", {k}, zeros);
+        const std::string y = fresh(layer + ".weight");
+        attr_i(node("DequantizeLinear", layer + "/weight_dq", {wc, sc, zp}, y), "axis", 0);
+        (*entry)["weight"] = json{{"quantizer", q->name()},
+                                  {"type", fits ? "int8" : "int32"},
+                                  {"grid", "codes of the fake-quantized values, within f32 rounding (" +
+                                           why + ")"},
+                                  {"per_channel", true}};
+        grid_weights_.push_back(json{{"layer", layer}, {"why", why}});
+        return y;
+      }
       float_weights_.push_back(json{{"layer", layer}, {"why", why}});
       (*entry)["weight"] = "float (fake-quantized values)";
       return init_f32(layer + ".weight", dims, w);
@@ -494,11 +524,48 @@ class OnnxWriter : public quant::ModelWalker {
     return y;
   }
 
+  // Per output channel (rows of w), a scale s = max|w| / j (the smallest j in 1..255 that works)
+  // and integer codes q with |q s - w| <= 2^-21 max|w|: the grid within f32 rounding (DoReFa's
+  // 2 (k / n) - 1 cancels to an error of 2^-23); nullopt when some channel has none.
+  static std::optional<std::pair<std::vector<int64_t>, std::vector<float>>> grid_codes(
+      const std::vector<float>& w, int64_t k) {
+    const int64_t per_k = int64_t(w.size()) / k;
+    std::vector<int64_t> codes(w.size(), 0);
+    std::vector<float> scales(static_cast<size_t>(k), 1.0f);
+    for (int64_t c = 0; c < k; ++c) {
+      const float* wc = w.data() + c * per_k;
+      int64_t* qc = codes.data() + c * per_k;
+      float m = 0.0f;
+      for (int64_t i = 0; i < per_k; ++i) {
+        if (!std::isfinite(wc[i])) return std::nullopt;
+        m = std::max(m, std::fabs(wc[i]));
+      }
+      if (m == 0.0f) continue;  // an all-zero channel: codes 0
+      const double tol = double(m) * 0x1p-21;
+      bool found = false;
+      for (int j = 1; j <= 255 && !found; ++j) {
+        const float s = m / float(j);
+        bool ok = true;
+        for (int64_t i = 0; i < per_k && ok; ++i) {
+          const double q = std::nearbyint(double(wc[i]) / double(s));
+          ok = std::fabs(double(float(q) * s) - double(wc[i])) <= tol;
+          qc[i] = int64_t(q);
+        }
+        if (ok) {
+          found = true;
+          scales[size_t(c)] = s;
+        }
+      }
+      if (!found) return std::nullopt;
+    }
+    return std::make_pair(codes, scales);
+  }
+
   onnx::GraphProto* g_;
   std::vector<Value> values_;
   std::set<std::string> used_, node_names_;
   std::map<std::string, std::string> constants_;
-  json layers_ = json::array(), float_weights_ = json::array();
+  json layers_ = json::array(), float_weights_ = json::array(), grid_weights_ = json::array();
   bool quantized_ = false;
   int64_t classes_ = 0;
   quant::QConv2d* last_conv_ = nullptr;
@@ -570,6 +637,7 @@ void export_onnx(layers::Module& model, train::DataSource& data, const fs::path&
   report["input"] = json{{"name", "input"}, {"layout", "NCHW"}, {"shape", {"N", c, h, w}}};
   report["layers"] = wr.layers_json();
   report["float_weights"] = wr.float_weights_json();
+  report["grid_weights"] = wr.grid_weights_json();
 
   // The sample: test images (NCHW), their labels and lowbit's logits.
   const Device cpu = Device::cpu();
