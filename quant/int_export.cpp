@@ -314,18 +314,18 @@ class Lowerer : public ModelWalker {
   std::vector<int64_t> shape_of(int v) const override { return val(v).shape; }
   std::string format_name() const override { return "the integer format"; }
 
-  int conv(layers::Conv2d& c, const std::string& name, int v) override {
-    LOWBIT_CHECK_INPUT(c.type_name() == "QConv2d", "export: layer '", name, "' is a float ",
-                       c.type_name(),
+  static void need_quantized(const layers::Module& m, const char* want, const std::string& name) {
+    LOWBIT_CHECK_INPUT(m.type_name() == want, "export: layer '", name, "' is a float ",
+                       m.type_name(),
                        "; the integer format needs every conv and linear quantized "
                        "(quant rules without skip), or export --format onnx");
+  }
+  int conv(layers::Conv2d& c, const std::string& name, int v) override {
+    need_quantized(c, "QConv2d", name);
     return lower_qconv(static_cast<QConv2d&>(c), name, v);
   }
   int linear(layers::Linear& l, const std::string& name, int v) override {
-    LOWBIT_CHECK_INPUT(l.type_name() == "QLinear", "export: layer '", name, "' is a float ",
-                       l.type_name(),
-                       "; the integer format needs every conv and linear quantized "
-                       "(quant rules without skip), or export --format onnx");
+    need_quantized(l, "QLinear", name);
     return lower_qlinear(static_cast<QLinear&>(l), name, v);
   }
   int batch_norm(layers::BatchNorm2d& bn, const std::string& name, int v) override {

@@ -25,11 +25,13 @@ layers::Module& child(layers::Module& m, const std::string& name, const std::str
 }  // namespace
 
 int ModelWalker::other(layers::Module& m, const std::string& name, int) {
-  LOWBIT_CHECK_INPUT(false, "export: module '", name, "' of type ", m.type_name(), " has no form in ",
-                     format_name(),
-                     " (supported: Conv2d, BatchNorm2d, Linear, their quantized forms, ReLU, ReLU6, "
-                     "MaxPool2d, GlobalAvgPool2d, Flatten, residual blocks of ResNet and "
-                     "MobileNetV2)", unsupported_hint());
+  LOWBIT_CHECK_INPUT(
+      false, "export: module '", name, "' of type ", m.type_name(), " has no form in ",
+      format_name(),
+      " (supported: Conv2d, BatchNorm2d, Linear, their quantized forms, ReLU, ReLU6, "
+      "MaxPool2d, GlobalAvgPool2d, Flatten, residual blocks of ResNet and "
+      "MobileNetV2)",
+      unsupported_hint());
   return -1;
 }
 

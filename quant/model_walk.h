@@ -40,7 +40,7 @@ class ModelWalker {
   // Appended to the message for a module without a form ("; export --format onnx").
   virtual std::string unsupported_hint() const { return ""; }
 
-  virtual int conv(layers::Conv2d& c, const std::string& name, int v) = 0;  // Conv2d or QConv2d
+  virtual int conv(layers::Conv2d& c, const std::string& name, int v) = 0;    // Conv2d or QConv2d
   virtual int linear(layers::Linear& l, const std::string& name, int v) = 0;  // v is (F)
   virtual int batch_norm(layers::BatchNorm2d& bn, const std::string& name, int v) = 0;
   virtual int relu(const std::string& name, int v, bool six) = 0;

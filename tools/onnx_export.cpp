@@ -8,6 +8,8 @@
 // is narrower than the 8-bit type) -> DequantizeLinear; its weight is an int8 / uint8 initializer
 // of codes -> DequantizeLinear (per output channel, axis 0), or the fake-quantized float weight
 // where the codes do not reproduce it exactly (a quantizer without an integer form).
+#include "tools/onnx_export.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -27,7 +29,6 @@
 #include "onnx/onnx_pb.h"  // defines ONNX_API, includes onnx-ml.pb.h (ONNX_ML=1)
 #include "quant/model_walk.h"
 #include "quant/qlayers.h"
-#include "tools/onnx_export.h"
 
 namespace lowbit::tools {
 
@@ -100,7 +101,8 @@ class OnnxWriter : public quant::ModelWalker {
   int conv(layers::Conv2d& c, const std::string& name_, int v) override {
     const layers::Conv2dOptions& co = c.options();
     const std::vector<int64_t>& in = shape_of(v);
-    LOWBIT_CHECK_INPUT(in.size() == 3, "export: conv '", name_, "' reads a ", in.size(), "-D value");
+    LOWBIT_CHECK_INPUT(in.size() == 3, "export: conv '", name_, "' reads a ", in.size(),
+                       "-D value");
     json entry{{"layer", name_}, {"op", "Conv"}};
     const int64_t k = co.out_channels, cg = co.in_channels / co.groups;
     const int64_t r = co.kernel[0], s = co.kernel[1];
@@ -135,9 +137,8 @@ class OnnxWriter : public quant::ModelWalker {
       entry["weight"] = "float";
     }
     const std::vector<float> wk = krsc_to_kcrs(host_f32(w), k, r, s, cg);
-    const std::string wname =
-        weight_input(wk, {k, cg, r, s}, qc ? qc->weight_quantizer() : nullptr,
-                     qc && qc->sat_rescale(), name_, &entry);
+    const std::string wname = weight_input(wk, {k, cg, r, s}, qc ? qc->weight_quantizer() : nullptr,
+                                           qc && qc->sat_rescale(), name_, &entry);
     std::vector<std::string> inputs{name(v), wname};
     if (!bias.empty()) inputs.push_back(init_f32(name_ + ".bias", {k}, to_f32(bias)));
     const int64_t p = layers::conv_out_size(in[0], r, co.stride[0], co.padding[0], co.dilation[0]);
@@ -205,13 +206,13 @@ class OnnxWriter : public quant::ModelWalker {
                          "with batch statistics in eval, which ONNX's BatchNormalization does not");
       const int64_t c = bn.options().num_features;
       const std::string y = fresh(name_);
-      onnx::NodeProto* n = node(
-          "BatchNormalization", name_,
-          {name(v), init_f32(name_ + ".weight", {c}, bn_gamma(bn)),
-           init_f32(name_ + ".bias", {c}, bn_beta(bn)),
-           init_f32(name_ + ".running_mean", {c}, host_f32(bn.running_mean())),
-           init_f32(name_ + ".running_var", {c}, host_f32(bn.running_var()))},
-          y);
+      onnx::NodeProto* n =
+          node("BatchNormalization", name_,
+               {name(v), init_f32(name_ + ".weight", {c}, bn_gamma(bn)),
+                init_f32(name_ + ".bias", {c}, bn_beta(bn)),
+                init_f32(name_ + ".running_mean", {c}, host_f32(bn.running_mean())),
+                init_f32(name_ + ".running_var", {c}, host_f32(bn.running_var()))},
+               y);
       attr_f(n, "epsilon", float(bn.options().eps));
       v = add_value(y, shape_of(v));
     }
@@ -492,11 +493,11 @@ class OnnxWriter : public quant::ModelWalker {
                                     : init_i32(layer + ".weight_zero_point", {k}, zeros);
         const std::string y = fresh(layer + ".weight");
         attr_i(node("DequantizeLinear", layer + "/weight_dq", {wc, sc, zp}, y), "axis", 0);
-        (*entry)["weight"] = json{{"quantizer", q->name()},
-                                  {"type", fits ? "int8" : "int32"},
-                                  {"grid", "codes of the fake-quantized values, within f32 rounding (" +
-                                           why + ")"},
-                                  {"per_channel", true}};
+        (*entry)["weight"] =
+            json{{"quantizer", q->name()},
+                 {"type", fits ? "int8" : "int32"},
+                 {"grid", "codes of the fake-quantized values, within f32 rounding (" + why + ")"},
+                 {"per_channel", true}};
         grid_weights_.push_back(json{{"layer", layer}, {"why", why}});
         return y;
       }
@@ -506,13 +507,14 @@ class OnnxWriter : public quant::ModelWalker {
     }
     const CodeType ct = code_type(f->range, layer, "weight");
     const bool per_channel = f->scale.size() > 1;
-    const std::vector<int64_t> sdims = per_channel ? std::vector<int64_t>{k} : std::vector<int64_t>{};
+    const std::vector<int64_t> sdims =
+        per_channel ? std::vector<int64_t>{k} : std::vector<int64_t>{};
     std::vector<float> sc;
     for (double s : f->scale) sc.push_back(float(s));
     const std::string wc = init_codes(layer + ".weight_codes", dims, codes, ct.is_unsigned);
     const std::string s = init_f32(layer + ".weight_scale", sdims, sc);
-    const std::string zp = init_codes(layer + ".weight_zero_point", sdims, f->zero_point,
-                                      ct.is_unsigned);
+    const std::string zp =
+        init_codes(layer + ".weight_zero_point", sdims, f->zero_point, ct.is_unsigned);
     const std::string y = fresh(layer + ".weight");
     onnx::NodeProto* n = node("DequantizeLinear", layer + "/weight_dq", {wc, s, zp}, y);
     if (per_channel) attr_i(n, "axis", 0);

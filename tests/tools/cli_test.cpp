@@ -516,6 +516,22 @@ TEST(Cli, PlotRefusesWhatIsNotARunAndSkipsACutLastRecord) {
   fs::remove_all(d);
 }
 
+// An export that must fail: `lowbit export ARGS --format FORMAT --out OUT` exits 2, says
+// `message` and leaves nothing at OUT (relative: below d).
+struct BadExport {
+  std::string args, out, message;
+};
+void expect_refused(const fs::path& d, const std::vector<BadExport>& bad,
+                    const std::string& format) {
+  for (const BadExport& b : bad) {
+    const fs::path out = b.out[0] == '/' ? fs::path(b.out) : d / b.out;
+    Result r = run("export " + b.args + " --format " + format + " --out " + out.string());
+    EXPECT_EQ(r.code, 2) << b.args << "\n" << r.output;
+    EXPECT_THAT(r.output, HasSubstr(b.message));
+    EXPECT_FALSE(fs::exists(out)) << out;
+  }
+}
+
 }  // namespace
 
 // lowbit export --format int: the integer model's files and report; bad input exits 2 and
@@ -573,10 +589,7 @@ TEST(Cli, ExportIntWritesTheIntegerModelAndRefusesBadInput) {
   EXPECT_EQ(nlohmann::json::parse(std::ifstream(d / "qi" / "export_report.json"))["requant"],
             "fixed_point");
 
-  struct Bad {
-    std::string args, out, message;
-  };
-  const std::vector<Bad> bad{
+  const std::vector<BadExport> bad{
       {(d / "dsq.yaml").string() + " --checkpoint " + (d / "dsq" / "model.safetensors").string(),
        "b1", "layer 'features.0.0': its input quantizer 'dsq' has no integer form"},
       {(d / "other.yaml").string() + " --checkpoint " + ckpt, "b2", "model.safetensors"},
@@ -584,13 +597,7 @@ TEST(Cli, ExportIntWritesTheIntegerModelAndRefusesBadInput) {
       {q + " --checkpoint " + (d / "missing.safetensors").string(), "b3", "missing.safetensors"},
       {q + " --checkpoint " + ckpt + " --verify some", "b4", "--verify 'some'"},
   };
-  for (const Bad& b : bad) {
-    const fs::path out = b.out[0] == '/' ? fs::path(b.out) : d / b.out;
-    r = run("export " + b.args + " --format int --out " + out.string());
-    EXPECT_EQ(r.code, 2) << b.args << "\n" << r.output;
-    EXPECT_THAT(r.output, HasSubstr(b.message));
-    EXPECT_FALSE(fs::exists(out)) << out;
-  }
+  expect_refused(d, bad, "int");
   // A folder holding something else is not replaced.
   fs::create_directories(d / "keep");
   std::ofstream(d / "keep" / "mine.txt") << "x";
@@ -635,9 +642,9 @@ TEST(Cli, ExportOnnxWritesTheModelAndSampleAndRefusesBadInput) {
       "{weight: {quantizer: lsq, bits: 4, per_channel: true}, activation: {quantizer: lsq, bits: "
       "4}}";
   const fs::path q = tiny_run(d, "q", "{name: dsnet}", lsq);
-  const fs::path dsq = tiny_run(
-      d, "dsq", "{name: dsnet}",
-      "{weight: {quantizer: lsq, bits: 4}, activation: {quantizer: dsq, bits: 4}}");
+  const fs::path dsq =
+      tiny_run(d, "dsq", "{name: dsnet}",
+               "{weight: {quantizer: lsq, bits: 4}, activation: {quantizer: dsq, bits: 4}}");
   const fs::path other = d / "other.yaml";
   std::ofstream(other) << "name: other\ndevice: cpu\n"
                           "data: {dataset: synthetic, synthetic_size: 128, synthetic_hw: 16, "
@@ -673,22 +680,12 @@ TEST(Cli, ExportOnnxWritesTheModelAndSampleAndRefusesBadInput) {
 #else
   const std::string no_form = "built without ONNX support", no_out = no_form;
 #endif
-  struct Bad {
-    std::string args, out, message;
-  };
-  const std::vector<Bad> bad{
-      {dsq.string() + " --checkpoint " + (d / "dsq" / "model.safetensors").string(), "b1",
-       no_form},
+  const std::vector<BadExport> bad{
+      {dsq.string() + " --checkpoint " + (d / "dsq" / "model.safetensors").string(), "b1", no_form},
       {other.string() + " --checkpoint " + ckpt, "b2", "model.safetensors"},
       {q.string() + " --checkpoint " + ckpt, "/proc/lowbit_no/x", no_out},
   };
-  for (const Bad& b : bad) {
-    const fs::path out = b.out[0] == '/' ? fs::path(b.out) : d / b.out;
-    Result e = run("export " + b.args + " --format onnx --out " + out.string());
-    EXPECT_EQ(e.code, 2) << b.args << "\n" << e.output;
-    EXPECT_THAT(e.output, HasSubstr(b.message));
-    EXPECT_FALSE(fs::exists(out)) << out;
-  }
+  expect_refused(d, bad, "onnx");
   for (const auto& e : fs::directory_iterator(d))
     EXPECT_EQ(e.path().string().find(".partial-"), std::string::npos) << e.path();
   fs::remove_all(d);
@@ -739,9 +736,9 @@ TEST(ExportOnnxTorch, EveryModelFamilyRunsInOnnxruntimeWithLowbitsLogits) {
                    out.string() + " --verify all");
     ASSERT_EQ(r.code, 0) << r.output;
     const fs::path js = d / (c.name + "_check.json");
-    const auto [code, output] = lowbit::testing::run_command(
-        python + " " + LOWBIT_SOURCE_DIR + "/scripts/onnx_check.py " + out.string() + " --json " +
-        js.string() + " 2>&1");
+    const auto [code, output] =
+        lowbit::testing::run_command(python + " " + LOWBIT_SOURCE_DIR + "/scripts/onnx_check.py " +
+                                     out.string() + " --json " + js.string() + " 2>&1");
     ASSERT_EQ(code, 0) << output;
     const nlohmann::json j = nlohmann::json::parse(std::ifstream(js));
     EXPECT_EQ(j["onnx_checker"], "ok");
