@@ -156,6 +156,46 @@ TEST(Cli, TrainThenEvalAndCorruptCheckpoint) {
   fs::remove_all(d);
 }
 
+// A checkpoint of a weights-only QAT stage (quantize: weights) loads with its activations float,
+// as the trainer evaluated it: lowbit eval gives the run's own test loss, and an ONNX export has
+// float inputs. (Its activation quantizers exist but were never initialised; quantizing with
+// them would initialise LSQ from the first test batch.)
+TEST(Cli, WeightsOnlyQatCheckpointLoadsWithFloatActivations) {
+  fs::path d = temp_dir() / "weights_only";
+  fs::create_directories(d);
+  std::ofstream(d / "w.yaml")
+      << "name: w\ndevice: cpu\nthreads: 1\n"
+         "data: {dataset: synthetic, synthetic_size: 128, synthetic_hw: 16, synthetic_channels: 1, "
+         "synthetic_classes: 4, batch_size: 16}\nmodel: {name: dsnet}\n"
+         "quant: {weight: {quantizer: lsq, bits: 2}, activation: {quantizer: lsq, bits: 2}}\n"
+         "stages: [{epochs: 1, optimizer: {lr: 0.01}}, {kind: qat, quantize: weights, epochs: 1, "
+         "optimizer: {lr: 0.01}}]\n";
+  Result r =
+      run("train " + (d / "w.yaml").string() + " --out " + (d / "w").string() + " --no-progress");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const nlohmann::json sum = nlohmann::json::parse(std::ifstream(d / "w" / "summary.json"));
+  r = run("eval " + (d / "w.yaml").string() + " --checkpoint " +
+          (d / "w" / "model.safetensors").string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  const size_t at = r.output.find("test loss ");
+  ASSERT_NE(at, std::string::npos) << r.output;
+  const double loss = std::stod(r.output.substr(at + 10));
+  EXPECT_NEAR(loss, sum["test_loss"].get<double>(), 1e-4 * (1 + loss)) << r.output;
+#if LOWBIT_WITH_ONNX
+  r = run("export " + (d / "w.yaml").string() + " --checkpoint " +
+          (d / "w" / "model.safetensors").string() + " --format onnx --out " + (d / "wo").string() +
+          " --verify 8");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const nlohmann::json rep = nlohmann::json::parse(std::ifstream(d / "wo" / "export_report.json"));
+  ASSERT_EQ(rep["layers"].size(), 4u);
+  for (const auto& l : rep["layers"]) {
+    EXPECT_EQ(l["input"], "float") << l;
+    EXPECT_EQ(l["weight"]["quantizer"], "lsq") << l;
+  }
+#endif
+  fs::remove_all(d);
+}
+
 // lowbit ptq on a small trained model: real-data calibration writes the model, summary.json and
 // the per-layer table; ZeroQ with a budget writes the frontier; bad input exits 2 naming it.
 TEST(Cli, PtqCalibratesAndRefusesBadInput) {
