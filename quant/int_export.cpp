@@ -14,6 +14,7 @@
 #include "layers/batchnorm.h"
 #include "layers/conv2d.h"
 #include "layers/pooling.h"
+#include "quant/model_walk.h"
 #include "quant/qlayers.h"
 
 namespace lowbit::quant {
@@ -24,8 +25,6 @@ std::vector<float> host_f32(const Tensor& t) {
   const Tensor c = t.detach().to(Device::cpu(), DType::f32).contiguous();
   return std::vector<float>(c.data<float>(), c.data<float>() + c.numel());
 }
-
-std::string join(const std::string& a, const std::string& b) { return a.empty() ? b : a + "." + b; }
 
 // The integer form of a layer's input quantizer, or an InputError saying what to do.
 IntegerForm input_form(Quantizer* q, const std::string& layer) {
@@ -66,7 +65,7 @@ int bits_for(const QuantRange& r) {
   return b;
 }
 
-class Lowerer {
+class Lowerer : public ModelWalker {
  public:
   Lowerer(const LowerOptions& o) : o_(o) {}
 
@@ -75,7 +74,7 @@ class Lowerer {
     in.kind = IntValueKind::float_input;
     in.shape = input_shape;
     m_.values.push_back(in);
-    m_.output = lower(model, "", 0);
+    m_.output = walk(model, "", 0);
     const IntValue& out = m_.values[size_t(m_.output)];
     LOWBIT_CHECK_INPUT(out.kind == IntValueKind::wide && out.shape.size() == 1,
                        "export: the model must end in a quantized linear (its output is ",
@@ -175,7 +174,7 @@ class Lowerer {
   }
 
   // Global average pooling: the sum over H x W, the scale divided by H W (exact).
-  int global_avg_pool(int v, const std::string& name) {
+  int global_avg_pool(const std::string& name, int v) override {
     need_wide(v, name, "global average pooling");
     IntOp p;
     p.kind = "global_avg_pool";
@@ -189,7 +188,7 @@ class Lowerer {
     out.shape = {out.shape[2]};
     return emit(p, out);
   }
-  int flatten(int v, const std::string& name) {
+  int flatten(const std::string& name, int v) override {
     need_wide(v, name, "flatten");
     IntOp p;
     p.kind = "flatten";
@@ -206,14 +205,6 @@ class Lowerer {
   }
 
   int lower_qlinear(QLinear& l, const std::string& name, int v) {
-    if (val(v).shape.size() == 3) {
-      // The shipped heads pool globally (or flatten, VGG's ImageNet head) in their forward.
-      v = val(v).shape[2] == l.in_features() ? global_avg_pool(v, name + " input")
-                                             : flatten(v, name + " input");
-    }
-    const std::vector<int64_t> want{l.in_features()};
-    LOWBIT_CHECK_INPUT(val(v).shape == want, "export: layer '", name, "' wants ", l.in_features(),
-                       " features, its input has ", val(v).channels());
     const IntegerForm fx = input_form(l.input_quantizer(), name);
     const int xc = codes_for(v, fx);
     m_.ops.back().name = name;
@@ -297,7 +288,7 @@ class Lowerer {
     return emit(op, out);
   }
 
-  int add(const std::string& name, int a, int b) {
+  int add(const std::string& name, int a, int b) override {
     need_wide(a, name, "residual add");
     need_wide(b, name, "residual add");
     LOWBIT_CHECK_INPUT(val(a).shape == val(b).shape, "export: '", name,
@@ -320,114 +311,71 @@ class Lowerer {
     return y;
   }
 
-  int lower_children(layers::Module& m, const std::string& name, int v) {
-    for (auto& [cn, c] : m.named_children()) v = lower(*c, join(name, cn), v);
-    return v;
-  }
-  layers::Module& child(layers::Module& m, const std::string& name, const std::string& cn) {
-    for (auto& [n, c] : m.named_children())
-      if (n == cn) return *c;
-    LOWBIT_CHECK_INPUT(false, "export: '", name, "' (", m.type_name(), ") has no child '", cn, "'");
-    return m;
-  }
-  bool has_child(layers::Module& m, const std::string& cn) {
-    for (auto& [n, c] : m.named_children())
-      if (n == cn) return true;
-    return false;
-  }
+  std::vector<int64_t> shape_of(int v) const override { return val(v).shape; }
+  std::string format_name() const override { return "the integer format"; }
 
-  int lower(layers::Module& m, const std::string& name, int v) {
-    const std::string t = m.type_name();
-    if (t == "QConv2d") return lower_qconv(static_cast<QConv2d&>(m), name, v);
-    if (t == "QLinear") return lower_qlinear(static_cast<QLinear&>(m), name, v);
-    if (t == "Conv2d" || t == "Linear")
-      LOWBIT_CHECK_INPUT(false, "export: layer '", name, "' is a float ", t,
-                         "; the integer format needs every conv and linear quantized "
-                         "(quant rules without skip), or export --format onnx");
-    if (t == "BatchNorm2d") {
-      auto& bn = static_cast<layers::BatchNorm2d&>(m);
-      const bool folded = last_conv_ && last_conv_->folded_bn() == &bn && v == last_conv_out_;
-      LOWBIT_CHECK_INPUT(folded || bn.bypass(), "export: BatchNorm2d '", name,
-                         "' is not folded into the quantized conv before it; quantize with "
-                         "quant.fold_bn: true");
-      return bn.options().fuse_relu ? unary("relu", name, v) : v;
-    }
-    if (t == "ReLU" || t == "ReLU6") {
-      need_wide(v, name, t);
-      return unary(t == "ReLU" ? "relu" : "relu6", name, v);
-    }
-    if (t == "Identity" || t == "Dropout") return v;
-    if (t == "GlobalAvgPool2d") return global_avg_pool(v, name);
-    if (t == "Flatten") return val(v).shape.size() == 1 ? v : flatten(v, name);
-    if (t == "MaxPool2d") {
-      need_wide(v, name, t);
-      const layers::Pool2dOptions& p = static_cast<layers::MaxPool2d&>(m).options();
-      IntOp op;
-      op.kind = "max_pool";
-      op.name = name;
-      op.inputs = {v};
-      op.kernel_h = p.kernel_h;
-      op.kernel_w = p.kernel_w;
-      op.stride_h = p.stride_h;
-      op.stride_w = p.stride_w;
-      op.pad_h = p.pad_h;
-      op.pad_w = p.pad_w;
-      op.ceil_mode = p.ceil_mode;
-      IntValue out = val(v);
-      out.shape[0] =
-          layers::pooled_size(out.shape[0], p.kernel_h, p.stride_h, p.pad_h, p.ceil_mode);
-      out.shape[1] =
-          layers::pooled_size(out.shape[1], p.kernel_w, p.stride_w, p.pad_w, p.ceil_mode);
-      return emit(op, out);
-    }
-    if (t == "Sequential" || t == "ResNet" || t == "MobileNetV2" || t == "MobileNetV1" ||
-        t == "VGG" || t == "DsNet")
-      return lower_children(m, name, v);  // their forwards: children in order, pooled heads
-    if (t == "BasicBlock" || t == "Bottleneck") {
-      const bool basic = t == "BasicBlock";
-      int h = v;
-      for (const char* cn :
-           basic ? std::vector<const char*>{"conv1", "bn1", "conv2", "bn2"}
-                 : std::vector<const char*>{"conv1", "bn1", "conv2", "bn2", "conv3", "bn3"})
-        h = lower(child(m, name, cn), join(name, cn), h);
-      const std::string sc = has_child(m, "shortcut") ? "shortcut" : "downsample";
-      int s = v;
-      if (has_child(m, sc)) {
-        layers::Module& scm = child(m, name, sc);
-        if (scm.type_name() == "LambdaLayer") {  // option A: subsample, zero channels
-          need_wide(v, join(name, sc), "shortcut");
-          auto& c1 = static_cast<layers::Conv2d&>(child(m, name, "conv1"));
-          IntOp op;
-          op.kind = "pad_channels";
-          op.name = join(name, sc);
-          op.inputs = {v};
-          op.stride_h = op.stride_w = c1.options().stride[0];
-          op.pad = (val(h).channels() - val(v).channels()) / 2;
-          IntValue out = val(v);
-          out.shape = {(out.shape[0] - 1) / op.stride_h + 1, (out.shape[1] - 1) / op.stride_h + 1,
-                       out.shape[2] + 2 * op.pad};
-          const double s_min = *std::min_element(out.scale.begin(), out.scale.end());
-          out.scale.insert(out.scale.begin(), size_t(op.pad), s_min);
-          out.scale.insert(out.scale.end(), size_t(op.pad), s_min);
-          s = emit(op, out);
-          if (fine_.count(v)) fine_.insert(s);
-        } else {
-          s = lower(scm, join(name, sc), v);
-        }
-      }
-      return unary("relu", name, add(name, h, s));
-    }
-    if (t == "InvertedResidual") {
-      const int y = lower_children(m, name, v);
-      if (val(y).shape != val(v).shape) return y;  // stride 2 or a width change: no residual
-      return add(name, y, v);
-    }
-    LOWBIT_CHECK_INPUT(false, "export: module '", name, "' of type ", t,
-                       " has no integer lowering (supported: QConv2d with folded BN, QLinear, "
-                       "ReLU, ReLU6, MaxPool2d, GlobalAvgPool2d, residual blocks of ResNet and "
-                       "MobileNetV2); export --format onnx");
-    return v;
+  static void need_quantized(const layers::Module& m, const char* want, const std::string& name) {
+    LOWBIT_CHECK_INPUT(m.type_name() == want, "export: layer '", name, "' is a float ",
+                       m.type_name(),
+                       "; the integer format needs every conv and linear quantized "
+                       "(quant rules without skip), or export --format onnx");
   }
+  int conv(layers::Conv2d& c, const std::string& name, int v) override {
+    need_quantized(c, "QConv2d", name);
+    return lower_qconv(static_cast<QConv2d&>(c), name, v);
+  }
+  int linear(layers::Linear& l, const std::string& name, int v) override {
+    need_quantized(l, "QLinear", name);
+    return lower_qlinear(static_cast<QLinear&>(l), name, v);
+  }
+  int batch_norm(layers::BatchNorm2d& bn, const std::string& name, int v) override {
+    const bool folded = last_conv_ && last_conv_->folded_bn() == &bn && v == last_conv_out_;
+    LOWBIT_CHECK_INPUT(folded || bn.bypass(), "export: BatchNorm2d '", name,
+                       "' is not folded into the quantized conv before it; quantize with "
+                       "quant.fold_bn: true");
+    return bn.options().fuse_relu ? unary("relu", name, v) : v;
+  }
+  int relu(const std::string& name, int v, bool six) override {
+    need_wide(v, name, six ? "ReLU6" : "ReLU");
+    return unary(six ? "relu6" : "relu", name, v);
+  }
+  int max_pool(const layers::Pool2dOptions& p, const std::string& name, int v) override {
+    need_wide(v, name, "MaxPool2d");
+    IntOp op;
+    op.kind = "max_pool";
+    op.name = name;
+    op.inputs = {v};
+    op.kernel_h = p.kernel_h;
+    op.kernel_w = p.kernel_w;
+    op.stride_h = p.stride_h;
+    op.stride_w = p.stride_w;
+    op.pad_h = p.pad_h;
+    op.pad_w = p.pad_w;
+    op.ceil_mode = p.ceil_mode;
+    IntValue out = val(v);
+    out.shape[0] = layers::pooled_size(out.shape[0], p.kernel_h, p.stride_h, p.pad_h, p.ceil_mode);
+    out.shape[1] = layers::pooled_size(out.shape[1], p.kernel_w, p.stride_w, p.pad_w, p.ceil_mode);
+    return emit(op, out);
+  }
+  int shortcut_a(const std::string& name, int v, int64_t stride, int64_t pad) override {
+    need_wide(v, name, "shortcut");
+    IntOp op;
+    op.kind = "pad_channels";
+    op.name = name;
+    op.inputs = {v};
+    op.stride_h = op.stride_w = stride;
+    op.pad = pad;
+    IntValue out = val(v);
+    out.shape = {(out.shape[0] - 1) / stride + 1, (out.shape[1] - 1) / stride + 1,
+                 out.shape[2] + 2 * pad};
+    const double s_min = *std::min_element(out.scale.begin(), out.scale.end());
+    out.scale.insert(out.scale.begin(), size_t(pad), s_min);
+    out.scale.insert(out.scale.end(), size_t(pad), s_min);
+    const int s = emit(op, out);
+    if (fine_.count(v)) fine_.insert(s);
+    return s;
+  }
+  std::string unsupported_hint() const override { return "; export --format onnx"; }
 
   static constexpr double kResidualScale = 65536.0;  // 16 bits finer than an accumulator
 

@@ -76,6 +76,17 @@ void PactQuantizer::init(OptionReader& r, double alpha0) {
   register_parameter("alpha", &alpha_);
 }
 
+std::optional<IntegerForm> PactQuantizer::integer_form() {
+  if (!enabled() || calibrating()) return std::nullopt;
+  const double a = std::fabs(alpha_.item());
+  const int64_t n = (int64_t(1) << bits()) - 1;
+  IntegerForm f;
+  f.scale = {double(float(a / double(n)))};  // the f32 scale QuantizeLinear / DequantizeLinear use
+  f.zero_point = {0};
+  f.range = QuantRange{0, n};
+  return f;
+}
+
 std::string PactQuantizer::options_repr() const {
   return str_cat("alpha_decay=", alpha_decay_, ", gradient=", calibrated_ ? "calibrated" : "pact");
 }

@@ -87,6 +87,11 @@ class PactQuantizer : public Quantizer {
   std::string type_name() const override { return "PactQuantizer"; }
   Tensor& alpha() { return alpha_; }
   bool calibrated() const { return calibrated_; }
+  // Codes in [0, n] with scale s = |alpha| / n (f32) and zero point 0: the forward's codes
+  // round(clamp(x, 0, a) n / a) are clamp(round(x / s), 0, n) but where x n / a and x / s round
+  // differently next to a tie, and (q a) / n and q s differ by at most one f32 rounding
+  // (docs/export.md, ONNX).
+  std::optional<IntegerForm> integer_form() override;
 
  protected:
   Tensor quantize(const Tensor& x) override;

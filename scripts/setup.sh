@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs, with apt-get, every system package lowbit needs that is missing, and the venv of the
-# PyTorch reference tests (PyPI's safetensors and tensorboard). Idempotent: a machine that already has
+# PyTorch reference tests (PyPI's safetensors, tensorboard, onnx and onnxruntime). Idempotent: a machine that already has
 # everything runs no apt or pip command at all. Nothing is fetched from anywhere but Debian's
 # archive and PyPI. `--no-torch` (what quickstart uses) skips the test-only parts (PyTorch,
 # clang-format, Slurm, clang-16).
@@ -17,6 +17,7 @@ packages=(
   libopenmpi-dev openmpi-bin
   nlohmann-json3-dev
   libxgboost-dev  # Quantune's cost model (lowbit ptq --search quantune)
+  libonnx-dev libprotobuf-dev protobuf-compiler  # lowbit export --format onnx
   dataset-fashion-mnist
 )
 # Only the tests and CI need these; quickstart (--no-torch) skips them.
@@ -56,8 +57,8 @@ fi
 
 # The PyTorch reference tests (ctest label `torch`) run Debian's python3-torch through a
 # project venv that sees the system packages and adds from PyPI what Debian 12 lacks:
-# `safetensors` (checkpoint interop) and `tensorboard` (its event reader checks lowbit's
-# TensorBoard files). The venv lives in .venv (ignored); tests find it through CMake
+# `safetensors` (checkpoint interop), `tensorboard` (its event reader checks lowbit's
+# TensorBoard files), `onnx` and `onnxruntime` (they check lowbit's ONNX export). The venv lives in .venv (ignored); tests find it through CMake
 # (LOWBIT_PYTHON). An existing venv only gets what it is missing.
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv="$root/.venv"
@@ -70,6 +71,10 @@ if [ $with_torch -eq 1 ]; then
   pip_missing=()
   "$venv/bin/python" -c 'import safetensors' >/dev/null 2>&1 || pip_missing+=('safetensors==0.4.5')
   "$venv/bin/python" -c 'import tensorboard' >/dev/null 2>&1 || pip_missing+=('tensorboard==2.21.0')
+  # The ONNX export tests (scripts/onnx_check.py): onnx's checker and onnxruntime; numpy pinned
+  # below 2 so that Debian's python3-torch (built against numpy 1.x) keeps working in this venv.
+  "$venv/bin/python" -c 'import onnx, onnxruntime' >/dev/null 2>&1 ||
+    pip_missing+=('onnx==1.23.2' 'onnxruntime==1.32.0' 'numpy==1.26.4')
   if [ ${#pip_missing[@]} -gt 0 ]; then
     echo "setup: pip install ${pip_missing[*]} into $venv"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${pip_missing[@]}" ||

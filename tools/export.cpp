@@ -25,6 +25,7 @@
 #include "quant/int_inference.h"
 #include "tools/onnx_export.h"
 #include "train/config.h"
+#include "train/registries.h"
 #include "train/trainer.h"
 
 namespace lowbit::tools {
@@ -44,13 +45,17 @@ const char* const kExportHelp =
     "                 with a quantizer that has an integer form (uniform, pow2, lsq)\n"
     "  --format onnx  DIR/model.onnx: plain ONNX for a float model, QuantizeLinear /\n"
     "                 DequantizeLinear pairs (opset 13, per-channel weights; below 8 bits with a\n"
-    "                 Clip to the low-bit range) for a quantized one\n"
+    "                 Clip to the low-bit range) for a quantized one; input: the normalised\n"
+    "                 image, NCHW. With it DIR/sample_input.npy, sample_labels.npy and\n"
+    "                 sample_logits.npy (lowbit's logits) of --verify test images, which\n"
+    "                 scripts/onnx_check.py DIR runs in onnxruntime\n"
     "  --out DIR      default runs/<config name>_<format>; written as DIR.partial-PID and "
     "renamed,\n"
     "                 so DIR never holds half an export; an existing DIR is replaced only when it\n"
     "                 holds an earlier export (export_report.json)\n"
     "  --verify N|all test images the integer model runs on to compare its codes with fake\n"
-    "                 quantization layer by layer, and its top-1 (default 1000; 0: none)\n"
+    "                 quantization layer by layer, and its top-1; for onnx, the images of the\n"
+    "                 sample (default 1000; 0: none)\n"
     "  --fixed-point  requantize with fixed-point multipliers and shifts instead of float ones\n"
     "Files: DIR/export_report.json: the fake-quant test top-1 (full test set), the integer\n"
     "model's top-1 and agreement on the verified images, the codes per layer (equal, total, the\n"
@@ -255,7 +260,17 @@ int run_export(int argc, char** argv, std::ostream& out) {
   if (a.format == "int") {
     export_int(*model, data, a, stage.path(), report);
   } else {
-    export_onnx(*model, data, stage.path(), report);
+    export_onnx(*model, data, stage.path(), a.verify, report);
+    // What the graph's input is: (pixel / 255 - mean) / std per channel, NCHW.
+    std::vector<double> mean = cfg.data.mean, std = cfg.data.std;
+    const train::DatasetSpec& spec = train::dataset_registry().get(cfg.data.dataset);
+    if (mean.empty() && spec.normalisation) {
+      const auto n = spec.normalisation(cfg.data);
+      mean.assign(n.first.begin(), n.first.end());
+      std.assign(n.second.begin(), n.second.end());
+    }
+    report["input"]["mean"] = mean;
+    report["input"]["std"] = std;
   }
   report["wall_s"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::ofstream(stage.path() / "export_report.json") << report.dump(1) << "\n";
@@ -272,8 +287,14 @@ int run_export(int argc, char** argv, std::ostream& out) {
         << 100 * report["codes_fed"]["equal_fraction"].get<double>()
         << "% layer by layer (max difference " << report["codes_fed"]["max_diff"].get<int64_t>()
         << ")";
-  if (report.contains("onnx_top1"))
-    out << "; onnxruntime top-1 " << 100 * report["onnx_top1"].get<double>() << "%";
+  if (report.contains("lowbit_top1"))
+    out << "; lowbit top-1 " << 100 * report["lowbit_top1"].get<double>() << "% on the "
+        << report["sample_images"].get<int64_t>()
+        << " sample images; check it in onnxruntime: python3 scripts/onnx_check.py "
+        << dir.string();
+  if (report.contains("float_weights") && !report["float_weights"].empty())
+    out << "; " << report["float_weights"].size()
+        << " layer(s) with float weights (fake-quantized values; see export_report.json)";
   out << "\n";
   return 0;
 }

@@ -6,11 +6,11 @@ namespace lowbit::tools {
 
 void require_onnx_support() {
   throw InputError(
-      "export: this lowbit was built without ONNX support; install libonnx-dev and "
-      "libprotobuf-dev (scripts/setup.sh does) and configure again, or use --format int");
+      "export: this lowbit was built without ONNX support (CMake found no libonnx-dev / "
+      "libprotobuf-dev); run scripts/setup.sh, configure and build again, or use --format int");
 }
 
-void export_onnx(layers::Module&, train::DataSource&, const std::filesystem::path&,
+void export_onnx(layers::Module&, train::DataSource&, const std::filesystem::path&, int64_t,
                  nlohmann::json&) {
   require_onnx_support();
 }

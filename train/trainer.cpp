@@ -1228,6 +1228,19 @@ layers::ModulePtr load_trained(const ExperimentConfig& cfg, const std::string& c
   SafetensorsFile f = load_safetensors(checkpoint);
   apply_structure_meta(*model, ms, f, checkpoint);
   load_weights(*model, f, checkpoint);
+  if (ms->quantized) {
+    // As the trainer ran the last quantizing stage up to the one the file was written in: a
+    // weights-only stage (quantize: weights) keeps activations float, and its activation
+    // quantizers were never initialised.
+    size_t last = cfg.stages.size();
+    auto st = f.metadata.find("stage");
+    if (st != f.metadata.end()) last = std::min(last, size_t(std::stoll(st->second)) + 1);
+    for (size_t i = last; i-- > 0;) {
+      if (!stage_kind_registry().get(cfg.stages[i].kind).quantizes) continue;
+      quant::set_activation_quantization(*model, cfg.stages[i].quantize == "all");
+      break;
+    }
+  }
   model->to(dev);
   return model;
 }

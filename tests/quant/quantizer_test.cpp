@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -442,6 +443,49 @@ TEST(CgPact, IsPactWithTheCalibratedGradientAndSatInitialClip) {
                 create_quantizer("cg_pact", {{"role", "weight"}});
               }),
               HasSubstr("weight"));
+}
+
+// PACT's integer form (ONNX export, docs/export.md): codes [0, 2^b - 1] at s = |alpha| / n, zero
+// point 0; the forward's value is q s within one f32 rounding, and its code is the form's code
+// clamp(round(x / s), 0, n) except next to a rounding tie.
+TEST(Pact, IntegerFormGivesTheForwardsCodes) {
+  for (int64_t bits : {2, 4, 8}) {
+    auto q = make<PactQuantizer>("pact", {{"bits", std::to_string(bits)}, {"alpha", "3.7"}});
+    {
+      autograd::NoGradGuard ng;
+      q->alpha().fill_(-3.7);  // a learned clip may turn negative: the forward uses |alpha|
+    }
+    const std::optional<IntegerForm> f = q->integer_form();
+    ASSERT_TRUE(f.has_value());
+    const int64_t n = (int64_t(1) << bits) - 1;
+    EXPECT_EQ(f->range.qmin, 0);
+    EXPECT_EQ(f->range.qmax, n);
+    ASSERT_EQ(f->scale.size(), 1u);
+    EXPECT_EQ(f->zero_point, std::vector<int64_t>{0});
+    EXPECT_EQ(f->scale[0], double(float(3.7f / float(n))));  // |alpha| / n as an f32
+    manual_seed(64);
+    Tensor x = randn({4000}) * 3.0 + 1.0;
+    const std::vector<double> xv = to_doubles(x), yv = to_doubles(q->forward(x));
+    const double s = f->scale[0];
+    int64_t ties = 0;
+    for (size_t i = 0; i < xv.size(); ++i) {
+      const double u = xv[i] / s;
+      const double code = std::clamp(std::nearbyint(u), 0.0, double(n));
+      EXPECT_NEAR(code * s, yv[i], 3.7 * 0x1p-22) << xv[i];
+      if (std::fabs(std::fabs(u - std::floor(u)) - 0.5) < 1e-4)
+        ++ties;
+      else
+        EXPECT_EQ(std::nearbyint(yv[i] / s), code) << xv[i];
+    }
+    EXPECT_LT(ties, 10);
+  }
+  // No form while disabled or calibrating.
+  auto q = make<PactQuantizer>("pact", {{"bits", "4"}});
+  q->set_enabled(false);
+  EXPECT_FALSE(q->integer_form().has_value());
+  q->set_enabled(true);
+  q->set_calibrating(true);
+  EXPECT_FALSE(q->integer_form().has_value());
 }
 
 // --- DoReFa ------------------------------------------------------------------------------------
