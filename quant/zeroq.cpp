@@ -58,6 +58,15 @@ void require_batchnorm(layers::Module& model, const std::string& what) {
 
 std::pair<Tensor, Tensor> per_sample_stats(const Tensor& x) {
   LOWBIT_CHECK(x.dim() == 4, "per_sample_stats: wants an NHWC tensor, got ", x.dim(), " dims");
+  if (x.size(1) * x.size(2) < 2) {
+    // A 1x1 map (MobileNetV2's last layers on 28x28 inputs) has no per-sample variance: the
+    // statistics of the batch instead, one (1, C) row, weighted as one sample's.
+    LOWBIT_CHECK_INPUT(x.size(0) >= 2,
+                       "ZeroQ: a BatchNorm input of 1x1 pixels needs a batch of at "
+                       "least 2 (ptq.zeroq.batch_size)");
+    const Tensor b = x.reshape({1, x.size(0), 1, x.size(3)});
+    return {mean(b, {1, 2}), sqrt(var(b, {1, 2}, true) + 1e-6)};
+  }
   Tensor m = mean(x, {1, 2});
   Tensor d = sqrt(var(x, {1, 2}, true) + 1e-6);
   return {m, d};

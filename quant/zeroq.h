@@ -33,7 +33,8 @@ void require_batchnorm(layers::Module& model, const std::string& what);
 // *logits receives the model output when not null.
 Tensor zeroq_bn_loss(layers::Module& model, const Tensor& x, Tensor* logits = nullptr);
 
-// Per-sample, per-channel (mean, std) of an NHWC tensor over (H, W), as the loss computes them.
+// Per-sample, per-channel (mean, std) of an NHWC tensor over (H, W), as the loss computes them:
+// (N, C) each; for a 1x1 map (no variance over one pixel) the batch's statistics, (1, C).
 std::pair<Tensor, Tensor> per_sample_stats(const Tensor& x);
 
 // Mean over the batch of KL(softmax(p) || softmax(q)) of two logits tensors (N, classes).

@@ -171,6 +171,23 @@ TEST(ZeroqLoss, PerSampleStatisticsMatchNaiveLoops) {
   }
 }
 
+// A 1x1 map has no per-sample variance: the batch's statistics stand in (MobileNetV2's last BN
+// inputs on 28x28 Fashion-MNIST images).
+TEST(ZeroqLoss, OnePixelMapsUseTheBatchStatistics) {
+  const Tensor x = lowbit::testing::tensor_of({1.0, 10.0, 2.0, 20.0, 6.0, 30.0}, {3, 1, 1, 2});
+  auto [m, d] = per_sample_stats(x);
+  ASSERT_EQ(m.shape(), (Shape{1, 2}));
+  const std::vector<float> mv = m.to_vector<float>(), dv = d.to_vector<float>();
+  EXPECT_NEAR(mv[0], 3.0, 1e-6);   // (1 + 2 + 6) / 3
+  EXPECT_NEAR(mv[1], 20.0, 1e-5);  // (10 + 20 + 30) / 3
+  EXPECT_NEAR(dv[0], std::sqrt((4.0 + 1.0 + 9.0) / 2 + 1e-6), 1e-5);
+  EXPECT_NEAR(dv[1], std::sqrt((100.0 + 0.0 + 100.0) / 2 + 1e-6), 1e-4);
+  EXPECT_THAT(error_of([] {
+                per_sample_stats(lowbit::testing::tensor_of({1.0, 2.0}, {1, 1, 1, 2}));
+              }),
+              HasSubstr("ptq.zeroq.batch_size"));
+}
+
 TEST(ZeroqLoss, RefusesAModelWithoutBatchNorm) {
   auto net = std::make_shared<layers::Sequential>();
   net->add(std::make_shared<layers::Conv2d>(layers::Conv2dOptions(1, 2, 3)));
