@@ -6,6 +6,7 @@
 
 #include "core/autograd.h"
 #include "core/ops.h"
+#include "quant/fused_autograd.h"
 #include "quant/fused_cpu.h"
 
 namespace lowbit::quant {
@@ -29,18 +30,7 @@ Tensor dorefa_quantize(const Tensor& x_in, int64_t bits, bool weight, bool modif
     Tensor a = abs(x.to(acc));
     p.stat = (bits == 1 ? mean(a) : tanh(amax(a))).reshape({1}).contiguous();
   }
-  Tensor y = fused_forward<DorefaOp>(x, l, p);
-  if (autograd::any_requires_grad({x_in})) {
-    autograd::SavedTensor sx(x, op), ss(p.stat, op);
-    autograd::record(op, {x_in}, y, [=](const Tensor& g) {
-      Tensor xs = sx.unpack();
-      DorefaParams bp = p;
-      bp.stat = ss.unpack();
-      auto dx = fused_backward<DorefaOp>(xs, g.to(xs.dtype()).contiguous(), l, bp, true, false);
-      return std::vector<Tensor>{dx.first};
-    });
-  }
-  return y;
+  return fused_quantize<DorefaOp>(op, x_in, l, p, {}, {&DorefaParams::stat});
 }
 
 namespace {

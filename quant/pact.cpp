@@ -5,8 +5,8 @@
 #include <cmath>
 #include <vector>
 
-#include "core/autograd.h"
 #include "core/ops.h"
+#include "quant/fused_autograd.h"
 #include "quant/fused_cpu.h"
 
 namespace lowbit::quant {
@@ -29,23 +29,7 @@ Tensor pact_quantize(const Tensor& x_in, const Tensor& alpha, int64_t bits, bool
   const ChannelLayout l = channel_layout(x_in.shape(), 0, 1, op);
   PactParams p{detail::prepare_param(alpha, x_in, l, acc_dtype(x_in.dtype()), op, "alpha"), bits,
                calibrated, alpha_decay};
-  Tensor x = x_in.detach().contiguous();
-  Tensor y = fused_forward<PactOp>(x, l, p);
-  if (autograd::any_requires_grad({x_in, alpha})) {
-    const bool need_x = x_in.requires_grad(), need_a = alpha.requires_grad();
-    autograd::SavedTensor sx(x, op), sa(p.alpha, op);
-    const Shape a_shape = alpha.shape();
-    const DType a_dtype = alpha.dtype();
-    autograd::record(op, {x_in, alpha}, y, [=](const Tensor& g) {
-      Tensor xs = sx.unpack();
-      PactParams bp = p;
-      bp.alpha = sa.unpack();
-      auto [dx, grads] =
-          fused_backward<PactOp>(xs, g.to(xs.dtype()).contiguous(), l, bp, need_x, need_a);
-      return std::vector<Tensor>{dx, need_a ? grads.reshape(a_shape).to(a_dtype) : Tensor()};
-    });
-  }
-  return y;
+  return fused_quantize<PactOp>(op, x_in, l, p, {alpha}, {&PactParams::alpha});
 }
 
 namespace {
