@@ -74,6 +74,8 @@ Tensor BinaryQuantizer::quantize(const Tensor& x) {
   return binarize(x, scaled_, spec().per_channel, spec().axis);
 }
 
-LOWBIT_REGISTER_QUANTIZER("binary", BinaryQuantizer);
+LOWBIT_REGISTER_QUANTIZER("binary", BinaryQuantizer,
+                          "binary: sign(x), times mean|x| per channel (XNOR-Net) when scaled",
+                          {{"scaling", "mean_abs (a_k = mean |W[k]|) or none (plain sign)"}});
 
 }  // namespace lowbit::quant

@@ -60,6 +60,9 @@ Tensor DorefaQuantizer::quantize(const Tensor& x) {
   return dorefa_quantize(x, bits(), role() == QuantRole::weight, modified_);
 }
 
-LOWBIT_REGISTER_QUANTIZER("dorefa", DorefaQuantizer);
+LOWBIT_REGISTER_QUANTIZER(
+    "dorefa", DorefaQuantizer,
+    "DoReFa: weights through tanh scaled to [-1, 1], activations clipped to [0, 1]",
+    {{"dorefa_grid", "weights: original (2^b - 1 steps on [-1, 1]) or modified grid"}});
 
 }  // namespace lowbit::quant

@@ -55,8 +55,7 @@ constexpr double kDsqMinWidth = 1e-8;
 }  // namespace
 
 DsqQuantizer::DsqQuantizer(OptionReader& r) : LearnedRangeQuantizer(r, dsq_traits()) {
-  const double alpha0 = r.get_double("alpha", 0.2, 0.0, 1.0, /*lo_open=*/true);
-  if (alpha0 >= 1.0) r.fail("alpha", "is out of range; allowed: (0, 1)");
+  const double alpha0 = r.get_double("alpha", 0.2, 0.0, 1.0, /*lo_open=*/true, /*hi_open=*/true);
   learn_alpha_ = r.get_bool("learn_alpha", true);
   lower_ = zeros(param_shape());
   upper_ = ones(param_shape());
@@ -95,6 +94,10 @@ Tensor DsqQuantizer::quantize_learned(const Tensor& x) {
                       spec().axis);
 }
 
-LOWBIT_REGISTER_QUANTIZER("dsq", DsqQuantizer);
+LOWBIT_REGISTER_QUANTIZER(
+    "dsq", DsqQuantizer,
+    "DSQ: learned bounds l < u, 2^b levels, gradients through a soft tanh staircase",
+    {{"alpha", "initial characteristic alpha of the soft staircase (0: hard, 1: linear)"},
+     {"learn_alpha", "learn alpha (a parameter) or keep it fixed (a buffer)"}});
 
 }  // namespace lowbit::quant

@@ -112,6 +112,11 @@ std::optional<IntegerForm> LsqQuantizer::integer_form() {
   return make_integer_form(scale_, Tensor(), spec().range);
 }
 
-LOWBIT_REGISTER_QUANTIZER("lsq", LsqQuantizer);
+LOWBIT_OPTION_HELP("grad_scale",
+                   "g of the step gradient: auto (1/sqrt(N Qp), N per scale or features per "
+                   "sample), elements (N = all elements per scale), none (1)");
+LOWBIT_REGISTER_QUANTIZER(
+    "lsq", LsqQuantizer, "LSQ: a learned step size s, codes clamp(round(x / s)), symmetric",
+    {{"init", "the initial s: lsq (2 mean|x| / sqrt(Qp)) or an observer's range (its qparams)"}});
 
 }  // namespace lowbit::quant

@@ -53,6 +53,8 @@ Tensor LsqPlusQuantizer::quantize_learned(const Tensor& x) {
                            grad_scale(x), spec().axis);
 }
 
-LOWBIT_REGISTER_QUANTIZER("lsq_plus", LsqPlusQuantizer);
+LOWBIT_REGISTER_QUANTIZER("lsq_plus", LsqPlusQuantizer,
+                          "LSQ+: a learned step size s and offset beta (asymmetric)",
+                          {{"learn_offset", "learn beta (a parameter) or keep it 0 (a buffer)"}});
 
 }  // namespace lowbit::quant

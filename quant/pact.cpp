@@ -69,7 +69,16 @@ Tensor PactQuantizer::quantize(const Tensor& x) {
   return pact_quantize(x, a, bits(), calibrated_, alpha_decay_);
 }
 
-LOWBIT_REGISTER_QUANTIZER("pact", PactQuantizer);
-LOWBIT_REGISTER_QUANTIZER("cg_pact", CgPactQuantizer);
+LOWBIT_REGISTER_QUANTIZER(
+    "pact", PactQuantizer,
+    "PACT: activations clipped to a learned alpha, 2^b - 1 uniform levels on [0, alpha]",
+    {{"alpha", "the initial clip alpha (a learned parameter)"},
+     {"alpha_decay", "L2 regulariser alpha_decay * alpha^2, added by the backward"},
+     {"gradient", "dq/dalpha: pact (1 above alpha) or calibrated (also (q - x) / alpha inside)"}});
+LOWBIT_REGISTER_QUANTIZER("cg_pact", CgPactQuantizer,
+                          "CG-PACT: PACT with the calibrated clip gradient, alpha from 8",
+                          {{"alpha", "the initial clip alpha (a learned parameter)"},
+                           {"alpha_decay",
+                            "L2 regulariser alpha_decay * alpha^2, added by the backward"}});
 
 }  // namespace lowbit::quant

@@ -22,6 +22,7 @@ std::pair<Tensor, Tensor> Pow2Quantizer::compute_qparams(const Tensor& min_val,
   return {scale, zero_point};
 }
 
-LOWBIT_REGISTER_QUANTIZER("pow2", Pow2Quantizer);
+LOWBIT_REGISTER_QUANTIZER("pow2", Pow2Quantizer,
+                          "pow2: the uniform quantizer with scales rounded to 2^round(log2 s)");
 
 }  // namespace lowbit::quant

@@ -68,6 +68,8 @@ Tensor TernaryQuantizer::quantize(const Tensor& x) {
   return ternarize(x, threshold_, spec().per_channel, spec().axis);
 }
 
-LOWBIT_REGISTER_QUANTIZER("ternary", TernaryQuantizer);
+LOWBIT_REGISTER_QUANTIZER("ternary", TernaryQuantizer,
+                          "ternary (TWN): weights to {-a, 0, a}, threshold * mean|w|",
+                          {{"threshold", "Delta = threshold * mean|w|; |w| <= Delta becomes 0"}});
 
 }  // namespace lowbit::quant

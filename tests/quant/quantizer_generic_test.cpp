@@ -102,6 +102,37 @@ TEST(QuantizerCases, ForwardBackwardAndStateDictRoundTrip) {
   }
 }
 
+// What `lowbit quantizers` prints (describe_quantizer) is what the quantizers do: every option
+// has a help text, and giving an option its listed default (under its listed condition) builds
+// the same quantizer as leaving it out.
+TEST(QuantizerCases, DescribedOptionsHaveHelpAndTheirDefaultsAreTheDefaults) {
+  for (const std::string& name : quantizer_names()) {
+    const QuantizerInfo info = describe_quantizer(name);
+    EXPECT_FALSE(info.summary.empty()) << name;
+    EXPECT_FALSE(info.roles.empty()) << name;
+    for (const QuantizerOptionInfo& o : info.options) {
+      SCOPED_TRACE(name + "." + o.read.key);
+      EXPECT_FALSE(o.help.empty()) << "no help: give it in the registration or LOWBIT_OPTION_HELP";
+      if (o.read.key == "channels" || o.read.key == "role") continue;  // channels: unused default
+      for (const std::string& role : info.roles) {
+        const std::string& def = role == "weight" ? o.default_weight : o.default_activation;
+        if (def.empty()) continue;  // not read for this role
+        QuantizerOptions base{{"role", role}};
+        if (!o.condition.empty()) {  // "observer: ema, kl": the first key and value
+          const std::string c = o.condition.substr(0, o.condition.find(';'));
+          const size_t colon = c.find(": ");
+          base.set(c.substr(0, colon), c.substr(colon + 2, c.find(',') - colon - 2));
+        }
+        QuantizerOptions with = base;
+        with.set(o.read.key, def);
+        EXPECT_EQ(create_quantizer(name, with)->extra_repr(),
+                  create_quantizer(name, base)->extra_repr())
+            << role;
+      }
+    }
+  }
+}
+
 TEST(QuantizerGpu, EveryQuantizerMatchesCpu) {
   LOWBIT_SKIP_WITHOUT_GPU();
   for (const std::string& name : quantizer_cases().names()) {

@@ -83,7 +83,7 @@ TEST(QuantizerOptions, ErrorsNameKeyValueAndWhatIsAllowed) {
   EXPECT_THAT(err("uniform", {{"signed", "maybe"}}),
               HasSubstr("signed = 'maybe' is not a bool; allowed: true, false"));
   EXPECT_THAT(err("uniform", {{"observer", "entropy"}}),
-              HasSubstr("observer = 'entropy' is not a known observer; allowed: ema, kl, minmax, "
+              HasSubstr("observer = 'entropy' is not allowed; allowed: ema, kl, minmax, "
                         "mse, percentile"));
   EXPECT_THAT(err("uniform", {{"role", "bias"}}),
               HasSubstr("role = 'bias' is not allowed; allowed: weight, activation"));

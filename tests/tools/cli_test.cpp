@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include "quant/quantizer.h"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -51,8 +53,8 @@ stages: [{epochs: 1, optimizer: {lr: 0.01}}]
 )";
 
 TEST(Cli, HelpOnEveryCommand) {
-  for (const char* c :
-       {"--help", "train --help", "eval --help", "info --help", "ptq --help", "export --help"}) {
+  for (const char* c : {"--help", "train --help", "eval --help", "info --help", "ptq --help",
+                        "export --help", "quantizers --help"}) {
     Result r = run(c);
     EXPECT_EQ(r.code, 0) << c;
     EXPECT_THAT(r.output, HasSubstr("usage: lowbit")) << c;
@@ -61,6 +63,33 @@ TEST(Cli, HelpOnEveryCommand) {
   Result r = run("frobnicate");
   EXPECT_EQ(r.code, 2);
   EXPECT_THAT(r.output, HasSubstr("unknown command 'frobnicate'"));
+}
+
+TEST(Cli, QuantizersListsEveryQuantizerWithItsOptions) {
+  Result all = run("quantizers");
+  ASSERT_EQ(all.code, 0) << all.output;
+  for (const std::string& name : lowbit::quant::quantizer_names()) {
+    EXPECT_THAT("\n" + all.output, HasSubstr("\n" + name + ": ")) << name;
+  }
+  Result pact = run("quantizers pact");
+  ASSERT_EQ(pact.code, 0) << pact.output;
+  EXPECT_THAT(pact.output, HasSubstr("pact: PACT"));
+  EXPECT_THAT(pact.output, HasSubstr("roles: activation\n"));
+  EXPECT_THAT(pact.output, HasSubstr("  alpha        number in (0, 1e+30]; default 10\n"));
+  EXPECT_THAT(pact.output, HasSubstr("  bits         integer 1 to 16; default 4\n"));
+  EXPECT_THAT(pact.output, ::testing::Not(HasSubstr("signed")));  // PACT does not read it
+  EXPECT_THAT(pact.output, ::testing::Not(HasSubstr("lsq:")));
+  // Options read under one observer only say so; role-dependent defaults show both.
+  Result uniform = run("quantizers uniform");
+  EXPECT_THAT(uniform.output, HasSubstr("with observer: ema\n"));
+  EXPECT_THAT(uniform.output, HasSubstr("default weight minmax, activation ema\n"));
+  Result md = run("quantizers dsq --markdown");
+  EXPECT_THAT(md.output, HasSubstr("| `alpha` | number in (0, 1) | 0.2 |"));
+  Result bad = run("quantizers lsqq");
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_THAT(bad.output, HasSubstr("unknown quantizer 'lsqq'; known quantizers: binary, "));
+  EXPECT_EQ(run("quantizers --frobnicate").code, 2);
+  EXPECT_EQ(run("quantizers lsq pact").code, 2);
 }
 
 TEST(Cli, InfoRuns) {
