@@ -396,7 +396,20 @@ QuantizerPtr create_quantizer(const std::string& name, const QuantizerOptions& o
   OptionReader reader(name, options);
   QuantizerPtr q = it->second.factory(reader);
   reader.finish();
+  check_code_range(*q);
   return q;
+}
+
+void check_code_range(const Quantizer& q) {
+  const QuantRange r = q.spec().range;
+  const int64_t levels = r.qmax - r.qmin + 1;
+  if (levels > (int64_t(1) << q.bits())) {
+    throw InputError(str_cat("quantizer '", q.name(), "': its codes ", r.qmin, "..", r.qmax,
+                             " are ", levels, " levels, more than bits = ", q.bits(), " can hold (",
+                             int64_t(1) << q.bits(),
+                             "): the size accounting stores bits per value; the quantizer must "
+                             "set a code range (set_range) that fits its bits"));
+  }
 }
 
 bool quantizer_reads_option(const std::string& name, const QuantizerOptions& options,

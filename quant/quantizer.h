@@ -242,6 +242,10 @@ struct OptionHelpRegistrar {
   }
 };
 
+// InputError unless q's codes (spec().range) fit in its bits: the size accounting stores `bits`
+// per value. create_quantizer checks every quantizer it builds.
+void check_code_range(const Quantizer& q);
+
 // Builds a registered quantizer. InputError for an unknown name (listing the known names), an
 // unknown option (listing the allowed ones) or a bad value (naming key, value and what is
 // allowed).

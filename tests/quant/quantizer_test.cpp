@@ -110,6 +110,28 @@ TEST(QuantizerOptions, ErrorsNameKeyValueAndWhatIsAllowed) {
               HasSubstr("unknown option 'dorefa_grid'"));
 }
 
+// A quantizer whose codes do not fit its bits (17 levels in 4 bits) is refused at construction.
+class WideRangeQuantizer : public Quantizer {
+ public:
+  explicit WideRangeQuantizer(OptionReader& r) : Quantizer(r, QuantizerTraits{}) {
+    set_range(QuantRange{-8, 8});
+  }
+  std::string type_name() const override { return "WideRangeQuantizer"; }
+
+ protected:
+  Tensor quantize(const Tensor& x) override { return x; }
+};
+
+TEST(QuantizerOptions, CodesMustFitTheBits) {
+  OptionReader r4("wide", {{"bits", "4"}});
+  EXPECT_THAT(error_of([&] { check_code_range(WideRangeQuantizer(r4)); }),
+              HasSubstr("quantizer 'wide': its codes -8..8 are 17 levels, more than bits = 4 can "
+                        "hold (16)"));
+  OptionReader r5("wide", {{"bits", "5"}});
+  check_code_range(WideRangeQuantizer(r5));  // 17 <= 32
+  for (const std::string& name : quantizer_names()) check_code_range(*create_quantizer(name));
+}
+
 TEST(QuantizerOptions, TypedSettersAndSpec) {
   QuantizerOptions o;
   o.set("role", "weight")

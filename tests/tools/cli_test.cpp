@@ -112,6 +112,20 @@ TEST(Cli, BadConfigExitsTwoNamingTheKey) {
   fs::remove_all(d);
 }
 
+// first_last_bits (default 8) sets bits only: binary weights cannot take 8 bits, and the error
+// names the config key, exit code 2; with first_last_bits 0 the model quantizes.
+TEST(Cli, FirstLastBitsABinaryQuantizerCannotTakeExitsTwoNamingTheKey) {
+  fs::path d = temp_dir();
+  std::ofstream(d / "binary.yaml") << kTiny << "quant: {weight: {quantizer: binary, bits: 1}}\n";
+  Result r = run("info --model " + (d / "binary.yaml").string());
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("quant.first_last_bits = 8: the first and last layers' "
+                                  "quant.weight quantizer 'binary' cannot take 8 bits"));
+  r = run("info --model " + (d / "binary.yaml").string() + " --set quant.first_last_bits=0");
+  EXPECT_EQ(r.code, 0) << r.output;
+  fs::remove_all(d);
+}
+
 // SAT (docs/methods.md) rescales the classifier: a config whose classifier a rule keeps float
 // gives SAT nothing to rescale, and is refused before training, naming the key.
 TEST(Cli, SatWithoutAQuantizedClassifierExitsTwoNamingTheKey) {
