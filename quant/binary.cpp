@@ -1,5 +1,5 @@
-// Binary: the scale, the fused ops (CPU kernels; CUDA in binary.cu), autograd, and the quantizer
-// registered as "binary".
+// Binary: the scale, the fused ops (CPU kernels; CUDA generated from them), autograd, and the
+// quantizer registered as "binary".
 #include "quant/binary.h"
 
 #include <vector>

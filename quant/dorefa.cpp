@@ -1,5 +1,5 @@
-// DoReFa: the layer statistic, the fused op (CPU kernels; CUDA in dorefa.cu), autograd, and the
-// quantizer registered as "dorefa".
+// DoReFa: the layer statistic, the fused op (CPU kernels; CUDA generated from them), autograd, and
+// the quantizer registered as "dorefa".
 #include "quant/dorefa.h"
 
 #include <vector>

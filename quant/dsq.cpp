@@ -1,5 +1,5 @@
-// DSQ: the fused op (CPU kernels; CUDA in dsq.cu), its autograd, and the quantizer registered as
-// "dsq".
+// DSQ: the fused op (CPU kernels; CUDA generated from them), its autograd, and the quantizer
+// registered as "dsq".
 #include "quant/dsq.h"
 
 #include <cmath>

@@ -1,5 +1,5 @@
-// Fake quantization: argument checks, autograd and the CPU kernels (CUDA kernels in
-// fake_quant.cu). The math is in fake_quant.h; the launch machinery in fused.h.
+// Fake quantization: argument checks, autograd and the CPU kernels (the CUDA registration is
+// generated from them). The math is in fake_quant.h; the launch machinery in fused.h.
 #include "quant/fake_quant.h"
 
 #include <cmath>

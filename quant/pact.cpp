@@ -1,5 +1,6 @@
-// PACT: the fused op (CPU kernels; CUDA in pact.cu), its autograd, and the quantizers registered
-// as "pact" and "cg_pact" (METHODS 8.2: PACT's forward with the calibrated clip gradient).
+// PACT: the fused op (CPU kernels; CUDA generated from them), its autograd, and the quantizers
+// registered as "pact" and "cg_pact" (METHODS 8.2: PACT's forward with the calibrated clip
+// gradient).
 #include "quant/pact.h"
 
 #include <cmath>

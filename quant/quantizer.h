@@ -1,8 +1,9 @@
 // Quantizers as plugins: the Quantizer interface (a layers::Module), its options, and the
-// registry that finds a quantizer by name. A plugin is one header and one source file (plus a
-// .cu for its kernels) that registers a name with LOWBIT_REGISTER_QUANTIZER; YAML and
-// quantize_model pick quantizers by that name, and nothing in the framework switches on names.
-// See docs/quantizers.md for a worked example (quant/pow2.h).
+// registry that finds a quantizer by name. A plugin is one header and one source file in quant/
+// (the build picks them up and generates the CUDA registration of its kernels) plus its test in
+// tests/quant/, and registers a name with LOWBIT_REGISTER_QUANTIZER; YAML and quantize_model pick
+// quantizers by that name, and nothing in the framework switches on names. docs/quantizers.md,
+// "Adding a quantizer", says what a plugin must keep true and builds a worked example.
 //
 // A quantizer owns its learned parameters (scale, offset, clip: registered parameters, so
 // optimizers and state dicts see them) and its statistics (registered buffers). forward(x)

@@ -1,4 +1,4 @@
-// Ternary: the threshold and scale, the fused forward (CPU kernels; CUDA in ternary.cu), the
+// Ternary: the threshold and scale, the fused forward (CPU kernels; CUDA generated from them), the
 // identity backward, and the quantizer registered as "ternary".
 #include "quant/ternary.h"
 
