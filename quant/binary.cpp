@@ -1,5 +1,5 @@
-// Binary: the scale, the fused ops (CPU kernels; CUDA in binary.cu), autograd, and the quantizer
-// registered as "binary".
+// Binary: the scale, the fused ops (CPU kernels; CUDA generated from them), autograd, and the
+// quantizer registered as "binary".
 #include "quant/binary.h"
 
 #include <vector>
@@ -74,6 +74,8 @@ Tensor BinaryQuantizer::quantize(const Tensor& x) {
   return binarize(x, scaled_, spec().per_channel, spec().axis);
 }
 
-LOWBIT_REGISTER_QUANTIZER("binary", BinaryQuantizer);
+LOWBIT_REGISTER_QUANTIZER("binary", BinaryQuantizer,
+                          "binary: sign(x), times mean|x| per channel (XNOR-Net) when scaled",
+                          {{"scaling", "mean_abs (a_k = mean |W[k]|) or none (plain sign)"}});
 
 }  // namespace lowbit::quant

@@ -66,6 +66,32 @@ QuantizerPtr build(const QuantizerChoice& c, const std::string& layer, const cha
   }
 }
 
+// first_last_bits sets `bits` only. When the first or last layer's quantizer refuses those bits
+// but takes its own (binary: 1 bit only, ternary: 2), the error names the config key, not the
+// layer: the config, not the model, asks for what the quantizer cannot do.
+void check_first_last_bits(const QuantizerChoice& c, int64_t bits, const char* key) {
+  auto it = c.options.values().find("bits");
+  if (it == c.options.values().end() || it->second != std::to_string(bits)) return;  // a rule's
+  try {
+    create_quantizer(c.name, c.options);
+  } catch (const InputError& e) {
+    QuantizerOptions own;
+    for (const auto& [k, v] : c.options.values()) {
+      if (k != "bits") own.set(k, v);
+    }
+    try {
+      create_quantizer(c.name, own);
+    } catch (const InputError&) {
+      return;  // refused for another reason: build() reports it, naming the layer
+    }
+    throw InputError(str_cat(
+        "quant.first_last_bits = ", bits, ": the first and last layers' ", key, " quantizer '",
+        c.name, "' cannot take ", bits, " bits (", e.what(),
+        "); set quant.first_last_bits: 0, or give those layers another quantizer with a rule "
+        "(quant.rules)"));
+  }
+}
+
 }  // namespace
 
 json QuantPlan::to_json() const {
@@ -173,7 +199,8 @@ QuantPlan plan_quantization(layers::Module& model, const QuantConfig& cfg, const
     l.weight = cfg.weight;
     QuantizerChoice input = cfg.activation;
     bool quantize_input = true, skip = false;
-    if (cfg.first_last_bits > 0 && (i == 0 || i + 1 == order.size())) {
+    const bool first_last = cfg.first_last_bits > 0 && (i == 0 || i + 1 == order.size());
+    if (first_last) {
       l.weight.options.set("bits", cfg.first_last_bits);
       input.options.set("bits", cfg.first_last_bits);
     }
@@ -219,7 +246,13 @@ QuantPlan plan_quantization(layers::Module& model, const QuantConfig& cfg, const
       }
       l.sat_rescale = last || (conv && cfg.sat_rescale_conv);
     }
-    // Validate now, naming the layer, rather than at apply time.
+    // Validate now, naming the key or the layer, rather than at apply time.
+    if (first_last) {
+      check_first_last_bits(l.weight, cfg.first_last_bits, "quant.weight");
+      if (!l.input.name.empty()) {
+        check_first_last_bits(l.input, cfg.first_last_bits, "quant.activation");
+      }
+    }
     build(l.weight, name, "weights");
     if (!l.input.name.empty()) build(l.input, name, "input");
     plan.layers.push_back(l);

@@ -1,11 +1,12 @@
-// DoReFa: the layer statistic, the fused op (CPU kernels; CUDA in dorefa.cu), autograd, and the
-// quantizer registered as "dorefa".
+// DoReFa: the layer statistic, the fused op (CPU kernels; CUDA generated from them), autograd, and
+// the quantizer registered as "dorefa".
 #include "quant/dorefa.h"
 
 #include <vector>
 
 #include "core/autograd.h"
 #include "core/ops.h"
+#include "quant/fused_autograd.h"
 #include "quant/fused_cpu.h"
 
 namespace lowbit::quant {
@@ -29,18 +30,7 @@ Tensor dorefa_quantize(const Tensor& x_in, int64_t bits, bool weight, bool modif
     Tensor a = abs(x.to(acc));
     p.stat = (bits == 1 ? mean(a) : tanh(amax(a))).reshape({1}).contiguous();
   }
-  Tensor y = fused_forward<DorefaOp>(x, l, p);
-  if (autograd::any_requires_grad({x_in})) {
-    autograd::SavedTensor sx(x, op), ss(p.stat, op);
-    autograd::record(op, {x_in}, y, [=](const Tensor& g) {
-      Tensor xs = sx.unpack();
-      DorefaParams bp = p;
-      bp.stat = ss.unpack();
-      auto dx = fused_backward<DorefaOp>(xs, g.to(xs.dtype()).contiguous(), l, bp, true, false);
-      return std::vector<Tensor>{dx.first};
-    });
-  }
-  return y;
+  return fused_quantize<DorefaOp>(op, x_in, l, p, {}, {&DorefaParams::stat});
 }
 
 namespace {
@@ -70,6 +60,9 @@ Tensor DorefaQuantizer::quantize(const Tensor& x) {
   return dorefa_quantize(x, bits(), role() == QuantRole::weight, modified_);
 }
 
-LOWBIT_REGISTER_QUANTIZER("dorefa", DorefaQuantizer);
+LOWBIT_REGISTER_QUANTIZER(
+    "dorefa", DorefaQuantizer,
+    "DoReFa: weights through tanh scaled to [-1, 1], activations clipped to [0, 1]",
+    {{"dorefa_grid", "weights: original (2^b - 1 steps on [-1, 1]) or modified grid"}});
 
 }  // namespace lowbit::quant

@@ -1,5 +1,5 @@
-// DSQ: the fused op (CPU kernels; CUDA in dsq.cu), its autograd, and the quantizer registered as
-// "dsq".
+// DSQ: the fused op (CPU kernels; CUDA generated from them), its autograd, and the quantizer
+// registered as "dsq".
 #include "quant/dsq.h"
 
 #include <cmath>
@@ -7,8 +7,8 @@
 
 #include "core/autograd.h"
 #include "core/ops.h"
+#include "quant/fused_autograd.h"
 #include "quant/fused_cpu.h"
-#include "quant/observer.h"
 
 namespace lowbit::quant {
 
@@ -39,32 +39,8 @@ Tensor dsq_quantize(const Tensor& x_in, const Tensor& lower, const Tensor& upper
                        : std::string());
     }
   }
-  Tensor x = x_in.detach().contiguous();
-  Tensor y = fused_forward<DsqOp>(x, l, p);
-  if (autograd::any_requires_grad({x_in, lower, upper, alpha})) {
-    const bool need_x = x_in.requires_grad();
-    const bool need[3] = {lower.requires_grad(), upper.requires_grad(), alpha.requires_grad()};
-    const Tensor* params[3] = {&lower, &upper, &alpha};
-    Shape shapes[3];
-    DType dtypes[3];
-    for (int k = 0; k < 3; ++k) {
-      shapes[k] = params[k]->shape();
-      dtypes[k] = params[k]->dtype();
-    }
-    autograd::SavedTensor sx(x, op), sl(p.lower, op), su(p.upper, op), sa(p.alpha, op);
-    autograd::record(op, {x_in, lower, upper, alpha}, y, [=](const Tensor& g) {
-      Tensor xs = sx.unpack();
-      DsqParams bp{sl.unpack(), su.unpack(), sa.unpack(), p.bits};
-      auto [dx, grads] = fused_backward<DsqOp>(xs, g.to(xs.dtype()).contiguous(), l, bp, need_x,
-                                               need[0] || need[1] || need[2]);
-      std::vector<Tensor> out{dx};
-      for (int k = 0; k < 3; ++k) {
-        out.push_back(need[k] ? grads.select(0, k).reshape(shapes[k]).to(dtypes[k]) : Tensor());
-      }
-      return out;
-    });
-  }
-  return y;
+  return fused_quantize<DsqOp>(op, x_in, l, p, {lower, upper, alpha},
+                               {&DsqParams::lower, &DsqParams::upper, &DsqParams::alpha});
 }
 
 namespace {
@@ -78,14 +54,12 @@ constexpr double kDsqAlphaMin = 1e-4, kDsqAlphaMax = 0.5;  // METHODS 3.5
 constexpr double kDsqMinWidth = 1e-8;
 }  // namespace
 
-DsqQuantizer::DsqQuantizer(OptionReader& r) : Quantizer(r, dsq_traits()) {
-  const double alpha0 = r.get_double("alpha", 0.2, 0.0, 1.0, /*lo_open=*/true);
-  if (alpha0 >= 1.0) r.fail("alpha", "is out of range; allowed: (0, 1)");
+DsqQuantizer::DsqQuantizer(OptionReader& r) : LearnedRangeQuantizer(r, dsq_traits()) {
+  const double alpha0 = r.get_double("alpha", 0.2, 0.0, 1.0, /*lo_open=*/true, /*hi_open=*/true);
   learn_alpha_ = r.get_bool("learn_alpha", true);
   lower_ = zeros(param_shape());
   upper_ = ones(param_shape());
   alpha_ = full(param_shape(), alpha0);
-  initialized_ = zeros({}, DType::i64);
   register_parameter("lower", &lower_);
   register_parameter("upper", &upper_);
   if (learn_alpha_)
@@ -101,47 +75,29 @@ std::string DsqQuantizer::options_repr() const {
   return str_cat("learn_alpha=", learn_alpha_ ? "true" : "false");
 }
 
-bool DsqQuantizer::initialized() {
-  if (!init_host_) init_host_ = initialized_.item() != 0.0;
-  return init_host_;
-}
-
-void DsqQuantizer::initialize_from(const Tensor& x) {
+void DsqQuantizer::init_from(const Tensor& x) {
   autograd::NoGradGuard guard;
-  auto [mn, mx] = batch_min_max(x, layout_of(x));
-  run_min_ = run_min_.defined() ? minimum(run_min_, mn) : mn;
-  run_max_ = run_max_.defined() ? maximum(run_max_, mx) : mx;
-  lower_.copy_(run_min_.reshape(param_shape()));
-  upper_.copy_(maximum(run_max_, run_min_ + kDsqMinWidth).reshape(param_shape()));
-  initialized_.fill_(1.0);
-  init_host_ = true;
-}
-
-void DsqQuantizer::calibrate(const Tensor& x) {
-  if (x.numel() > 0) initialize_from(x);
-}
-
-void DsqQuantizer::end_calibration() {
-  run_min_ = Tensor();
-  run_max_ = Tensor();
+  auto [mn, mx] = running_min_max(x);  // over the calibration batches
+  lower_.copy_(mn.reshape(param_shape()));
+  upper_.copy_(maximum(mx, mn + kDsqMinWidth).reshape(param_shape()));
+  mark_initialized();
 }
 
 void DsqQuantizer::clamp_parameters() {
+  clamp_in_place(alpha_, kDsqAlphaMin, kDsqAlphaMax);
   autograd::NoGradGuard guard;
-  alpha_.copy_(clamp(alpha_, kDsqAlphaMin, kDsqAlphaMax));
   upper_.copy_(maximum(upper_, lower_ + kDsqMinWidth));
 }
 
-Tensor DsqQuantizer::quantize(const Tensor& x) {
-  if (!initialized()) {
-    initialize_from(x);
-    end_calibration();
-  }
-  const bool fz = frozen();
-  return dsq_quantize(x, fz ? lower_.detach() : lower_, fz ? upper_.detach() : upper_,
-                      fz || !learn_alpha_ ? alpha_.detach() : alpha_, bits(), spec().axis);
+Tensor DsqQuantizer::quantize_learned(const Tensor& x) {
+  return dsq_quantize(x, learned(lower_), learned(upper_), learned(alpha_, learn_alpha_), bits(),
+                      spec().axis);
 }
 
-LOWBIT_REGISTER_QUANTIZER("dsq", DsqQuantizer);
+LOWBIT_REGISTER_QUANTIZER(
+    "dsq", DsqQuantizer,
+    "DSQ: learned bounds l < u, 2^b levels, gradients through a soft tanh staircase",
+    {{"alpha", "initial characteristic alpha of the soft staircase (0: hard, 1: linear)"},
+     {"learn_alpha", "learn alpha (a parameter) or keep it fixed (a buffer)"}});
 
 }  // namespace lowbit::quant

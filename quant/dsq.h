@@ -22,6 +22,7 @@
 #include "core/math.h"
 #include "quant/fake_quant.h"
 #include "quant/fused.h"
+#include "quant/learned_range.h"
 #include "quant/quantizer.h"
 
 namespace lowbit::quant {
@@ -87,29 +88,23 @@ struct DsqOp {
 Tensor dsq_quantize(const Tensor& x, const Tensor& lower, const Tensor& upper, const Tensor& alpha,
                     int64_t bits, int64_t axis = 0);
 
-class DsqQuantizer : public Quantizer {
+class DsqQuantizer : public LearnedRangeQuantizer {
  public:
   explicit DsqQuantizer(OptionReader& r);
   std::string type_name() const override { return "DsqQuantizer"; }
   Tensor& lower() { return lower_; }
   Tensor& upper() { return upper_; }
   Tensor& alpha() { return alpha_; }
-  bool initialized();
   void clamp_parameters() override;
 
  protected:
-  Tensor quantize(const Tensor& x) override;
-  void calibrate(const Tensor& x) override;
-  void end_calibration() override;
+  Tensor quantize_learned(const Tensor& x) override;
+  void init_from(const Tensor& x) override;
   std::string options_repr() const override;
 
  private:
-  void initialize_from(const Tensor& x);
-
-  Tensor lower_, upper_, alpha_, initialized_;
+  Tensor lower_, upper_, alpha_;
   bool learn_alpha_ = true;
-  bool init_host_ = false;
-  Tensor run_min_, run_max_;
 };
 
 }  // namespace lowbit::quant

@@ -1,5 +1,5 @@
-// Fake quantization: argument checks, autograd and the CPU kernels (CUDA kernels in
-// fake_quant.cu). The math is in fake_quant.h; the launch machinery in fused.h.
+// Fake quantization: argument checks, autograd and the CPU kernels (the CUDA registration is
+// generated from them). The math is in fake_quant.h; the launch machinery in fused.h.
 #include "quant/fake_quant.h"
 
 #include <cmath>
@@ -7,6 +7,7 @@
 
 #include "core/autograd.h"
 #include "core/ops.h"
+#include "quant/fused_autograd.h"
 #include "quant/fused_cpu.h"
 
 namespace lowbit::quant {
@@ -103,9 +104,6 @@ void check_range(QuantRange range, const char* op) {
                "]; want qmin < qmax");
 }
 
-// Upstream gradient as a contiguous tensor of x's dtype.
-Tensor grad_like(const Tensor& g, const Tensor& x) { return g.to(x.dtype()).contiguous(); }
-
 }  // namespace
 
 Tensor fake_quantize(const Tensor& x_in, const Tensor& scale, const Tensor& zero_point,
@@ -118,19 +116,8 @@ Tensor fake_quantize(const Tensor& x_in, const Tensor& scale, const Tensor& zero
   const DType acc = acc_dtype(x_in.dtype());
   AffineParams p{detail::prepare_param(scale, x_in, l, acc, op, "scale"),
                  prepare_zero_point(zero_point, x_in, l, range, op), range};
-  Tensor x = x_in.detach().contiguous();
-  Tensor y = fused_forward<AffineFakeQuantOp>(x, l, p);
-  if (autograd::any_requires_grad({x_in})) {
-    autograd::SavedTensor sx(x, op), ss(p.scale, op), sz(p.zero_point, op);
-    const QuantRange r = range;
-    autograd::record(op, {x_in}, y, [=](const Tensor& g) {
-      Tensor xs = sx.unpack();
-      AffineParams bp{ss.unpack(), sz.unpack(), r};
-      auto dx = fused_backward<AffineFakeQuantOp>(xs, grad_like(g, xs), l, bp, true, false);
-      return std::vector<Tensor>{dx.first};
-    });
-  }
-  return y;
+  return fused_quantize<AffineFakeQuantOp>(op, x_in, l, p, {},
+                                           {&AffineParams::scale, &AffineParams::zero_point});
 }
 
 Tensor fake_quantize(const Tensor& x, double scale, int64_t zero_point, QuantRange range) {
@@ -160,31 +147,9 @@ Tensor lsq_common(const char* op, const Tensor& x_in, const Tensor& scale, const
   if (has_offset) p.offset = detail::prepare_param(offset, x_in, l, acc, op, "offset");
   p.range = range;
   p.grad_scale = grad_scale;
-  Tensor x = x_in.detach().contiguous();
-  Tensor y = fused_forward<Op>(x, l, p);
-  std::vector<Tensor> inputs{x_in, scale};
-  if (has_offset) inputs.push_back(offset);
-  if (autograd::any_requires_grad(inputs)) {
-    const bool need_x = x_in.requires_grad();
-    const bool need_s = scale.requires_grad();
-    const bool need_o = has_offset && offset.requires_grad();
-    autograd::SavedTensor sx(x, op), ss(p.scale, op), so(p.offset, op);
-    const Shape s_shape = scale.shape(), o_shape = has_offset ? offset.shape() : Shape{};
-    const DType s_dtype = scale.dtype(), o_dtype = has_offset ? offset.dtype() : DType::f32;
-    autograd::record(op, inputs, y, [=](const Tensor& g) {
-      Tensor xs = sx.unpack();
-      LsqParams bp = p;
-      bp.scale = ss.unpack();
-      if (has_offset) bp.offset = so.unpack();
-      auto [dx, grads] = fused_backward<Op>(xs, grad_like(g, xs), l, bp, need_x, need_s || need_o);
-      std::vector<Tensor> out{dx, Tensor()};
-      if (need_s) out[1] = grads.select(0, 0).reshape(s_shape).to(s_dtype);
-      if (has_offset)
-        out.push_back(need_o ? grads.select(0, 1).reshape(o_shape).to(o_dtype) : Tensor());
-      return out;
-    });
-  }
-  return y;
+  std::vector<Tensor> learned{scale};         // term 0: dL/ds
+  if (has_offset) learned.push_back(offset);  // term 1 (LSQ+): dL/dbeta
+  return fused_quantize<Op>(op, x_in, l, p, learned, {&LsqParams::scale, &LsqParams::offset});
 }
 
 }  // namespace

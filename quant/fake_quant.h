@@ -2,9 +2,10 @@
 // observed range (2.3), and the learned-step-size quantizers LSQ (3.1) and LSQ+ (3.2), whose
 // backward returns the input gradient and the scale/offset gradients from one pass (reduced in
 // the same kernel, see quant/fused.h). The per-element math is written once below as LOWBIT_HD
-// functions; fake_quant.cpp launches it on the CPU, fake_quant.cu on CUDA, and the two agree bit
-// for bit on the forward (fp32 math with inv_s = 1.0f / s; the .cu is built with --fmad=false so
-// nvcc contracts no multiply-add the CPU does not).
+// functions; fake_quant.cpp launches it on the CPU and registers the ops, whose CUDA registration
+// is generated from those lines (cmake/LowbitQuantizers.cmake); the two agree bit for bit on the
+// forward (fp32 math with inv_s = 1.0f / s; CUDA is built with --fmad=false so nvcc contracts no
+// multiply-add the CPU does not).
 //
 // Shapes: x is any shape, f32/bf16/f16 (math in f32) or f64 (math in f64, for gradchecks).
 // Parameters (scale, zero_point, offset) hold one element for per-tensor quantization, or

@@ -4,9 +4,10 @@
 // per-channel parameter-gradient terms (LSQ's d/ds, PACT's d/dalpha, ...). quant/fused_cpu.h runs
 // an op over a tensor on the CPU (include it from .cpp files), quant/fused.cuh on CUDA (from .cu
 // files; nvcc's host pass is not given OpenMP). Which one runs is chosen by a DispatchStub per op
-// (FusedKernels<Op>), filled by LOWBIT_REGISTER_FUSED_OP in the op's .cpp (CPU) and .cu (CUDA), so
-// a plugin adds a kernel without touching this file, and a CPU-only build answers a CUDA tensor
-// with "built without CUDA".
+// (FusedKernels<Op>), filled by LOWBIT_REGISTER_FUSED_OP in the op's .cpp (CPU) and in a .cu
+// (CUDA) that the build generates from the .cpp's line (cmake/LowbitQuantizers.cmake), so a plugin
+// adds a kernel without touching this file, and a CPU-only build answers a CUDA tensor with
+// "built without CUDA". The autograd glue around an op is fused_quantize (quant/fused_autograd.h).
 //
 // Layout: the input is contiguous and viewed as (outer, channels, inner), the channel being the
 // quantization axis; per-tensor is channels == 1. Parameter-gradient terms are reduced per channel

@@ -20,20 +20,9 @@ QuantizerTraits lsq_traits() {
 
 // ------------------------------------------------------------------------ LsqQuantizerBase
 
-LsqQuantizerBase::LsqQuantizerBase(OptionReader& r) : Quantizer(r, lsq_traits()) {
+LsqQuantizerBase::LsqQuantizerBase(OptionReader& r) : LearnedRangeQuantizer(r, lsq_traits()) {
   grad_scale_mode_ = r.get_choice("grad_scale", "auto", {"auto", "elements", "none"});
   scale_ = ones(param_shape());
-  initialized_ = zeros({}, DType::i64);
-}
-
-bool LsqQuantizerBase::initialized() {
-  if (!init_host_) init_host_ = initialized_.item() != 0.0;  // once, e.g. after loading
-  return init_host_;
-}
-
-void LsqQuantizerBase::mark_initialized() {
-  initialized_.fill_(1.0);
-  init_host_ = true;
 }
 
 double LsqQuantizerBase::grad_scale(const Tensor& x) const {
@@ -44,10 +33,7 @@ double LsqQuantizerBase::grad_scale(const Tensor& x) const {
   return lsq_grad_scale(n, spec().range.qmax);
 }
 
-void LsqQuantizerBase::clamp_parameters() {
-  autograd::NoGradGuard guard;
-  scale_.copy_(clamp(scale_, kMinLearnedScale, INFINITY));
-}
+void LsqQuantizerBase::clamp_parameters() { clamp_in_place(scale_, kMinLearnedScale, INFINITY); }
 
 // ------------------------------------------------------------------------ LsqQuantizer
 
@@ -76,7 +62,7 @@ void LsqQuantizer::set_scale(const Tensor& s0) {
   mark_initialized();
 }
 
-void LsqQuantizer::accumulate(const Tensor& x) {
+void LsqQuantizer::init_from(const Tensor& x) {
   autograd::NoGradGuard guard;
   const ChannelLayout l = layout_of(x);
   if (observer_) {  // the scale is set when calibration ends (percentile and mse need it all)
@@ -103,11 +89,7 @@ void LsqQuantizer::accumulate(const Tensor& x) {
   set_scale(abs_sum_ * (k / double(std::max<int64_t>(count_, 1))));
 }
 
-void LsqQuantizer::calibrate(const Tensor& x) {
-  if (x.numel() > 0) accumulate(x);
-}
-
-void LsqQuantizer::end_calibration() {
+void LsqQuantizer::finish_init() {
   if (observer_ && min_val_.defined()) {  // something was observed
     // s0 = the scale of PyTorch's qparams for the observed range (METHODS 2.3): max|x| / 127.5
     // for signed 8 bits, x_max / 255 for unsigned (the zero-point, 0 or ignored, is dropped).
@@ -121,13 +103,8 @@ void LsqQuantizer::end_calibration() {
   count_ = 0;
 }
 
-Tensor LsqQuantizer::quantize(const Tensor& x) {
-  if (!initialized()) {
-    accumulate(x);
-    end_calibration();
-  }
-  const Tensor s = frozen() ? scale_.detach() : scale_;
-  return lsq_quantize(x, s, spec().range, grad_scale(x), spec().axis);
+Tensor LsqQuantizer::quantize_learned(const Tensor& x) {
+  return lsq_quantize(x, learned(scale_), spec().range, grad_scale(x), spec().axis);
 }
 
 std::optional<IntegerForm> LsqQuantizer::integer_form() {
@@ -135,6 +112,11 @@ std::optional<IntegerForm> LsqQuantizer::integer_form() {
   return make_integer_form(scale_, Tensor(), spec().range);
 }
 
-LOWBIT_REGISTER_QUANTIZER("lsq", LsqQuantizer);
+LOWBIT_OPTION_HELP("grad_scale",
+                   "g of the step gradient: auto (1/sqrt(N Qp), N per scale or features per "
+                   "sample), elements (N = all elements per scale), none (1)");
+LOWBIT_REGISTER_QUANTIZER(
+    "lsq", LsqQuantizer, "LSQ: a learned step size s, codes clamp(round(x / s)), symmetric",
+    {{"init", "the initial s: lsq (2 mean|x| / sqrt(Qp)) or an observer's range (its qparams)"}});
 
 }  // namespace lowbit::quant

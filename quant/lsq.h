@@ -23,6 +23,7 @@
 #include <memory>
 #include <string>
 
+#include "quant/learned_range.h"
 #include "quant/observer.h"
 #include "quant/quantizer.h"
 
@@ -30,27 +31,22 @@ namespace lowbit::quant {
 
 constexpr double kMinLearnedScale = 1e-8;  // METHODS 3.1: clamp s >= 1e-8 after each step
 
-// What LSQ and LSQ+ share: the learned scale (C), clamped by clamp_parameters(); the grad_scale
-// option and the g it gives; the "initialized" flag (a buffer, so loading a state dict carries
-// it) with a host mirror that saves a device sync per step. Both default to 4 bits. Subclasses
-// register scale_ and initialized_ themselves, keeping their state-dict order.
-class LsqQuantizerBase : public Quantizer {
+// What LSQ and LSQ+ share besides the learned-range upkeep (quant/learned_range.h): the learned
+// scale (C), clamped by clamp_parameters(); the grad_scale option and the g it gives. Both default
+// to 4 bits. Subclasses register scale_ and initialized_ themselves, keeping their state-dict
+// order.
+class LsqQuantizerBase : public LearnedRangeQuantizer {
  public:
   Tensor& scale() { return scale_; }
-  bool initialized();
   // g of METHODS 3.1 for input x.
   double grad_scale(const Tensor& x) const;
   void clamp_parameters() override;
 
  protected:
   explicit LsqQuantizerBase(OptionReader& r);
-  void mark_initialized();  // initialized_ = 1, host mirror included
 
-  Tensor scale_, initialized_;
+  Tensor scale_;
   std::string grad_scale_mode_;
-
- private:
-  bool init_host_ = false;  // host mirror of initialized_
 };
 
 class LsqQuantizer : public LsqQuantizerBase {
@@ -60,13 +56,12 @@ class LsqQuantizer : public LsqQuantizerBase {
   std::optional<IntegerForm> integer_form() override;
 
  protected:
-  Tensor quantize(const Tensor& x) override;
-  void calibrate(const Tensor& x) override;
-  void end_calibration() override;
+  Tensor quantize_learned(const Tensor& x) override;
+  void init_from(const Tensor& x) override;  // adds x to the calibration statistics
+  void finish_init() override;               // init != lsq: the scale from the observed range
   std::string options_repr() const override;
 
  private:
-  void accumulate(const Tensor& x);  // adds x to the calibration statistics
   void set_scale(const Tensor& s0);
   bool signed_range() const;  // s0 (C) -> scale, marks it initialised
 

@@ -7,7 +7,6 @@
 #include "core/autograd.h"
 #include "core/ops.h"
 #include "quant/lsq.h"
-#include "quant/observer.h"
 
 namespace lowbit::quant {
 
@@ -27,17 +26,15 @@ std::string LsqPlusQuantizer::options_repr() const {
                  ", learn_offset=", learn_offset_ ? "true" : "false");
 }
 
-void LsqPlusQuantizer::initialize_from(const Tensor& x) {
+void LsqPlusQuantizer::init_from(const Tensor& x) {
   autograd::NoGradGuard guard;
   const ChannelLayout l = layout_of(x);
   const QuantRange r = spec().range;
   Tensor s, beta;
   if (role() == QuantRole::activation) {
-    auto [mn, mx] = batch_min_max(x, l);
-    run_min_ = run_min_.defined() ? minimum(run_min_, mn) : mn;
-    run_max_ = run_max_.defined() ? maximum(run_max_, mx) : mx;
-    s = clamp((run_max_ - run_min_) * (1.0 / double(r.qmax - r.qmin)), kMinLearnedScale, INFINITY);
-    beta = run_min_ - s * double(r.qmin);
+    auto [mn, mx] = running_min_max(x);  // over the calibration batches
+    s = clamp((mx - mn) * (1.0 / double(r.qmax - r.qmin)), kMinLearnedScale, INFINITY);
+    beta = mn - s * double(r.qmin);
   } else {
     Tensor v = x.detach().contiguous().reshape(layout_shape(l)).to(DType::f64);
     Tensor mu = mean(v, {0, 2});
@@ -51,25 +48,13 @@ void LsqPlusQuantizer::initialize_from(const Tensor& x) {
   mark_initialized();
 }
 
-void LsqPlusQuantizer::calibrate(const Tensor& x) {
-  if (x.numel() > 0) initialize_from(x);
+Tensor LsqPlusQuantizer::quantize_learned(const Tensor& x) {
+  return lsq_plus_quantize(x, learned(scale_), learned(offset_, learn_offset_), spec().range,
+                           grad_scale(x), spec().axis);
 }
 
-void LsqPlusQuantizer::end_calibration() {
-  run_min_ = Tensor();
-  run_max_ = Tensor();
-}
-
-Tensor LsqPlusQuantizer::quantize(const Tensor& x) {
-  if (!initialized()) {
-    initialize_from(x);
-    end_calibration();
-  }
-  const Tensor s = frozen() ? scale_.detach() : scale_;
-  const Tensor b = frozen() || !learn_offset_ ? offset_.detach() : offset_;
-  return lsq_plus_quantize(x, s, b, spec().range, grad_scale(x), spec().axis);
-}
-
-LOWBIT_REGISTER_QUANTIZER("lsq_plus", LsqPlusQuantizer);
+LOWBIT_REGISTER_QUANTIZER("lsq_plus", LsqPlusQuantizer,
+                          "LSQ+: a learned step size s and offset beta (asymmetric)",
+                          {{"learn_offset", "learn beta (a parameter) or keep it 0 (a buffer)"}});
 
 }  // namespace lowbit::quant

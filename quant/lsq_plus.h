@@ -28,17 +28,13 @@ class LsqPlusQuantizer : public LsqQuantizerBase {
   int64_t inference_scalars() const override { return 2 * Quantizer::inference_scalars(); }
 
  protected:
-  Tensor quantize(const Tensor& x) override;
-  void calibrate(const Tensor& x) override;
-  void end_calibration() override;
+  Tensor quantize_learned(const Tensor& x) override;
+  void init_from(const Tensor& x) override;
   std::string options_repr() const override;
 
  private:
-  void initialize_from(const Tensor& x);
-
   Tensor offset_;
   bool learn_offset_ = false;
-  Tensor run_min_, run_max_;  // activations: the range over the calibration batches
 };
 
 }  // namespace lowbit::quant

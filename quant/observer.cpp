@@ -444,6 +444,14 @@ constexpr int64_t kDefaultMaxValues = int64_t(1) << 24;
 
 }  // namespace
 
+LOWBIT_OPTION_HELP("ema_constant", "ema: weight c of each batch, x_min = (1 - c) x_min + c min");
+LOWBIT_OPTION_HELP("percentile_low", "percentile: x_min is this percentile of the values");
+LOWBIT_OPTION_HELP("percentile_high", "percentile: x_max is this percentile of the values");
+LOWBIT_OPTION_HELP("max_values",
+                   "values kept exactly on the host, then per-channel 2048-bin histograms");
+LOWBIT_OPTION_HELP("mse_steps", "mse: candidates t * max|x|, t = j / steps, least error wins");
+LOWBIT_OPTION_HELP("kl_bins", "kl: histogram bins of the KL-divergence threshold search");
+
 LOWBIT_REGISTER_OBSERVER("minmax", [](OptionReader&, const ObserverContext&) {
   return std::unique_ptr<Observer>(std::make_unique<MinMaxObserver>());
 });

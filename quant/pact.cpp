@@ -1,12 +1,13 @@
-// PACT: the fused op (CPU kernels; CUDA in pact.cu), its autograd, and the quantizers registered
-// as "pact" and "cg_pact" (METHODS 8.2: PACT's forward with the calibrated clip gradient).
+// PACT: the fused op (CPU kernels; CUDA generated from them), its autograd, and the quantizers
+// registered as "pact" and "cg_pact" (METHODS 8.2: PACT's forward with the calibrated clip
+// gradient).
 #include "quant/pact.h"
 
 #include <cmath>
 #include <vector>
 
-#include "core/autograd.h"
 #include "core/ops.h"
+#include "quant/fused_autograd.h"
 #include "quant/fused_cpu.h"
 
 namespace lowbit::quant {
@@ -29,23 +30,7 @@ Tensor pact_quantize(const Tensor& x_in, const Tensor& alpha, int64_t bits, bool
   const ChannelLayout l = channel_layout(x_in.shape(), 0, 1, op);
   PactParams p{detail::prepare_param(alpha, x_in, l, acc_dtype(x_in.dtype()), op, "alpha"), bits,
                calibrated, alpha_decay};
-  Tensor x = x_in.detach().contiguous();
-  Tensor y = fused_forward<PactOp>(x, l, p);
-  if (autograd::any_requires_grad({x_in, alpha})) {
-    const bool need_x = x_in.requires_grad(), need_a = alpha.requires_grad();
-    autograd::SavedTensor sx(x, op), sa(p.alpha, op);
-    const Shape a_shape = alpha.shape();
-    const DType a_dtype = alpha.dtype();
-    autograd::record(op, {x_in, alpha}, y, [=](const Tensor& g) {
-      Tensor xs = sx.unpack();
-      PactParams bp = p;
-      bp.alpha = sa.unpack();
-      auto [dx, grads] =
-          fused_backward<PactOp>(xs, g.to(xs.dtype()).contiguous(), l, bp, need_x, need_a);
-      return std::vector<Tensor>{dx, need_a ? grads.reshape(a_shape).to(a_dtype) : Tensor()};
-    });
-  }
-  return y;
+  return fused_quantize<PactOp>(op, x_in, l, p, {alpha}, {&PactParams::alpha});
 }
 
 namespace {
@@ -96,7 +81,16 @@ Tensor PactQuantizer::quantize(const Tensor& x) {
   return pact_quantize(x, a, bits(), calibrated_, alpha_decay_);
 }
 
-LOWBIT_REGISTER_QUANTIZER("pact", PactQuantizer);
-LOWBIT_REGISTER_QUANTIZER("cg_pact", CgPactQuantizer);
+LOWBIT_REGISTER_QUANTIZER(
+    "pact", PactQuantizer,
+    "PACT: activations clipped to a learned alpha, 2^b - 1 uniform levels on [0, alpha]",
+    {{"alpha", "the initial clip alpha (a learned parameter)"},
+     {"alpha_decay", "L2 regulariser alpha_decay * alpha^2, added by the backward"},
+     {"gradient", "dq/dalpha: pact (1 above alpha) or calibrated (also (q - x) / alpha inside)"}});
+LOWBIT_REGISTER_QUANTIZER("cg_pact", CgPactQuantizer,
+                          "CG-PACT: PACT with the calibrated clip gradient, alpha from 8",
+                          {{"alpha", "the initial clip alpha (a learned parameter)"},
+                           {"alpha_decay",
+                            "L2 regulariser alpha_decay * alpha^2, added by the backward"}});
 
 }  // namespace lowbit::quant

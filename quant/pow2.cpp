@@ -1,5 +1,5 @@
 // Pow2Quantizer: uniform qparams, then the scale rounded to a power of two. Registered as
-// "pow2"; CUDA kernel of Pow2ScaleOp in pow2.cu. The worked example of docs/quantizers.md.
+// "pow2"; the CUDA kernel of Pow2ScaleOp is generated from its CPU registration below.
 #include "quant/pow2.h"
 
 #include "core/autograd.h"
@@ -22,6 +22,7 @@ std::pair<Tensor, Tensor> Pow2Quantizer::compute_qparams(const Tensor& min_val,
   return {scale, zero_point};
 }
 
-LOWBIT_REGISTER_QUANTIZER("pow2", Pow2Quantizer);
+LOWBIT_REGISTER_QUANTIZER("pow2", Pow2Quantizer,
+                          "pow2: the uniform quantizer with scales rounded to 2^round(log2 s)");
 
 }  // namespace lowbit::quant

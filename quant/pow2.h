@@ -1,8 +1,8 @@
 // Power-of-two scales ("pow2"): the uniform quantizer with every scale rounded to
 // 2^round(log2 s) (fixed-point hardware shifts instead of multiplying), straight-through
-// gradient. It is the worked example of docs/quantizers.md: a plugin that reuses an existing
-// quantizer (UniformQuantizer: observers, buffers, fused fake_quantize) and adds one small
-// per-channel kernel of its own (Pow2ScaleOp, CPU in pow2.cpp, CUDA in pow2.cu).
+// gradient. A plugin that reuses an existing quantizer (UniformQuantizer: observers, buffers,
+// fused fake_quantize) and adds one small per-channel kernel of its own (Pow2ScaleOp, registered
+// for the CPU in pow2.cpp; the CUDA registration is generated from that line).
 //
 // Options: those of "uniform". For asymmetric ranges the zero-point is recomputed with the
 // rounded scale, z = clamp(qmin - round(x_min' / s), qmin, qmax) (METHODS 2.3).

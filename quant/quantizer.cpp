@@ -1,10 +1,13 @@
 // The Quantizer base (shared options, modes, forward), option parsing and the registry.
 #include "quant/quantizer.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <optional>
+#include <set>
 #include <sstream>
 
 #include "core/autograd.h"
@@ -47,6 +50,22 @@ bool OptionReader::has(const std::string& key) {
   return options_.has(key);
 }
 
+void OptionReader::note(OptionRead read) {
+  for (const OptionRead& r : reads_) {
+    if (r.key == read.key) return;
+  }
+  reads_.push_back(std::move(read));
+}
+
+namespace {
+std::string joined(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
+  return s;
+}
+std::string number_str(double v) { return str_cat(v); }
+}  // namespace
+
 void OptionReader::fail(const std::string& key, const std::string& what) const {
   auto it = options_.values().find(key);
   const std::string value = it == options_.values().end() ? "" : it->second;
@@ -55,22 +74,23 @@ void OptionReader::fail(const std::string& key, const std::string& what) const {
 }
 
 std::string OptionReader::get_string(const std::string& key, const std::string& def) {
+  note({key, "string", def, "any", {}});
   if (!has(key)) return def;
   return options_.values().at(key);
 }
 
 std::string OptionReader::get_choice(const std::string& key, const std::string& def,
                                      const std::vector<std::string>& allowed) {
+  note({key, "choice", def, joined(allowed), allowed});
   const std::string v = get_string(key, def);
   for (const auto& a : allowed) {
     if (a == v) return v;
   }
-  std::ostringstream os;
-  for (size_t i = 0; i < allowed.size(); ++i) os << (i ? ", " : "") << allowed[i];
-  fail(key, "is not allowed; allowed: " + os.str());
+  fail(key, "is not allowed; allowed: " + joined(allowed));
 }
 
 bool OptionReader::get_bool(const std::string& key, bool def) {
+  note({key, "bool", def ? "true" : "false", "true, false", {"true", "false"}});
   if (!has(key)) return def;
   std::string v = options_.values().at(key);
   for (char& ch : v) ch = char(std::tolower(static_cast<unsigned char>(ch)));
@@ -80,6 +100,7 @@ bool OptionReader::get_bool(const std::string& key, bool def) {
 }
 
 int64_t OptionReader::get_int(const std::string& key, int64_t def, int64_t lo, int64_t hi) {
+  note({key, "int", std::to_string(def), str_cat(lo, " to ", hi), {}});
   if (!has(key)) return def;
   const std::string& v = options_.values().at(key);
   char* end = nullptr;
@@ -93,16 +114,17 @@ int64_t OptionReader::get_int(const std::string& key, int64_t def, int64_t lo, i
 }
 
 double OptionReader::get_double(const std::string& key, double def, double lo, double hi,
-                                bool lo_open) {
+                                bool lo_open, bool hi_open) {
+  const std::string range = str_cat(lo_open ? "(" : "[", lo, ", ", hi, hi_open ? ")" : "]");
+  note({key, "number", number_str(def), range, {}});
   if (!has(key)) return def;
   const std::string& v = options_.values().at(key);
   char* end = nullptr;
   const double parsed = std::strtod(v.c_str(), &end);
-  const std::string range = str_cat(lo_open ? "(" : "[", lo, ", ", hi, "]");
   if (v.empty() || end != v.c_str() + v.size() || !std::isfinite(parsed)) {
     fail(key, "is not a finite number; allowed: " + range);
   }
-  if (parsed > hi || parsed < lo || (lo_open && parsed == lo)) {
+  if (parsed > hi || parsed < lo || (lo_open && parsed == lo) || (hi_open && parsed == hi)) {
     fail(key, "is out of range; allowed: " + range);
   }
   return parsed;
@@ -228,15 +250,128 @@ std::string Quantizer::extra_repr() const {
 // --- registry -----------------------------------------------------------------------------
 
 namespace {
-std::map<std::string, QuantizerFactory>& registry() {
-  static std::map<std::string, QuantizerFactory> r;
+std::map<std::string, QuantizerRegistration>& registry() {
+  static std::map<std::string, QuantizerRegistration> r;
   return r;
 }
 }  // namespace
 
-QuantizerRegistrar::QuantizerRegistrar(const std::string& name, QuantizerFactory factory) {
+QuantizerRegistrar::QuantizerRegistrar(const std::string& name,
+                                       QuantizerRegistration registration) {
   LOWBIT_CHECK(!registry().count(name), "quantizer '", name, "' registered twice");
-  registry()[name] = std::move(factory);
+  registry().emplace(name, std::move(registration));
+}
+
+Registry<std::string>& shared_option_help() {
+  static Registry<std::string> r("option help");
+  return r;
+}
+
+LOWBIT_OPTION_HELP("role",
+                   "what the quantizer quantizes (layers set it: weight for weights, "
+                   "activation for inputs)");
+LOWBIT_OPTION_HELP("bits", "bits per value; the codes (levels) fit in them");
+LOWBIT_OPTION_HELP("signed", "signed codes -2^(b-1)..2^(b-1)-1, else unsigned 0..2^b-1");
+LOWBIT_OPTION_HELP("narrow_range", "signed only: drop the code -2^(b-1) (a symmetric range)");
+LOWBIT_OPTION_HELP("channels",
+                   "size of the channel axis (layers pass it); sizes per-channel "
+                   "parameters, unused per-tensor");
+LOWBIT_OPTION_HELP("per_channel", "weights only: one scale (parameter) per channel along axis");
+LOWBIT_OPTION_HELP("axis",
+                   "the channel axis of per_channel, negative from the end (0: KRSC "
+                   "output channel)");
+
+namespace {
+
+// Builds quantizer `name` with `options` and returns what it read; nullopt when the options are
+// refused (a probe of describe_quantizer).
+std::optional<std::vector<OptionRead>> probe(const std::string& name,
+                                             const QuantizerOptions& options) {
+  OptionReader reader(name, options);
+  try {
+    registry().at(name).factory(reader);
+  } catch (const InputError&) {
+    return std::nullopt;
+  }
+  return reader.reads();
+}
+
+}  // namespace
+
+QuantizerInfo describe_quantizer(const std::string& name) {
+  if (!registry().count(name)) create_quantizer(name);  // throws naming the known ones
+  const QuantizerRegistration& reg = registry().at(name);
+  QuantizerInfo info;
+  info.name = name;
+  info.summary = reg.summary;
+  auto base = probe(name, {});
+  LOWBIT_CHECK(base.has_value(), "quantizer '", name, "' refuses its default options");
+  for (const OptionRead& r : *base) {
+    if (r.key == "role") info.roles = r.choices;
+  }
+  std::map<std::string, size_t> index;  // key -> position in info.options
+  // key -> (choice key -> the values under which it is read), for keys not always read
+  std::map<std::string, std::map<std::string, std::set<std::string>>> only_with;
+  auto add = [&](const OptionRead& r, const std::string& role) {
+    auto it = index.find(r.key);
+    if (it == index.end()) {
+      QuantizerOptionInfo o;
+      o.read = r;
+      o.read.default_value.clear();
+      auto own = reg.option_help.find(r.key);
+      if (own != reg.option_help.end()) {
+        o.help = own->second;
+      } else if (shared_option_help().has(r.key)) {
+        o.help = shared_option_help().get(r.key);
+      }
+      it = index.emplace(r.key, info.options.size()).first;
+      info.options.push_back(o);
+    }
+    std::string& def = role == "weight" ? info.options[it->second].default_weight
+                                        : info.options[it->second].default_activation;
+    if (def.empty()) def = r.default_value;
+  };
+  for (const std::string& role : info.roles) {
+    auto reads = probe(name, {{"role", role}});
+    if (!reads) continue;
+    for (const OptionRead& r : *reads) add(r, role);
+    // Options read under some values of a choice or bool option only (an observer's options).
+    for (const OptionRead& c : *reads) {
+      if (c.key == "role" || c.choices.empty()) continue;
+      std::map<std::string, std::set<std::string>> read_with;  // key -> values of c
+      size_t probes = 0;
+      for (const std::string& v : c.choices) {
+        auto more = probe(name, {{"role", role}, {c.key, v}});
+        if (!more) continue;
+        ++probes;
+        for (const OptionRead& m : *more) {
+          read_with[m.key].insert(v);
+          add(m, role);
+        }
+      }
+      for (const auto& [key, values] : read_with) {
+        if (values.size() < probes) {
+          only_with[key][c.key].insert(values.begin(), values.end());
+        }
+      }
+    }
+  }
+  for (QuantizerOptionInfo& o : info.options) {
+    auto it = only_with.find(o.read.key);
+    if (it == only_with.end()) continue;
+    for (const auto& [choice, values] : it->second) {
+      // In the order the choice lists its values.
+      std::vector<std::string> ordered;
+      for (const QuantizerOptionInfo& c : info.options) {
+        if (c.read.key != choice) continue;
+        for (const std::string& v : c.read.choices) {
+          if (values.count(v)) ordered.push_back(v);
+        }
+      }
+      o.condition += (o.condition.empty() ? "" : "; ") + choice + ": " + joined(ordered);
+    }
+  }
+  return info;
 }
 
 std::vector<std::string> quantizer_names() {
@@ -259,9 +394,22 @@ QuantizerPtr create_quantizer(const std::string& name, const QuantizerOptions& o
     throw InputError(str_cat("unknown quantizer '", name, "'; known quantizers: ", os.str()));
   }
   OptionReader reader(name, options);
-  QuantizerPtr q = it->second(reader);
+  QuantizerPtr q = it->second.factory(reader);
   reader.finish();
+  check_code_range(*q);
   return q;
+}
+
+void check_code_range(const Quantizer& q) {
+  const QuantRange r = q.spec().range;
+  const int64_t levels = r.qmax - r.qmin + 1;
+  if (levels > (int64_t(1) << q.bits())) {
+    throw InputError(str_cat("quantizer '", q.name(), "': its codes ", r.qmin, "..", r.qmax,
+                             " are ", levels, " levels, more than bits = ", q.bits(), " can hold (",
+                             int64_t(1) << q.bits(),
+                             "): the size accounting stores bits per value; the quantizer must "
+                             "set a code range (set_range) that fits its bits"));
+  }
 }
 
 bool quantizer_reads_option(const std::string& name, const QuantizerOptions& options,
@@ -269,7 +417,7 @@ bool quantizer_reads_option(const std::string& name, const QuantizerOptions& opt
   auto it = registry().find(name);
   if (it == registry().end()) create_quantizer(name, options);  // throws naming the known ones
   OptionReader reader(name, options);
-  it->second(reader);
+  it->second.factory(reader);
   return reader.was_asked(key);
 }
 

@@ -1,8 +1,9 @@
 // Quantizers as plugins: the Quantizer interface (a layers::Module), its options, and the
-// registry that finds a quantizer by name. A plugin is one header and one source file (plus a
-// .cu for its kernels) that registers a name with LOWBIT_REGISTER_QUANTIZER; YAML and
-// quantize_model pick quantizers by that name, and nothing in the framework switches on names.
-// See docs/quantizers.md for a worked example (quant/pow2.h).
+// registry that finds a quantizer by name. A plugin is one header and one source file in quant/
+// (the build picks them up and generates the CUDA registration of its kernels) plus its test in
+// tests/quant/, and registers a name with LOWBIT_REGISTER_QUANTIZER; YAML and quantize_model pick
+// quantizers by that name, and nothing in the framework switches on names. docs/quantizers.md,
+// "Adding a quantizer", says what a plugin must keep true and builds a worked example.
 //
 // A quantizer owns its learned parameters (scale, offset, clip: registered parameters, so
 // optimizers and state dicts see them) and its statistics (registered buffers). forward(x)
@@ -27,6 +28,7 @@
 #include <vector>
 
 #include "core/dispatch.h"
+#include "core/registry.h"
 #include "core/tensor.h"
 #include "layers/module.h"
 #include "quant/fake_quant.h"
@@ -54,6 +56,16 @@ class QuantizerOptions {
   std::map<std::string, std::string> values_;
 };
 
+// What a quantizer read of one option: its kind, default and allowed values, as the OptionReader
+// call gave them (`lowbit quantizers` prints them; docs/quantizers.md is checked against that).
+struct OptionRead {
+  std::string key;
+  std::string kind;                  // int, number, bool, choice, string
+  std::string default_value;         // as a string ("0.01", "true", "minmax")
+  std::string allowed;               // "1 to 16", "(0, 1e+30]", "auto, elements, none", ...
+  std::vector<std::string> choices;  // kind choice (bool: true, false)
+};
+
 // Reads typed options for one quantizer and remembers every key it was asked about, so finish()
 // can reject the keys nobody read. Every error is an InputError naming the quantizer, the key,
 // the value and what is allowed.
@@ -67,18 +79,24 @@ class OptionReader {
                          const std::vector<std::string>& allowed);
   bool get_bool(const std::string& key, bool def);
   int64_t get_int(const std::string& key, int64_t def, int64_t lo, int64_t hi);
-  // A finite double in [lo, hi] (or (lo, hi] when lo_open).
-  double get_double(const std::string& key, double def, double lo, double hi, bool lo_open = false);
+  // A finite double in [lo, hi] (open at lo / hi when lo_open / hi_open).
+  double get_double(const std::string& key, double def, double lo, double hi, bool lo_open = false,
+                    bool hi_open = false);
   // Throws naming the first unread key and listing the keys this quantizer reads.
   void finish() const;
   bool was_asked(const std::string& key) const { return asked_.count(key) > 0; }
+  // Every option read with a get_* call, in the order first read.
+  const std::vector<OptionRead>& reads() const { return reads_; }
   // An InputError "quantizer '<name>': option <key> = '<value>' <what>".
   [[noreturn]] void fail(const std::string& key, const std::string& what) const;
 
  private:
   std::string quantizer_;
+  void note(OptionRead read);  // records the first read of a key
+
   QuantizerOptions options_;
   std::set<std::string> asked_;
+  std::vector<OptionRead> reads_;
 };
 
 enum class QuantRole { weight, activation };
@@ -197,6 +215,38 @@ IntegerForm make_integer_form(const Tensor& scale, const Tensor& zero_point, Qua
 using QuantizerPtr = std::shared_ptr<Quantizer>;
 using QuantizerFactory = std::function<QuantizerPtr(OptionReader& options)>;
 
+// What `lowbit quantizers` prints of one quantizer: found by constructing it with each role it
+// allows and with each other value of its choice and bool options (so options read only under
+// some value, e.g. an observer's, are listed with that condition), and the help texts of its
+// registration and of the shared options (LOWBIT_OPTION_HELP).
+struct QuantizerOptionInfo {
+  OptionRead read;             // kind, allowed values; default_value unused (see below)
+  std::string default_weight;  // the default for role weight ("" when not read for weights)
+  std::string default_activation;
+  std::string condition;  // "" (always read) or "observer: ema, percentile"
+  std::string help;       // "" when neither the registration nor LOWBIT_OPTION_HELP has it
+};
+struct QuantizerInfo {
+  std::string name;
+  std::string summary;  // the registration's one-line description
+  std::vector<std::string> roles;
+  std::vector<QuantizerOptionInfo> options;  // in the order the quantizer reads them
+};
+QuantizerInfo describe_quantizer(const std::string& name);
+
+// Help texts of options that many quantizers read (role, bits, the observers' options), by key:
+// registered with LOWBIT_OPTION_HELP next to the code that reads them.
+Registry<std::string>& shared_option_help();
+struct OptionHelpRegistrar {
+  OptionHelpRegistrar(const std::string& key, const std::string& help) {
+    shared_option_help().add(key, help);
+  }
+};
+
+// InputError unless q's codes (spec().range) fit in its bits: the size accounting stores `bits`
+// per value. create_quantizer checks every quantizer it builds.
+void check_code_range(const Quantizer& q);
+
 // Builds a registered quantizer. InputError for an unknown name (listing the known names), an
 // unknown option (listing the allowed ones) or a bad value (naming key, value and what is
 // allowed).
@@ -208,8 +258,17 @@ bool quantizer_reads_option(const std::string& name, const QuantizerOptions& opt
                             const std::string& key);
 bool has_quantizer(const std::string& name);
 
+// A registration: the factory, a one-line summary and the help of the quantizer's own options.
+struct QuantizerRegistration {
+  QuantizerRegistration(QuantizerFactory f, std::string s,
+                        std::map<std::string, std::string> help = {})
+      : factory(std::move(f)), summary(std::move(s)), option_help(std::move(help)) {}
+  QuantizerFactory factory;
+  std::string summary;
+  std::map<std::string, std::string> option_help;
+};
 struct QuantizerRegistrar {
-  QuantizerRegistrar(const std::string& name, QuantizerFactory factory);
+  QuantizerRegistrar(const std::string& name, QuantizerRegistration registration);
 };
 
 // Every quantizer in a module tree (children walked recursively; the root included).
@@ -222,10 +281,19 @@ void clamp_quantizer_parameters(layers::Module& root);
 
 }  // namespace lowbit::quant
 
-// In a plugin's .cpp: LOWBIT_REGISTER_QUANTIZER("lsq", LsqQuantizer); Type has a constructor
-// taking OptionReader&.
-#define LOWBIT_REGISTER_QUANTIZER(name, Type)                                                  \
+// In a plugin's .cpp, with Type constructible from OptionReader&: the name, the type, a one-line
+// summary and, optionally, {key, help} of each option its own code reads (options read by shared
+// code, the base class or an observer, have theirs from LOWBIT_OPTION_HELP):
+//   LOWBIT_REGISTER_QUANTIZER("pact", PactQuantizer, "PACT: learned clip of activations",
+//                             {{"alpha", "initial clip"}, {"alpha_decay", "L2 on alpha"}});
+#define LOWBIT_REGISTER_QUANTIZER(name, Type, ...)                                             \
   static ::lowbit::quant::QuantizerRegistrar LOWBIT_REGISTER_CAT(lowbit_quantizer_, __LINE__)( \
-      name, [](::lowbit::quant::OptionReader& r) -> ::lowbit::quant::QuantizerPtr {            \
-        return std::make_shared<Type>(r);                                                      \
-      })
+      name, ::lowbit::quant::QuantizerRegistration{                                            \
+                [](::lowbit::quant::OptionReader& r) -> ::lowbit::quant::QuantizerPtr {        \
+                  return std::make_shared<Type>(r);                                            \
+                },                                                                             \
+                __VA_ARGS__})
+// Next to the code that reads a shared option: LOWBIT_OPTION_HELP("ema_constant", "...").
+#define LOWBIT_OPTION_HELP(key, help)                                                             \
+  static ::lowbit::quant::OptionHelpRegistrar LOWBIT_REGISTER_CAT(lowbit_option_help_, __LINE__)( \
+      key, help)

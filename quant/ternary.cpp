@@ -1,4 +1,4 @@
-// Ternary: the threshold and scale, the fused forward (CPU kernels; CUDA in ternary.cu), the
+// Ternary: the threshold and scale, the fused forward (CPU kernels; CUDA generated from them), the
 // identity backward, and the quantizer registered as "ternary".
 #include "quant/ternary.h"
 
@@ -68,6 +68,8 @@ Tensor TernaryQuantizer::quantize(const Tensor& x) {
   return ternarize(x, threshold_, spec().per_channel, spec().axis);
 }
 
-LOWBIT_REGISTER_QUANTIZER("ternary", TernaryQuantizer);
+LOWBIT_REGISTER_QUANTIZER("ternary", TernaryQuantizer,
+                          "ternary (TWN): weights to {-a, 0, a}, threshold * mean|w|",
+                          {{"threshold", "Delta = threshold * mean|w|; |w| <= Delta becomes 0"}});
 
 }  // namespace lowbit::quant

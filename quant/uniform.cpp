@@ -19,7 +19,7 @@ UniformQuantizer::UniformQuantizer(OptionReader& r, const QuantizerTraits& trait
     : Quantizer(r, traits) {
   const bool weight = role() == QuantRole::weight;
   symmetric_ = r.get_bool("symmetric", weight);
-  const std::string obs = r.get_string("observer", weight ? "minmax" : "ema");
+  const std::string obs = r.get_choice("observer", weight ? "minmax" : "ema", observer_names());
   observer_ = create_observer(obs, r, ObserverContext{spec().range, symmetric_});
   const Shape shape = param_shape();
   scale_ = ones(shape);
@@ -97,7 +97,11 @@ Tensor UniformQuantizer::quantize(const Tensor& x) {
   return fake_quantize(x, scale_, zero_point_, spec().range, spec().axis);
 }
 
-LOWBIT_REGISTER_QUANTIZER("uniform", UniformQuantizer);
+LOWBIT_OPTION_HELP("observer", "how the range (x_min, x_max) is observed; the qparams follow");
+LOWBIT_OPTION_HELP("symmetric",
+                   "symmetric range around 0 (zero point 0 signed, mid-range unsigned)");
+LOWBIT_REGISTER_QUANTIZER("uniform", UniformQuantizer,
+                          "uniform affine: scale and zero point from an observed range");
 
 std::optional<IntegerForm> UniformQuantizer::integer_form() {
   if (!enabled() || calibrating() || !has_statistics()) return std::nullopt;

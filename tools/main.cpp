@@ -16,6 +16,7 @@
 #include "tools/compare.h"
 #include "tools/export.h"
 #include "tools/info.h"
+#include "tools/quantizers.h"
 #include "train/config.h"
 #include "train/ptq.h"
 #include "train/registries.h"
@@ -36,6 +37,7 @@ const char* kUsage =
     "  compare   the summaries of finished runs side by side (markdown), with differences\n"
     "  plot      loss, top-1, learning rate, bits and channels per layer of runs, as a PNG\n"
     "  export    write a checkpoint as an integer-only model or ONNX, checked against lowbit\n"
+    "  quantizers  the registered quantizers with their options, defaults and ranges\n"
     "\n"
     "Run 'lowbit <command> --help' for a command's options.\n"
     "Exit codes: 0 success, 1 runtime failure, 2 bad input (config, data, arguments).\n";
@@ -290,6 +292,10 @@ int run(int argc, char** argv) {
   if (cmd == "bench") return lowbit::tools::run_bench(argc, argv, std::cout);
   if (cmd == "export") return lowbit::tools::run_export(argc, argv, std::cout);
   if (cmd == "plot") return run_plot(argc, argv);
+  if (cmd == "quantizers") {
+    return lowbit::tools::run_quantizers(std::vector<std::string>(argv + 2, argv + argc),
+                                         std::cout);
+  }
   if (cmd == "compare") {
     if (argc > 2 && is_help(argv[2])) {
       std::cout

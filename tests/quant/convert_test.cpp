@@ -339,6 +339,39 @@ TEST(QuantizeModel, BadRuleOptionNamesTheLayer) {
               HasSubstr("already quantized"));
 }
 
+// first_last_bits sets bits only: binary (1 bit) and ternary (2 bits) cannot take 8, and the
+// error names the config key rather than a layer; with first_last_bits 0, or a rule giving the
+// first and last layers another quantizer, the same config quantizes.
+TEST(QuantizeModel, FirstLastBitsAQuantizerCannotTakeNamesTheKey) {
+  for (const char* q : {"binary", "ternary"}) {
+    QuantConfig cfg;
+    cfg.weight = QuantizerChoice{q, {}};
+    const std::string e = testing::error_of([&] {
+      auto model = resnet20();
+      plan_quantization(*model, cfg, randn({1, 16, 16, 1}));
+    });
+    EXPECT_THAT(e, HasSubstr(str_cat("quant.first_last_bits = 8: the first and last layers' "
+                                     "quant.weight quantizer '",
+                                     q, "' cannot take 8 bits")));
+    EXPECT_THAT(e, HasSubstr("option bits = '8' is out of range"));
+    EXPECT_THAT(e, ::testing::Not(HasSubstr("conv1")));
+    cfg.first_last_bits = 0;
+    auto model = resnet20();
+    EXPECT_GT(plan_quantization(*model, cfg, randn({1, 16, 16, 1})).layers.size(), 2u);
+    cfg.first_last_bits = 8;
+    QuantRule first, last;
+    first.match = "conv1";
+    first.weight_quantizer = "uniform";
+    last.match = "linear";
+    last.weight_quantizer = "uniform";
+    cfg.rules = {first, last};
+    QuantPlan plan = plan_quantization(*model, cfg, randn({1, 16, 16, 1}));
+    EXPECT_EQ(plan.layers.front().weight.name, "uniform");
+    EXPECT_EQ(plan.layers.front().weight.options.values().at("bits"), "8");
+    EXPECT_EQ(plan.layers[1].weight.name, q);
+  }
+}
+
 // A plan rebuilds the same quantized model on a fresh float model: same state dict keys and,
 // with the state loaded, the same outputs.
 TEST(QuantizeModel, PlanRoundTripRebuildsTheModel) {

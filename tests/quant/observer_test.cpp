@@ -18,6 +18,7 @@
 #include "quant/uniform.h"
 #include "tests/common/test_util.h"
 #include "tests/quant/quant_test_util.h"
+#include "tests/quant/quantizer_cases.h"
 #include "tests/reference/quant_ref.h"
 
 namespace lowbit::quant {
@@ -315,6 +316,12 @@ TEST(KlObserver, ExactZerosDoNotPullTheThresholdDown) {
   EXPECT_EQ(min_of(q), 0.0);
   EXPECT_GT(max_of(q), 0.5);
 }
+
+LOWBIT_QUANTIZER_TEST_CASES("uniform", {{{"observer", "ema"}}, {8, 6, 6, 16}},
+                            {{{"role", "weight"}, {"per_channel", "true"}, {"channels", "16"}},
+                             {16, 3, 3, 8}},
+                            {{{"observer", "percentile"}}, {4, 5, 5, 8}},
+                            {{{"observer", "mse"}, {"role", "weight"}}, {16, 3, 3, 8}});
 
 TEST(UniformQuantizer, WhenObserversRun) {
   // ema/minmax: every training step unless frozen; not in eval.

@@ -3,7 +3,8 @@
 // pow2 forward and backward against the references of tests/reference/quant_ref.h, finite
 // differences where the function is smooth (clip and scale gradients in the clipped region,
 // DSQ's soft surrogate, the exact XNOR scale term); modes and tree helpers; the way a layer owns
-// its quantizers. CPU-vs-CUDA parity for every quantizer in QuantizerGpu.
+// its quantizers. Each quantizer declares its cases for the generic suites
+// (quantizer_generic_test.cpp: CPU round trips, CPU-vs-CUDA parity) next to its tests.
 #include "quant/quantizer.h"
 
 #include <gmock/gmock.h>
@@ -33,6 +34,7 @@
 #include "tests/common/gradcheck.h"
 #include "tests/common/test_util.h"
 #include "tests/quant/quant_test_util.h"
+#include "tests/quant/quantizer_cases.h"
 #include "tests/reference/quant_ref.h"
 
 namespace lowbit::quant {
@@ -53,15 +55,6 @@ std::shared_ptr<T> make(const std::string& name, const QuantizerOptions& o) {
 }
 
 // --- registry and options -------------------------------------------------------------------
-
-TEST(QuantizerRegistry, KnowsEveryQuantizer) {
-  const std::vector<std::string> names = quantizer_names();
-  for (const char* n : {"uniform", "lsq", "lsq_plus", "pact", "cg_pact", "dorefa", "dsq", "binary",
-                        "ternary", "pow2"}) {
-    EXPECT_TRUE(has_quantizer(n)) << n;
-    EXPECT_NE(std::find(names.begin(), names.end(), n), names.end()) << n;
-  }
-}
 
 TEST(QuantizerRegistry, UnknownNameListsTheKnownOnes) {
   try {
@@ -91,7 +84,7 @@ TEST(QuantizerOptions, ErrorsNameKeyValueAndWhatIsAllowed) {
   EXPECT_THAT(err("uniform", {{"signed", "maybe"}}),
               HasSubstr("signed = 'maybe' is not a bool; allowed: true, false"));
   EXPECT_THAT(err("uniform", {{"observer", "entropy"}}),
-              HasSubstr("observer = 'entropy' is not a known observer; allowed: ema, kl, minmax, "
+              HasSubstr("observer = 'entropy' is not allowed; allowed: ema, kl, minmax, "
                         "mse, percentile"));
   EXPECT_THAT(err("uniform", {{"role", "bias"}}),
               HasSubstr("role = 'bias' is not allowed; allowed: weight, activation"));
@@ -118,6 +111,28 @@ TEST(QuantizerOptions, ErrorsNameKeyValueAndWhatIsAllowed) {
               HasSubstr("unknown option 'dorefa_grid'"));
 }
 
+// A quantizer whose codes do not fit its bits (17 levels in 4 bits) is refused at construction.
+class WideRangeQuantizer : public Quantizer {
+ public:
+  explicit WideRangeQuantizer(OptionReader& r) : Quantizer(r, QuantizerTraits{}) {
+    set_range(QuantRange{-8, 8});
+  }
+  std::string type_name() const override { return "WideRangeQuantizer"; }
+
+ protected:
+  Tensor quantize(const Tensor& x) override { return x; }
+};
+
+TEST(QuantizerOptions, CodesMustFitTheBits) {
+  OptionReader r4("wide", {{"bits", "4"}});
+  EXPECT_THAT(error_of([&] { check_code_range(WideRangeQuantizer(r4)); }),
+              HasSubstr("quantizer 'wide': its codes -8..8 are 17 levels, more than bits = 4 can "
+                        "hold (16)"));
+  OptionReader r5("wide", {{"bits", "5"}});
+  check_code_range(WideRangeQuantizer(r5));  // 17 <= 32
+  for (const std::string& name : quantizer_names()) check_code_range(*create_quantizer(name));
+}
+
 TEST(QuantizerOptions, TypedSettersAndSpec) {
   QuantizerOptions o;
   o.set("role", "weight")
@@ -142,6 +157,11 @@ TEST(QuantizerOptions, TypedSettersAndSpec) {
 }
 
 // --- LSQ --------------------------------------------------------------------------------------
+
+LOWBIT_QUANTIZER_TEST_CASES("lsq",
+                            {{{"role", "weight"}, {"per_channel", "true"}, {"channels", "16"}},
+                             {16, 3, 3, 8}},
+                            {{}, {8, 6, 6, 16}});
 
 TEST(LsqQuantizer, InitialisesFromTheFirstTensorAndRegistersTheScale) {
   auto q = make<LsqQuantizer>("lsq", {{"role", "weight"}, {"bits", "4"}});
@@ -265,6 +285,8 @@ TEST(LsqQuantizer, ClampAndFreeze) {
 
 // --- LSQ+ -------------------------------------------------------------------------------------
 
+LOWBIT_QUANTIZER_TEST_CASES("lsq_plus", {{}, {8, 6, 6, 16}});
+
 TEST(LsqPlusQuantizer, InitialisationRules) {
   // Activations: s = (max - min) / (qmax - qmin), beta = min - s * qmin (unsigned: beta = min).
   auto a = make<LsqPlusQuantizer>("lsq_plus", {{"bits", "2"}});  // 0..3
@@ -309,6 +331,9 @@ TEST(LsqPlusQuantizer, SharesGradScaleAndInitialisationFlagWithLsq) {
 
 // --- PACT -------------------------------------------------------------------------------------
 
+LOWBIT_QUANTIZER_TEST_CASES("pact", {{{"alpha", "2.0"}, {"gradient", "calibrated"}}, {8, 6, 6, 16}},
+                            {{{"alpha", "2.0"}}, {8, 6, 6, 16}});
+
 TEST(Pact, ForwardAndBackwardMatchReference) {
   manual_seed(60);
   for (bool calibrated : {false, true}) {
@@ -350,6 +375,8 @@ TEST(Pact, AlphaGradientMatchesFiniteDifferencesOutsideTheRangeAndDecay) {
 }
 
 // --- CG-PACT (METHODS 8.2) -------------------------------------------------------------------
+
+LOWBIT_QUANTIZER_TEST_CASES("cg_pact", {{{"alpha", "2.0"}}, {8, 6, 6, 16}});
 
 // The forward is homogeneous of degree one: q(t x, t alpha) = t q(x, alpha) exactly (the codes
 // round(x n / alpha) do not change along the ray), so its derivative along the ray is q itself
@@ -490,6 +517,12 @@ TEST(Pact, IntegerFormGivesTheForwardsCodes) {
 
 // --- DoReFa ------------------------------------------------------------------------------------
 
+// DoReFa uses tanh in the forward: on CUDA an element at a rounding boundary may move one level
+// (2 / (2^b - 1)); the gradient (1 - t^2) / m differs by ulps.
+LOWBIT_QUANTIZER_TEST_CASES("dorefa",
+                            {{{"role", "weight"}}, {16, 3, 3, 8}, 2.0 / 15.0 + 1e-6, 1e-5},
+                            {{{"role", "activation"}}, {8, 6, 6, 16}});
+
 TEST(Dorefa, WeightsMatchReferenceBothGrids) {
   manual_seed(61);
   Tensor w = randn({6, 3, 3, 4}) * 0.7;
@@ -538,6 +571,11 @@ TEST(Dorefa, OneBitWeightsAndActivations) {
 }
 
 // --- DSQ ---------------------------------------------------------------------------------------
+
+// DSQ's backward uses tanh/log: CUDA's and glibc's differ by ulps.
+LOWBIT_QUANTIZER_TEST_CASES(
+    "dsq",
+    {{{"role", "weight"}, {"per_channel", "true"}, {"channels", "16"}}, {16, 3, 3, 8}, 0, 1e-5});
 
 TEST(Dsq, ForwardIsTheHardQuantizer) {
   manual_seed(62);
@@ -607,6 +645,11 @@ TEST(DsqQuantizer, InitAndClamp) {
 
 // --- binary / ternary ---------------------------------------------------------------------------
 
+// Binary scales are means over the channel, summed in a different order on the GPU.
+LOWBIT_QUANTIZER_TEST_CASES("binary", {{{"role", "weight"}}, {16, 3, 3, 8}, 1e-6, 1e-5},
+                            {{{"role", "activation"}}, {8, 6, 6, 16}});
+LOWBIT_QUANTIZER_TEST_CASES("ternary", {{{"per_channel", "true"}}, {16, 3, 3, 8}, 1e-6, 0});
+
 TEST(Binary, PerChannelScaleAndExactBackward) {
   manual_seed(64);
   const Shape shape{3, 2, 2, 4};  // KRSC, n = 16 per output channel
@@ -669,6 +712,10 @@ TEST(Ternary, ThresholdScaleAndIdentityBackward) {
 }
 
 // --- pow2 --------------------------------------------------------------------------------------
+
+LOWBIT_QUANTIZER_TEST_CASES("pow2",
+                            {{{"role", "weight"}, {"per_channel", "true"}, {"channels", "16"}},
+                             {16, 3, 3, 8}});
 
 TEST(Pow2, RoundsScalesToTheNearestPowerOfTwoInLog2) {
   EXPECT_EQ(round_pow2(0.3f), 0.25f);  // log2 = -1.74
@@ -770,113 +817,6 @@ TEST(QuantizerTree, ChecksTheChannelAxis) {
               }),
               HasSubstr("per-channel parameters have 4 elements but the input has 3 along axis 0"));
   EXPECT_THAT(error_of([&] { q->forward(zeros({4}, DType::i32)); }), HasSubstr("floating"));
-}
-
-// --- CPU vs CUDA, every quantizer
-// -----------------------------------------------------------------
-
-struct ParityCase {
-  std::string name;
-  QuantizerOptions options;
-  Shape shape;
-  double fwd_tol;   // 0: bit for bit
-  double grad_tol;  // input gradient
-};
-
-// The CPU/CUDA parity cases: at least one per registered quantizer (checked below, on every
-// machine, so a new quantizer cannot land without its GPU case).
-std::vector<ParityCase> parity_cases() {
-  return {
-      {"uniform", {{"observer", "ema"}}, {8, 6, 6, 16}, 0, 0},
-      {"uniform",
-       {{"role", "weight"}, {"per_channel", "true"}, {"channels", "16"}},
-       {16, 3, 3, 8},
-       0,
-       0},
-      {"uniform", {{"observer", "percentile"}}, {4, 5, 5, 8}, 0, 0},
-      {"uniform", {{"observer", "mse"}, {"role", "weight"}}, {16, 3, 3, 8}, 0, 0},
-      {"pow2",
-       {{"role", "weight"}, {"per_channel", "true"}, {"channels", "16"}},
-       {16, 3, 3, 8},
-       0,
-       0},
-      {"lsq",
-       {{"role", "weight"}, {"per_channel", "true"}, {"channels", "16"}},
-       {16, 3, 3, 8},
-       0,
-       0},
-      {"lsq", {}, {8, 6, 6, 16}, 0, 0},
-      {"lsq_plus", {}, {8, 6, 6, 16}, 0, 0},
-      {"pact", {{"alpha", "2.0"}, {"gradient", "calibrated"}}, {8, 6, 6, 16}, 0, 0},
-      {"pact", {{"alpha", "2.0"}}, {8, 6, 6, 16}, 0, 0},
-      {"cg_pact", {{"alpha", "2.0"}}, {8, 6, 6, 16}, 0, 0},
-      // DSQ's backward uses tanh/log: CUDA's and glibc's differ by ulps.
-      {"dsq",
-       {{"role", "weight"}, {"per_channel", "true"}, {"channels", "16"}},
-       {16, 3, 3, 8},
-       0,
-       1e-5},
-      // DoReFa uses tanh in the forward: an element at a rounding boundary may move one level
-      // (2 / (2^b - 1)); the gradient (1 - t^2) / m differs by ulps.
-      {"dorefa", {{"role", "weight"}}, {16, 3, 3, 8}, 2.0 / 15.0 + 1e-6, 1e-5},
-      {"dorefa", {{"role", "activation"}}, {8, 6, 6, 16}, 0, 0},
-      // The scales are means over the channel, summed in a different order on the GPU.
-      {"binary", {{"role", "weight"}}, {16, 3, 3, 8}, 1e-6, 1e-5},
-      {"binary", {{"role", "activation"}}, {8, 6, 6, 16}, 0, 0},
-      {"ternary", {{"per_channel", "true"}}, {16, 3, 3, 8}, 1e-6, 0},
-  };
-}
-
-TEST(Quantizers, EveryRegisteredQuantizerHasAGpuParityCase) {
-  std::set<std::string> covered;
-  for (const ParityCase& pc : parity_cases()) covered.insert(pc.name);
-  for (const std::string& name : quantizer_names()) {
-    EXPECT_TRUE(covered.count(name))
-        << "quantizer '" << name
-        << "' has no case in parity_cases() (QuantizerGpu.EveryQuantizerMatchesCpu)";
-  }
-}
-
-TEST(QuantizerGpu, EveryQuantizerMatchesCpu) {
-  LOWBIT_SKIP_WITHOUT_GPU();
-  for (const ParityCase& pc : parity_cases()) {
-    SCOPED_TRACE(pc.name + " " + shape_str(pc.shape));
-    manual_seed(80);
-    Tensor x = randn(pc.shape) * 1.5 + 0.2;
-    Tensor up = randn(pc.shape);
-    auto qc = create_quantizer(pc.name, pc.options);
-    auto qg = create_quantizer(pc.name, pc.options);
-    qg->to(Device::cuda());
-    // Calibrate on the CPU and copy the state, so both start from the same parameters.
-    qc->set_calibrating(true);
-    qc->forward(x);
-    qc->set_calibrating(false);
-    (void)qc->forward(x);  // compute lazily derived state (qparams)
-    qc->zero_grad();
-    qg->load_state_dict(qc->state_dict());
-    Tensor xc = x.detach().requires_grad_();
-    Tensor xg = x.to(Device::cuda()).requires_grad_();
-    Tensor yc = qc->forward(xc), yg = qg->forward(xg);
-    if (pc.fwd_tol == 0) {
-      EXPECT_TENSOR_NEAR(yg, yc, 0, 0);
-    } else {
-      EXPECT_TENSOR_NEAR(yg, yc, 0, pc.fwd_tol);
-    }
-    sum(yc * up).backward();
-    sum(yg * up.to(Device::cuda())).backward();
-    EXPECT_TENSOR_NEAR(xg.grad(), xc.grad(), pc.grad_tol, pc.grad_tol);
-    auto pcs = qc->named_parameters(), pgs = qg->named_parameters();
-    ASSERT_EQ(pcs.size(), pgs.size());
-    for (size_t i = 0; i < pcs.size(); ++i) {
-      SCOPED_TRACE(pcs[i].first);
-      ASSERT_TRUE(pcs[i].second.grad().defined());
-      EXPECT_TENSOR_NEAR(pgs[i].second.grad(), pcs[i].second.grad(), 1e-5, 1e-6);
-    }
-    // The state after a training step (observers, qparams) agrees too.
-    for (const auto& [k, v] : qc->state_dict()) {
-      EXPECT_TENSOR_NEAR(qg->state_dict().at(k), v, 1e-6, 1e-7) << k;
-    }
-  }
 }
 
 }  // namespace

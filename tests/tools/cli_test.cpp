@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "quant/quantizer.h"
 #include "tests/common/test_util.h"
 
 namespace {
@@ -53,8 +54,8 @@ stages: [{epochs: 1, optimizer: {lr: 0.01}}]
 )";
 
 TEST(Cli, HelpOnEveryCommand) {
-  for (const char* c :
-       {"--help", "train --help", "eval --help", "info --help", "ptq --help", "export --help"}) {
+  for (const char* c : {"--help", "train --help", "eval --help", "info --help", "ptq --help",
+                        "export --help", "quantizers --help"}) {
     Result r = run(c);
     EXPECT_EQ(r.code, 0) << c;
     EXPECT_THAT(r.output, HasSubstr("usage: lowbit")) << c;
@@ -63,6 +64,33 @@ TEST(Cli, HelpOnEveryCommand) {
   Result r = run("frobnicate");
   EXPECT_EQ(r.code, 2);
   EXPECT_THAT(r.output, HasSubstr("unknown command 'frobnicate'"));
+}
+
+TEST(Cli, QuantizersListsEveryQuantizerWithItsOptions) {
+  Result all = run("quantizers");
+  ASSERT_EQ(all.code, 0) << all.output;
+  for (const std::string& name : lowbit::quant::quantizer_names()) {
+    EXPECT_THAT("\n" + all.output, HasSubstr("\n" + name + ": ")) << name;
+  }
+  Result pact = run("quantizers pact");
+  ASSERT_EQ(pact.code, 0) << pact.output;
+  EXPECT_THAT(pact.output, HasSubstr("pact: PACT"));
+  EXPECT_THAT(pact.output, HasSubstr("roles: activation\n"));
+  EXPECT_THAT(pact.output, HasSubstr("  alpha        number in (0, 1e+30]; default 10\n"));
+  EXPECT_THAT(pact.output, HasSubstr("  bits         integer 1 to 16; default 4\n"));
+  EXPECT_THAT(pact.output, ::testing::Not(HasSubstr("signed")));  // PACT does not read it
+  EXPECT_THAT(pact.output, ::testing::Not(HasSubstr("lsq:")));
+  // Options read under one observer only say so; role-dependent defaults show both.
+  Result uniform = run("quantizers uniform");
+  EXPECT_THAT(uniform.output, HasSubstr("with observer: ema\n"));
+  EXPECT_THAT(uniform.output, HasSubstr("default weight minmax, activation ema\n"));
+  Result md = run("quantizers dsq --markdown");
+  EXPECT_THAT(md.output, HasSubstr("| `alpha` | number in (0, 1) | 0.2 |"));
+  Result bad = run("quantizers lsqq");
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_THAT(bad.output, HasSubstr("unknown quantizer 'lsqq'; known quantizers: binary, "));
+  EXPECT_EQ(run("quantizers --frobnicate").code, 2);
+  EXPECT_EQ(run("quantizers lsq pact").code, 2);
 }
 
 TEST(Cli, InfoRuns) {
@@ -82,6 +110,20 @@ TEST(Cli, BadConfigExitsTwoNamingTheKey) {
   EXPECT_THAT(r.output, HasSubstr("cannot open the config file"));
   r = run("train " + (d / "bad.yaml").string() + " --bogus");
   EXPECT_EQ(r.code, 2);
+  fs::remove_all(d);
+}
+
+// first_last_bits (default 8) sets bits only: binary weights cannot take 8 bits, and the error
+// names the config key, exit code 2; with first_last_bits 0 the model quantizes.
+TEST(Cli, FirstLastBitsABinaryQuantizerCannotTakeExitsTwoNamingTheKey) {
+  fs::path d = temp_dir();
+  std::ofstream(d / "binary.yaml") << kTiny << "quant: {weight: {quantizer: binary, bits: 1}}\n";
+  Result r = run("info --model " + (d / "binary.yaml").string());
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("quant.first_last_bits = 8: the first and last layers' "
+                                  "quant.weight quantizer 'binary' cannot take 8 bits"));
+  r = run("info --model " + (d / "binary.yaml").string() + " --set quant.first_last_bits=0");
+  EXPECT_EQ(r.code, 0) << r.output;
   fs::remove_all(d);
 }
 
