@@ -404,8 +404,8 @@ Tensor BatchNorm2d::forward(const Tensor& x) {
     notify_forward(*this, x, y);
     return y;
   }
-  // Frozen statistics (METHODS 4, QAT after freeze_bn_epoch): running statistics, no updates,
-  // while gamma and beta keep training.
+  // Frozen statistics (docs/methods.md, "BN folding for QAT", QAT after freeze_bn_epoch): running
+  // statistics, no updates, while gamma and beta keep training.
   const bool batch_stats = is_training() && !frozen_stats_;
   if (batch_stats && opts_.track_running_stats) {
     autograd::NoGradGuard guard;

@@ -54,7 +54,8 @@ class BatchNorm2d : public Module {
   const BatchNormOptions& options() const { return opts_; }
   void set_fuse_relu(bool on) { opts_.fuse_relu = on; }
   // Frozen statistics: normalise with the running statistics and stop updating them even in
-  // training mode (METHODS 4: BN freeze during QAT). gamma and beta still get gradients.
+  // training mode (docs/methods.md, "BN folding for QAT": BN freeze during QAT). gamma and beta
+  // still get gradients.
   void set_frozen_stats(bool on) { frozen_stats_ = on; }
   bool frozen_stats() const { return frozen_stats_; }
   // SyncBN (see batch_norm): batch statistics over the ranks of the world's group for the

@@ -138,11 +138,11 @@ class Conv2d : public Module {
   Tensor& weight() { return weight_; }
   Tensor& bias() { return bias_; }
 
-  // Pruning support (prune/, METHODS 5.4). Subclasses that override forward (QConv2d) call
-  // effective_weight() and add_bias_map() so masks and bias maps apply to them too.
-  // The weight the convolution uses: weight * weight_mask (per output channel, or per element for
-  // a mask of the weight's shape) when a mask is set, else the weight itself. Masked filters or
-  // elements are exactly zero and get zero gradient.
+  // Pruning support (prune/, docs/methods.md, "PfQ"). Subclasses that override forward (QConv2d)
+  // call effective_weight() and add_bias_map() so masks and bias maps apply to them too. The weight
+  // the convolution uses: weight * weight_mask (per output channel, or per element for a mask of
+  // the weight's shape) when a mask is set, else the weight itself. Masked filters or elements are
+  // exactly zero and get zero gradient.
   Tensor effective_weight() const;
   // y (N, P, Q, K) + bias_map (P, Q, K) when a bias map is set (PfQ border = exact), else y.
   Tensor add_bias_map(const Tensor& y) const;

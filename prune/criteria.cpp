@@ -39,9 +39,10 @@ std::vector<double> host(const Tensor& t) {
   return out;
 }
 
-// PfQ criterion, METHODS 5.3: running_var_i < tau (tau = the BN's eps unless var_threshold is
-// set), optionally also |gamma_i| sqrt(var_i / (var_i + eps)) < out_std_threshold. Every
-// Conv+BN pair is a site; what happens to the channel (removal, mask) is decided by the caller.
+// PfQ criterion, docs/methods.md, "PfQ": running_var_i < tau (tau = the BN's eps unless
+// var_threshold is set), optionally also |gamma_i| sqrt(var_i / (var_i + eps)) < out_std_threshold.
+// Every Conv+BN pair is a site; what happens to the channel (removal, mask) is decided by the
+// caller.
 std::vector<Candidate> select_pfq(const ChannelGraph& g, const PruneOptions& o) {
   std::vector<Candidate> out;
   for (size_t i = 0; i < g.layers.size(); ++i) {

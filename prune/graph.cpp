@@ -566,7 +566,8 @@ std::optional<double> constant_through(double v, const std::vector<std::string>&
       ++i;
     } else if (op == "max_pool2d" || op == "avg_pool2d" || op == "view" || op == "clone" ||
                op == "to") {
-      // A constant map stays constant (interior of padded average pools: METHODS 5.4 border).
+      // A constant map stays constant (interior of padded average pools: docs/methods.md, "PfQ"
+      // border).
     } else {
       return std::nullopt;
     }

@@ -1,6 +1,6 @@
 // prune_model: criterion -> plan -> (PfQ: constants and folding) -> surgery -> report.
-// PfQ (METHODS 5.3-5.4) on a Conv+BN pair whose channel i has collapsed variance: the BN output
-// is taken to be its constant (act(beta_i), or the calibration mean), the channel is removed
+// PfQ (docs/methods.md, "PfQ"-5.4) on a Conv+BN pair whose channel i has collapsed variance: the BN
+// output is taken to be its constant (act(beta_i), or the calibration mean), the channel is removed
 // and the constant's contribution goes into each consumer's bias:
 //   dense conv:  b2'[k] += a_i * sum_{r,s} W2[k, r, s, i]    (border = full), or the exact
 //                per-position map conv(P, W2[:, :, :, i]) (border = exact);
@@ -171,8 +171,8 @@ class PfqPass {
     rep_.channels[pick].reason = reason;
   }
 
-  // METHODS 5.4: residual streams use mask mode (lowbit default) or are skipped; groups that
-  // cannot change shape are masked; the rest are removal candidates.
+  // docs/methods.md, "PfQ": residual streams use mask mode (lowbit default) or are skipped; groups
+  // that cannot change shape are masked; the rest are removal candidates.
   void decide_actions() {
     for (size_t i = 0; i < picks_.size(); ++i) {
       const GraphLayer& l = g_.layers[size_t(picks_[i].layer)];
@@ -191,8 +191,8 @@ class PfqPass {
         candidates_[l.group].insert(picks_[i].channel + l.offset);
       }
     }
-    // Refuse before anything changes (METHODS 5.4 folds a constant; a layer with no channel
-    // left has nothing to carry the data).
+    // Refuse before anything changes (docs/methods.md, "PfQ" folds a constant; a layer with no
+    // channel left has nothing to carry the data).
     for (auto& [gid, chans] : candidates_) {
       const ChannelGroup& grp = g_.groups[size_t(gid)];
       LOWBIT_CHECK_INPUT(
@@ -204,8 +204,8 @@ class PfqPass {
     }
   }
 
-  // constant = data_mean: c_i = mean over the calibration data of act(BN(x))_i (METHODS 5.4's
-  // data-based variant). It replaces beta_i, so the masked BN outputs it exactly and the
+  // constant = data_mean: c_i = mean over the calibration data of act(BN(x))_i (docs/methods.md,
+  // "PfQ"'s data-based variant). It replaces beta_i, so the masked BN outputs it exactly and the
   // folding below uses it like beta.
   void measure_means(const CalibrationBatches& calib) {
     LOWBIT_CHECK_INPUT(calib != nullptr, "PfQ constant = data_mean needs calibration batches");
@@ -272,7 +272,8 @@ class PfqPass {
       if (!x) return std::nullopt;
       x = constant_through(*x, l.inputs[0].path);
       if (!x) return std::nullopt;
-      // Interior value of the dw output: d_i = a_i sum_{r,s} Wdw[i, r, s] + bdw_i (METHODS 5.4).
+      // Interior value of the dw output: d_i = a_i sum_{r,s} Wdw[i, r, s] + bdw_i (docs/methods.md,
+      // "PfQ").
       auto& dw = dw_[s];
       if (dw.first.empty()) {
         layers::Conv2d* conv = l.conv();
@@ -359,9 +360,11 @@ class PfqPass {
       const Device dev = l.module->device();
       bool any = false;
       for (auto& [v, a] : values) any = any || a != 0.0;
-      if (!any) continue;  // a_i = 0 (e.g. ReLU of beta <= 0): no correction (METHODS 5.4)
+      if (!any)
+        continue;  // a_i = 0 (e.g. ReLU of beta <= 0): no correction (docs/methods.md, "PfQ")
       if (auto* conv = l.conv()) {
-        // b2'[k] = b2[k] + sum_i a_i sum_{r,s} W2[k, r, s, i]   (METHODS 5.4, border = full)
+        // b2'[k] = b2[k] + sum_i a_i sum_{r,s} W2[k, r, s, i]   (docs/methods.md, "PfQ", border =
+        // full)
         std::vector<float> a(size_t(l.in_channels), 0.0f);
         for (auto& [v, val] : values) a[size_t(v)] = float(val);
         Tensor av = from_vector(a, {1, l.in_channels}, TensorOptions(DType::f32, dev));
@@ -370,7 +373,8 @@ class PfqPass {
         conv->ensure_bias();
         add_to_bias(conv->bias(), delta);
       } else if (auto* lin = l.linear()) {
-        // b'[j] = b[j] + sum_p W[j, p*C + i] a_i   (METHODS 5.4, Linear after GAP / flatten)
+        // b'[j] = b[j] + sum_p W[j, p*C + i] a_i   (docs/methods.md, "PfQ", Linear after GAP /
+        // flatten)
         const int64_t c = l.in_channels / l.inputs[0].spatial;  // channels of the flattened map
         std::vector<float> a(size_t(l.in_channels), 0.0f);
         for (int64_t col = 0; col < l.in_channels; ++col) {

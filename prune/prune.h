@@ -1,8 +1,9 @@
 // The pruning entry point: trace the channel graph, pick channels with a registered criterion,
 // and either remove them (structural surgery; PfQ folds the removed channels' constants into
-// the consumers' biases, METHODS 5.4) or mask them (zero, frozen filters), then report what
-// changed: channels, parameters, model bytes and BOPs (quant::account_model, METHODS 10) before
-// and after, and every pruned channel with its BN statistics (METHODS 5.3).
+// the consumers' biases, docs/methods.md, "PfQ") or mask them (zero, frozen filters), then report
+// what changed: channels, parameters, model bytes and BOPs (quant::account_model, docs/methods.md,
+// "Accounting") before and after, and every pruned channel with its BN statistics (docs/methods.md,
+// "PfQ").
 #pragma once
 
 #include <cstdint>
@@ -42,7 +43,7 @@ struct PruneReport {
   std::vector<PrunedChannel> channels;  // every channel the criterion picked
   int64_t removed = 0, masked = 0, skipped = 0;
   int64_t params_before = 0, params_after = 0;
-  int64_t bytes_before = 0, bytes_after = 0;  // METHODS 10 model size
+  int64_t bytes_before = 0, bytes_after = 0;  // docs/methods.md, "Accounting" model size
   double bops_before = 0, bops_after = 0;     // per sample
   int64_t macs_before = 0, macs_after = 0;
 
@@ -55,8 +56,8 @@ struct PruneReport {
 using CalibrationBatches = std::function<bool(Tensor& x)>;
 
 // Prunes `model` in place for inputs of one sample shape {H, W, C}. The model's train/eval
-// mode is restored; PfQ works on the float model with BN in eval mode (METHODS 5.3). With
-// constant = data_mean, `next_calibration_batch` supplies the data (required then). With
+// mode is restored; PfQ works on the float model with BN in eval mode (docs/methods.md, "PfQ").
+// With constant = data_mean, `next_calibration_batch` supplies the data (required then). With
 // border = exact, the model afterwards only accepts inputs of sample_hwc's spatial size.
 PruneReport prune_model(layers::Module& model, const PruneOptions& options, const Shape& sample_hwc,
                         const CalibrationBatches& next_calibration_batch = {});

@@ -1,5 +1,5 @@
 // PruneReport printing: a per-layer table with totals, and the pruned channels with the BN
-// statistics METHODS 5.3 asks to log; the same as JSON for the run logs.
+// statistics docs/methods.md, "PfQ" asks to log; the same as JSON for the run logs.
 #include <cmath>
 #include <cstdio>
 #include <nlohmann/json.hpp>

@@ -1,7 +1,7 @@
 // Channel surgery: physical removal of output channels (a conv's filters, its BN channels, the
 // depthwise convs and BNs that follow them, and the matching input channels of every consumer
-// conv and Linear), masking (METHODS 5.4 mask mode), and rebuilding a pruned structure from a
-// state dict. The model is changed in place and stays a plain dense model: new, smaller
+// conv and Linear), masking (docs/methods.md, "PfQ" mask mode), and rebuilding a pruned structure
+// from a state dict. The model is changed in place and stays a plain dense model: new, smaller
 // tensors, same module tree, same state-dict keys. Optimizers built before surgery hold the
 // old tensors and must be rebuilt.
 #pragma once
@@ -43,8 +43,8 @@ SurgeryResult remove_channels(layers::Module& model, const ChannelGraph& graph,
 void remove_group_channels(const ChannelGraph& graph,
                            const std::map<int, std::vector<int64_t>>& remove);
 
-// Mask mode (METHODS 5.4): zeroes output channels `channels` of conv (weight rows and bias) and
-// freezes them with the conv's weight mask (zero gradient, stays zero), and sets the BN's
+// Mask mode (docs/methods.md, "PfQ"): zeroes output channels `channels` of conv (weight rows and
+// bias) and freezes them with the conv's weight mask (zero gradient, stays zero), and sets the BN's
 // running mean of those channels to 0, so that the BN outputs exactly beta (its fused ReLU:
 // max(beta, 0)) in eval. bn may be null.
 // freeze = false zeroes the same way without installing the mask.

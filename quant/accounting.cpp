@@ -102,7 +102,7 @@ ModelAccount account_model(layers::Module& model, const Shape& sample_hwc) {
       const bool bias = conv->bias().defined() || (qc && qc->folded_bn());
       l.bytes = packed_bytes(l.weight_elems, l.weight_bits) + (bias ? 4 * k : 0) +
                 (qc ? scalars_of(qc->weight_quantizer()) + scalars_of(qc->input_quantizer()) : 0) +
-                (qc && qc->sat_rescale() ? 4 : 0);  // SAT's constant (METHODS 8.1)
+                (qc && qc->sat_rescale() ? 4 : 0);  // SAT's constant (docs/methods.md, "SAT")
       l.shape = str_cat(shape_str(w.shape()), " -> ", p, "x", q);
       acc.float_bytes += 4 * l.params;
     } else if (auto* lin = dynamic_cast<layers::Linear*>(s.module)) {

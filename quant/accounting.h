@@ -1,8 +1,8 @@
-// Model accounting (METHODS 10): model bytes with every tensor at its own bit width (a layer that
-// SAT rescales, METHODS 8.1, adds its constant: one fp32 scalar), the
-// weight compression ratio against float, and BOPs (MACs x weight bits x input-activation bits).
-// Output sizes come from one recorded forward pass on a zero input of the given shape, so any
-// model whose layers report through layers::notify_forward (Conv2d, Linear, BatchNorm2d and the
+// Model accounting (docs/methods.md, "Accounting"): model bytes with every tensor at its own bit
+// width (a layer that SAT rescales, docs/methods.md, "SAT", adds its constant: one fp32 scalar),
+// the weight compression ratio against float, and BOPs (MACs x weight bits x input-activation
+// bits). Output sizes come from one recorded forward pass on a zero input of the given shape, so
+// any model whose layers report through layers::notify_forward (Conv2d, Linear, BatchNorm2d and the
 // quantized layers) is accounted without per-model code.
 #pragma once
 
@@ -26,16 +26,16 @@ struct LayerAccount {
   int64_t act_bits = 32;     // b_a, the layer's input activation bits (32 when not quantized)
   int64_t macs = 0;          // per sample
   double bops = 0.0;         // per sample: macs * b_w * b_a
-  int64_t bytes = 0;         // this layer's share of model_bytes (METHODS 10)
+  int64_t bytes = 0;         // this layer's share of model_bytes (docs/methods.md, "Accounting")
   bool bn_folded = false;    // BN layers: folded into the preceding conv (counted as its bias)
 };
 
 struct ModelAccount {
   std::vector<LayerAccount> layers;
   int64_t params = 0;              // all parameters of the model
-  int64_t model_bytes = 0;         // METHODS 10
+  int64_t model_bytes = 0;         // docs/methods.md, "Accounting"
   int64_t float_bytes = 0;         // 4 bytes per parameter and BN statistic (the float model)
-  double compression_ratio = 1.0;  // CR of METHODS 10 (weights only)
+  double compression_ratio = 1.0;  // CR of docs/methods.md, "Accounting" (weights only)
   double bops = 0.0;               // per sample
   int64_t macs = 0;                // per sample
 

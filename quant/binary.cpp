@@ -24,7 +24,7 @@ Tensor binarize(const Tensor& x_in, bool scaled, bool per_channel, int64_t axis)
   p.n = std::max<int64_t>(l.outer * l.inner, 1);
   if (scaled && x.numel() > 0) {
     autograd::NoGradGuard guard;
-    // a_k = mean |W[k]| (METHODS 3.6)
+    // a_k = mean |W[k]| (docs/methods.md, "Binary and ternary")
     p.scale = mean(abs(x.reshape(layout_shape(l)).to(acc_dtype(x.dtype()))), {0, 2}).contiguous();
   }
   Tensor y = fused_forward<BinaryOp>(x, l, p);

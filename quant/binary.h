@@ -1,5 +1,5 @@
-// Binary quantization (BinaryConnect/BNN with XNOR-Net scaling; METHODS 3.6), registered as
-// "binary":
+// Binary quantization (BinaryConnect/BNN with XNOR-Net scaling; docs/methods.md, "Binary and
+// ternary"), registered as "binary":
 //   w_b = a_k * sign(w), a_k = mean |W[k]| over the n elements of channel k (scaling=mean_abs,
 //   per output channel by default for weights; per-tensor with per_channel=false), or sign(w)
 //   (scaling=none, the default for activations). sign(0) = +1.

@@ -1,7 +1,8 @@
 // Model conversion by rules (quantize_model): a float model becomes its quantized form, each
 // Conv2d a QConv2d and each Linear a QLinear (weight quantizer + input quantizer), with the
-// BatchNorm2d that directly follows a conv folded into it for QAT (METHODS 4). The YAML `quant:`
-// section of an experiment fills QuantConfig (train/config.cpp, docs/config.md).
+// BatchNorm2d that directly follows a conv folded into it for QAT (docs/methods.md, "BN folding for
+// QAT"). The YAML `quant:` section of an experiment fills QuantConfig (train/config.cpp,
+// docs/config.md).
 //
 // Conversion goes through a QuantPlan: one entry per quantized layer with its fully resolved
 // quantizer options. The plan is stored in checkpoints, so a resumed run or `lowbit eval`
@@ -49,14 +50,15 @@ struct QuantConfig {
   // Bits of the first and last quantized layers (weights and input), the usual practice;
   // 0 quantizes them like the rest. Rules are applied after this.
   int64_t first_last_bits = 8;
-  bool fold_bn = true;          // METHODS 4
-  int64_t freeze_bn_epoch = 3;  // METHODS 4 lowbit default; -1: never
+  bool fold_bn = true;          // docs/methods.md, "BN folding for QAT"
+  int64_t freeze_bn_epoch = 3;  // docs/methods.md, "BN folding for QAT" lowbit default; -1: never
   int64_t freeze_quantizers_epoch =
       4;                            // observers / learned ranges frozen from this epoch; -1: never
   int64_t calibration_batches = 4;  // batches observed before a stage that turns quantizers on
   std::vector<QuantRule> rules;
-  // SAT (METHODS 8.1, quant/sat.h): rescale the quantized weights of the last layer, which must be
-  // a quantized Linear (the classifier), and with sat_rescale_conv of every quantized Conv2d.
+  // SAT (docs/methods.md, "SAT", quant/sat.h): rescale the quantized weights of the last layer,
+  // which must be a quantized Linear (the classifier), and with sat_rescale_conv of every quantized
+  // Conv2d.
   bool sat = false;
   bool sat_rescale_conv = false;
 };
@@ -93,17 +95,18 @@ bool is_quantized(layers::Module& model);
 
 // Calibration (before QAT): forwards `batches` batches from next_batch in eval mode without
 // gradients with the selected quantizers calibrating (observers observe, learned quantizers
-// take their METHODS init from the data). Activation quantizers not selected are disabled
-// meanwhile; weight quantizers not selected keep their state, so the activation ranges of a
-// stage after a weights-only QAT stage are measured on the quantized weights being trained
-// (with float weights, which that stage never trained, they can be off by orders of magnitude).
+// take their initial values from the data, docs/methods.md). Activation quantizers not selected are
+// disabled meanwhile; weight quantizers not selected keep their state, so the activation ranges of
+// a stage after a weights-only QAT stage are measured on the quantized weights being trained (with
+// float weights, which that stage never trained, they can be off by orders of magnitude).
 void calibrate_model(layers::Module& model, const std::function<bool(Tensor&)>& next_batch,
                      int64_t batches, bool weights, bool activations);
 
 // Turns the input (activation) quantizers of every quantized layer on or off (a weights-only
 // QAT stage runs with them off).
 void set_activation_quantization(layers::Module& model, bool on);
-// Freezes (or unfreezes) the statistics of every BatchNorm2d in the tree (METHODS 4).
+// Freezes (or unfreezes) the statistics of every BatchNorm2d in the tree (docs/methods.md, "BN
+// folding for QAT").
 void freeze_bn_statistics(layers::Module& model, bool on);
 
 }  // namespace lowbit::quant

@@ -1,4 +1,4 @@
-// DoReFa-Net quantizers (Zhou et al. 2016; METHODS 3.4), registered as "dorefa". With
+// DoReFa-Net quantizers (Zhou et al. 2016; docs/methods.md, "DoReFa"), registered as "dorefa". With
 // quantize_b(r) = round(r * (2^b - 1)) / (2^b - 1) and a straight-through round:
 //   weights, b > 1: t = tanh(w), m = max|t| over the layer (a constant), r = t / (2m) + 0.5,
 //                   w_q = 2 * quantize_b(r) - 1, dL/dw = dL/dw_q * (1 - t^2) / m;

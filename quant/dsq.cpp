@@ -50,7 +50,7 @@ QuantizerTraits dsq_traits() {
   t.reads_signed = false;
   return t;
 }
-constexpr double kDsqAlphaMin = 1e-4, kDsqAlphaMax = 0.5;  // METHODS 3.5
+constexpr double kDsqAlphaMin = 1e-4, kDsqAlphaMax = 0.5;  // docs/methods.md, "DSQ"
 constexpr double kDsqMinWidth = 1e-8;
 }  // namespace
 

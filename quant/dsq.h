@@ -1,6 +1,6 @@
-// DSQ, Differentiable Soft Quantization (Gong et al. 2019; METHODS 3.5), registered as "dsq".
-// Learned clip bounds l < u and characteristic alpha in (0, 1); n = 2^b - 1 intervals of width
-// Delta = (u - l) / n. The forward is the true quantizer, x_hat = l + Delta * round(y) with
+// DSQ, Differentiable Soft Quantization (Gong et al. 2019; docs/methods.md, "DSQ"), registered as
+// "dsq". Learned clip bounds l < u and characteristic alpha in (0, 1); n = 2^b - 1 intervals of
+// width Delta = (u - l) / n. The forward is the true quantizer, x_hat = l + Delta * round(y) with
 // y = (clamp(x, l, u) - l) / Delta; the backward goes through the soft staircase
 //   soft(y) = i + 0.5 + 0.5 * sc * tanh(kk * (y - i - 0.5)),  i = min(floor(y), n - 1),
 //   kk = ln(2/alpha - 1), sc = 1 / (1 - alpha),
@@ -77,7 +77,8 @@ struct DsqOp {
   LOWBIT_HD Channel channel(int64_t c) const {
     const A l = lower[c], u = upper[c], al = alpha[c];
     const A delta = checked_scale((u - l) / n);
-    // kk = ln(2/alpha - 1) = k * Delta, sc = 1 / (1 - alpha) = 1 / tanh(kk / 2) (METHODS 3.5)
+    // kk = ln(2/alpha - 1) = k * Delta, sc = 1 / (1 - alpha) = 1 / tanh(kk / 2) (docs/methods.md,
+    // "DSQ")
     return {l, u, delta, n, al, math::log(A(2) / al - A(1)), A(1) / (A(1) - al)};
   }
   LOWBIT_HD A finish(int, int64_t, double s) const { return A(s); }

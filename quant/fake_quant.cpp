@@ -20,9 +20,10 @@ LOWBIT_REGISTER_CHANNEL_OP(CalcQParamsOp, cpu, CpuLaunch);
 QuantRange quant_range(int64_t bits, bool is_signed, bool narrow_range) {
   LOWBIT_CHECK_INPUT(bits >= 1 && bits <= 16, "bits = ", bits,
                      " is out of range; allowed: 1 to 16");
-  LOWBIT_CHECK_INPUT(!(is_signed && bits == 1),
-                     "bits = 1 with signed = true gives the codes "
-                     "{-1, 0}; use unsigned 1-bit or the binary quantizer (METHODS 2.4)");
+  LOWBIT_CHECK_INPUT(
+      !(is_signed && bits == 1),
+      "bits = 1 with signed = true gives the codes "
+      "{-1, 0}; use unsigned 1-bit or the binary quantizer (docs/methods.md, 'Few bits')");
   LOWBIT_CHECK_INPUT(!narrow_range || is_signed,
                      "narrow_range = true needs signed = true "
                      "(it removes the code -2^(b-1) of a signed range)");

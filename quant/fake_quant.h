@@ -1,11 +1,11 @@
-// Fused fake quantization: the uniform affine quantizer (METHODS 2.1-2.2), its qparams from an
-// observed range (2.3), and the learned-step-size quantizers LSQ (3.1) and LSQ+ (3.2), whose
-// backward returns the input gradient and the scale/offset gradients from one pass (reduced in
-// the same kernel, see quant/fused.h). The per-element math is written once below as LOWBIT_HD
-// functions; fake_quant.cpp launches it on the CPU and registers the ops, whose CUDA registration
-// is generated from those lines (cmake/LowbitQuantizers.cmake); the two agree bit for bit on the
-// forward (fp32 math with inv_s = 1.0f / s; CUDA is built with --fmad=false so nvcc contracts no
-// multiply-add the CPU does not).
+// Fused fake quantization: the uniform affine quantizer (docs/methods.md, "Uniform fake
+// quantization"-2.2), its qparams from an observed range (2.3), and the learned-step-size
+// quantizers LSQ (3.1) and LSQ+ (3.2), whose backward returns the input gradient and the
+// scale/offset gradients from one pass (reduced in the same kernel, see quant/fused.h). The
+// per-element math is written once below as LOWBIT_HD functions; fake_quant.cpp launches it on the
+// CPU and registers the ops, whose CUDA registration is generated from those lines
+// (cmake/LowbitQuantizers.cmake); the two agree bit for bit on the forward (fp32 math with inv_s
+// = 1.0f / s; CUDA is built with --fmad=false so nvcc contracts no multiply-add the CPU does not).
 //
 // Shapes: x is any shape, f32/bf16/f16 (math in f32) or f64 (math in f64, for gradchecks).
 // Parameters (scale, zero_point, offset) hold one element for per-tensor quantization, or
@@ -22,10 +22,10 @@
 
 namespace lowbit::quant {
 
-// Integer code range for `bits` bits (METHODS 1): signed -2^(b-1)..2^(b-1)-1, unsigned
-// 0..2^b-1, signed narrow -(2^(b-1)-1)..2^(b-1)-1. InputError for bits outside 1..16, for signed
-// 1-bit (codes {-1, 0}: METHODS 2.4, use the binary quantizer) and narrow_range on an unsigned or
-// 1-bit range.
+// Integer code range for `bits` bits (docs/methods.md, "Notation"): signed -2^(b-1)..2^(b-1)-1,
+// unsigned 0..2^b-1, signed narrow -(2^(b-1)-1)..2^(b-1)-1. InputError for bits outside 1..16, for
+// signed 1-bit (codes {-1, 0}: docs/methods.md, "Few bits", use the binary quantizer) and
+// narrow_range on an unsigned or 1-bit range.
 struct QuantRange {
   int64_t qmin = 0;
   int64_t qmax = 0;
@@ -34,7 +34,8 @@ QuantRange quant_range(int64_t bits, bool is_signed, bool narrow_range = false);
 
 // --- element math, shared by both backends ------------------------------------------------
 
-// The code before the clamp, u = round(x * inv_s) + z, round half to even (METHODS 2.1, 2.2).
+// The code before the clamp, u = round(x * inv_s) + z, round half to even (docs/methods.md,
+// "Uniform fake quantization").
 template <typename A>
 LOWBIT_HD A fake_quant_code(A x, A inv_s, A z) {
   return qmath::round_half_even(x * inv_s) + z;
@@ -58,16 +59,16 @@ LOWBIT_HD A fake_quant_value(A x, A s, A z, A qmin, A qmax) {
   return fake_quant_apply(x, sc, A(1) / sc, z, qmin, qmax);
 }
 
-// Scale and zero-point from an observed range, PyTorch's _calculate_qparams (METHODS 2.3), in
-// fp32. An empty range (x_min > x_max: nothing observed yet, min +inf / max -inf) gives PyTorch's
-// default (1, 0).
+// Scale and zero-point from an observed range, PyTorch's _calculate_qparams (docs/methods.md,
+// "Observers"), in fp32. An empty range (x_min > x_max: nothing observed yet, min +inf / max -inf)
+// gives PyTorch's default (1, 0).
 struct QParams {
   float scale = 1.0f;
   int32_t zero_point = 0;
 };
 constexpr float kQParamsEps = 1.1920929e-07f;  // fp32 machine epsilon
-// The asymmetric zero-point for scale s of a range starting at x_min (METHODS 2.3), in fp32:
-// z = clamp(qmin - round(min(x_min, 0) / s), qmin, qmax).
+// The asymmetric zero-point for scale s of a range starting at x_min (docs/methods.md,
+// "Observers"), in fp32: z = clamp(qmin - round(min(x_min, 0) / s), qmin, qmax).
 LOWBIT_HD int32_t affine_zero_point(float x_min, float s, int64_t qmin, int64_t qmax) {
   const float mn = x_min < 0.0f ? x_min : 0.0f;  // the range always contains 0
   return int32_t(
@@ -93,7 +94,8 @@ LOWBIT_HD QParams calc_qparams(float x_min, float x_max, int64_t qmin, int64_t q
   return out;
 }
 
-// LSQ / LSQ+ (METHODS 3.1, 3.2) on u = (v - beta) * inv_s (LSQ: beta = 0, so u = v * inv_s).
+// LSQ / LSQ+ (docs/methods.md, "LSQ" and "LSQ+") on u = (v - beta) * inv_s (LSQ: beta = 0, so u = v
+// * inv_s).
 template <typename A>
 LOWBIT_HD A lsq_bar(A u, A qmin, A qmax) {  // v_bar = clamp(round(u), qmin, qmax)
   return qmath::clamp(qmath::round_half_even(u), qmin, qmax);
@@ -148,7 +150,7 @@ struct LsqParams {
   Tensor scale;   // (C) acc dtype
   Tensor offset;  // (C) acc dtype; LSQ+ only
   QuantRange range;
-  double grad_scale = 1.0;  // g of METHODS 3.1, applied to every parameter gradient
+  double grad_scale = 1.0;  // g of docs/methods.md, "LSQ", applied to every parameter gradient
 };
 // LSQ: terms {dL/ds}.
 template <typename A>
@@ -242,30 +244,31 @@ struct CalcQParamsOp {
 
 // --- differentiable ops -----------------------------------------------------------------------
 
-// Uniform affine fake quantization (METHODS 2.1), differentiable in x with the straight-through
-// mask of 2.2 (scale and zero_point get no gradient). scale: floating, (1) or (C = x.size(axis)),
-// positive; zero_point: integer or integral floats, same shape, within [qmin, qmax]. Returns x's
-// dtype and shape. A non-positive scale is an error naming it where the scale is on the host;
-// on CUDA it turns the affected outputs into NaN (checking would cost a device-to-host copy).
+// Uniform affine fake quantization (docs/methods.md, "Uniform fake quantization"), differentiable
+// in x with the straight-through mask of 2.2 (scale and zero_point get no gradient). scale:
+// floating, (1) or (C = x.size(axis)), positive; zero_point: integer or integral floats, same
+// shape, within [qmin, qmax]. Returns x's dtype and shape. A non-positive scale is an error naming
+// it where the scale is on the host; on CUDA it turns the affected outputs into NaN (checking would
+// cost a device-to-host copy).
 Tensor fake_quantize(const Tensor& x, const Tensor& scale, const Tensor& zero_point,
                      QuantRange range, int64_t axis = 0);
 // Per-tensor form with host numbers.
 Tensor fake_quantize(const Tensor& x, double scale, int64_t zero_point, QuantRange range);
 
-// LSQ (METHODS 3.1): symmetric, z = 0, range [-Qn, Qp] = [qmin, qmax]. Differentiable in x and
-// scale; dL/dscale = grad_scale * sum(dL/dx_hat * dx_hat/ds) over each scale's elements.
+// LSQ (docs/methods.md, "LSQ"): symmetric, z = 0, range [-Qn, Qp] = [qmin, qmax]. Differentiable in
+// x and scale; dL/dscale = grad_scale * sum(dL/dx_hat * dx_hat/ds) over each scale's elements.
 Tensor lsq_quantize(const Tensor& x, const Tensor& scale, QuantRange range, double grad_scale,
                     int64_t axis = 0);
-// LSQ+ (METHODS 3.2): x_hat = clamp(round((x - offset)/scale)) * scale + offset; differentiable in
-// x, scale and offset, both parameter gradients multiplied by grad_scale.
+// LSQ+ (docs/methods.md, "LSQ+"): x_hat = clamp(round((x - offset)/scale)) * scale + offset;
+// differentiable in x, scale and offset, both parameter gradients multiplied by grad_scale.
 Tensor lsq_plus_quantize(const Tensor& x, const Tensor& scale, const Tensor& offset,
                          QuantRange range, double grad_scale, int64_t axis = 0);
-// The LSQ gradient scale g = 1 / sqrt(count * qp) (METHODS 3.1): count = elements sharing one
-// scale (weights) or features per sample (activations), qp = qmax (at least 1).
+// The LSQ gradient scale g = 1 / sqrt(count * qp) (docs/methods.md, "LSQ"): count = elements
+// sharing one scale (weights) or features per sample (activations), qp = qmax (at least 1).
 double lsq_grad_scale(int64_t count, int64_t qp);
 
-// Qparams from observed ranges (METHODS 2.3) on min_val's device: min_val, max_val f32 (C);
-// returns {scale f32 (C), zero_point i32 (C)} as new tensors.
+// Qparams from observed ranges (docs/methods.md, "Observers") on min_val's device: min_val, max_val
+// f32 (C); returns {scale f32 (C), zero_point i32 (C)} as new tensors.
 std::pair<Tensor, Tensor> calc_qparams(const Tensor& min_val, const Tensor& max_val,
                                        QuantRange range, bool symmetric);
 

@@ -52,7 +52,8 @@ namespace lowbit::quant {
 
 constexpr int kMaxTerms = 3;  // DSQ: d/dl, d/du, d/dalpha
 
-// Math type of a storage type: double for f64 tensors, float otherwise (METHODS 1: fp32).
+// Math type of a storage type: double for f64 tensors, float otherwise (docs/methods.md,
+// "Notation": fp32).
 template <typename T>
 using quant_acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 inline DType acc_dtype(DType t) { return t == DType::f64 ? DType::f64 : DType::f32; }
@@ -90,15 +91,16 @@ template <typename A>
 LOWBIT_HD A clamp(A v, A lo, A hi) {
   return v < lo ? lo : (v > hi ? hi : v);
 }
-// sign(v) = +1 for v >= 0, -1 otherwise (METHODS 1: sign(0) = +1).
+// sign(v) = +1 for v >= 0, -1 otherwise (docs/methods.md, "Notation": sign(0) = +1).
 template <typename A>
 LOWBIT_HD A sign(A v) {
   return v >= A(0) ? A(1) : A(-1);
 }
-// round(x), half to even (METHODS 1), bit-identical to rintf/rint under the default rounding mode.
-// On the device that is one instruction. On x86-64 without SSE4.1 rintf is a libm call, which
-// keeps the CPU loops from vectorising; adding and subtracting 2^23 (2^52 for double) to |x|
-// rounds it to an integer, ties to even, for |x| < 2^23, and larger values are integers already.
+// round(x), half to even (docs/methods.md, "Notation"), bit-identical to rintf/rint under the
+// default rounding mode. On the device that is one instruction. On x86-64 without SSE4.1 rintf is a
+// libm call, which keeps the CPU loops from vectorising; adding and subtracting 2^23 (2^52 for
+// double) to |x| rounds it to an integer, ties to even, for |x| < 2^23, and larger values are
+// integers already.
 template <typename A>
 LOWBIT_HD A round_half_even(A x) {
 #if defined(__CUDA_ARCH__)

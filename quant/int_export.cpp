@@ -153,7 +153,8 @@ class Lowerer : public ModelWalker {
       autograd::NoGradGuard ng;
       wq = c.quantized_weight();  // FQ(W sf), exactly what the fake-quant forward uses
     }
-    // Folded bias b_f = beta + (b - mu) gamma / std_r (METHODS 4), in double.
+    // Folded bias b_f = beta + (b - mu) gamma / std_r (docs/methods.md, "BN folding for QAT"), in
+    // double.
     std::vector<double> bf(size_t(co.out_channels), 0.0);
     if (c.bias().defined()) {
       const auto b = host_f32(c.bias());

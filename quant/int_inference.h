@@ -64,7 +64,8 @@ inline int32_t clamp_code(int64_t r, int64_t z, int64_t lo, int64_t hi) {
 // --- packing ------------------------------------------------------------------------------
 
 // Codes q in [qmin, qmin + 2^bits) stored as q - qmin in `bits` bits each, least significant
-// bit first, ceil(n * bits / 8) bytes (METHODS 10's packed size). bits in [1, 8].
+// bit first, ceil(n * bits / 8) bytes (docs/methods.md, "Accounting"'s packed size). bits in [1,
+// 8].
 std::vector<uint8_t> pack_codes(const std::vector<int32_t>& q, int bits, int32_t qmin);
 std::vector<int32_t> unpack_codes(const std::vector<uint8_t>& bytes, int64_t n, int bits,
                                   int32_t qmin);

@@ -36,7 +36,8 @@ void LearnedRangeQuantizer::clamp_in_place(Tensor& p, double lo, double hi) {
 }
 
 Tensor LearnedRangeQuantizer::quantize(const Tensor& x) {
-  if (!initialized()) {  // uncalibrated: the first tensor it sees (METHODS' init rules)
+  if (!initialized()) {  // uncalibrated: the first tensor it sees (each quantizer's init rule,
+                         // docs/methods.md)
     init_from(x);
     end_calibration();
   }

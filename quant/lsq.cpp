@@ -84,15 +84,16 @@ void LsqQuantizer::init_from(const Tensor& x) {
   }
   abs_sum_ = abs_sum_.defined() ? abs_sum_ + s : s;
   count_ += n;
-  // s0 = 2 * mean|x| / sqrt(Qp), at least 1e-8 (METHODS 3.1).
+  // s0 = 2 * mean|x| / sqrt(Qp), at least 1e-8 (docs/methods.md, "LSQ").
   const double k = 2.0 / std::sqrt(double(std::max<int64_t>(spec().range.qmax, 1)));
   set_scale(abs_sum_ * (k / double(std::max<int64_t>(count_, 1))));
 }
 
 void LsqQuantizer::finish_init() {
   if (observer_ && min_val_.defined()) {  // something was observed
-    // s0 = the scale of PyTorch's qparams for the observed range (METHODS 2.3): max|x| / 127.5
-    // for signed 8 bits, x_max / 255 for unsigned (the zero-point, 0 or ignored, is dropped).
+    // s0 = the scale of PyTorch's qparams for the observed range (docs/methods.md, "Observers"):
+    // max|x| / 127.5 for signed 8 bits, x_max / 255 for unsigned (the zero-point, 0 or ignored, is
+    // dropped).
     autograd::NoGradGuard guard;
     observer_->finalize(min_val_, max_val_);
     if (!signed_range()) min_val_ = zeros_like(min_val_);  // LSQ clips negatives to 0 anyway

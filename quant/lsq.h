@@ -1,22 +1,21 @@
-// LSQ, Learned Step Size Quantization (Esser et al. 2020; METHODS 3.1), registered as "lsq":
-// x_hat = clamp(round(x / s), -Qn, Qp) * s with a learned step s, and the gradient
-// dL/ds = g * sum(dL/dx_hat * dx_hat/ds), g = 1 / sqrt(N * Qp), from the fused kernel of
-// quant/fake_quant.h.
+// LSQ, Learned Step Size Quantization (Esser et al. 2020; docs/methods.md, "LSQ"), registered as
+// "lsq": x_hat = clamp(round(x / s), -Qn, Qp) * s with a learned step s, and the gradient dL/ds = g
+// * sum(dL/dx_hat * dx_hat/ds), g = 1 / sqrt(N * Qp), from the fused kernel of quant/fake_quant.h.
 //
 // Options (besides the shared ones; weights default to signed, activations to unsigned):
 //   grad_scale  auto | elements | none   auto (default): N = elements per scale for weights,
-//               features per sample (H*W*C) for activations (METHODS 3.1's lowbit default);
-//               elements: N = all elements sharing the scale in the batch; none: g = 1.
+//               features per sample (H*W*C) for activations (docs/methods.md, "LSQ"'s lowbit
+//               default); elements: N = all elements sharing the scale in the batch; none: g = 1.
 //   init        lsq | minmax | ema | percentile | mse   lsq (default): the paper's
-//               s0 = 2 * mean(|x|) / sqrt(Qp) (METHODS 3.1); an observer name: s0 = max(|x_min|,
-//               |x_max|) / ((Qp + Qn) / 2) (signed) or x_max / Qp (unsigned), PyTorch's qparams of
-//               the range that observer gives (its own options apply, e.g. mse_steps). The paper's
-//               s0 suits 2-4 bits; at 8 bits it clips at ~22x mean|x| and leaves most levels
-//               unused, which a short fine-tune does not recover (docs/quantization.md, "LSQ
-//               initialisation").
+//               s0 = 2 * mean(|x|) / sqrt(Qp) (docs/methods.md, "LSQ"); an observer name: s0 =
+//               max(|x_min|, |x_max|) / ((Qp + Qn) / 2) (signed) or x_max / Qp (unsigned),
+//               PyTorch's qparams of the range that observer gives (its own options apply, e.g.
+//               mse_steps). The paper's s0 suits 2-4 bits; at 8 bits it clips at ~22x mean|x| and
+//               leaves most levels unused, which a short fine-tune does not recover
+//               (docs/quantization.md, "LSQ initialisation").
 // Parameters: scale (C) f32. Buffers: initialized () i64.
-// Initialisation (METHODS 3.1): s0 = 2 * mean(|x|) / sqrt(Qp) from the first tensor it sees
-// (the initial weights; the first training batch of activations), or from every calibration
+// Initialisation (docs/methods.md, "LSQ"): s0 = 2 * mean(|x|) / sqrt(Qp) from the first tensor it
+// sees (the initial weights; the first training batch of activations), or from every calibration
 // batch when calibrated; s is kept >= 1e-8 by clamp_parameters() (call after optimizer steps).
 #pragma once
 
@@ -29,7 +28,8 @@
 
 namespace lowbit::quant {
 
-constexpr double kMinLearnedScale = 1e-8;  // METHODS 3.1: clamp s >= 1e-8 after each step
+constexpr double kMinLearnedScale =
+    1e-8;  // docs/methods.md, "LSQ": clamp s >= 1e-8 after each step
 
 // What LSQ and LSQ+ share besides the learned-range upkeep (quant/learned_range.h): the learned
 // scale (C), clamped by clamp_parameters(); the grad_scale option and the g it gives. Both default
@@ -38,7 +38,7 @@ constexpr double kMinLearnedScale = 1e-8;  // METHODS 3.1: clamp s >= 1e-8 after
 class LsqQuantizerBase : public LearnedRangeQuantizer {
  public:
   Tensor& scale() { return scale_; }
-  // g of METHODS 3.1 for input x.
+  // g of docs/methods.md, "LSQ" for input x.
   double grad_scale(const Tensor& x) const;
   void clamp_parameters() override;
 

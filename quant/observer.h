@@ -1,7 +1,7 @@
 // Observers: the range statistics (x_min, x_max) that the uniform quantizers turn into a scale
-// and zero-point with calc_qparams (METHODS 2.3). Five are registered by name (the `observer`
-// option of a quantizer): minmax (running extremes), ema (PyTorch's moving-average min-max,
-// c = 0.01), percentile (numpy-"linear" percentiles of every calibration value), mse (the
+// and zero-point with calc_qparams (docs/methods.md, "Observers"). Five are registered by name (the
+// `observer` option of a quantizer): minmax (running extremes), ema (PyTorch's moving-average
+// min-max, c = 0.01), percentile (numpy-"linear" percentiles of every calibration value), mse (the
 // clipping t * (x_min, x_max), t = j/T, with the least squared fake-quant error; ties go to the
 // larger t) and kl (the clipping threshold of a histogram of |x| with the least KL divergence
 // between the clipped and the quantized distribution, docs/methods.md "KL-entropy observer").
@@ -12,8 +12,9 @@
 // value: they copy calibration batches to the host (calibration is not a training step) and
 // compute the range when the quantizer asks for it (finalize); so does kl. Up to `max_values`
 // values (default 2^24) are kept exactly; beyond, each channel switches to a 2048-bin histogram
-// over its running [min, max] (METHODS 2.3 allows it for large tensors), re-binned as the range
-// grows, with linear interpolation inside a bin; mse then weighs bin centres by their counts.
+// over its running [min, max] (docs/methods.md, "Observers" allows it for large tensors), re-binned
+// as the range grows, with linear interpolation inside a bin; mse then weighs bin centres by their
+// counts.
 #pragma once
 
 #include <functional>
@@ -76,7 +77,7 @@ std::pair<Tensor, Tensor> batch_min_max(const Tensor& x, const ChannelLayout& l)
 // quantizer with `levels` levels on that side of zero (observer "kl").
 double kl_threshold(const std::vector<double>& hist, double amax, int64_t levels);
 
-// numpy's "linear" percentile (METHODS 2.3) of sorted values, p in [0, 100].
+// numpy's "linear" percentile (docs/methods.md, "Observers") of sorted values, p in [0, 100].
 double percentile_linear(const std::vector<float>& sorted, double p);
 
 // Calibration values of each channel, on the host: exact up to max_values in all, then

@@ -1,6 +1,6 @@
 // PACT: the fused op (CPU kernels; CUDA generated from them), its autograd, and the quantizers
-// registered as "pact" and "cg_pact" (METHODS 8.2: PACT's forward with the calibrated clip
-// gradient).
+// registered as "pact" and "cg_pact" (docs/methods.md, "CG-PACT": PACT's forward with the
+// calibrated clip gradient).
 #include "quant/pact.h"
 
 #include <cmath>
@@ -46,7 +46,7 @@ QuantizerTraits pact_traits() {
 
 PactQuantizer::PactQuantizer(OptionReader& r) : Quantizer(r, pact_traits()) {
   calibrated_ = r.get_choice("gradient", "pact", {"pact", "calibrated"}) == "calibrated";
-  init(r, 10.0);  // METHODS 3.3
+  init(r, 10.0);  // docs/methods.md, "PACT"
 }
 
 PactQuantizer::PactQuantizer(OptionReader& r, double alpha0) : Quantizer(r, pact_traits()) {

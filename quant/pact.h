@@ -1,14 +1,14 @@
-// PACT, parameterized clipping activation (Choi et al. 2018; METHODS 3.3), registered as "pact",
-// and its calibrated gradient CG-PACT (Jin et al., SAT; METHODS 8.2, docs/methods.md), registered
-// as "cg_pact" (also reachable as pact with gradient: calibrated). Activations only,
-// per-tensor, unsigned: with a = |alpha| and n = 2^b - 1,
+// PACT, parameterized clipping activation (Choi et al. 2018; docs/methods.md, "PACT"), registered
+// as "pact", and its calibrated gradient CG-PACT (Jin et al., SAT; docs/methods.md, "CG-PACT",
+// docs/methods.md), registered as "cg_pact" (also reachable as pact with gradient: calibrated).
+// Activations only, per-tensor, unsigned: with a = |alpha| and n = 2^b - 1,
 //   y = clamp(x, 0, a),  y_q = round(y * n / a) * a / n,  dy_q/dx = 1[0 <= x < a],
 //   dy_q/dalpha = 1[x >= a]                                 (gradient = pact)
 //               = 0 (x < 0), (y_q - x) / a (inside), 1 (x >= a)   (gradient = calibrated)
 // times sign(alpha) (the forward uses |alpha|), plus 2 * alpha_decay * alpha from the L2
-// regulariser alpha_decay * alpha^2 (METHODS 3.3), added by the backward itself so the trainer
-// needs no extra loss term: set alpha_decay to the run's weight decay and keep alpha out of the
-// optimizer's weight decay. One fused pass gives dx and dalpha (quant/fused.h).
+// regulariser alpha_decay * alpha^2 (docs/methods.md, "PACT"), added by the backward itself so the
+// trainer needs no extra loss term: set alpha_decay to the run's weight decay and keep alpha out of
+// the optimizer's weight decay. One fused pass gives dx and dalpha (quant/fused.h).
 //
 // Options: bits (default 4), alpha (initial clip, default 10 for pact, 8 for cg_pact as the SAT
 // code does for convolutions; its linear layers use 10, a quant rule sets that), alpha_decay
@@ -105,7 +105,7 @@ class PactQuantizer : public Quantizer {
   double alpha_decay_ = 0.0;
 };
 
-// "cg_pact": PACT with the calibrated clip gradient (METHODS 8.2), alpha0 = 8.
+// "cg_pact": PACT with the calibrated clip gradient (docs/methods.md, "CG-PACT"), alpha0 = 8.
 class CgPactQuantizer : public PactQuantizer {
  public:
   explicit CgPactQuantizer(OptionReader& r) : PactQuantizer(r, 8.0) {}

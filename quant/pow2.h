@@ -5,7 +5,7 @@
 // for the CPU in pow2.cpp; the CUDA registration is generated from that line).
 //
 // Options: those of "uniform". For asymmetric ranges the zero-point is recomputed with the
-// rounded scale, z = clamp(qmin - round(x_min' / s), qmin, qmax) (METHODS 2.3).
+// rounded scale, z = clamp(qmin - round(x_min' / s), qmin, qmax) (docs/methods.md, "Observers").
 #pragma once
 
 #include <cstdint>

@@ -138,8 +138,8 @@ Tensor QConv2d::fold_factor() const {
   LOWBIT_CHECK(bn != nullptr, "QConv2d: the folded BatchNorm2d no longer exists");
   // sf = gamma / sqrt(var_r + eps): differentiable in gamma, running_var is a buffer. Divided
   // by the square root, as PyTorch's ConvBn2d, rather than times rsqrt: the largest weight of a
-  // channel lands exactly on code qmax + 1/2 of a symmetric range (METHODS 2.4), so one ulp of
-  // sf decides whether it rounds past qmax and loses its STE gradient.
+  // channel lands exactly on code qmax + 1/2 of a symmetric range (docs/methods.md, "Few bits"), so
+  // one ulp of sf decides whether it rounds past qmax and loses its STE gradient.
   return bn->weight() / sqrt(bn->running_var().detach() + bn->options().eps);
 }
 
@@ -168,7 +168,7 @@ Tensor QConv2d::forward(const Tensor& x) {
                              reciprocal(sf));  // NHWC: per channel
     if (bias_.defined()) y = y + bias_;
   }
-  y = add_bias_map(y);  // PfQ border = exact (METHODS 5.4)
+  y = add_bias_map(y);  // PfQ border = exact (docs/methods.md, "PfQ")
   layers::notify_forward(*this, x, y);
   return y;
 }

@@ -1,6 +1,6 @@
 // Quantized layers: QConv2d and QLinear (a weight quantizer and an input quantizer as children
-// "weight_quantizer" and "input_quantizer"), QConv2d's Conv+BN folding for QAT (METHODS 4), and
-// QuantAct, an activation followed by a quantizer for hand-built models.
+// "weight_quantizer" and "input_quantizer"), QConv2d's Conv+BN folding for QAT (docs/methods.md,
+// "BN folding for QAT"), and QuantAct, an activation followed by a quantizer for hand-built models.
 //
 // QConv2d and QLinear derive from Conv2d and Linear and keep their parameter names, so a float
 // checkpoint loads into a quantized model (the quantizer keys aside) and parents that hold the
@@ -23,11 +23,12 @@ class QConv2d : public layers::Conv2d {
   // per-channel axis is 0, K channels); input_q: role activation, or null for a float input.
   QConv2d(layers::Conv2d& src, QuantizerPtr weight_q, QuantizerPtr input_q);
 
-  // METHODS 4, QAT fused ConvBn (PyTorch's _forward_approximate): with sf = gamma / std_r the
-  // conv uses FQ(W * sf) and its output is divided by sf (plus the conv bias) before `bn`, which
-  // stays where it is in the model and runs as usual (batch statistics in training, running
-  // statistics in eval or once frozen). In eval the result is the folded inference graph
-  // conv(x, FQ(W_f)) + b_f. `bn` must follow this conv directly and have out_channels features.
+  // docs/methods.md, "BN folding for QAT", QAT fused ConvBn (PyTorch's _forward_approximate): with
+  // sf = gamma / std_r the conv uses FQ(W * sf) and its output is divided by sf (plus the conv
+  // bias) before `bn`, which stays where it is in the model and runs as usual (batch statistics in
+  // training, running statistics in eval or once frozen). In eval the result is the folded
+  // inference graph conv(x, FQ(W_f)) + b_f. `bn` must follow this conv directly and have
+  // out_channels features.
   void fold_bn(const std::shared_ptr<layers::BatchNorm2d>& bn);
   layers::BatchNorm2d* folded_bn() const { return bn_.lock().get(); }
 
@@ -40,7 +41,8 @@ class QConv2d : public layers::Conv2d {
   // The weight the convolution uses: FQ(W * sf) with folding, FQ(W) without (through autograd),
   // times SAT's constant when sat_rescale is on.
   Tensor quantized_weight();
-  // SAT's rescaling of the quantized weight (quant/sat.h, METHODS 8.1), on in training and eval.
+  // SAT's rescaling of the quantized weight (quant/sat.h, docs/methods.md, "SAT"), on in training
+  // and eval.
   void set_sat_rescale(bool on) { sat_rescale_ = on; }
   bool sat_rescale() const { return sat_rescale_; }
 

@@ -170,7 +170,8 @@ Quantizer::Quantizer(OptionReader& r, const QuantizerTraits& traits) {
     spec_.axis = r.get_int("axis", 0, -8, 7);
     if (spec_.per_channel) {
       if (spec_.role != QuantRole::weight) {
-        r.fail("per_channel", "applies to weights only (METHODS 1: activations are per-tensor)");
+        r.fail("per_channel",
+               "applies to weights only (docs/methods.md, 'Notation': activations are per-tensor)");
       }
       if (!has_channels && traits.per_channel_needs_channels) {
         r.fail("per_channel",

@@ -9,7 +9,7 @@
 // optimizers and state dicts see them) and its statistics (registered buffers). forward(x)
 // returns the fake-quantized x through autograd. Modes:
 //   - quantizing (default): fake quantization; observers keep updating in training unless frozen.
-//   - calibrating (set_calibrating): observe x / initialise learned parameters from it (METHODS'
+//   - calibrating (set_calibrating): observe x / initialise learned parameters from it (the
 //     init rules) and return x unchanged.
 //   - disabled (set_enabled(false)): return x unchanged.
 // A layer such as QConv2d owns two quantizers as children and calls them in its forward:
@@ -154,21 +154,23 @@ class Quantizer : public layers::Module {
   int64_t bits() const { return spec_.bits; }
 
   // Calibration: forward observes x (observers) or initialises learned parameters from it
-  // (METHODS' init rules, accumulated over every calibration batch) and returns x unchanged.
+  // (each quantizer's init rule in docs/methods.md, accumulated over every calibration batch) and
+  // returns x unchanged.
   void set_calibrating(bool on);
   bool calibrating() const { return calibrating_; }
   // Disabled: forward returns x unchanged (a float stage of a QAT schedule).
   void set_enabled(bool on) { enabled_ = on; }
   bool enabled() const { return enabled_; }
-  // Frozen ranges (METHODS 4: freeze observers after some epochs): observers stop updating and
-  // learned range parameters get no gradient.
+  // Frozen ranges (docs/methods.md, "BN folding for QAT": freeze observers after some epochs):
+  // observers stop updating and learned range parameters get no gradient.
   void set_frozen(bool on) { frozen_ = on; }
   bool frozen() const { return frozen_; }
   // Keeps learned parameters valid; call after every optimizer step (LSQ: s >= 1e-8, DSQ:
   // alpha in [1e-4, 0.5]). No-op for quantizers without learned parameters.
   virtual void clamp_parameters() {}
-  // How many fp32 values inference needs besides the integer weights (METHODS 10: scales,
-  // zero-points of asymmetric quantizers, learned clip values). Default: one scale per channel.
+  // How many fp32 values inference needs besides the integer weights (docs/methods.md,
+  // "Accounting": scales, zero-points of asymmetric quantizers, learned clip values). Default: one
+  // scale per channel.
   virtual int64_t inference_scalars() const { return spec_.channels > 0 ? spec_.channels : 1; }
   // The integer form for export (docs/methods.md, "Integer inference"; docs/export.md): codes
   // q = clamp(round(x * (1/s)) + z, qmin, qmax) with one (s, z) per channel (one entry when

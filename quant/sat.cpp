@@ -1,4 +1,4 @@
-// SAT weight rescaling (METHODS 8.1): core ops only, so both backends run it.
+// SAT weight rescaling (docs/methods.md, "SAT"): core ops only, so both backends run it.
 #include "quant/sat.h"
 
 #include "core/autograd.h"

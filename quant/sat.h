@@ -1,4 +1,5 @@
-// SAT's constant rescaling of quantized weights (Jin et al.; METHODS 8.1, docs/methods.md):
+// SAT's constant rescaling of quantized weights (Jin et al.; docs/methods.md, "SAT",
+// docs/methods.md):
 //   w_sat = w_q / sqrt(n_out * Var[w_q]),   so Var[w_sat] = 1 / n_out,
 // n_out = K * R * S for a conv (KRSC weights: the numel over the input channels), out_features for
 // a linear layer, Var the unbiased variance over the whole tensor, treated as a constant (no

@@ -37,7 +37,8 @@ Tensor ternarize(const Tensor& x_in, double threshold, bool per_channel, int64_t
   if (autograd::any_requires_grad({x_in})) {
     const DType dt = x_in.dtype();
     autograd::record(op, {x_in}, y, [dt](const Tensor& g) {
-      return std::vector<Tensor>{g.to(dt)};  // identity straight-through (METHODS 3.6)
+      return std::vector<Tensor>{
+          g.to(dt)};  // identity straight-through (docs/methods.md, "Binary and ternary")
     });
   }
   return y;

@@ -1,4 +1,5 @@
-// Ternary weights (TWN, Li et al. 2016; METHODS 3.6), registered as "ternary":
+// Ternary weights (TWN, Li et al. 2016; docs/methods.md, "Binary and ternary"), registered as
+// "ternary":
 //   Delta_t = threshold * mean|w| (threshold 0.7), a = mean(|w| over |w| > Delta_t),
 //   w_t = a * sign(w) * 1[|w| > Delta_t],  dL/dw = dL/dw_t (identity straight-through).
 // Per output channel when per_channel is on (default off: TWN's per-layer statistics). Delta_t

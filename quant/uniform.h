@@ -1,7 +1,7 @@
 // The uniform affine quantizer with observers ("uniform"): scale and zero-point come from the
-// observed range through calc_qparams (METHODS 2.3) and are not learned; the forward is the
-// fused fake_quantize (2.1) with the straight-through mask (2.2). PyTorch's FakeQuantize with
-// MinMax / MovingAverageMinMax / percentile / MSE observers.
+// observed range through calc_qparams (docs/methods.md, "Observers") and are not learned; the
+// forward is the fused fake_quantize (2.1) with the straight-through mask (2.2). PyTorch's
+// FakeQuantize with MinMax / MovingAverageMinMax / percentile / MSE observers.
 //
 // Options (besides the shared role, bits, signed, narrow_range, per_channel, axis, channels):
 //   observer      minmax | ema | percentile | mse | kl   (default: weights minmax, activations ema)
@@ -38,7 +38,7 @@ class UniformQuantizer : public Quantizer {
   const Tensor& max_val() const { return max_val_; }
   bool symmetric() const { return symmetric_; }
   const Observer& observer() const { return *observer_; }
-  // Scales, plus zero-points when asymmetric (METHODS 10).
+  // Scales, plus zero-points when asymmetric (docs/methods.md, "Accounting").
   std::optional<IntegerForm> integer_form() override;
   int64_t inference_scalars() const override {
     return Quantizer::inference_scalars() * (symmetric_ ? 1 : 2);
@@ -56,8 +56,8 @@ class UniformQuantizer : public Quantizer {
   void end_calibration() override;
   std::string options_repr() const override;
   // Turns the observed range (f32 (C) each) into {scale f32 (C), zero_point i32 (C)}. The
-  // default is calc_qparams (METHODS 2.3); a subclass may adjust the result (pow2 rounds the
-  // scale to a power of two).
+  // default is calc_qparams (docs/methods.md, "Observers"); a subclass may adjust the result (pow2
+  // rounds the scale to a power of two).
   virtual std::pair<Tensor, Tensor> compute_qparams(const Tensor& min_val, const Tensor& max_val);
 
  private:

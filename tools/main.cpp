@@ -316,7 +316,8 @@ int run(int argc, char** argv) {
              "Without options: the lowbit version, whether the CUDA backend was compiled in, the\n"
              "CPU threads and every visible CUDA device.\n"
              "--model CONFIG: the config's model as a per-layer table (parameters, weight and\n"
-             "input bits, MACs, BOPs, bytes; METHODS.md section 10), float and, when the config\n"
+             "input bits, MACs, BOPs, bytes; docs/methods.md, 'Accounting'), float and, when the "
+             "config\n"
              "has a quant: section, quantized. No data is read.\n";
       return 0;
     }

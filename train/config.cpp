@@ -258,7 +258,7 @@ quant::QuantConfig parse_quant(Section q, const std::string& file) {
   c.freeze_quantizers_epoch =
       q.integer("freeze_quantizers_epoch", c.freeze_quantizers_epoch, -1, kBig);
   c.calibration_batches = q.integer("calibration_batches", c.calibration_batches, 0, kBig);
-  if (q.has("sat") && !q.get("sat").IsNull()) {  // METHODS 8.1
+  if (q.has("sat") && !q.get("sat").IsNull()) {  // docs/methods.md, "SAT"
     Section sat = q.sub("sat");
     c.sat = sat.boolean("enabled", true);
     c.sat_rescale_conv = sat.boolean("rescale_conv", c.sat_rescale_conv);

@@ -396,7 +396,8 @@ void write_prune_report(const prune::PruneReport& rep, const fs::path& out,
 
 namespace {
 
-// kind: prune (METHODS 5.5 step 2): prunes the float model with the prune: section at the start.
+// kind: prune (docs/methods.md, "PfQ" step 2): prunes the float model with the prune: section at
+// the start.
 void prepare_prune_stage(StageContext& c) {
   const Shape sample{c.data.image_size, c.data.image_size, c.data.channels};
   prune::PruneReport rep =
@@ -958,7 +959,8 @@ class TrainingRun {
 
   void run_epoch(Stage& stage, int64_t e, const Fault& fault) {
     const StageConfig& st = stage.st;
-    // METHODS 4: BN statistics and quantizer ranges freeze after configurable epochs of QAT.
+    // docs/methods.md, "BN folding for QAT": BN statistics and quantizer ranges freeze after
+    // configurable epochs of QAT.
     const bool qat = stage.kind.quantizes;
     const auto& qc = cfg_.quant;
     quant::freeze_bn_statistics(*model_, qat && qc.freeze_bn_epoch >= 0 && e >= qc.freeze_bn_epoch);
@@ -1271,7 +1273,7 @@ PruneRunResult run_prune(const ExperimentConfig& cfg, const std::string& checkpo
   ModelState ms;
   layers::ModulePtr model = load_trained(cfg, checkpoint, dev, &data, &ms);
   LOWBIT_CHECK_INPUT(!ms.quantized, checkpoint,
-                     ": holds a quantized model; prune the float model (METHODS 5.5)");
+                     ": holds a quantized model; prune the float model (docs/methods.md, 'PfQ')");
   PruneRunResult r;
   const Shape sample{data.image_size, data.image_size, data.channels};
   r.before = evaluate(*model, data, dev);

@@ -54,9 +54,9 @@ Device resolve_device(const std::string& spec);
 RunSummary run_training(const ExperimentConfig& cfg, const TrainerOptions& opts);
 
 // `lowbit prune`: loads the config's model with the weights in `checkpoint`, evaluates it, prunes
-// it with the config's prune: section (PfQ on the float model, METHODS 5.5 step 2), evaluates
-// again and writes out_dir/model.safetensors (a pruned model; the "pruned" metadata lets eval,
-// init: and resume rebuild its shapes) and out_dir/prune_report.{txt,json}.
+// it with the config's prune: section (PfQ on the float model, docs/methods.md, "PfQ" step 2),
+// evaluates again and writes out_dir/model.safetensors (a pruned model; the "pruned" metadata lets
+// eval, init: and resume rebuild its shapes) and out_dir/prune_report.{txt,json}.
 struct PruneRunResult {
   EvalResult before, after;
   int64_t params_before = 0, params_after = 0;

@@ -1,12 +1,11 @@
-// PfQ (METHODS 5.3-5.4) and the ratio baselines through prune_model.
+// PfQ (docs/methods.md, "PfQ"-5.4) and the ratio baselines through prune_model.
 // "Trained" models: BN statistics randomised away from the threshold, then chosen Conv+BN
 // channels collapsed: their filters decayed to 1e-5 of the init, running var 1e-8, running
-// mean 0 (METHODS 5.2). The masked reference is built by hand from the same model: filters
-// zeroed and running mean 0, so each collapsed BN outputs exactly its constant. With
-// border = exact the pruned model must equal that reference up to float summation order
-// (rtol 1e-4, atol 1e-5 on outputs of order 1); with border = full it is exact at every output
-// whose receptive field stays inside the image and off by at most the padded taps' share on
-// the border.
+// mean 0 (docs/methods.md, "PfQ"). The masked reference is built by hand from the same model:
+// filters zeroed and running mean 0, so each collapsed BN outputs exactly its constant. With border
+// = exact the pruned model must equal that reference up to float summation order (rtol 1e-4, atol
+// 1e-5 on outputs of order 1); with border = full it is exact at every output whose receptive field
+// stays inside the image and off by at most the padded taps' share on the border.
 #include <gmock/gmock.h>
 
 #include <nlohmann/json.hpp>
@@ -276,7 +275,7 @@ TEST(Pfq, ResidualSkipAndMaskMode) {
   PruneOptions pe;
   pe.border = "exact";
   prune_model(*exact, pe, {32, 32, 3});
-  // Mask mode is exact (METHODS 5.4): same eval output as structural with exact borders.
+  // Mask mode is exact (docs/methods.md, "PfQ"): same eval output as structural with exact borders.
   EXPECT_TENSOR_NEAR(eval_forward(*masked, x), eval_forward(*exact, x), 1e-4, 1e-5);
   // Fine-tuning keeps masked filters at zero: their gradient is zero.
   masked->train();

@@ -94,7 +94,8 @@ inline void scale_filters(layers::Conv2d& conv, const std::vector<int64_t>& idx,
 
 // A "trained" Conv+BN pair whose filters `idx` decayed to `residual_scale` of their init: the
 // BN saw (almost) the constant conv bias (0 without one), so running var is 1e-8 and running
-// mean that bias (METHODS 5.2). With residual_scale = 0 the BN outputs exactly beta in eval.
+// mean that bias (docs/methods.md, "PfQ"). With residual_scale = 0 the BN outputs exactly beta in
+// eval.
 inline void collapse(layers::Module& m, const std::string& conv, const std::string& bn,
                      const std::vector<int64_t>& idx, double residual_scale = 0.0) {
   auto* c = module_as<layers::Conv2d>(m, conv);

@@ -1,5 +1,6 @@
-// Quantized layers, Conv+BN folding (METHODS 4), quantize_model by rules, calibration, plans and
-// accounting (METHODS 10), checked against hand-built references and hand-computed numbers.
+// Quantized layers, Conv+BN folding (docs/methods.md, "BN folding for QAT"), quantize_model by
+// rules, calibration, plans and accounting (docs/methods.md, "Accounting"), checked against
+// hand-built references and hand-computed numbers.
 #include "quant/convert.h"
 
 #include <gmock/gmock.h>
@@ -43,8 +44,8 @@ QuantizerPtr lsq_weight(int64_t bits, int64_t channels) {
                                   {"channels", std::to_string(channels)}});
 }
 
-// METHODS 4: with quantization off, the folded QAT module followed by its BN equals conv -> BN,
-// in eval (running statistics) and in training (batch statistics).
+// docs/methods.md, "BN folding for QAT": with quantization off, the folded QAT module followed by
+// its BN equals conv -> BN, in eval (running statistics) and in training (batch statistics).
 TEST(ConvBnFold, EqualsConvThenBnWhenQuantizationIsOff) {
   manual_seed(11);
   for (bool training : {false, true}) {
@@ -78,9 +79,10 @@ TEST(ConvBnFold, EqualsConvThenBnWhenQuantizationIsOff) {
   }
 }
 
-// PfQ's situation (METHODS 5.2) in QAT without pruning: a depthwise conv whose input channel is
-// dead (all zero) has a BN with running variance ~0, so its folded factor is gamma/sqrt(eps) and
-// it sets the per-tensor weight range. Training through it must still give finite gradients.
+// PfQ's situation (docs/methods.md, "PfQ") in QAT without pruning: a depthwise conv whose input
+// channel is dead (all zero) has a BN with running variance ~0, so its folded factor is
+// gamma/sqrt(eps) and it sets the per-tensor weight range. Training through it must still give
+// finite gradients.
 TEST(ConvBnFold, CollapsedChannelGivesFiniteGradients) {
   manual_seed(12);
   const int64_t c = 4;
@@ -108,8 +110,8 @@ TEST(ConvBnFold, CollapsedChannelGivesFiniteGradients) {
     EXPECT_TRUE(std::isfinite(v)) << "bn.weight";
 }
 
-// With quantization on, eval output is the integer-inference graph of METHODS 4:
-// conv(x, FQ(W * gamma / std_r)) + beta + gamma * (b - mu_r) / std_r.
+// With quantization on, eval output is the integer-inference graph of docs/methods.md, "BN folding
+// for QAT": conv(x, FQ(W * gamma / std_r)) + beta + gamma * (b - mu_r) / std_r.
 TEST(ConvBnFold, EvalIsTheFoldedInferenceGraph) {
   manual_seed(12);
   auto conv = std::make_shared<layers::Conv2d>(
@@ -395,7 +397,7 @@ TEST(QuantizeModel, PlanRoundTripRebuildsTheModel) {
   EXPECT_TENSOR_NEAR(b->forward(x), a->forward(x), 0, 0);
 }
 
-// LSQ calibration initialises s = 2 mean|x| / sqrt(Qp) (METHODS 3.1) from the data seen.
+// LSQ calibration initialises s = 2 mean|x| / sqrt(Qp) (docs/methods.md, "LSQ") from the data seen.
 TEST(Calibration, LsqActivationScaleFromTheBatches) {
   manual_seed(18);
   auto model = resnet20();
@@ -418,10 +420,10 @@ TEST(Calibration, LsqActivationScaleFromTheBatches) {
   EXPECT_FALSE(q->calibrating());
 }
 
-// The PfQ workflow (METHODS 5.5): a weights-only QAT stage, then a stage that turns activations
-// on. Calibrating those activations must run the model with the 2-bit weights it was trained
-// with; with float weights (what calibration did before) the ranges of a 2-bit MobileNetV2 came
-// out up to 500x too wide and the stage diverged at its first step (docs/results.md, PfQ).
+// The PfQ workflow (docs/methods.md, "PfQ"): a weights-only QAT stage, then a stage that turns
+// activations on. Calibrating those activations must run the model with the 2-bit weights it was
+// trained with; with float weights (what calibration did before) the ranges of a 2-bit MobileNetV2
+// came out up to 500x too wide and the stage diverged at its first step (docs/results.md, PfQ).
 TEST(Calibration, ActivationsAfterAWeightsOnlyStageSeeTheQuantizedWeights) {
   manual_seed(21);
   auto model = std::make_shared<layers::Sequential>();
@@ -470,7 +472,7 @@ TEST(QuantAct, ReluThenQuantizer) {
   EXPECT_THAT(testing::error_of([&] { QuantAct bad("gelu", q); }), HasSubstr("gelu"));
 }
 
-// METHODS 10 on a model small enough to count by hand.
+// docs/methods.md, "Accounting" on a model small enough to count by hand.
 TEST(Accounting, HandCountedSizeBopsAndCompression) {
   manual_seed(19);
   auto model = std::make_shared<layers::Sequential>();
@@ -510,7 +512,8 @@ TEST(Accounting, PublishedResNet20ParameterCount) {
   EXPECT_EQ(account_model(*model, {32, 32, 3}).params, model->num_parameters());
 }
 
-// --- SAT (METHODS 8.1) -------------------------------------------------------------------------
+// --- SAT (docs/methods.md, "SAT")
+// -------------------------------------------------------------------------
 
 QuantizerPtr dorefa_weight(int64_t bits) {
   return create_quantizer("dorefa", {{"role", "weight"}, {"bits", std::to_string(bits)}});

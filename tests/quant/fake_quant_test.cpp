@@ -392,7 +392,7 @@ TEST(Lsq, FrozenOrConstantParametersGetNoGradient) {
 
 TEST(CalcQParams, MatchesPyTorchObservers) {
   // Numbers from torch.ao.quantization.MinMaxObserver(...).calculate_qparams(), PyTorch 1.13,
-  // which METHODS 2.3 transcribes (fp32 arithmetic).
+  // which docs/methods.md, "Observers" transcribes (fp32 arithmetic).
   struct Case {
     float mn, mx;
     QuantRange r;
@@ -415,7 +415,7 @@ TEST(CalcQParams, MatchesPyTorchObservers) {
     EXPECT_EQ(q.scale, c.scale) << c.mn << " " << c.mx;
     EXPECT_EQ(q.zero_point, c.zp) << c.mn << " " << c.mx;
   }
-  // Symmetric unsigned 4-bit: z = (qmin + qmax + 1) / 2 = 8 (METHODS 2.3).
+  // Symmetric unsigned 4-bit: z = (qmin + qmax + 1) / 2 = 8 (docs/methods.md, "Observers").
   EXPECT_EQ(calc_qparams(-1.0f, 1.0f, 0, 15, true).zero_point, 8);
   // Nothing observed yet (+inf, -inf): PyTorch's default (1, 0).
   const QParams none = calc_qparams(INFINITY, -INFINITY, -128, 127, false);

@@ -108,7 +108,8 @@ TEST(Packing, RoundTripsEveryWidthAndPacksLsbFirst) {
         std::vector<int32_t> q(static_cast<size_t>(n));
         for (auto& c : q) c = qmin + int32_t(rng() % (1u << bits));
         const auto bytes = pack_codes(q, bits, qmin);
-        ASSERT_EQ(int64_t(bytes.size()), (n * bits + 7) / 8) << bits;  // METHODS 10's size
+        ASSERT_EQ(int64_t(bytes.size()), (n * bits + 7) / 8)
+            << bits;  // docs/methods.md, "Accounting"'s size
         ASSERT_EQ(unpack_codes(bytes, n, bits, qmin), q) << bits << " bits, n " << n;
       }
     }

@@ -199,7 +199,8 @@ TEST(PercentileObserver, HistogramFallbackIsClose) {
 }
 
 TEST(MseObserver, ArgminWithTiesToTheLargerT) {
-  // 1-bit unsigned, T = 4. Hand-computed squared errors (METHODS 2.3 qparams, fp32):
+  // 1-bit unsigned, T = 4. Hand-computed squared errors (docs/methods.md, "Observers" qparams,
+  // fp32):
   //   [-4, 0, 2, 4]:   t = 1/4: 20, 2/4: 20, 3/4: 24, 4/4: 36  -> tie, take t = 1/2
   //   [-4, -2, -2, -2]: 12, 4, 4, 12                            -> tie, take t = 3/4
   const QuantizerOptions o{
@@ -239,7 +240,7 @@ TEST(MseObserver, PicksTheLeastSquaredErrorPerChannel) {
   q->forward(w);
   q->set_calibrating(false);
   (void)q->scale();
-  // Brute force with the reference fake quant and METHODS 2.3 qparams.
+  // Brute force with the reference fake quant and docs/methods.md, "Observers" qparams.
   const std::vector<double> wv = to_doubles(w);
   for (size_t c = 0; c < 3; ++c) {
     std::vector<double> row(wv.begin() + c * 200, wv.begin() + (c + 1) * 200);

@@ -171,7 +171,7 @@ TEST(LsqQuantizer, InitialisesFromTheFirstTensorAndRegistersTheScale) {
   EXPECT_FALSE(q->initialized());
   Tensor w = tensor_of({0.5, -1.0, 0.25, 2.25}, {4});
   q->forward(w);
-  // s0 = 2 * mean|w| / sqrt(Qp) = 2 * 1.0 / sqrt(7) (METHODS 3.1)
+  // s0 = 2 * mean|w| / sqrt(Qp) = 2 * 1.0 / sqrt(7) (docs/methods.md, "LSQ")
   EXPECT_NEAR(q->scale().item(), 2.0 / std::sqrt(7.0), 1e-7);
   EXPECT_TRUE(q->initialized());
   q->forward(w * 10.0);  // initialised once
@@ -369,12 +369,13 @@ TEST(Pact, AlphaGradientMatchesFiniteDifferencesOutsideTheRangeAndDecay) {
   sum(pact_quantize(tensor_of({5.0}, {1}), a, 4, false, 0.1)).backward();
   EXPECT_NEAR(a.grad().item(), 1.0 + 2 * 0.1 * 2.0, 1e-6);
   auto q = make<PactQuantizer>("pact", {{"alpha_decay", "0.5"}});
-  EXPECT_EQ(q->alpha().item(), 10.0);  // METHODS 3.3 default alpha0
+  EXPECT_EQ(q->alpha().item(), 10.0);  // docs/methods.md, "PACT" default alpha0
   sum(q->forward(tensor_of({12.0}, {1}))).backward();
   EXPECT_NEAR(q->alpha().grad().item(), 1.0 + 2 * 0.5 * 10.0, 1e-5);
 }
 
-// --- CG-PACT (METHODS 8.2) -------------------------------------------------------------------
+// --- CG-PACT (docs/methods.md, "CG-PACT")
+// -------------------------------------------------------------------
 
 LOWBIT_QUANTIZER_TEST_CASES("cg_pact", {{{"alpha", "2.0"}}, {8, 6, 6, 16}});
 
@@ -447,7 +448,7 @@ TEST(CgPact, IsPactWithTheCalibratedGradientAndSatInitialClip) {
   auto cg = make<CgPactQuantizer>("cg_pact", {{"bits", "3"}});
   EXPECT_EQ(cg->type_name(), "CgPactQuantizer");
   EXPECT_TRUE(cg->calibrated());
-  EXPECT_EQ(cg->alpha().item(), 8.0);  // METHODS 8.2: the SAT code's conv value
+  EXPECT_EQ(cg->alpha().item(), 8.0);  // docs/methods.md, "CG-PACT": the SAT code's conv value
   EXPECT_EQ(make<CgPactQuantizer>("cg_pact", {{"alpha", "10"}})->alpha().item(), 10.0);
   // Same forward and gradients as pact with gradient: calibrated.
   auto pc =
@@ -588,7 +589,7 @@ TEST(Dsq, ForwardIsTheHardQuantizer) {
 
 TEST(Dsq, BackwardMatchesFiniteDifferencesOfTheSoftStaircase) {
   // Gradients of dsq_quantize (f64) against central differences of l + Delta * soft(y), with the
-  // interval index held constant (METHODS 3.5), per channel along axis 1.
+  // interval index held constant (docs/methods.md, "DSQ"), per channel along axis 1.
   manual_seed(63);
   const int bits = 2;
   const Shape shape{4, 3};
@@ -672,7 +673,8 @@ TEST(Binary, PerChannelScaleAndExactBackward) {
   }
   EXPECT_TENSOR_NEAR(y, tensor_of(want, shape), 1e-6, 0);
   EXPECT_TENSOR_NEAR(w.grad(), tensor_of(want_dw, shape), 1e-5, 1e-6);
-  // sign(0) = +1, never 0 (METHODS 1); activations: plain sign with the clipped STE.
+  // sign(0) = +1, never 0 (docs/methods.md, "Notation"); activations: plain sign with the clipped
+  // STE.
   auto act = make<BinaryQuantizer>("binary", {{"role", "activation"}});
   Tensor x = tensor_of({0.0, -0.0, -0.3, 1.5, -2.0}, {5}).requires_grad_();
   Tensor b = act->forward(x);

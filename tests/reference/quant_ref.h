@@ -1,9 +1,9 @@
-// Naive references for the quantizers of quant/ (METHODS 2-3), one element at a time, in double.
-// Where lowbit's kernels are specified to compute in fp32 (METHODS 1: inv_s = 1.0f / s, x * inv_s
-// rounded to fp32), the reference rounds each step to float with a plain cast: double holds the
-// exact product or quotient of two floats closely enough (53 >= 2 * 24 + 2 bits) that rounding
-// it to float gives the correctly rounded fp32 result, so these match fp32 kernels bit for bit.
-// Header-only; includes nothing from lowbit.
+// Naive references for the quantizers of quant/ (docs/methods.md, "Uniform fake quantization"-3),
+// one element at a time, in double. Where lowbit's kernels are specified to compute in fp32
+// (docs/methods.md, "Notation": inv_s = 1.0f / s, x * inv_s rounded to fp32), the reference rounds
+// each step to float with a plain cast: double holds the exact product or quotient of two floats
+// closely enough (53 >= 2 * 24 + 2 bits) that rounding it to float gives the correctly rounded fp32
+// result, so these match fp32 kernels bit for bit. Header-only; includes nothing from lowbit.
 #pragma once
 
 #include <algorithm>
@@ -15,21 +15,21 @@ namespace lowbit::reference {
 
 inline double f32(double v) { return double(static_cast<float>(v)); }
 
-// Uniform affine fake quantization, METHODS 2.1, fp32 steps.
+// Uniform affine fake quantization, docs/methods.md, "Uniform fake quantization", fp32 steps.
 inline double fake_quant(double x, double s, double z, double qmin, double qmax) {
   const double inv_s = f32(1.0 / f32(s));
   const double u = std::nearbyint(f32(f32(x) * inv_s)) + z;
   const double q = std::min(std::max(u, qmin), qmax);
   return f32((q - z) * f32(s));
 }
-// METHODS 2.2: the STE mask on the rounded, pre-clamp code.
+// docs/methods.md, "Uniform fake quantization": the STE mask on the rounded, pre-clamp code.
 inline double fake_quant_mask(double x, double s, double z, double qmin, double qmax) {
   const double inv_s = f32(1.0 / f32(s));
   const double u = std::nearbyint(f32(f32(x) * inv_s)) + z;
   return (qmin <= u && u <= qmax) ? 1.0 : 0.0;
 }
 
-// LSQ / LSQ+ (METHODS 3.1 / 3.2) with u = (v - beta) * inv_s in fp32.
+// LSQ / LSQ+ (docs/methods.md, "LSQ" / 3.2) with u = (v - beta) * inv_s in fp32.
 struct LsqElem {
   double y;      // forward value
   double dx;     // dx_hat/dx
@@ -49,7 +49,7 @@ inline LsqElem lsq(double v, double s, double beta, double qmin, double qmax, bo
   return e;
 }
 
-// PACT (METHODS 3.3) and CG-PACT (8.2), fp32 steps: y_q = round(y * n / a) * a / n.
+// PACT (docs/methods.md, "PACT") and CG-PACT (8.2), fp32 steps: y_q = round(y * n / a) * a / n.
 struct PactElem {
   double y, dx, dalpha;
 };
@@ -70,7 +70,7 @@ inline PactElem pact(double x, double alpha, int bits, bool calibrated) {
   return e;
 }
 
-// DoReFa (METHODS 3.4) in double; m = max |tanh w| or mean |w| passed in.
+// DoReFa (docs/methods.md, "DoReFa") in double; m = max |tanh w| or mean |w| passed in.
 inline double dorefa_weight(double w, double m, int bits, bool modified) {
   const double n = double((1 << bits) - 1), levels = double(1 << bits);
   const double r = std::tanh(w) / (2.0 * m) + 0.5;
@@ -87,7 +87,8 @@ inline double dorefa_activation(double x, int bits) {
   return std::nearbyint(std::min(std::max(x, 0.0), 1.0) * n) / n;
 }
 
-// DSQ (METHODS 3.5) in double: the hard forward and the soft surrogate the backward follows.
+// DSQ (docs/methods.md, "DSQ") in double: the hard forward and the soft surrogate the backward
+// follows.
 inline double dsq_hard(double x, double l, double u, int bits) {
   const double n = double((1 << bits) - 1), d = (u - l) / n;
   return l + d * std::nearbyint((std::min(std::max(x, l), u) - l) / d);

@@ -251,7 +251,7 @@ def uniform_quantizer(t, p):
 def lsq_paper_band(u, qmin, qmax):
     """Where lowbit's LSQ/LSQ+ and torch's learnable fake quantize differ by definition.
 
-    lowbit follows the LSQ paper (Esser et al. 2020, eq. 3; METHODS 3.1, 3.2): x passes and
+    lowbit follows the LSQ paper (Esser et al. 2020, eq. 3; docs/methods.md, "LSQ" and "LSQ+"): x passes and
     dx_hat/ds = round(u) - u only where qmin < u < qmax on the unrounded u; elsewhere dx_hat/ds
     is the clip value (qmin or qmax) and, for LSQ+, dx_hat/dbeta = 1. torch decides on the
     rounded code, qmin <= round(u) <= qmax. They disagree on the half-step bands
@@ -276,7 +276,7 @@ def lsq(t, p):
     x, g = leaf(t["x"], torch.float32), t["g"].float()
     s = leaf(t["scale"], torch.float32)
     z = leaf(t["zero_point"], torch.float32)
-    # lowbit's LSQ gradient scale, g = 1 / sqrt(N * Qp) (METHODS 3.1), as torch's grad_factor.
+    # lowbit's LSQ gradient scale, g = 1 / sqrt(N * Qp) (docs/methods.md, "LSQ"), as torch's grad_factor.
     gf = 1.0 / math.sqrt(p["count"] * max(qmax, 1))
     if p["per_channel"]:
         y = torch._fake_quantize_learnable_per_channel_affine(x, s, z, axis, qmin, qmax, gf)
@@ -303,7 +303,7 @@ def lsq(t, p):
 
 @op("conv_bn_qat")
 def conv_bn_qat(t, p):
-    # torch's ConvBn2d._forward_approximate (METHODS 4) in f32 with a per-channel symmetric
+    # torch's ConvBn2d._forward_approximate (docs/methods.md, "BN folding for QAT") in f32 with a per-channel symmetric
     # min-max weight fake quantizer, the BatchNorm in training mode.
     Q = torch.quantization
     wfq = Q.FakeQuantize.with_args(

@@ -1,7 +1,8 @@
 // Issue 6's accuracy check on real data within the CI budget: the small depthwise-separable net
-// of METHODS 6.5 on Fashion-MNIST, float vs QAT from that float model: W8A8 within 0.5 points,
-// W4A4 within 2 points (LSQ, per-channel weights, first/last layer 8 bit, BN folded). A prefix
-// of the training set keeps it to a few minutes on 2 cores; the test set is the same for all.
+// of docs/methods.md, "Mixed-precision search" on Fashion-MNIST, float vs QAT from that float
+// model: W8A8 within 0.5 points, W4A4 within 2 points (LSQ, per-channel weights, first/last layer 8
+// bit, BN folded). A prefix of the training set keeps it to a few minutes on 2 cores; the test set
+// is the same for all.
 #include <gmock/gmock.h>
 
 #include <filesystem>

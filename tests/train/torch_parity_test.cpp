@@ -462,9 +462,9 @@ void add_schedule_cases(Table &t) {
 // -----------------------------------------------------------------------------
 
 // fake_quantize against torch.fake_quantize_per_{tensor,channel}_affine: the
-// same f32 code round_half_even(x * (1 / s)) + z on both sides (METHODS 2.1),
-// so a level never differs; the atol admits only the last-bit rounding of (q -
-// z) * s. dx is the STE mask (2.2).
+// same f32 code round_half_even(x * (1 / s)) + z on both sides (docs/methods.md, "Uniform fake
+// quantization"), so a level never differs; the atol admits only the last-bit rounding of (q - z) *
+// s. dx is the STE mask (2.2).
 void fq_case(Table &t, const std::string &name, const Tensor &x, const Tensor &scale,
              const Tensor &zp, quant::QuantRange r, int64_t axis) {
   Tensor xl = leaf(x);
@@ -497,7 +497,7 @@ void add_fake_quant_cases(Table &t) {
           {0, 255}, 3);
 
   // The "uniform" quantizer with min-max observers against torch's FakeQuantize
-  // with MinMaxObserver / PerChannelMinMaxObserver: qparams (METHODS 2.3),
+  // with MinMaxObserver / PerChannelMinMaxObserver: qparams (docs/methods.md, "Observers"),
   // forward and STE gradient.
   struct Uq {
     const char *name;
@@ -541,9 +541,9 @@ void add_fake_quant_cases(Table &t) {
 
 // LSQ and LSQ+ against
 // torch._fake_quantize_learnable_per_{tensor,channel}_affine, with grad_factor
-// = lowbit's g = 1 / sqrt(count * Qp) (METHODS 3.1). Documented differences
+// = lowbit's g = 1 / sqrt(count * Qp) (docs/methods.md, "LSQ"). Documented differences
 // that parity.py transforms torch's results for: lowbit's masks are the LSQ
-// paper's, on the unrounded u, strict (METHODS 3.1, 3.2; torch decides on
+// paper's, on the unrounded u, strict (docs/methods.md, "LSQ" and "LSQ+"; torch decides on
 // round(u), inclusive, which differs on the half-step bands next to the clip),
 // and LSQ+ learns a real offset beta = -z * s where torch learns a zero point z
 // (chain rule). Scales here are powers of two for LSQ+ so that (x - beta) / s
@@ -620,10 +620,9 @@ void add_lsq_cases(Table &t) {
            true);
 }
 
-// QConv2d folded with its BatchNorm2d (METHODS 4, docs/quantization.md) against
-// torch's QAT ConvBn2d (_forward_approximate), both in f32, BN in training
-// mode, weights fake-quantized per channel (symmetric min-max, 4 bits) after
-// folding with the running std.
+// QConv2d folded with its BatchNorm2d (docs/methods.md, "BN folding for QAT", docs/quantization.md)
+// against torch's QAT ConvBn2d (_forward_approximate), both in f32, BN in training mode, weights
+// fake-quantized per channel (symmetric min-max, 4 bits) after folding with the running std.
 void conv_bn_case(Table &t, const std::string &name, Shape x_shape,
                   const layers::Conv2dOptions &o) {
   const int64_t k = o.out_channels;
